@@ -1,0 +1,39 @@
+//! The part of proxybus that every other part links: the wire contract of
+//! `shared/CONTRACT.md` as Rust types, the codec that puts them on the bus, the
+//! subjects they travel on, proxy identity and credential redaction, the
+//! configuration tree of the seed design, NATS connection options and telemetry.
+//!
+//! # Layout
+//! - [`messages`]: `ProxyRequest`, `ProxyResponse`, `ErrorReply`, `ProxyFeedback`,
+//!   `HealthStats` and their enums.
+//! - [`codec`]: MessagePack (named fields) by default, JSON when the
+//!   `Content-Type` header says so; typed decode errors and a payload limit.
+//! - [`subject`]: validated subject tokens (`ExchangeId`, `Region`) and the
+//!   builders and parsers of `proxy.v1.*` subjects.
+//! - [`proxy_url`]: `proxy_id` (first 8 bytes of SHA-256, hex) and URL redaction.
+//! - [`config`]: `ProxySettings` / `ExternalProxyServiceConfig` loaded from a TOML
+//!   file and `CRYPTOFEED_PROXY_*` variables taken from an injected source.
+//! - [`breaker`]: the circuit breaker every upstream call goes through.
+//! - [`http`]: the HTTP client for proxy services (auth headers, TLS, pooling).
+//! - [`nats`]: `NatsSettings` from `NATS_URL` and credentials, and `connect`.
+//! - [`schema`]: JSON Schemas of the messages, generated from the types.
+//! - [`telemetry`]: tracing set-up, plain or JSON.
+
+pub mod breaker;
+pub mod codec;
+pub mod config;
+pub mod http;
+pub mod messages;
+pub mod nats;
+pub mod proxy_url;
+pub mod schema;
+pub mod subject;
+pub mod telemetry;
+
+pub use codec::{Codec, DecodeError, Encoding};
+pub use messages::*;
+pub use proxy_url::{ProxyUrl, ProxyUrlError, proxy_id, redact_url};
+pub use subject::{ExchangeId, Region, SubjectError};
+
+/// Version of the wire contract these types speak (`schema_version`).
+pub const SCHEMA_VERSION: u32 = 1;

@@ -1,0 +1,608 @@
+//! The messages of the wire contract (`shared/CONTRACT.md`, version 1).
+//!
+//! Every message carries `schema_version` (a missing one decodes as 1), ignores
+//! unknown fields, and accepts an omitted optional field as null. Field names are
+//! the contract's, in snake_case; do not rename them, only add.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::subject::{ExchangeId, Region};
+
+/// Free-form metadata carried by requests and responses.
+pub type Metadata = serde_json::Map<String, serde_json::Value>;
+
+fn schema_version() -> u32 {
+    crate::SCHEMA_VERSION
+}
+
+/// Kind of connection a feed wants a proxy for; the last token of request subjects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ConnectionType {
+    /// REST calls.
+    Http,
+    /// Websocket streams.
+    Websocket,
+}
+
+impl ConnectionType {
+    /// Both connection types, in contract order.
+    pub const ALL: [ConnectionType; 2] = [ConnectionType::Http, ConnectionType::Websocket];
+
+    /// The contract's name of this connection type (`http` or `websocket`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionType::Http => "http",
+            ConnectionType::Websocket => "websocket",
+        }
+    }
+}
+
+impl fmt::Display for ConnectionType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ConnectionType {
+    type Err = crate::SubjectError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "http" => Ok(ConnectionType::Http),
+            "websocket" => Ok(ConnectionType::Websocket),
+            other => Err(crate::SubjectError::UnknownConnectionType(other.to_owned())),
+        }
+    }
+}
+
+/// What a client does when the proxy it was given fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FallbackPolicy {
+    /// Connect without a proxy.
+    #[default]
+    DirectConnection,
+    /// Use the embedded `ProxySettings`.
+    EmbeddedFallback,
+    /// Give up with an error.
+    Fail,
+}
+
+/// Where an answer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ResponseSource {
+    /// Freshly chosen by an upstream proxy service.
+    #[default]
+    Service,
+    /// From the resolver's cache, within its TTL.
+    Cache,
+    /// From an expired cache entry while upstream is unavailable.
+    StaleCache,
+    /// From the embedded `ProxySettings`.
+    Embedded,
+    /// No proxy: connect directly.
+    Direct,
+}
+
+/// A feed asks for a proxy (`proxy.v1.request.{exchange_id}.{connection_type}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ProxyRequest {
+    /// Contract version; a missing one is 1.
+    #[serde(default = "schema_version")]
+    pub schema_version: u32,
+    /// Exchange the connection goes to; must equal the subject's token.
+    pub exchange_id: ExchangeId,
+    /// Connection type; must equal the subject's token.
+    pub connection_type: ConnectionType,
+    /// Preferred region; null means the resolver's own.
+    #[serde(default)]
+    pub region: Option<Region>,
+    /// Who asks, e.g. `cryptofeed-{hostname}-{pid}`.
+    pub client_id: String,
+    /// Correlation id (a UUID); the resolver makes one when absent and echoes it.
+    #[serde(default)]
+    pub request_id: Option<String>,
+    /// Free-form metadata.
+    #[serde(default)]
+    pub metadata: Metadata,
+}
+
+impl ProxyRequest {
+    /// A request with no region, no request id and empty metadata.
+    pub fn new(exchange_id: ExchangeId, connection_type: ConnectionType, client_id: impl Into<String>) -> Self {
+        Self {
+            schema_version: crate::SCHEMA_VERSION,
+            exchange_id,
+            connection_type,
+            region: None,
+            client_id: client_id.into(),
+            request_id: None,
+            metadata: Metadata::new(),
+        }
+    }
+}
+
+/// The answer to a [`ProxyRequest`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ProxyResponse {
+    /// Contract version; a missing one is 1.
+    #[serde(default = "schema_version")]
+    pub schema_version: u32,
+    /// Proxy to use, credentials included; null means "connect directly".
+    #[serde(default)]
+    pub proxy_url: Option<String>,
+    /// Lowercase hex of the first 8 bytes of SHA-256 of `proxy_url`.
+    #[serde(default)]
+    pub proxy_id: Option<ProxyId>,
+    /// How it was chosen (`round_robin`, `p2c_ewma`, `sticky`, `direct` …).
+    pub strategy: String,
+    /// How long the client may reuse it.
+    pub ttl_seconds: u64,
+    /// What the client does if this proxy fails.
+    #[serde(default)]
+    pub fallback_policy: FallbackPolicy,
+    /// Where the answer came from (an upstream proxy service may omit it: `service`).
+    #[serde(default)]
+    pub source: ResponseSource,
+    /// Region of the proxy.
+    #[serde(default)]
+    pub region: Option<Region>,
+    /// The request's id, echoed (an upstream proxy service may omit it).
+    #[serde(default)]
+    pub request_id: String,
+    /// Free-form metadata.
+    #[serde(default)]
+    pub metadata: Metadata,
+}
+
+/// Machine-readable class of an error reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request was malformed or disagreed with its subject (400).
+    BadRequest,
+    /// No proxy could be found and the policy forbids a direct connection (404).
+    NoProxyAvailable,
+    /// The request body was over the payload limit (413).
+    PayloadTooLarge,
+    /// Upstream proxy services are unavailable and the policy is `fail` (503).
+    UpstreamUnavailable,
+    /// A fault of the service itself (500).
+    Internal,
+}
+
+impl ErrorCode {
+    /// The HTTP-style status code of this error class.
+    pub fn status(self) -> u16 {
+        match self {
+            ErrorCode::BadRequest => 400,
+            ErrorCode::NoProxyAvailable => 404,
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::UpstreamUnavailable => 503,
+            ErrorCode::Internal => 500,
+        }
+    }
+
+    /// The contract's name of this error class.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::NoProxyAvailable => "no_proxy_available",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::UpstreamUnavailable => "upstream_unavailable",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Body of an error reply; the same facts travel in the `Nats-Service-Error` headers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ErrorReply {
+    /// Contract version; a missing one is 1.
+    #[serde(default = "schema_version")]
+    pub schema_version: u32,
+    /// HTTP-style status code (400, 404, 413, 503, 500).
+    pub code: u16,
+    /// Error class.
+    pub error: ErrorCode,
+    /// Human-readable explanation; never contains credentials.
+    pub message: String,
+    /// The request's id when it was known.
+    #[serde(default)]
+    pub request_id: Option<String>,
+}
+
+impl ErrorReply {
+    /// An error reply of class `error` whose `code` is that class's status.
+    pub fn new(error: ErrorCode, message: impl Into<String>, request_id: Option<String>) -> Self {
+        Self { schema_version: crate::SCHEMA_VERSION, code: error.status(), error, message: message.into(), request_id }
+    }
+}
+
+/// Stage of a connection that a feedback event reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FeedbackPhase {
+    /// The feed starts connecting through the proxy.
+    ConnectStart,
+    /// The connection is up.
+    Connected,
+    /// The connection or request failed.
+    Failed,
+    /// A connection closed (releases a lease).
+    Disconnected,
+    /// One HTTP request went through the proxy.
+    Request,
+}
+
+/// Why a connection through a proxy failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// No answer in time.
+    Timeout,
+    /// Connection refused.
+    Refused,
+    /// Name resolution failed.
+    Dns,
+    /// TLS handshake failed.
+    Tls,
+    /// The proxy rejected its credentials.
+    ProxyAuth,
+    /// The exchange answered 403 Forbidden.
+    #[serde(rename = "http_403")]
+    Http403,
+    /// The exchange answered 418 (Binance's IP ban).
+    #[serde(rename = "http_418")]
+    Http418,
+    /// The exchange answered 429 Too Many Requests.
+    #[serde(rename = "http_429")]
+    Http429,
+    /// The exchange answered 451 (restricted location).
+    #[serde(rename = "http_451")]
+    Http451,
+    /// The exchange answered a 5xx status.
+    #[serde(rename = "http_5xx")]
+    Http5xx,
+    /// The websocket was closed by the peer.
+    WsClosed,
+    /// Anything else; unknown kinds from newer clients decode as this.
+    #[serde(other)]
+    Other,
+}
+
+impl ErrorKind {
+    /// The contract's name of this error kind.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Refused => "refused",
+            ErrorKind::Dns => "dns",
+            ErrorKind::Tls => "tls",
+            ErrorKind::ProxyAuth => "proxy_auth",
+            ErrorKind::Http403 => "http_403",
+            ErrorKind::Http418 => "http_418",
+            ErrorKind::Http429 => "http_429",
+            ErrorKind::Http451 => "http_451",
+            ErrorKind::Http5xx => "http_5xx",
+            ErrorKind::WsClosed => "ws_closed",
+            ErrorKind::Other => "other",
+        }
+    }
+
+    /// The error kind an HTTP status seen through a proxy stands for, if it is an error.
+    pub fn from_status(status: u16) -> Option<ErrorKind> {
+        match status {
+            403 => Some(ErrorKind::Http403),
+            418 => Some(ErrorKind::Http418),
+            429 => Some(ErrorKind::Http429),
+            451 => Some(ErrorKind::Http451),
+            500..=599 => Some(ErrorKind::Http5xx),
+            400..=499 => Some(ErrorKind::Other),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What happened with one proxy, reported by a feed into stream `PROXY_FEEDBACK`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ProxyFeedback {
+    /// Contract version; a missing one is 1.
+    #[serde(default = "schema_version")]
+    pub schema_version: u32,
+    /// Unique id of the event, also its `Nats-Msg-Id` header.
+    #[serde(with = "uuid_as_string")]
+    #[schemars(with = "Uuid")]
+    pub event_id: Uuid,
+    /// The proxy, as in the `ProxyResponse`.
+    pub proxy_id: ProxyId,
+    /// The proxy's URL with credentials redacted; never a password.
+    pub proxy_url: String,
+    /// Exchange the connection went to.
+    pub exchange_id: ExchangeId,
+    /// Connection type.
+    pub connection_type: ConnectionType,
+    /// Region of the proxy.
+    #[serde(default)]
+    pub region: Option<Region>,
+    /// Stage of the connection.
+    pub phase: FeedbackPhase,
+    /// Whether this stage succeeded.
+    pub success: bool,
+    /// Latency of the stage in milliseconds.
+    #[serde(default)]
+    pub latency_ms: Option<u64>,
+    /// Why it failed.
+    #[serde(default)]
+    pub error_kind: Option<ErrorKind>,
+    /// HTTP status seen through the proxy.
+    #[serde(default)]
+    pub status_code: Option<u16>,
+    /// From a `Retry-After` header.
+    #[serde(default)]
+    pub retry_after_seconds: Option<u64>,
+    /// Free text, redacted.
+    #[serde(default)]
+    pub error_details: Option<String>,
+    /// When it happened at the feed.
+    pub timestamp: DateTime<Utc>,
+    /// Who reports.
+    pub client_id: String,
+}
+
+/// Health of a proxy as the aggregator classifies it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthState {
+    /// Hand it out.
+    #[default]
+    Healthy,
+    /// Failing more than it should, or on probation after an ejection.
+    Degraded,
+    /// Do not hand it out until `ejected_until`.
+    Ejected,
+}
+
+/// State of a proxy towards one exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ExchangeState {
+    /// Usable for this exchange.
+    #[default]
+    Healthy,
+    /// Rate-limited (429/418) until `banned_until`.
+    Cooldown,
+    /// Restricted location (451) until `banned_until`.
+    Banned,
+}
+
+/// Per-exchange part of [`HealthStats`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
+pub struct ExchangeHealth {
+    /// Successful events for this exchange.
+    #[serde(default)]
+    pub successes: u64,
+    /// Failed events for this exchange.
+    #[serde(default)]
+    pub failures: u64,
+    /// Whether the proxy may be used for this exchange.
+    #[serde(default)]
+    pub state: ExchangeState,
+    /// End of the cool-down or ban.
+    #[serde(default)]
+    pub banned_until: Option<DateTime<Utc>>,
+    /// The last error seen for this exchange.
+    #[serde(default)]
+    pub last_error_kind: Option<ErrorKind>,
+}
+
+/// Health statistics of one proxy (KV bucket `PROXY_HEALTH`, subject `proxy.v1.health.{region}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct HealthStats {
+    /// Contract version; a missing one is 1.
+    #[serde(default = "schema_version")]
+    pub schema_version: u32,
+    /// The proxy.
+    pub proxy_id: ProxyId,
+    /// The proxy's URL with credentials redacted.
+    pub proxy_url: String,
+    /// Region of the proxy.
+    #[serde(default)]
+    pub region: Option<Region>,
+    /// Classification.
+    pub state: HealthState,
+    /// Events folded.
+    pub total: u64,
+    /// Successful events folded.
+    pub successes: u64,
+    /// Failed events folded.
+    pub failures: u64,
+    /// Time-decayed success rate, 0..1.
+    pub success_rate: f64,
+    /// Exponentially weighted moving average of latency.
+    #[serde(default)]
+    pub latency_ewma_ms: Option<f64>,
+    /// Median latency.
+    #[serde(default)]
+    pub latency_p50_ms: Option<f64>,
+    /// 99th percentile latency.
+    #[serde(default)]
+    pub latency_p99_ms: Option<f64>,
+    /// Failures since the last success.
+    pub consecutive_failures: u32,
+    /// How many times the proxy was ejected.
+    pub ejections: u32,
+    /// End of the current ejection.
+    #[serde(default)]
+    pub ejected_until: Option<DateTime<Utc>>,
+    /// The last error seen.
+    #[serde(default)]
+    pub last_error_kind: Option<ErrorKind>,
+    /// Failures counted by error kind (extension of the contract).
+    #[serde(default)]
+    pub error_counts: BTreeMap<ErrorKind, u64>,
+    /// Per-exchange sub-stats.
+    #[serde(default)]
+    pub exchanges: BTreeMap<ExchangeId, ExchangeHealth>,
+    /// When these stats last changed.
+    pub updated_at: DateTime<Utc>,
+    /// Stream sequence of the last folded event.
+    pub last_seq: u64,
+}
+
+impl HealthStats {
+    /// Fresh stats of a proxy no event has been folded for.
+    pub fn new(proxy_id: ProxyId, proxy_url: String, region: Option<Region>, now: DateTime<Utc>) -> Self {
+        Self {
+            schema_version: crate::SCHEMA_VERSION,
+            proxy_id,
+            proxy_url,
+            region,
+            state: HealthState::Healthy,
+            total: 0,
+            successes: 0,
+            failures: 0,
+            success_rate: 1.0,
+            latency_ewma_ms: None,
+            latency_p50_ms: None,
+            latency_p99_ms: None,
+            consecutive_failures: 0,
+            ejections: 0,
+            ejected_until: None,
+            last_error_kind: None,
+            error_counts: BTreeMap::new(),
+            exchanges: BTreeMap::new(),
+            updated_at: now,
+            last_seq: 0,
+        }
+    }
+
+    /// Whether the proxy may be handed out for `exchange` at `now`: not ejected and
+    /// not in a cool-down or ban for that exchange.
+    pub fn usable_for(&self, exchange: &ExchangeId, now: DateTime<Utc>) -> bool {
+        let ejected = self.state == HealthState::Ejected && self.ejected_until.is_none_or(|until| until > now);
+        let barred = self
+            .exchanges
+            .get(exchange)
+            .is_some_and(|ex| ex.state != ExchangeState::Healthy && ex.banned_until.is_none_or(|until| until > now));
+        !ejected && !barred
+    }
+}
+
+/// Identity of a proxy: lowercase hex of the first 8 bytes of SHA-256 of its URL.
+///
+/// # Examples
+/// ```
+/// use proxybus_shared::{ProxyId, proxy_id};
+/// let id = proxy_id("http://user:secret@10.0.0.1:8080");
+/// assert_eq!(id.as_str().len(), 16);
+/// assert_eq!(id.as_str().parse::<ProxyId>(), Ok(id.clone()));
+/// assert!("not-a-proxy-id".parse::<ProxyId>().is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ProxyId(String);
+
+/// A string that is not 16 lowercase hex digits was offered as a `proxy_id`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid proxy_id {0:?}: expected 16 lowercase hex digits")]
+pub struct InvalidProxyId(String);
+
+impl ProxyId {
+    /// Length of a proxy id in hex digits.
+    pub const LEN: usize = 16;
+
+    /// Wraps the hex of an 8-byte digest prefix.
+    pub(crate) fn from_digest_prefix(bytes: &[u8]) -> Self {
+        Self(hex::encode(&bytes[..Self::LEN / 2]))
+    }
+
+    /// The id as its 16 hex digits.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for ProxyId {
+    type Error = InvalidProxyId;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        let valid = value.len() == Self::LEN && value.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if valid {
+            Ok(Self(value))
+        } else {
+            let shown: String = value.chars().take(32).collect();
+            Err(InvalidProxyId(shown))
+        }
+    }
+}
+
+impl std::str::FromStr for ProxyId {
+    type Err = InvalidProxyId;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::try_from(s.to_owned())
+    }
+}
+
+impl From<ProxyId> for String {
+    fn from(id: ProxyId) -> Self {
+        id.0
+    }
+}
+
+impl fmt::Display for ProxyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl JsonSchema for ProxyId {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ProxyId".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": "^[0-9a-f]{16}$",
+            "description": "Lowercase hex of the first 8 bytes of SHA-256 of the proxy URL."
+        })
+    }
+}
+
+/// UUIDs travel as their hyphenated string in every encoding (the `uuid` crate
+/// would write 16 raw bytes to non-human-readable formats such as MessagePack).
+mod uuid_as_string {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use uuid::Uuid;
+
+    pub(super) fn serialize<S: Serializer>(id: &Uuid, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&id.hyphenated())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Uuid, D::Error> {
+        let text = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        Uuid::parse_str(&text).map_err(serde::de::Error::custom)
+    }
+}

@@ -1,0 +1,296 @@
+//! Subjects of the contract and the tokens that go into them.
+//!
+//! A token is only ever built from an [`ExchangeId`] or a [`Region`], both of which
+//! accept `[a-z0-9_-]{1,64}` and nothing else, so no `.`, `*`, `>` or whitespace
+//! can reach a subject.
+//!
+//! # Examples
+//! ```
+//! use proxybus_shared::{ConnectionType, ExchangeId, subject};
+//! let binance: ExchangeId = "binance".parse().unwrap();
+//! let s = subject::request(&binance, ConnectionType::Websocket);
+//! assert_eq!(s, "proxy.v1.request.binance.websocket");
+//! assert_eq!(subject::parse_request(&s).unwrap(), (binance, ConnectionType::Websocket));
+//! assert!(subject::parse_request("proxy.v1.request.bin>.http").is_err());
+//! ```
+
+use std::borrow::Cow;
+use std::fmt;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::messages::ConnectionType;
+
+/// Prefix of request subjects.
+pub const REQUEST_PREFIX: &str = "proxy.v1.request";
+/// Prefix of feedback subjects.
+pub const FEEDBACK_PREFIX: &str = "proxy.v1.feedback";
+/// Prefix of health subjects.
+pub const HEALTH_PREFIX: &str = "proxy.v1.health";
+/// Prefix of the dead-letter subjects of feedback the aggregator could not fold.
+pub const FEEDBACK_DEAD_PREFIX: &str = "proxy.v1.feedback_dead";
+/// What the resolver subscribes to.
+pub const REQUEST_WILDCARD: &str = "proxy.v1.request.*.*";
+/// What stream `PROXY_FEEDBACK` captures.
+pub const FEEDBACK_WILDCARD: &str = "proxy.v1.feedback.>";
+/// Every health subject.
+pub const HEALTH_WILDCARD: &str = "proxy.v1.health.>";
+/// Every dead-letter subject.
+pub const FEEDBACK_DEAD_WILDCARD: &str = "proxy.v1.feedback_dead.>";
+
+/// Name of the feedback stream.
+pub const FEEDBACK_STREAM: &str = "PROXY_FEEDBACK";
+/// Name of the aggregator's durable consumer.
+pub const AGGREGATOR_CONSUMER: &str = "proxybus-aggregator";
+/// Name of the health key-value bucket.
+pub const HEALTH_BUCKET: &str = "PROXY_HEALTH";
+/// Micro-service name (and queue group) of the resolver.
+pub const RESOLVER_SERVICE: &str = "proxybus-resolver";
+/// Micro-service name of the aggregator.
+pub const AGGREGATOR_SERVICE: &str = "proxybus-aggregator";
+
+/// Longest token the contract allows.
+pub const MAX_TOKEN_LEN: usize = 64;
+
+/// Why a subject or token was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubjectError {
+    /// A token is empty, too long or has a character outside `[a-z0-9_-]`.
+    #[error("invalid {what} {token:?}: expected 1 to 64 characters of a-z, 0-9, '_' or '-'")]
+    InvalidToken {
+        /// Which token (`exchange_id`, `region`).
+        what: &'static str,
+        /// The token, cut to 64 characters.
+        token: String,
+    },
+    /// A connection type other than `http` or `websocket`.
+    #[error("unknown connection type {0:?}: expected \"http\" or \"websocket\"")]
+    UnknownConnectionType(String),
+    /// The subject does not start with the expected prefix.
+    #[error("subject {subject:?} does not start with {expected:?}")]
+    WrongPrefix {
+        /// The subject, cut to 128 characters.
+        subject: String,
+        /// The prefix that was expected.
+        expected: &'static str,
+    },
+    /// The subject has too few or too many tokens.
+    #[error("subject {subject:?} should have {expected} tokens after its prefix")]
+    WrongTokenCount {
+        /// The subject, cut to 128 characters.
+        subject: String,
+        /// How many tokens were expected after the prefix.
+        expected: usize,
+    },
+}
+
+fn check_token(what: &'static str, token: &str) -> Result<(), SubjectError> {
+    let ok = !token.is_empty()
+        && token.len() <= MAX_TOKEN_LEN
+        && token.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(SubjectError::InvalidToken { what, token: token.chars().take(MAX_TOKEN_LEN).collect() })
+    }
+}
+
+fn shorten(subject: &str) -> String {
+    subject.chars().take(128).collect()
+}
+
+macro_rules! subject_token {
+    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            /// The token as a string slice.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = SubjectError;
+
+            fn try_from(value: String) -> Result<Self, Self::Error> {
+                check_token($what, &value)?;
+                Ok(Self(value))
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = SubjectError;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                check_token($what, s)?;
+                Ok(Self(s.to_owned()))
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(token: $name) -> Self {
+                token.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl JsonSchema for $name {
+            fn schema_name() -> Cow<'static, str> {
+                stringify!($name).into()
+            }
+
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                schemars::json_schema!({
+                    "type": "string",
+                    "pattern": "^[a-z0-9_-]{1,64}$",
+                })
+            }
+        }
+    };
+}
+
+subject_token!(
+    /// An exchange id (`binance`, `coinbase` …): lowercase `[a-z0-9_-]{1,64}`.
+    ExchangeId,
+    "exchange_id"
+);
+
+subject_token!(
+    /// A region name (`us-east`, `eu-west` …): `[a-z0-9_-]{1,64}`.
+    Region,
+    "region"
+);
+
+/// `proxy.v1.request.{exchange}.{connection_type}`.
+pub fn request(exchange: &ExchangeId, connection_type: ConnectionType) -> String {
+    format!("{REQUEST_PREFIX}.{exchange}.{connection_type}")
+}
+
+/// `proxy.v1.feedback.{exchange}.{connection_type}`.
+pub fn feedback(exchange: &ExchangeId, connection_type: ConnectionType) -> String {
+    format!("{FEEDBACK_PREFIX}.{exchange}.{connection_type}")
+}
+
+/// `proxy.v1.health.{region}`.
+pub fn health(region: &Region) -> String {
+    format!("{HEALTH_PREFIX}.{region}")
+}
+
+/// `proxy.v1.feedback_dead.{exchange}.{connection_type}` for feedback that could
+/// not be folded; tokens that are not valid become `_invalid`.
+pub fn feedback_dead(original_subject: &str) -> String {
+    match parse_exchange_connection(original_subject, FEEDBACK_PREFIX) {
+        Ok((exchange, connection_type)) => format!("{FEEDBACK_DEAD_PREFIX}.{exchange}.{connection_type}"),
+        Err(_) => format!("{FEEDBACK_DEAD_PREFIX}._invalid"),
+    }
+}
+
+/// Parses `proxy.v1.request.{exchange}.{connection_type}`.
+pub fn parse_request(subject: &str) -> Result<(ExchangeId, ConnectionType), SubjectError> {
+    parse_exchange_connection(subject, REQUEST_PREFIX)
+}
+
+/// Parses `proxy.v1.feedback.{exchange}.{connection_type}`.
+pub fn parse_feedback(subject: &str) -> Result<(ExchangeId, ConnectionType), SubjectError> {
+    parse_exchange_connection(subject, FEEDBACK_PREFIX)
+}
+
+/// Parses `proxy.v1.health.{region}`.
+pub fn parse_health(subject: &str) -> Result<Region, SubjectError> {
+    let tokens = tokens_after(subject, HEALTH_PREFIX, 1)?;
+    tokens[0].parse()
+}
+
+fn parse_exchange_connection(
+    subject: &str,
+    prefix: &'static str,
+) -> Result<(ExchangeId, ConnectionType), SubjectError> {
+    let tokens = tokens_after(subject, prefix, 2)?;
+    Ok((tokens[0].parse()?, tokens[1].parse()?))
+}
+
+fn tokens_after<'a>(subject: &'a str, prefix: &'static str, expected: usize) -> Result<Vec<&'a str>, SubjectError> {
+    let rest = subject
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix('.'))
+        .ok_or_else(|| SubjectError::WrongPrefix { subject: shorten(subject), expected: prefix })?;
+    let tokens: Vec<&str> = rest.split('.').collect();
+    if tokens.len() != expected {
+        return Err(SubjectError::WrongTokenCount { subject: shorten(subject), expected });
+    }
+    Ok(tokens)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_and_parses_every_subject() {
+        let kraken: ExchangeId = "kraken".parse().unwrap();
+        let region: Region = "eu-west".parse().unwrap();
+        assert_eq!(request(&kraken, ConnectionType::Http), "proxy.v1.request.kraken.http");
+        assert_eq!(feedback(&kraken, ConnectionType::Websocket), "proxy.v1.feedback.kraken.websocket");
+        assert_eq!(health(&region), "proxy.v1.health.eu-west");
+        assert_eq!(parse_feedback("proxy.v1.feedback.kraken.websocket").unwrap(), (kraken, ConnectionType::Websocket));
+        assert_eq!(parse_health("proxy.v1.health.eu-west").unwrap(), region);
+    }
+
+    #[test]
+    fn tokens_outside_the_character_set_are_refused() {
+        for bad in
+            ["", "bin.ance", "bin*", "bin>", ">", "*", "bin ance", "Binance", "bin\tance", "bïnance", &"a".repeat(65)]
+        {
+            let err = bad.parse::<ExchangeId>().unwrap_err();
+            assert!(matches!(err, SubjectError::InvalidToken { what: "exchange_id", .. }), "{bad:?} gave {err:?}");
+            assert!(bad.parse::<Region>().is_err(), "{bad:?} accepted as region");
+        }
+        assert!("a".repeat(64).parse::<ExchangeId>().is_ok());
+        assert!("gate_io-2".parse::<ExchangeId>().is_ok());
+    }
+
+    #[test]
+    fn a_wildcard_token_in_a_subject_is_a_typed_error() {
+        let err = parse_request("proxy.v1.request.>.http").unwrap_err();
+        assert!(matches!(err, SubjectError::InvalidToken { .. }), "{err:?}");
+        let err = parse_request("proxy.v1.request.binance.*").unwrap_err();
+        assert_eq!(err, SubjectError::UnknownConnectionType("*".into()));
+        let err = parse_request("proxy.v1.request.binance.ftp").unwrap_err();
+        assert_eq!(err, SubjectError::UnknownConnectionType("ftp".into()));
+    }
+
+    #[test]
+    fn wrong_shapes_are_refused() {
+        assert!(matches!(parse_request("proxy.v1.feedback.binance.http"), Err(SubjectError::WrongPrefix { .. })));
+        assert!(matches!(parse_request("proxy.v1.requestx.binance.http"), Err(SubjectError::WrongPrefix { .. })));
+        assert!(matches!(parse_request("proxy.v1.request.binance"), Err(SubjectError::WrongTokenCount { .. })));
+        assert!(matches!(parse_request("proxy.v1.request.a.http.extra"), Err(SubjectError::WrongTokenCount { .. })));
+        assert!(matches!(parse_request("proxy.v1.request"), Err(SubjectError::WrongPrefix { .. })));
+        assert!(matches!(parse_health("proxy.v1.health.us.east"), Err(SubjectError::WrongTokenCount { .. })));
+    }
+
+    #[test]
+    fn dead_letter_subject_keeps_valid_tokens_only() {
+        assert_eq!(feedback_dead("proxy.v1.feedback.binance.http"), "proxy.v1.feedback_dead.binance.http");
+        assert_eq!(feedback_dead("proxy.v1.feedback.a.b.c"), "proxy.v1.feedback_dead._invalid");
+        assert!(!feedback_dead("proxy.v1.feedback.x.http").starts_with("proxy.v1.feedback."));
+    }
+
+    #[test]
+    fn tokens_deserialize_with_validation() {
+        let ok: ExchangeId = serde_json::from_str("\"binance\"").unwrap();
+        assert_eq!(ok.as_str(), "binance");
+        let err = serde_json::from_str::<ExchangeId>("\"bin.ance\"").unwrap_err();
+        assert!(err.to_string().contains("invalid exchange_id"), "{err}");
+    }
+}
