@@ -14,6 +14,7 @@
 //! - [`config`]: `ProxySettings` / `ExternalProxyServiceConfig` loaded from a TOML
 //!   file and `CRYPTOFEED_PROXY_*` variables taken from an injected source.
 //! - [`breaker`]: the circuit breaker every upstream call goes through.
+//! - [`embedded`]: choosing a proxy from the embedded `ProxySettings` (fallback).
 //! - [`http`]: the HTTP client for proxy services (auth headers, TLS, pooling).
 //! - [`nats`]: `NatsSettings` from `NATS_URL` and credentials, and `connect`.
 //! - [`schema`]: JSON Schemas of the messages, generated from the types.
@@ -22,6 +23,7 @@
 pub mod breaker;
 pub mod codec;
 pub mod config;
+pub mod embedded;
 pub mod http;
 pub mod messages;
 pub mod nats;

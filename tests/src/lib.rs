@@ -16,6 +16,8 @@
 //!   testcontainers.
 //! - `connect.rs`: client options that reconnect quickly and forever, and server credentials.
 //! - `process.rs`: finding the binary, spawning, the ports file, signalling and reaping.
+//! - `proxies.rs`: [`TestProxy`] (HTTP CONNECT and SOCKS5, logging every tunnel) and
+//!   [`WsEchoServer`], for tests of code that connects through proxies.
 //! - `monitor.rs`: readiness probes on the client port and the HTTP monitoring endpoint.
 //! - `tests/harness.rs`: the harness's own tests against a real `nats-server`.
 //! - `tests/deployment.rs`: `docker-compose.yml` and the `Dockerfile` name every service binary.
@@ -40,9 +42,11 @@ mod connect;
 mod docker;
 mod monitor;
 mod process;
+mod proxies;
 mod server;
 
 pub use cluster::NatsCluster;
 #[cfg(feature = "docker")]
 pub use docker::DockerNats;
+pub use proxies::{ProxyCredentials, ProxyLog, TestProxy, WsEchoServer};
 pub use server::{NatsServer, NatsServerBuilder};

@@ -1,0 +1,451 @@
+//! [`ProxyClient`]: leases from the resolver over NATS, with a local cache, a
+//! breaker on the resolver and the fallback chain; websocket and HTTP helpers
+//! that report what happened.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use moka::Expiry;
+use moka::future::Cache;
+use proxybus_shared::breaker::CircuitBreaker;
+use proxybus_shared::embedded::EmbeddedSelector;
+use proxybus_shared::{
+    Codec, ConnectionType, ErrorKind, ErrorReply, ExchangeId, FallbackPolicy, FeedbackPhase, ProxyFeedback,
+    ProxyRequest, ProxyResponse, ProxyUrl, Region, ResponseSource, subject,
+};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite;
+
+use crate::config::ClientConfig;
+use crate::lease::{ProxyLease, redact_details};
+use crate::reporter::{FeedbackStats, Reporter};
+use crate::tunnel::{self, BoxedStream, ConnectError, Target};
+
+/// Why a client call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No proxy could be had and the policy forbids a direct connection.
+    #[error("no proxy for {exchange} {connection_type}: {reason}")]
+    Unavailable {
+        /// The exchange.
+        exchange: ExchangeId,
+        /// The connection type.
+        connection_type: ConnectionType,
+        /// Why.
+        reason: String,
+    },
+    /// The resolver answered with an error reply.
+    #[error("resolver refused: {} ({})", .0.message, .0.error)]
+    Resolver(ErrorReply),
+    /// Connecting through the proxy failed (already reported as feedback).
+    #[error("connection through proxy failed: {0}")]
+    Connect(#[from] ConnectError),
+    /// The target URL is not usable.
+    #[error("invalid target URL: {0}")]
+    InvalidUrl(String),
+    /// The HTTP client could not be built.
+    #[error("http client: {0}")]
+    Http(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct CacheKey {
+    exchange: ExchangeId,
+    connection_type: ConnectionType,
+    region: Option<Region>,
+}
+
+/// Each cached lease lives for its own TTL.
+struct LeaseExpiry;
+
+impl Expiry<CacheKey, ProxyLease> for LeaseExpiry {
+    fn expire_after_create(&self, _: &CacheKey, lease: &ProxyLease, _: std::time::Instant) -> Option<Duration> {
+        Some(lease.ttl)
+    }
+}
+
+/// A websocket opened through a leased proxy.
+#[derive(Debug)]
+pub struct ProxiedWebSocket {
+    /// The websocket.
+    pub stream: WebSocketStream<BoxedStream>,
+    /// The lease it went through (report `disconnected` with it when it closes).
+    pub lease: ProxyLease,
+}
+
+struct Inner {
+    config: ClientConfig,
+    nats: async_nats::Client,
+    codec: Codec,
+    cache: Cache<CacheKey, ProxyLease>,
+    breaker: CircuitBreaker,
+    embedded: EmbeddedSelector,
+    reporter: Reporter,
+}
+
+/// The proxybus client a feed links; cheap to clone.
+#[derive(Clone)]
+pub struct ProxyClient {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ProxyClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyClient").field("client_id", &self.inner.config.client_id).finish()
+    }
+}
+
+impl ProxyClient {
+    /// Connects to the bus. The first connection is retried in the background,
+    /// so a feed starts (on its fallbacks) even while NATS is down.
+    pub async fn connect(config: ClientConfig) -> Result<Self, ClientError> {
+        let nats = config
+            .nats
+            .clone()
+            .with_name(config.client_id.clone())
+            .connect_retrying()
+            .await
+            .map_err(|err| ClientError::Http(format!("nats connect options: {err}")))?;
+        Ok(Self::with_nats(config, nats))
+    }
+
+    /// A client over an existing NATS connection.
+    pub fn with_nats(config: ClientConfig, nats: async_nats::Client) -> Self {
+        let jetstream = jetstream::new(nats.clone());
+        let reporter = Reporter::start(jetstream, config.feedback_queue_capacity);
+        let breaker = CircuitBreaker::new("proxybus-resolver", config.breaker);
+        let cache = Cache::builder().max_capacity(config.cache_capacity).expire_after(LeaseExpiry).build();
+        let embedded = EmbeddedSelector::new(config.embedded.clone());
+        Self { inner: Arc::new(Inner { codec: Codec::default(), config, nats, cache, breaker, embedded, reporter }) }
+    }
+
+    /// The client's id.
+    pub fn client_id(&self) -> &str {
+        &self.inner.config.client_id
+    }
+
+    /// The breaker guarding the resolver.
+    pub fn breaker(&self) -> &CircuitBreaker {
+        &self.inner.breaker
+    }
+
+    /// A proxy for `exchange`: from the local cache within its TTL, else from the
+    /// resolver, else (bus unreachable, silent or breaker open) from the embedded
+    /// settings, else a direct connection unless the policy is `fail`.
+    pub async fn get_proxy(
+        &self,
+        exchange: &ExchangeId,
+        connection_type: ConnectionType,
+        region: Option<&Region>,
+    ) -> Result<ProxyLease, ClientError> {
+        let region = region.cloned().or_else(|| self.inner.config.region.clone());
+        let key = CacheKey { exchange: exchange.clone(), connection_type, region: region.clone() };
+        if let Some(mut lease) = self.inner.cache.get(&key).await {
+            lease.source = ResponseSource::Cache;
+            metrics::counter!("proxybus_client_requests_total", "source" => "cache").increment(1);
+            return Ok(lease);
+        }
+        let resolver_error = match self.inner.breaker.try_acquire() {
+            Err(open) => open.to_string(),
+            Ok(permit) => match self.ask_resolver(exchange, connection_type, region.as_ref()).await {
+                Ok(Ok(lease)) => {
+                    permit.success();
+                    self.inner.cache.insert(key, lease.clone()).await;
+                    metrics::counter!("proxybus_client_requests_total", "source" => "resolver").increment(1);
+                    return Ok(lease);
+                }
+                Ok(Err(reply)) => {
+                    // The resolver is up and said no: not a fault of the bus.
+                    permit.success();
+                    return Err(ClientError::Resolver(reply));
+                }
+                Err(reason) => {
+                    permit.failure();
+                    reason
+                }
+            },
+        };
+        tracing::warn!(exchange = %exchange, connection_type = %connection_type, reason = %resolver_error, "resolver unavailable; using fallback");
+        self.fallback(exchange, connection_type, region, &resolver_error)
+    }
+
+    /// Ok(Ok) a lease, Ok(Err) the resolver's error reply, Err why the resolver could not be asked.
+    async fn ask_resolver(
+        &self,
+        exchange: &ExchangeId,
+        connection_type: ConnectionType,
+        region: Option<&Region>,
+    ) -> Result<Result<ProxyLease, ErrorReply>, String> {
+        let inner = &self.inner;
+        let mut request = ProxyRequest::new(exchange.clone(), connection_type, inner.config.client_id.clone());
+        request.region = region.cloned();
+        request.request_id = Some(uuid::Uuid::new_v4().to_string());
+        let encoding = inner.config.encoding;
+        let payload = inner.codec.encode(encoding, &request).map_err(|err| err.to_string())?;
+        let subject = subject::request(exchange, connection_type);
+        let reply = tokio::time::timeout(
+            inner.config.request_timeout,
+            inner.nats.request_with_headers(subject, encoding.headers(), payload),
+        )
+        .await
+        .map_err(|_| format!("no answer within {:?}", inner.config.request_timeout))?
+        .map_err(|err| err.to_string())?;
+        let is_error = reply.headers.as_ref().is_some_and(|h| h.get("Nats-Service-Error-Code").is_some());
+        if is_error {
+            let reply: ErrorReply =
+                inner.codec.decode(reply.headers.as_ref(), &reply.payload).map_err(|e| e.to_string())?;
+            return Ok(Err(reply));
+        }
+        let response: ProxyResponse =
+            inner.codec.decode(reply.headers.as_ref(), &reply.payload).map_err(|err| format!("bad reply: {err}"))?;
+        let proxy = match &response.proxy_url {
+            None => None,
+            Some(url) => {
+                Some(ProxyUrl::parse(url).map_err(|err| format!("resolver handed out an unusable proxy: {err}"))?)
+            }
+        };
+        Ok(Ok(ProxyLease {
+            proxy_id: proxy.as_ref().map(ProxyUrl::id),
+            proxy,
+            exchange: exchange.clone(),
+            connection_type,
+            region: response.region,
+            strategy: response.strategy,
+            source: response.source,
+            fallback_policy: response.fallback_policy,
+            ttl: Duration::from_secs(response.ttl_seconds),
+            request_id: Some(response.request_id),
+        }))
+    }
+
+    fn fallback(
+        &self,
+        exchange: &ExchangeId,
+        connection_type: ConnectionType,
+        region: Option<Region>,
+        reason: &str,
+    ) -> Result<ProxyLease, ClientError> {
+        let ttl = Duration::from_secs(30);
+        if let Some(choice) = self.inner.embedded.select(exchange.as_str(), connection_type, |_| true) {
+            metrics::counter!("proxybus_client_requests_total", "source" => "embedded").increment(1);
+            return Ok(ProxyLease {
+                proxy_id: Some(choice.proxy.id()),
+                proxy: Some(choice.proxy),
+                exchange: exchange.clone(),
+                connection_type,
+                region,
+                strategy: choice.strategy.to_owned(),
+                source: ResponseSource::Embedded,
+                fallback_policy: FallbackPolicy::DirectConnection,
+                ttl,
+                request_id: None,
+            });
+        }
+        match self.inner.config.fallback_policy {
+            FallbackPolicy::Fail => Err(ClientError::Unavailable {
+                exchange: exchange.clone(),
+                connection_type,
+                reason: format!("resolver unavailable ({reason}) and no embedded proxy"),
+            }),
+            _ => {
+                metrics::counter!("proxybus_client_requests_total", "source" => "direct").increment(1);
+                Ok(ProxyLease {
+                    proxy: None,
+                    proxy_id: None,
+                    exchange: exchange.clone(),
+                    connection_type,
+                    region,
+                    strategy: "direct".into(),
+                    source: ResponseSource::Direct,
+                    fallback_policy: FallbackPolicy::DirectConnection,
+                    ttl,
+                    request_id: None,
+                })
+            }
+        }
+    }
+
+    /// Queues a feedback event for JetStream; never blocks.
+    pub fn report(&self, event: ProxyFeedback) {
+        self.inner.reporter.report(event);
+    }
+
+    /// Counters of the feedback queue.
+    pub fn feedback_stats(&self) -> FeedbackStats {
+        self.inner.reporter.stats()
+    }
+
+    /// Waits until every queued event is acknowledged or `timeout` passes;
+    /// returns whether the queue drained.
+    pub async fn flush_feedback(&self, timeout: Duration) -> bool {
+        self.inner.reporter.flush(timeout).await
+    }
+
+    /// Forgets the cached lease for this exchange, connection type and region,
+    /// so that the next `get_proxy` asks again (after the proxy failed).
+    pub async fn invalidate(&self, lease: &ProxyLease) {
+        let key = CacheKey {
+            exchange: lease.exchange.clone(),
+            connection_type: lease.connection_type,
+            region: lease.region.clone(),
+        };
+        self.inner.cache.invalidate(&key).await;
+        let requested = CacheKey {
+            exchange: lease.exchange.clone(),
+            connection_type: lease.connection_type,
+            region: self.inner.config.region.clone(),
+        };
+        self.inner.cache.invalidate(&requested).await;
+    }
+
+    /// Opens a websocket to `url` through a proxy leased for `exchange`, and
+    /// reports `connect_start`, then `connected` with the latency or `failed`
+    /// with the classified `error_kind` (a failed lease is also dropped from the cache).
+    pub async fn connect_websocket(&self, url: &str, exchange: &ExchangeId) -> Result<ProxiedWebSocket, ClientError> {
+        let target_url: url::Url = url.parse().map_err(|err| ClientError::InvalidUrl(format!("{err}")))?;
+        let target = Target::from_url(&target_url)?;
+        let lease = self.get_proxy(exchange, ConnectionType::Websocket, None).await?;
+        let client_id = self.client_id().to_owned();
+        if let Some(event) = lease.feedback(&client_id, FeedbackPhase::ConnectStart, true) {
+            self.report(event);
+        }
+        let started = Instant::now();
+        let result = async {
+            let stream = tunnel::open(lease.proxy.as_ref(), &target, self.inner.config.connect_timeout).await?;
+            let handshake = tokio_tungstenite::client_async_with_config(url, stream, None);
+            match tokio::time::timeout(self.inner.config.connect_timeout, handshake).await {
+                Err(_) => Err(ConnectError::new(ErrorKind::Timeout, "websocket handshake timed out")),
+                Ok(Ok((stream, _response))) => Ok(stream),
+                Ok(Err(err)) => Err(classify_ws(err)),
+            }
+        }
+        .await;
+        let latency = started.elapsed();
+        match result {
+            Ok(stream) => {
+                if let Some(mut event) = lease.feedback(&client_id, FeedbackPhase::Connected, true) {
+                    event.latency_ms = Some(latency.as_millis() as u64);
+                    self.report(event);
+                }
+                Ok(ProxiedWebSocket { stream, lease })
+            }
+            Err(err) => {
+                if let Some(mut event) = lease.failure(&client_id, err.kind, &err.message, latency) {
+                    event.status_code = err.status_code;
+                    event.retry_after_seconds = err.retry_after_seconds;
+                    self.report(event);
+                }
+                self.invalidate(&lease).await;
+                Err(ClientError::Connect(ConnectError {
+                    message: redact_details(&err.message, lease.proxy.as_ref()),
+                    ..err
+                }))
+            }
+        }
+    }
+
+    /// Reports that a connection made with `lease` closed (releases it for
+    /// `least_connections` pools).
+    pub fn report_disconnected(&self, lease: &ProxyLease) {
+        if let Some(event) = lease.feedback(self.client_id(), FeedbackPhase::Disconnected, true) {
+            self.report(event);
+        }
+    }
+
+    /// A `reqwest::Client` that sends everything through a proxy leased for
+    /// `exchange` (or directly when the lease says so), with the lease.
+    pub async fn http_client(&self, exchange: &ExchangeId) -> Result<(reqwest::Client, ProxyLease), ClientError> {
+        let lease = self.get_proxy(exchange, ConnectionType::Http, None).await?;
+        proxybus_shared::http::install_crypto_provider();
+        let mut builder = reqwest::Client::builder().connect_timeout(self.inner.config.connect_timeout);
+        builder = match &lease.proxy {
+            None => builder.no_proxy(),
+            Some(proxy) => builder.proxy(
+                reqwest::Proxy::all(proxy.expose())
+                    .map_err(|err| ClientError::Http(redact_details(&err.to_string(), Some(proxy))))?,
+            ),
+        };
+        let client =
+            builder.build().map_err(|err| ClientError::Http(redact_details(&err.to_string(), lease.proxy.as_ref())))?;
+        Ok((client, lease))
+    }
+
+    /// Reports the outcome of an HTTP response received through `lease`:
+    /// success below 400, else the status's `error_kind` and `Retry-After`.
+    pub fn report_response(
+        &self,
+        lease: &ProxyLease,
+        status: u16,
+        headers: &reqwest::header::HeaderMap,
+        latency: Duration,
+    ) {
+        let success = status < 400;
+        let Some(mut event) = lease.feedback(self.client_id(), FeedbackPhase::Request, success) else { return };
+        event.status_code = Some(status);
+        event.latency_ms = Some(latency.as_millis() as u64);
+        if !success {
+            event.error_kind = ErrorKind::from_status(status);
+            event.retry_after_seconds =
+                headers.get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
+        }
+        self.report(event);
+    }
+
+    /// Reports a request through `lease` that got no response at all.
+    pub fn report_http_error(&self, lease: &ProxyLease, err: &reqwest::Error, latency: Duration) {
+        let kind = if err.is_timeout() {
+            ErrorKind::Timeout
+        } else if err.is_connect() {
+            ErrorKind::Refused
+        } else {
+            ErrorKind::Other
+        };
+        if let Some(event) = lease.failure(self.client_id(), kind, &err.to_string(), latency) {
+            self.report(event);
+        }
+    }
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is converted against now).
+fn parse_retry_after(value: &str) -> Option<u64> {
+    let value = value.trim();
+    value.parse::<u64>().ok().or_else(|| {
+        let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+        Some((at.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_seconds().max(0) as u64)
+    })
+}
+
+fn classify_ws(err: tungstenite::Error) -> ConnectError {
+    match err {
+        tungstenite::Error::Http(response) => {
+            let status = response.status().as_u16();
+            let retry_after =
+                response.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
+            ConnectError {
+                kind: ErrorKind::from_status(status).unwrap_or(ErrorKind::Other),
+                message: format!("websocket handshake answered {status}"),
+                status_code: Some(status),
+                retry_after_seconds: retry_after,
+            }
+        }
+        tungstenite::Error::Io(io) => ConnectError::from_io("websocket", &io),
+        tungstenite::Error::Tls(tls) => ConnectError::new(ErrorKind::Tls, tls.to_string()),
+        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => {
+            ConnectError::new(ErrorKind::WsClosed, "websocket closed during the handshake")
+        }
+        other => ConnectError::new(ErrorKind::Other, other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_accepts_seconds_and_dates() {
+        assert_eq!(parse_retry_after("120"), Some(120));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(0), "a past date means now");
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+}

@@ -1,0 +1,86 @@
+//! Configuration of a [`ProxyClient`](crate::ProxyClient).
+
+use std::path::Path;
+use std::time::Duration;
+
+use proxybus_shared::breaker::BreakerConfig;
+use proxybus_shared::config::{self, ConfigError, EnvSource, PROXY_ENV_PREFIX, ProxySettings};
+use proxybus_shared::nats::NatsSettings;
+use proxybus_shared::{Encoding, FallbackPolicy, Region};
+
+/// How a client reaches proxybus and what it does when it cannot.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The bus.
+    pub nats: NatsSettings,
+    /// Who asks (`cryptofeed-{hostname}-{pid}`); the resolver keeps one cache entry per client.
+    pub client_id: String,
+    /// Preferred region; `None` lets the resolver choose.
+    pub region: Option<Region>,
+    /// Embedded proxies for when proxybus is unreachable (the seed's `ProxySettings`).
+    pub embedded: ProxySettings,
+    /// How long to wait for the resolver (default 2 s).
+    pub request_timeout: Duration,
+    /// How long to wait for a connection through a proxy (default 10 s).
+    pub connect_timeout: Duration,
+    /// Encoding of requests (default MessagePack).
+    pub encoding: Encoding,
+    /// Breaker on the resolver (default: open after 3 failures, probe after 10 s).
+    pub breaker: BreakerConfig,
+    /// What to do when neither proxybus nor the embedded settings give a proxy
+    /// (default `direct_connection`; `fail` returns an error).
+    pub fallback_policy: FallbackPolicy,
+    /// Feedback events kept while they wait to be published (default 10 000).
+    pub feedback_queue_capacity: usize,
+    /// Cached leases (default 10 000).
+    pub cache_capacity: u64,
+}
+
+impl ClientConfig {
+    /// Defaults for a client named `client_id` on the bus `nats`.
+    pub fn new(nats: NatsSettings, client_id: impl Into<String>) -> Self {
+        Self {
+            nats,
+            client_id: client_id.into(),
+            region: None,
+            embedded: ProxySettings::default(),
+            request_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(10),
+            encoding: Encoding::MsgPack,
+            breaker: BreakerConfig {
+                failure_threshold: 3,
+                recovery_timeout: Duration::from_secs(10),
+                half_open_probes: 1,
+            },
+            fallback_policy: FallbackPolicy::DirectConnection,
+            feedback_queue_capacity: 10_000,
+            cache_capacity: 10_000,
+        }
+    }
+
+    /// From the environment: `NATS_*`, the embedded `CRYPTOFEED_PROXY_*` settings
+    /// (overlaying the optional TOML `file`), `PROXYBUS_CLIENT_ID` (default
+    /// `proxybus-{hostname}-{pid}`) and `PROXYBUS_REGION`.
+    pub fn from_env(env: &EnvSource, file: Option<&Path>) -> Result<Self, ConfigError> {
+        let nats = NatsSettings::from_env(env)?;
+        let embedded: ProxySettings = config::load(file, env, PROXY_ENV_PREFIX)?;
+        let client_id = env.non_empty("PROXYBUS_CLIENT_ID").map(str::to_owned).unwrap_or_else(default_client_id);
+        let mut config = Self::new(nats, client_id);
+        config.embedded = embedded;
+        if let Some(region) = env.non_empty("PROXYBUS_REGION") {
+            config.region = Some(region.parse().map_err(|err: proxybus_shared::SubjectError| {
+                ConfigError::Invalid(vec![config::ConfigIssue {
+                    key: "PROXYBUS_REGION".into(),
+                    message: err.to_string(),
+                }])
+            })?);
+        }
+        Ok(config)
+    }
+}
+
+/// `proxybus-{hostname}-{pid}`.
+pub(crate) fn default_client_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "host".into());
+    format!("proxybus-{host}-{}", std::process::id())
+}

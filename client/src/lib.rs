@@ -1,0 +1,45 @@
+//! What a Rust feed links to use proxybus: the seed's `ProxyServiceClient` and
+//! `ProxyInjector`, speaking NATS.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), proxybus_client::ClientError> {
+//! use proxybus_client::{ClientConfig, ProxyClient};
+//! use proxybus_shared::{ConnectionType, nats::NatsSettings};
+//!
+//! let client = ProxyClient::connect(ClientConfig::new(NatsSettings::default(), "cryptofeed-host-1")).await?;
+//! let binance = "binance".parse().unwrap();
+//! // A websocket through the leased proxy; connect_start / connected / failed are reported.
+//! let ws = client.connect_websocket("wss://stream.binance.com:9443/ws/btcusdt@trade", &binance).await?;
+//! // Or a reqwest client for REST calls, and a report of each response.
+//! let (http, lease) = client.http_client(&binance).await?;
+//! # let _ = (ws, http, lease);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A feed keeps running when proxybus is down: answers are cached for their TTL,
+//! a circuit breaker guards the resolver, and when the bus is unreachable or
+//! silent the embedded `ProxySettings` (then a direct connection, per policy)
+//! take over. Feedback never blocks the caller: it is queued, published to
+//! JetStream with `Nats-Msg-Id` and awaited acks, retried across reconnects;
+//! when the queue is full the oldest events are dropped and counted.
+//!
+//! # Layout
+//! - `config.rs`: [`ClientConfig`], from code or the environment.
+//! - `lease.rs`: [`ProxyLease`], what `get_proxy` hands out, and feedback built from it.
+//! - `client.rs`: [`ProxyClient`]: `get_proxy`, the cache, the breaker and the fallback chain,
+//!   `connect_websocket`, `http_client`, `report_response`.
+//! - `reporter.rs`: the bounded feedback queue and its JetStream publisher.
+//! - `tunnel.rs`: streams through HTTP CONNECT, SOCKS5 and SOCKS4 proxies, and
+//!   classification of failures into `error_kind`.
+
+mod client;
+mod config;
+mod lease;
+mod reporter;
+pub mod tunnel;
+
+pub use client::{ClientError, ProxiedWebSocket, ProxyClient};
+pub use config::ClientConfig;
+pub use lease::ProxyLease;
+pub use reporter::FeedbackStats;

@@ -1,0 +1,207 @@
+//! The feedback queue: `report` never blocks; a background task publishes to
+//! JetStream with `Nats-Msg-Id: {event_id}` and awaits each ack, retrying what
+//! failed (the stream's duplicate window makes a retry of an event whose ack was
+//! lost fold once). When the queue is full the oldest events are dropped and
+//! counted (`proxybus_client_feedback_dropped_total` and a warning), never silently.
+
+use std::collections::VecDeque;
+use std::future::IntoFuture;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use proxybus_shared::{Codec, Encoding, ProxyFeedback, subject};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+/// Most events published before their acks are awaited.
+const BATCH: usize = 64;
+/// How long one publish and its ack may take before the event is retried.
+const ACK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Counters of the feedback queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FeedbackStats {
+    /// Events acknowledged by JetStream.
+    pub published: u64,
+    /// Events dropped because the queue was full.
+    pub dropped: u64,
+    /// Events waiting or in flight.
+    pub pending: usize,
+    /// Publish attempts that failed and were retried.
+    pub retries: u64,
+}
+
+#[derive(Debug)]
+struct Shared {
+    queue: Mutex<VecDeque<ProxyFeedback>>,
+    capacity: usize,
+    wake: Notify,
+    in_flight: AtomicUsize,
+    published: AtomicU64,
+    dropped: AtomicU64,
+    retries: AtomicU64,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<ProxyFeedback>> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Drops the oldest events until the queue fits its capacity.
+    fn trim(&self, queue: &mut VecDeque<ProxyFeedback>) {
+        while queue.len() > self.capacity {
+            queue.pop_front();
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            metrics::counter!("proxybus_client_feedback_dropped_total").increment(1);
+            if dropped.is_power_of_two() {
+                tracing::warn!(dropped, capacity = self.capacity, "feedback queue full: dropped the oldest event");
+            }
+        }
+    }
+}
+
+/// The queue and its publisher task.
+#[derive(Debug)]
+pub(crate) struct Reporter {
+    shared: Arc<Shared>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Reporter {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Reporter {
+    pub(crate) fn start(jetstream: jetstream::Context, capacity: usize) -> Self {
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(VecDeque::with_capacity(capacity.min(1024))),
+            capacity: capacity.max(1),
+            wake: Notify::new(),
+            in_flight: AtomicUsize::new(0),
+            published: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+        });
+        let task = tokio::spawn(publish_loop(jetstream, shared.clone()));
+        Self { shared, task }
+    }
+
+    /// Queues an event; never blocks.
+    pub(crate) fn report(&self, event: ProxyFeedback) {
+        let mut queue = self.shared.lock();
+        queue.push_back(event);
+        self.shared.trim(&mut queue);
+        drop(queue);
+        self.shared.wake.notify_one();
+    }
+
+    pub(crate) fn stats(&self) -> FeedbackStats {
+        FeedbackStats {
+            published: self.shared.published.load(Ordering::Relaxed),
+            dropped: self.shared.dropped.load(Ordering::Relaxed),
+            pending: self.shared.lock().len() + self.shared.in_flight.load(Ordering::Relaxed),
+            retries: self.shared.retries.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Waits until every queued event is acknowledged, or `timeout` passes;
+    /// returns whether the queue drained.
+    pub(crate) async fn flush(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.stats().pending == 0 {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+async fn publish_loop(jetstream: jetstream::Context, shared: Arc<Shared>) {
+    let codec = Codec::default();
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let batch: Vec<ProxyFeedback> = {
+            let mut queue = shared.lock();
+            let n = queue.len().min(BATCH);
+            shared.in_flight.store(n, Ordering::Relaxed);
+            queue.drain(..n).collect()
+        };
+        if batch.is_empty() {
+            shared.wake.notified().await;
+            continue;
+        }
+        tracing::trace!(events = batch.len(), "publishing feedback batch");
+        let mut pending = Vec::with_capacity(batch.len());
+        let mut failed = Vec::new();
+        for event in batch {
+            let payload = match codec.encode(Encoding::MsgPack, &event) {
+                Ok(payload) => payload,
+                Err(err) => {
+                    tracing::error!(%err, "cannot encode feedback; dropped");
+                    shared.dropped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            };
+            let mut headers = Encoding::MsgPack.headers();
+            headers.insert("Nats-Msg-Id", event.event_id.to_string().as_str());
+            let subject = subject::feedback(&event.exchange_id, event.connection_type);
+            match tokio::time::timeout(ACK_TIMEOUT, jetstream.publish_with_headers(subject, headers, payload)).await {
+                Ok(Ok(ack)) => pending.push((event, ack)),
+                Ok(Err(err)) => {
+                    tracing::debug!(%err, "feedback publish failed; will retry");
+                    failed.push(event);
+                }
+                Err(_) => {
+                    tracing::debug!("feedback publish timed out; will retry");
+                    failed.push(event);
+                }
+            }
+        }
+        // Acks are awaited together: after a disconnect every lost one times out
+        // at the same moment instead of one after another.
+        let acks = pending.into_iter().map(|(event, ack)| async move {
+            let result = tokio::time::timeout(ACK_TIMEOUT, ack.into_future()).await;
+            (event, result)
+        });
+        for (event, result) in futures::future::join_all(acks).await {
+            match result {
+                Ok(Ok(_)) => {
+                    shared.published.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("proxybus_client_feedback_published_total").increment(1);
+                }
+                Ok(Err(err)) => {
+                    tracing::debug!(%err, "feedback ack failed; will retry");
+                    failed.push(event);
+                }
+                Err(_) => {
+                    tracing::debug!("feedback ack timed out; will retry");
+                    failed.push(event);
+                }
+            }
+        }
+        if failed.is_empty() {
+            shared.in_flight.store(0, Ordering::Relaxed);
+            backoff = Duration::from_millis(50);
+            continue;
+        }
+        shared.retries.fetch_add(failed.len() as u64, Ordering::Relaxed);
+        {
+            let mut queue = shared.lock();
+            for event in failed.into_iter().rev() {
+                queue.push_front(event);
+            }
+            shared.in_flight.store(0, Ordering::Relaxed);
+            shared.trim(&mut queue);
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}

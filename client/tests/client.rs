@@ -1,0 +1,427 @@
+//! The client library against real components: a real nats-server (with a
+//! resolver stand-in answering the contract's subject), real JetStream, a real
+//! HTTP CONNECT proxy and SOCKS5 proxy, and a real websocket server.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use futures::{SinkExt, StreamExt};
+use proxybus_client::{ClientConfig, ClientError, ProxyClient, ProxyLease};
+use proxybus_shared::config::{self, ProxySettings};
+use proxybus_shared::nats::NatsSettings;
+use proxybus_shared::{
+    Codec, ConnectionType, Encoding, ErrorCode, ErrorKind, ErrorReply, ExchangeId, FallbackPolicy, FeedbackPhase,
+    ProxyFeedback, ProxyRequest, ProxyResponse, ProxyUrl, ResponseSource, proxy_id, subject,
+};
+use proxybus_tests::{NatsServer, ProxyCredentials, TestProxy, WsEchoServer};
+use tokio_tungstenite::tungstenite::Message;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn lease() -> ProxyLease {
+    let proxy = ProxyUrl::parse("http://u:pw@10.0.0.5:3128").unwrap();
+    ProxyLease {
+        proxy_id: Some(proxy.id()),
+        proxy: Some(proxy),
+        exchange: binance(),
+        connection_type: ConnectionType::Http,
+        region: None,
+        strategy: "round_robin".into(),
+        source: ResponseSource::Service,
+        fallback_policy: FallbackPolicy::DirectConnection,
+        ttl: Duration::from_secs(60),
+        request_id: None,
+    }
+}
+
+fn binance() -> ExchangeId {
+    "binance".parse().unwrap()
+}
+
+fn config(server: &NatsServer) -> ClientConfig {
+    let mut config = ClientConfig::new(NatsSettings::new(server.client_url()), "feed-test-1");
+    config.request_timeout = Duration::from_millis(500);
+    config.connect_timeout = Duration::from_secs(5);
+    config
+}
+
+/// Answers `proxy.v1.request.*.*` with `proxy_url` (or an error reply when it is
+/// `Err`), counting the requests it saw.
+async fn spawn_resolver(nats: async_nats::Client, answer: Result<Option<String>, ErrorCode>) -> Arc<AtomicUsize> {
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counter = seen.clone();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut sub = nats.subscribe(subject::REQUEST_WILDCARD).await.unwrap();
+        nats.flush().await.unwrap();
+        let _ = ready_tx.send(());
+        let codec = Codec::default();
+        while let Some(msg) = sub.next().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let request: ProxyRequest = codec.decode(msg.headers.as_ref(), &msg.payload).unwrap();
+            let reply_to = msg.reply.unwrap();
+            match &answer {
+                Ok(url) => {
+                    let response = ProxyResponse {
+                        schema_version: 1,
+                        proxy_id: url.as_deref().map(proxy_id),
+                        proxy_url: url.clone(),
+                        strategy: "p2c_ewma".into(),
+                        ttl_seconds: 300,
+                        fallback_policy: FallbackPolicy::DirectConnection,
+                        source: ResponseSource::Service,
+                        region: Some("eu-west".parse().unwrap()),
+                        request_id: request.request_id.unwrap_or_default(),
+                        metadata: Default::default(),
+                    };
+                    let body = codec.encode(Encoding::MsgPack, &response).unwrap();
+                    nats.publish_with_headers(reply_to, Encoding::MsgPack.headers(), body).await.unwrap();
+                }
+                Err(code) => {
+                    let reply = ErrorReply::new(*code, "nothing for you", request.request_id);
+                    let mut headers = Encoding::MsgPack.headers();
+                    headers.insert("Nats-Service-Error", reply.message.as_str());
+                    headers.insert("Nats-Service-Error-Code", reply.code.to_string().as_str());
+                    let body = codec.encode(Encoding::MsgPack, &reply).unwrap();
+                    nats.publish_with_headers(reply_to, headers, body).await.unwrap();
+                }
+            }
+        }
+    });
+    tokio::time::timeout(WAIT, ready_rx).await.unwrap().unwrap();
+    seen
+}
+
+async fn feedback_stream(nats: &async_nats::Client) -> stream::Stream {
+    jetstream::new(nats.clone())
+        .get_or_create_stream(stream::Config {
+            name: subject::FEEDBACK_STREAM.into(),
+            subjects: vec![subject::FEEDBACK_WILDCARD.into()],
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+}
+
+/// Every event in the stream, in order, with its `Nats-Msg-Id`.
+async fn stored_events(stream: &stream::Stream) -> Vec<(String, ProxyFeedback)> {
+    let mut stream = stream.clone();
+    let last = stream.info().await.unwrap().state.last_sequence;
+    let mut events = Vec::new();
+    for seq in 1..=last {
+        let msg = stream.get_raw_message(seq).await.unwrap();
+        let id = msg.headers.get("Nats-Msg-Id").unwrap().to_string();
+        events.push((id, Codec::default().decode(Some(&msg.headers), &msg.payload).unwrap()));
+    }
+    events
+}
+
+async fn wait_for_events(stream: &stream::Stream, n: u64) -> Vec<(String, ProxyFeedback)> {
+    let mut stream = stream.clone();
+    tokio::time::timeout(WAIT, async {
+        while stream.info().await.unwrap().state.messages < n {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("fewer than {n} events arrived"));
+    stored_events(&stream).await
+}
+
+#[tokio::test]
+async fn a_lease_comes_from_the_resolver_once_then_from_the_cache() {
+    let server = NatsServer::start().await.unwrap();
+    let nats = server.connect().await.unwrap();
+    let seen = spawn_resolver(nats.clone(), Ok(Some("socks5://alice:pw@10.0.0.7:1080".into()))).await;
+    let client = ProxyClient::with_nats(config(&server), nats);
+
+    let first = client.get_proxy(&binance(), ConnectionType::Websocket, None).await.unwrap();
+    assert_eq!(first.source, ResponseSource::Service);
+    assert_eq!(first.proxy.as_ref().unwrap().expose(), "socks5://alice:pw@10.0.0.7:1080");
+    assert_eq!(first.proxy_id, Some(proxy_id("socks5://alice:pw@10.0.0.7:1080")));
+    assert_eq!(first.ttl, Duration::from_secs(300));
+    let second = client.get_proxy(&binance(), ConnectionType::Websocket, None).await.unwrap();
+    assert_eq!(second.source, ResponseSource::Cache);
+    assert_eq!(second.proxy_id, first.proxy_id);
+    assert_eq!(seen.load(Ordering::SeqCst), 1, "the second answer came from the local cache");
+    client.get_proxy(&binance(), ConnectionType::Http, None).await.unwrap();
+    assert_eq!(seen.load(Ordering::SeqCst), 2, "another connection type is another key");
+}
+
+#[tokio::test]
+async fn resolver_error_replies_reach_the_caller() {
+    let server = NatsServer::start().await.unwrap();
+    let nats = server.connect().await.unwrap();
+    spawn_resolver(nats.clone(), Err(ErrorCode::NoProxyAvailable)).await;
+    let client = ProxyClient::with_nats(config(&server), nats);
+    let err = client.get_proxy(&binance(), ConnectionType::Http, None).await.unwrap_err();
+    assert!(matches!(err, ClientError::Resolver(ref reply) if reply.error == ErrorCode::NoProxyAvailable), "{err:?}");
+    assert_eq!(client.breaker().consecutive_failures(), 0, "an answer from the resolver is not a bus failure");
+}
+
+#[tokio::test]
+async fn without_a_resolver_the_embedded_settings_then_direct_then_fail_take_over() {
+    let server = NatsServer::start().await.unwrap();
+    let nats = server.connect().await.unwrap();
+    let embedded: ProxySettings = config::from_toml_str(
+        r#"
+        enabled = true
+        [exchanges.binance.websocket]
+        url = "http://10.1.1.1:3128"
+        "#,
+    )
+    .unwrap();
+    let mut cfg = config(&server);
+    cfg.embedded = embedded;
+    let client = ProxyClient::with_nats(cfg.clone(), nats.clone());
+
+    let lease = client.get_proxy(&binance(), ConnectionType::Websocket, None).await.unwrap();
+    assert_eq!(lease.source, ResponseSource::Embedded);
+    assert_eq!(lease.proxy.unwrap().expose(), "http://10.1.1.1:3128");
+    let direct = client.get_proxy(&binance(), ConnectionType::Http, None).await.unwrap();
+    assert_eq!((direct.source, direct.is_direct()), (ResponseSource::Direct, true));
+
+    cfg.fallback_policy = FallbackPolicy::Fail;
+    let strict = ProxyClient::with_nats(cfg, nats);
+    let err = strict.get_proxy(&binance(), ConnectionType::Http, None).await.unwrap_err();
+    assert!(matches!(err, ClientError::Unavailable { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn the_breaker_stops_asking_a_silent_bus() {
+    let server = NatsServer::start().await.unwrap();
+    let nats = server.connect().await.unwrap();
+    let client = ProxyClient::with_nats(config(&server), nats.clone());
+    for _ in 0..3 {
+        client.get_proxy(&binance(), ConnectionType::Http, None).await.unwrap();
+    }
+    assert_eq!(client.breaker().state(), proxybus_shared::breaker::BreakerState::Open);
+    // A resolver appears, but the open breaker does not ask it until it recovers.
+    let seen = spawn_resolver(nats, Ok(Some("http://10.0.0.1:1".into()))).await;
+    let lease = client.get_proxy(&binance(), ConnectionType::Http, None).await.unwrap();
+    assert_eq!(lease.source, ResponseSource::Direct);
+    assert_eq!(seen.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_feed_starts_while_nats_is_down_and_falls_back() {
+    let mut server = NatsServer::start().await.unwrap();
+    let cfg = config(&server);
+    server.kill().unwrap();
+    let client = tokio::time::timeout(WAIT, ProxyClient::connect(cfg)).await.unwrap().unwrap();
+    let lease =
+        tokio::time::timeout(WAIT, client.get_proxy(&binance(), ConnectionType::Http, None)).await.unwrap().unwrap();
+    assert_eq!(lease.source, ResponseSource::Direct);
+}
+
+#[tokio::test]
+async fn reported_feedback_lands_in_the_stream_with_its_event_id() {
+    let server = NatsServer::start().await.unwrap();
+    let nats = server.connect().await.unwrap();
+    let stream = feedback_stream(&nats).await;
+    spawn_resolver(nats.clone(), Ok(Some("http://u:secret@10.0.0.9:3128".into()))).await;
+    let client = ProxyClient::with_nats(config(&server), nats);
+    let lease = client.get_proxy(&binance(), ConnectionType::Http, None).await.unwrap();
+    for i in 0..20 {
+        let event = lease.feedback(client.client_id(), FeedbackPhase::Request, i % 2 == 0).unwrap();
+        client.report(event);
+    }
+    assert!(client.flush_feedback(WAIT).await);
+    let events = wait_for_events(&stream, 20).await;
+    assert_eq!(events.len(), 20);
+    for (msg_id, event) in &events {
+        assert_eq!(msg_id, &event.event_id.to_string());
+        assert_eq!(event.proxy_url, "http://u:***@10.0.0.9:3128", "never a password in feedback");
+        assert_eq!(event.client_id, "feed-test-1");
+    }
+    assert_eq!(client.feedback_stats().published, 20);
+}
+
+#[tokio::test]
+async fn a_full_queue_drops_the_oldest_and_counts_them() {
+    let server = NatsServer::start().await.unwrap();
+    let nats = server.connect().await.unwrap();
+    let mut cfg = config(&server);
+    cfg.feedback_queue_capacity = 10;
+    let client = ProxyClient::with_nats(cfg, nats.clone());
+    let lease = lease();
+    // No stream yet: every publish fails and is retried, so the queue fills up.
+    let events: Vec<ProxyFeedback> =
+        (0..25).map(|_| lease.feedback(client.client_id(), FeedbackPhase::Connected, true).unwrap()).collect();
+    for event in &events {
+        client.report(event.clone());
+    }
+    let stats = client.feedback_stats();
+    assert_eq!(stats.dropped, 15, "{stats:?}");
+    assert_eq!(stats.pending, 10);
+    let stream = feedback_stream(&nats).await;
+    let stored = wait_for_events(&stream, 10).await;
+    let stored_ids: Vec<_> = stored.iter().map(|(_, e)| e.event_id).collect();
+    let newest: Vec<_> = events[15..].iter().map(|e| e.event_id).collect();
+    assert_eq!(stored_ids, newest, "the newest ten survive, in order");
+}
+
+#[tokio::test]
+async fn feedback_survives_a_nats_restart_exactly_once() {
+    proxybus_shared::telemetry::init_for_tests();
+    let mut server = NatsServer::start().await.unwrap();
+    let nats = server.connect().await.unwrap();
+    let stream = feedback_stream(&nats).await;
+    let client = ProxyClient::with_nats(config(&server), nats.clone());
+    let lease = lease();
+    for _ in 0..50 {
+        client.report(lease.feedback(client.client_id(), FeedbackPhase::Request, true).unwrap());
+    }
+    assert!(client.flush_feedback(WAIT).await);
+    server.kill().unwrap();
+    for _ in 0..50 {
+        client.report(lease.feedback(client.client_id(), FeedbackPhase::Request, false).unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(client.feedback_stats().pending > 0, "nothing can be acked while the server is down");
+    server.restart().await.unwrap();
+    assert!(client.flush_feedback(Duration::from_secs(20)).await, "{:?}", client.feedback_stats());
+    let events = wait_for_events(&stream, 100).await;
+    let mut ids: Vec<_> = events.iter().map(|(_, e)| e.event_id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 100, "every event once");
+    assert_eq!(events.len(), 100, "and nothing twice");
+}
+
+async fn ws_echo_through(client: &ProxyClient, ws: &WsEchoServer) -> proxybus_client::ProxiedWebSocket {
+    let mut socket = client.connect_websocket(&ws.url(), &binance()).await.unwrap();
+    socket.stream.send(Message::text("ping")).await.unwrap();
+    let echoed = tokio::time::timeout(WAIT, socket.stream.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(echoed.into_text().unwrap().as_str(), "ping");
+    socket
+}
+
+#[tokio::test]
+async fn websocket_through_an_http_connect_proxy_with_auth_reports_connected() {
+    let server = NatsServer::start().await.unwrap();
+    let nats = server.connect().await.unwrap();
+    let stream = feedback_stream(&nats).await;
+    let proxy = TestProxy::http_connect(Some(ProxyCredentials::new("feed", "p@ss:word"))).await.unwrap();
+    let ws = WsEchoServer::start().await.unwrap();
+    let url = format!("http://feed:p%40ss%3Aword@{}", proxy.addr());
+    spawn_resolver(nats.clone(), Ok(Some(url))).await;
+    let client = ProxyClient::with_nats(config(&server), nats);
+
+    let socket = ws_echo_through(&client, &ws).await;
+    assert_eq!(proxy.log().tunnels(), [ws.addr().to_string()], "the connection went through the proxy");
+    client.report_disconnected(&socket.lease);
+    assert!(client.flush_feedback(WAIT).await);
+    let phases: Vec<_> = wait_for_events(&stream, 3).await.into_iter().map(|(_, e)| (e.phase, e.success)).collect();
+    assert_eq!(
+        phases,
+        [(FeedbackPhase::ConnectStart, true), (FeedbackPhase::Connected, true), (FeedbackPhase::Disconnected, true)]
+    );
+}
+
+#[tokio::test]
+async fn websocket_through_a_socks5_proxy_with_auth() {
+    let server = NatsServer::start().await.unwrap();
+    let nats = server.connect().await.unwrap();
+    let stream = feedback_stream(&nats).await;
+    let proxy = TestProxy::socks5(Some(ProxyCredentials::new("user-session-1", "pw"))).await.unwrap();
+    let ws = WsEchoServer::start().await.unwrap();
+    spawn_resolver(nats.clone(), Ok(Some(proxy.url()))).await;
+    let client = ProxyClient::with_nats(config(&server), nats);
+    ws_echo_through(&client, &ws).await;
+    assert_eq!(proxy.log().tunnels(), [ws.addr().to_string()]);
+    let events = wait_for_events(&stream, 2).await;
+    let connected = &events[1].1;
+    assert_eq!(connected.phase, FeedbackPhase::Connected);
+    assert!(connected.latency_ms.is_some());
+}
+
+async fn failed_event_for(proxy_url: String, ws_url: String) -> (ProxyFeedback, ClientError) {
+    let server = NatsServer::start().await.unwrap();
+    let nats = server.connect().await.unwrap();
+    let stream = feedback_stream(&nats).await;
+    spawn_resolver(nats.clone(), Ok(Some(proxy_url))).await;
+    let client = ProxyClient::with_nats(config(&server), nats);
+    let err = client.connect_websocket(&ws_url, &binance()).await.unwrap_err();
+    let events = wait_for_events(&stream, 2).await;
+    assert_eq!(events[0].1.phase, FeedbackPhase::ConnectStart);
+    (events[1].1.clone(), err)
+}
+
+#[tokio::test]
+async fn refused_credentials_are_reported_as_proxy_auth() {
+    let ws = WsEchoServer::start().await.unwrap();
+    let http = TestProxy::http_connect(Some(ProxyCredentials::new("feed", "right"))).await.unwrap();
+    let (event, err) = failed_event_for(http.url_with("feed", "wrong-secret"), ws.url()).await;
+    assert_eq!(
+        (event.phase, event.success, event.error_kind),
+        (FeedbackPhase::Failed, false, Some(ErrorKind::ProxyAuth))
+    );
+    assert_eq!(event.status_code, Some(407));
+    assert!(!format!("{err} {event:?}").contains("wrong-secret"), "credentials leaked: {err} {event:?}");
+    assert_eq!(http.log().tunnels().len(), 0);
+
+    let socks = TestProxy::socks5(Some(ProxyCredentials::new("feed", "right"))).await.unwrap();
+    let (event, _) = failed_event_for(socks.url_with("feed", "wrong-secret"), ws.url()).await;
+    assert_eq!(event.error_kind, Some(ErrorKind::ProxyAuth));
+}
+
+#[tokio::test]
+async fn handshake_statuses_become_error_kinds_with_retry_after() {
+    let proxy = TestProxy::http_connect(None).await.unwrap();
+    let restricted = WsEchoServer::refusing(451, None).await.unwrap();
+    let (event, _) = failed_event_for(proxy.url(), restricted.url()).await;
+    assert_eq!((event.error_kind, event.status_code), (Some(ErrorKind::Http451), Some(451)));
+    assert_eq!(proxy.log().tunnels(), [restricted.addr().to_string()], "the handshake went through the proxy");
+
+    let limited = WsEchoServer::refusing(429, Some(30)).await.unwrap();
+    let (event, _) = failed_event_for(proxy.url(), limited.url()).await;
+    assert_eq!((event.error_kind, event.retry_after_seconds), (Some(ErrorKind::Http429), Some(30)));
+}
+
+#[tokio::test]
+async fn a_dead_proxy_is_reported_as_refused() {
+    let ws = WsEchoServer::start().await.unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let (event, err) = failed_event_for(format!("http://{closed}"), ws.url()).await;
+    assert_eq!(event.error_kind, Some(ErrorKind::Refused), "{err}");
+}
+
+#[tokio::test]
+async fn http_client_goes_through_the_proxy_and_reports_429_with_retry_after() {
+    use axum::http::{HeaderMap, StatusCode};
+    let app = axum::Router::new().route(
+        "/api/v3/depth",
+        axum::routing::get(|| async {
+            let mut headers = HeaderMap::new();
+            headers.insert("retry-after", "17".parse().unwrap());
+            (StatusCode::TOO_MANY_REQUESTS, headers, "slow down")
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let exchange_addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let server = NatsServer::start().await.unwrap();
+    let nats = server.connect().await.unwrap();
+    let stream = feedback_stream(&nats).await;
+    let proxy = TestProxy::http_connect(None).await.unwrap();
+    spawn_resolver(nats.clone(), Ok(Some(proxy.url()))).await;
+    let client = ProxyClient::with_nats(config(&server), nats);
+    let (http, lease) = client.http_client(&binance()).await.unwrap();
+    let started = std::time::Instant::now();
+    let response = http.get(format!("http://{exchange_addr}/api/v3/depth")).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 429);
+    client.report_response(&lease, response.status().as_u16(), response.headers(), started.elapsed());
+    assert_eq!(proxy.log().tunnels(), [exchange_addr.to_string()], "the request went through the proxy");
+    let events = wait_for_events(&stream, 1).await;
+    let event = &events[0].1;
+    assert_eq!((event.phase, event.success), (FeedbackPhase::Request, false));
+    assert_eq!(
+        (event.status_code, event.error_kind, event.retry_after_seconds),
+        (Some(429), Some(ErrorKind::Http429), Some(17))
+    );
+}
