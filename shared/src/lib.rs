@@ -16,6 +16,7 @@
 //! - [`breaker`]: the circuit breaker every upstream call goes through.
 //! - [`embedded`]: choosing a proxy from the embedded `ProxySettings` (fallback).
 //! - [`http`]: the HTTP client for proxy services (auth headers, TLS, pooling).
+//! - [`kv`]: opening key-value buckets (also on nats-server 2.9).
 //! - [`nats`]: `NatsSettings` from `NATS_URL` and credentials, and `connect`.
 //! - [`schema`]: JSON Schemas of the messages, generated from the types.
 //! - [`telemetry`]: tracing set-up, plain or JSON.
@@ -25,6 +26,7 @@ pub mod codec;
 pub mod config;
 pub mod embedded;
 pub mod http;
+pub mod kv;
 pub mod messages;
 pub mod nats;
 pub mod proxy_url;

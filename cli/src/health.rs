@@ -1,0 +1,130 @@
+//! `proxybus health [--region R] [--watch] [--json]`.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+use async_nats::jetstream::{self, kv};
+use futures::StreamExt;
+use proxybus_shared::{Codec, Encoding, ExchangeState, HealthState, HealthStats, ProxyId, Region, subject};
+
+/// Arguments of `proxybus health`.
+#[derive(Debug, clap::Args)]
+pub struct HealthArgs {
+    /// Only proxies of this region.
+    #[arg(long)]
+    pub region: Option<Region>,
+    /// Keep the table up to date as health changes (Ctrl-C to stop).
+    #[arg(long)]
+    pub watch: bool,
+    /// Print a JSON array of HealthStats instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub(crate) async fn run(client: &async_nats::Client, args: HealthArgs) -> anyhow::Result<ExitCode> {
+    let js = jetstream::new(client.clone());
+    let bucket = js
+        .get_key_value(subject::HEALTH_BUCKET)
+        .await
+        .map_err(|err| anyhow::anyhow!("no KV bucket {}: {err} (has the aggregator run?)", subject::HEALTH_BUCKET))?;
+    let mut stats = load(&bucket).await?;
+    print(&stats, &args)?;
+    if !args.watch {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut watch = bucket.watch_all().await?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+            entry = watch.next() => {
+                let Some(entry) = entry else { return Ok(ExitCode::SUCCESS) };
+                let entry = entry?;
+                let Ok(id) = entry.key.parse::<ProxyId>() else { continue };
+                match entry.operation {
+                    kv::Operation::Put => {
+                        if let Ok(value) = Codec::default().decode_as::<HealthStats>(Encoding::MsgPack, &entry.value) {
+                            stats.insert(id, value);
+                        }
+                    }
+                    kv::Operation::Delete | kv::Operation::Purge => {
+                        stats.remove(&id);
+                    }
+                }
+                if !args.json {
+                    print!("\x1b[2J\x1b[H");
+                }
+                print(&stats, &args)?;
+            }
+        }
+    }
+}
+
+/// Every HealthStats in the bucket, by proxy id (keys that are not proxy ids are skipped).
+async fn load(bucket: &kv::Store) -> anyhow::Result<BTreeMap<ProxyId, HealthStats>> {
+    let mut keys = bucket.keys().await?;
+    let mut stats = BTreeMap::new();
+    while let Some(key) = keys.next().await {
+        let key = key?;
+        let Ok(id) = key.parse::<ProxyId>() else { continue };
+        if let Some(bytes) = bucket.get(key.as_str()).await?
+            && let Ok(value) = Codec::default().decode_as::<HealthStats>(Encoding::MsgPack, &bytes)
+        {
+            stats.insert(id, value);
+        }
+    }
+    Ok(stats)
+}
+
+fn print(stats: &BTreeMap<ProxyId, HealthStats>, args: &HealthArgs) -> anyhow::Result<()> {
+    let mut shown: Vec<&HealthStats> =
+        stats.values().filter(|s| args.region.is_none() || s.region == args.region).collect();
+    shown.sort_by(|a, b| (&a.region, &a.proxy_id).cmp(&(&b.region, &b.proxy_id)));
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&shown)?);
+        return Ok(());
+    }
+    let mut table = crate::table(&[
+        "proxy_id",
+        "region",
+        "proxy",
+        "state",
+        "events",
+        "success",
+        "ewma ms",
+        "p99 ms",
+        "fails in a row",
+        "ejections",
+        "exchange bans",
+    ]);
+    for s in &shown {
+        let bans: Vec<String> = s
+            .exchanges
+            .iter()
+            .filter(|(_, e)| e.state != ExchangeState::Healthy)
+            .map(|(ex, e)| format!("{ex}:{}", crate::request::serde_plain(&e.state)))
+            .collect();
+        let state = match s.state {
+            HealthState::Ejected => match s.ejected_until {
+                Some(until) => format!("ejected until {}", until.format("%H:%M:%S")),
+                None => "ejected".into(),
+            },
+            other => crate::request::serde_plain(&other),
+        };
+        table.add_row(vec![
+            s.proxy_id.to_string(),
+            s.region.as_ref().map(|r| r.to_string()).unwrap_or_default(),
+            s.proxy_url.clone(),
+            state,
+            s.total.to_string(),
+            format!("{:.1}%", s.success_rate * 100.0),
+            s.latency_ewma_ms.map(|v| format!("{v:.0}")).unwrap_or_default(),
+            s.latency_p99_ms.map(|v| format!("{v:.0}")).unwrap_or_default(),
+            s.consecutive_failures.to_string(),
+            s.ejections.to_string(),
+            bans.join(" "),
+        ]);
+    }
+    println!("{table}");
+    println!("{} proxies", shown.len());
+    Ok(())
+}

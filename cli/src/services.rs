@@ -1,0 +1,66 @@
+//! `proxybus services`: who answers `$SRV.INFO` and `$SRV.STATS`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::Value;
+
+/// Arguments of `proxybus services`.
+#[derive(Debug, clap::Args)]
+pub struct ServicesArgs {
+    /// How long to collect answers.
+    #[arg(long, default_value = "500", value_name = "MILLISECONDS")]
+    pub wait_ms: u64,
+    /// Print the raw `$SRV.STATS` answers as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Every answer to a request on `subject` within `wait`.
+async fn gather(client: &async_nats::Client, subject: &str, wait: Duration) -> anyhow::Result<Vec<Value>> {
+    let inbox = client.new_inbox();
+    let mut replies = client.subscribe(inbox.clone()).await?;
+    client.publish_with_reply(subject.to_owned(), inbox, bytes::Bytes::new()).await?;
+    client.flush().await?;
+    let mut answers = Vec::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, replies.next()).await {
+        if let Ok(value) = serde_json::from_slice::<Value>(&msg.payload) {
+            answers.push(value);
+        }
+    }
+    Ok(answers)
+}
+
+pub(crate) async fn run(client: &async_nats::Client, args: ServicesArgs) -> anyhow::Result<ExitCode> {
+    let wait = Duration::from_millis(args.wait_ms);
+    let mut stats = gather(client, "$SRV.STATS", wait).await?;
+    stats.sort_by_key(|s| {
+        (s["name"].as_str().unwrap_or_default().to_owned(), s["id"].as_str().unwrap_or_default().to_owned())
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&stats)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut table =
+        crate::table(&["service", "id", "version", "endpoint", "requests", "errors", "avg processing", "data"]);
+    for service in &stats {
+        for endpoint in service["endpoints"].as_array().into_iter().flatten() {
+            let avg_ns = endpoint["average_processing_time"].as_u64().unwrap_or(0);
+            table.add_row(vec![
+                service["name"].as_str().unwrap_or_default().to_owned(),
+                service["id"].as_str().unwrap_or_default().to_owned(),
+                service["version"].as_str().unwrap_or_default().to_owned(),
+                endpoint["subject"].as_str().or(endpoint["name"].as_str()).unwrap_or_default().to_owned(),
+                endpoint["num_requests"].to_string(),
+                endpoint["num_errors"].to_string(),
+                format!("{:.3} ms", avg_ns as f64 / 1e6),
+                if endpoint["data"].is_null() { String::new() } else { endpoint["data"].to_string() },
+            ]);
+        }
+    }
+    println!("{table}");
+    println!("{} service instances", stats.len());
+    Ok(ExitCode::SUCCESS)
+}
