@@ -195,3 +195,22 @@ fn nats_settings_read_every_credential_kind() {
     let keys: Vec<&str> = err.issues().iter().map(|i| i.key.as_str()).collect();
     assert_eq!(keys, ["NATS_TOKEN/NATS_USER/NATS_NKEY_SEED/NATS_CREDS", "NATS_CERT/NATS_KEY", "NATS_TLS_REQUIRED"]);
 }
+
+#[test]
+fn external_service_rollout_list_and_srv_name() {
+    use proxybus_shared::config::{EnvSource, PROXY_ENV_PREFIX, ProxySettings, load};
+    let env: EnvSource = [
+        ("CRYPTOFEED_PROXY_EXTERNAL_SERVICE__ENABLED", "true"),
+        ("CRYPTOFEED_PROXY_EXTERNAL_SERVICE__SRV_NAME", "_proxy-service._tcp.example.internal"),
+        ("CRYPTOFEED_PROXY_EXTERNAL_SERVICE__AUTH_METHOD", "none"),
+        ("CRYPTOFEED_PROXY_EXTERNAL_SERVICE__EXCHANGES", r#"["binance"]"#),
+    ]
+    .into_iter()
+    .collect();
+    let settings: ProxySettings = load(None, &env, PROXY_ENV_PREFIX).expect("srv_name stands in for endpoints");
+    assert!(settings.external_service.delegates("binance"));
+    assert!(!settings.external_service.delegates("kraken"));
+    let bad: EnvSource = [("CRYPTOFEED_PROXY_EXTERNAL_SERVICE__EXCHANGES", r#"["Bin.ance"]"#)].into_iter().collect();
+    let err = load::<ProxySettings>(None, &bad, PROXY_ENV_PREFIX).unwrap_err();
+    assert_eq!(err.issues()[0].key, "external_service.exchanges[0]");
+}

@@ -254,6 +254,13 @@ pub struct ExternalProxyServiceConfig {
     pub circuit_breaker_enabled: bool,
     /// Whether to fall back to the embedded settings when services fail.
     pub fallback_to_embedded: bool,
+    /// Phased rollout (the seed's migration plan): exchanges delegated to the
+    /// services; empty means every exchange. The others use the embedded settings.
+    pub exchanges: Vec<String>,
+    /// DNS SRV name the endpoints are discovered under
+    /// (`_proxy-service._tcp.example.internal`, as a Kubernetes headless service
+    /// publishes); when set it replaces `endpoints`.
+    pub srv_name: Option<String>,
 }
 
 impl Default for ExternalProxyServiceConfig {
@@ -267,11 +274,19 @@ impl Default for ExternalProxyServiceConfig {
             cache_ttl_seconds: 300,
             circuit_breaker_enabled: true,
             fallback_to_embedded: true,
+            exchanges: Vec::new(),
+            srv_name: None,
         }
     }
 }
 
 impl ExternalProxyServiceConfig {
+    /// Whether requests for `exchange` go to the services: enabled, and the
+    /// exchange is in the rollout list (or the list is empty).
+    pub fn delegates(&self, exchange: &str) -> bool {
+        self.enabled && (self.exchanges.is_empty() || self.exchanges.iter().any(|e| e == exchange))
+    }
+
     /// A credential by name (`token`, `api_key` …).
     pub fn credential(&self, name: &str) -> Option<&SecretString> {
         self.auth_credentials.get(name)
@@ -293,8 +308,21 @@ impl Validate for ExternalProxyServiceConfig {
                 Err(err) => issues.push(at, format!("not a valid URL ({err}): {}", crate::redact_url(endpoint))),
             }
         }
-        if self.enabled && self.endpoints.is_empty() {
-            issues.push(key(prefix, "endpoints"), "external_service is enabled but names no endpoint");
+        for (i, exchange) in self.exchanges.iter().enumerate() {
+            if exchange.parse::<crate::ExchangeId>().is_err() {
+                issues.push(
+                    key(prefix, &format!("exchanges[{i}]")),
+                    "exchange id must be 1 to 64 characters of a-z, 0-9, '_' or '-'",
+                );
+            }
+        }
+        if let Some(name) = &self.srv_name
+            && (name.trim().is_empty() || name.len() > 253 || name.contains(char::is_whitespace))
+        {
+            issues.push(key(prefix, "srv_name"), "must be a DNS name of 1 to 253 characters");
+        }
+        if self.enabled && self.endpoints.is_empty() && self.srv_name.is_none() {
+            issues.push(key(prefix, "endpoints"), "external_service is enabled but names no endpoint (nor srv_name)");
         }
         if self.enabled {
             let needed: &[&str] = match self.auth_method {

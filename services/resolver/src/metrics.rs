@@ -1,0 +1,199 @@
+//! The seed's `ProxyServiceMetrics`, counted per resolver instance (they go into
+//! the micro-service `$SRV.STATS` data), and the same facts plus latency
+//! histograms on the process's Prometheus recorder (`/metrics`).
+//!
+//! | Prometheus metric | type | labels |
+//! | --- | --- | --- |
+//! | `proxybus_resolver_requests_total` | counter | `source` (`service`, `cache`, `stale_cache`, `embedded`, `direct`, `error`) |
+//! | `proxybus_resolver_errors_total` | counter | `error` (`bad_request`, `payload_too_large`, `upstream_unavailable`, …) |
+//! | `proxybus_resolver_fallbacks_total` | counter | `step` (`stale_cache`, `embedded`, `direct`, `fail`) |
+//! | `proxybus_resolver_request_duration_seconds` | histogram | `source` |
+//! | `proxybus_resolver_upstream_duration_seconds` | histogram | `endpoint`, `outcome` (`ok`, `error`) |
+//! | `proxybus_resolver_upstream_calls_total` | counter | `endpoint`, `outcome` |
+//! | `proxybus_resolver_breaker_opens_total` | counter | `endpoint` |
+//! | `proxybus_breaker_transitions_total` | counter | `breaker`, `to` (from `proxybus-shared`) |
+//! | `proxybus_resolver_cache_entries` | gauge | |
+//! | `proxybus_resolver_endpoints` | gauge | |
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use proxybus_shared::{ErrorCode, ResponseSource};
+use serde::Serialize;
+
+/// Counters of one resolver (the seed's `ProxyServiceMetrics`, plus a few).
+#[derive(Debug, Default)]
+pub struct ResolverMetrics {
+    requests_total: AtomicU64,
+    requests_success: AtomicU64,
+    requests_failed: AtomicU64,
+    requests_cached: AtomicU64,
+    response_time_total_us: AtomicU64,
+    upstream_calls: AtomicU64,
+    upstream_failures: AtomicU64,
+    circuit_breaker_open_count: AtomicU64,
+    fallback_used_count: AtomicU64,
+    bad_requests: AtomicU64,
+}
+
+/// A snapshot of [`ResolverMetrics`], as published in `$SRV.STATS` `data`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
+pub struct ProxyServiceMetrics {
+    /// Requests answered (successfully or with an error reply).
+    pub requests_total: u64,
+    /// Requests answered with a proxy or a direct connection.
+    pub requests_success: u64,
+    /// Requests answered with an error reply.
+    pub requests_failed: u64,
+    /// Requests answered from a fresh cache entry.
+    pub requests_cached: u64,
+    /// Mean time to answer, in milliseconds.
+    pub avg_response_time_ms: f64,
+    /// Calls made to upstream proxy services.
+    pub upstream_calls: u64,
+    /// Upstream calls that failed.
+    pub upstream_failures: u64,
+    /// How many times an endpoint's breaker opened.
+    pub circuit_breaker_open_count: u64,
+    /// Answers that came from a fallback step (stale cache, embedded, direct, or `fail`).
+    pub fallback_used_count: u64,
+    /// Requests refused as malformed or too large (part of `requests_failed`).
+    pub bad_requests: u64,
+}
+
+impl ResolverMetrics {
+    /// Counts an answered request.
+    pub fn answered(&self, source: ResponseSource, elapsed: Duration) {
+        self.requests_total.fetch_add(1, Ordering::Relaxed);
+        self.requests_success.fetch_add(1, Ordering::Relaxed);
+        if source == ResponseSource::Cache {
+            self.requests_cached.fetch_add(1, Ordering::Relaxed);
+        }
+        self.add_time(elapsed);
+        let label = source_label(source);
+        metrics::counter!("proxybus_resolver_requests_total", "source" => label).increment(1);
+        metrics::histogram!("proxybus_resolver_request_duration_seconds", "source" => label)
+            .record(elapsed.as_secs_f64());
+    }
+
+    /// Counts a request answered with an error reply.
+    pub fn failed(&self, error: ErrorCode, elapsed: Duration) {
+        self.requests_total.fetch_add(1, Ordering::Relaxed);
+        self.requests_failed.fetch_add(1, Ordering::Relaxed);
+        if matches!(error, ErrorCode::BadRequest | ErrorCode::PayloadTooLarge) {
+            self.bad_requests.fetch_add(1, Ordering::Relaxed);
+        }
+        self.add_time(elapsed);
+        metrics::counter!("proxybus_resolver_requests_total", "source" => "error").increment(1);
+        metrics::counter!("proxybus_resolver_errors_total", "error" => error.as_str()).increment(1);
+        metrics::histogram!("proxybus_resolver_request_duration_seconds", "source" => "error")
+            .record(elapsed.as_secs_f64());
+    }
+
+    /// Counts one upstream call to `endpoint` (a redacted URL).
+    pub fn upstream_call(&self, endpoint: &str, ok: bool, elapsed: Duration) {
+        self.upstream_calls.fetch_add(1, Ordering::Relaxed);
+        if !ok {
+            self.upstream_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        let outcome = if ok { "ok" } else { "error" };
+        metrics::counter!("proxybus_resolver_upstream_calls_total", "endpoint" => endpoint.to_owned(), "outcome" => outcome)
+            .increment(1);
+        metrics::histogram!("proxybus_resolver_upstream_duration_seconds", "endpoint" => endpoint.to_owned(), "outcome" => outcome)
+            .record(elapsed.as_secs_f64());
+    }
+
+    /// Counts a breaker opening.
+    pub fn breaker_opened(&self, endpoint: &str) {
+        self.circuit_breaker_open_count.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("proxybus_resolver_breaker_opens_total", "endpoint" => endpoint.to_owned()).increment(1);
+    }
+
+    /// Counts the use of a fallback step (`stale_cache`, `embedded`, `direct`, `fail`).
+    pub fn fallback(&self, step: &'static str) {
+        self.fallback_used_count.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("proxybus_resolver_fallbacks_total", "step" => step).increment(1);
+    }
+
+    /// A consistent-enough snapshot of the counters.
+    pub fn snapshot(&self) -> ProxyServiceMetrics {
+        let total = self.requests_total.load(Ordering::Relaxed);
+        let time_us = self.response_time_total_us.load(Ordering::Relaxed);
+        ProxyServiceMetrics {
+            requests_total: total,
+            requests_success: self.requests_success.load(Ordering::Relaxed),
+            requests_failed: self.requests_failed.load(Ordering::Relaxed),
+            requests_cached: self.requests_cached.load(Ordering::Relaxed),
+            avg_response_time_ms: if total == 0 { 0.0 } else { time_us as f64 / total as f64 / 1000.0 },
+            upstream_calls: self.upstream_calls.load(Ordering::Relaxed),
+            upstream_failures: self.upstream_failures.load(Ordering::Relaxed),
+            circuit_breaker_open_count: self.circuit_breaker_open_count.load(Ordering::Relaxed),
+            fallback_used_count: self.fallback_used_count.load(Ordering::Relaxed),
+            bad_requests: self.bad_requests.load(Ordering::Relaxed),
+        }
+    }
+
+    fn add_time(&self, elapsed: Duration) {
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.response_time_total_us.fetch_add(micros, Ordering::Relaxed);
+    }
+}
+
+fn source_label(source: ResponseSource) -> &'static str {
+    match source {
+        ResponseSource::Service => "service",
+        ResponseSource::Cache => "cache",
+        ResponseSource::StaleCache => "stale_cache",
+        ResponseSource::Embedded => "embedded",
+        ResponseSource::Direct => "direct",
+    }
+}
+
+/// Latency buckets in seconds: 100 µs to 10 s.
+const BUCKETS: [f64; 14] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 10.0];
+
+/// The process's Prometheus recorder, installed on first use. Metrics are
+/// process-wide by nature (the `metrics` facade has one global recorder); every
+/// resolver in the process shares it. `None` if another recorder was installed first.
+pub fn prometheus() -> Option<&'static PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new().set_buckets(&BUCKETS).ok()?;
+            match builder.install_recorder() {
+                Ok(handle) => Some(handle),
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot install the Prometheus recorder; /metrics will be empty");
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_counts_like_the_seed() {
+        let metrics = ResolverMetrics::default();
+        metrics.answered(ResponseSource::Cache, Duration::from_millis(2));
+        metrics.answered(ResponseSource::Service, Duration::from_millis(4));
+        metrics.failed(ErrorCode::BadRequest, Duration::from_millis(0));
+        metrics.fallback("embedded");
+        metrics.breaker_opened("http://a:1");
+        let snapshot = metrics.snapshot();
+        assert_eq!(snapshot.requests_total, 3);
+        assert_eq!(snapshot.requests_success, 2);
+        assert_eq!(snapshot.requests_failed, 1);
+        assert_eq!(snapshot.requests_cached, 1);
+        assert_eq!(snapshot.bad_requests, 1);
+        assert_eq!(snapshot.fallback_used_count, 1);
+        assert_eq!(snapshot.circuit_breaker_open_count, 1);
+        assert!((snapshot.avg_response_time_ms - 2.0).abs() < 1e-9, "{snapshot:?}");
+    }
+}

@@ -1,0 +1,287 @@
+//! The decision, independent of NATS: cache → upstream (single-flight) → stale
+//! cache → embedded settings → direct connection or an error, as the fallback
+//! policy says (the seed's graceful degradation).
+//!
+//! Exchanges outside the `external_service` rollout (or every exchange, when
+//! external services are off) use the embedded settings directly, and a direct
+//! connection when those name nothing, as the seed's embedded mode did.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use proxybus_shared::config::ProxySettings;
+use proxybus_shared::{ErrorCode, ExchangeId, FallbackPolicy, Metadata, ProxyRequest, ProxyResponse, ResponseSource};
+use tokio::time::Instant;
+
+use crate::cache::{AnswerCache, CacheKey, CachedAnswer, SingleFlight};
+use crate::embedded::{EmbeddedChoice, EmbeddedSelector};
+use crate::health::HealthBook;
+use crate::metrics::ResolverMetrics;
+use crate::settings::ResolverSettings;
+use crate::upstream::{Upstream, UpstreamError};
+
+/// TTL given with an answer served from an expired cache entry: short, so the
+/// client asks again soon, when upstream may be back.
+pub const STALE_TTL_SECONDS: u64 = 30;
+
+/// Why a request gets an error reply instead of an answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResolveError {
+    /// Upstream failed, no fallback had a proxy, and the policy is `fail`.
+    #[error("upstream proxy services are unavailable ({0}) and the fallback policy is fail")]
+    UpstreamUnavailable(UpstreamError),
+    /// No proxy could be found and the policy (`embedded_fallback`) forbids a direct connection.
+    #[error("no proxy available and the fallback policy forbids a direct connection")]
+    NoProxyAvailable,
+}
+
+impl ResolveError {
+    /// The contract's error class.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ResolveError::UpstreamUnavailable(_) => ErrorCode::UpstreamUnavailable,
+            ResolveError::NoProxyAvailable => ErrorCode::NoProxyAvailable,
+        }
+    }
+}
+
+/// Chooses the answer to a proxy request.
+#[derive(Debug)]
+pub struct Resolver {
+    proxy: Arc<ProxySettings>,
+    settings: ResolverSettings,
+    cache: AnswerCache,
+    flights: SingleFlight<Result<ProxyResponse, UpstreamError>>,
+    upstream: Option<Arc<Upstream>>,
+    embedded: EmbeddedSelector,
+    health: Arc<HealthBook>,
+    metrics: Arc<ResolverMetrics>,
+}
+
+impl Resolver {
+    /// A resolver over `proxy` settings, asking `upstream` (when external services are used).
+    pub fn new(
+        proxy: Arc<ProxySettings>,
+        settings: ResolverSettings,
+        upstream: Option<Arc<Upstream>>,
+        health: Arc<HealthBook>,
+        metrics: Arc<ResolverMetrics>,
+    ) -> Self {
+        Self {
+            cache: AnswerCache::new(settings.cache_max_entries, settings.max_staleness()),
+            embedded: EmbeddedSelector::new(proxy.clone()),
+            flights: SingleFlight::default(),
+            proxy,
+            settings,
+            upstream,
+            health,
+            metrics,
+        }
+    }
+
+    /// The counters of this resolver.
+    pub fn metrics(&self) -> &Arc<ResolverMetrics> {
+        &self.metrics
+    }
+
+    /// The health book this resolver consults.
+    pub fn health(&self) -> &Arc<HealthBook> {
+        &self.health
+    }
+
+    /// The answer cache.
+    pub fn cache(&self) -> &AnswerCache {
+        &self.cache
+    }
+
+    /// The upstream services, if used.
+    pub fn upstream(&self) -> Option<&Arc<Upstream>> {
+        self.upstream.as_ref()
+    }
+
+    /// Answers a validated request (its `request_id` is set).
+    pub async fn resolve(&self, request: &ProxyRequest) -> Result<ProxyResponse, ResolveError> {
+        let exchange = &request.exchange_id;
+        let region = request.region.clone().or_else(|| self.settings.region.clone());
+        let key = CacheKey::new(&request.client_id, exchange, request.connection_type, region.as_ref());
+        let request_id = request.request_id.clone().unwrap_or_default();
+
+        if !self.proxy.enabled {
+            return Ok(self.direct(request_id, region));
+        }
+        if let Some(entry) = self.cache.get(&key).await {
+            if !self.usable(&entry.response, exchange) {
+                tracing::info!(cache_key = %key, "cached proxy is ejected or banned; resolving again");
+                self.cache.invalidate(&key).await;
+            } else if let Some(remaining) = entry.remaining(Instant::now()) {
+                return Ok(self.cached_answer(&entry, ResponseSource::Cache, remaining.as_secs().max(1), request_id));
+            }
+        }
+        let delegated = self.upstream.is_some() && self.proxy.external_service.delegates(exchange.as_str());
+        if !delegated {
+            return Ok(self.embedded_first(&key, request, request_id, region).await);
+        }
+
+        let upstream_error = match self.ask_upstream(&key, request, region.clone()).await {
+            Ok(mut response) => {
+                response.source = ResponseSource::Service;
+                response.request_id = request_id;
+                if response.region.is_none() {
+                    response.region = region;
+                }
+                return Ok(response);
+            }
+            Err(err) => err,
+        };
+
+        if let Some(entry) = self.cache.get(&key).await
+            && entry.servable_stale(Instant::now(), self.settings.max_staleness())
+            && self.usable(&entry.response, exchange)
+        {
+            self.metrics.fallback("stale_cache");
+            tracing::warn!(%exchange, error = %upstream_error, "upstream unavailable; serving a stale cache entry");
+            return Ok(self.cached_answer(&entry, ResponseSource::StaleCache, STALE_TTL_SECONDS, request_id));
+        }
+        if self.proxy.external_service.fallback_to_embedded
+            && let Some(choice) = self.embedded.pick(exchange, request.connection_type, &self.health)
+        {
+            self.metrics.fallback("embedded");
+            tracing::warn!(%exchange, proxy = %choice.url, error = %upstream_error, "upstream unavailable; using the embedded settings");
+            return Ok(self.embedded_answer(choice, request_id));
+        }
+        match self.settings.fallback_policy {
+            FallbackPolicy::DirectConnection => {
+                self.metrics.fallback("direct");
+                tracing::warn!(%exchange, error = %upstream_error, "upstream unavailable and no embedded proxy; answering direct connection");
+                Ok(self.direct(request_id, region))
+            }
+            FallbackPolicy::EmbeddedFallback => {
+                self.metrics.fallback("fail");
+                tracing::warn!(%exchange, error = %upstream_error, "upstream unavailable and no embedded proxy; no proxy available");
+                Err(ResolveError::NoProxyAvailable)
+            }
+            FallbackPolicy::Fail => {
+                self.metrics.fallback("fail");
+                tracing::warn!(%exchange, error = %upstream_error, "upstream unavailable; fallback policy is fail");
+                Err(ResolveError::UpstreamUnavailable(upstream_error))
+            }
+        }
+    }
+
+    /// Fetches the answers of the configured warm-up list into the cache.
+    pub async fn warm_up(&self) {
+        for warm in &self.settings.warm_up {
+            let mut request = ProxyRequest::new(warm.exchange_id.clone(), warm.connection_type, warm.client_id.clone());
+            request.region = warm.region.clone();
+            request.request_id = Some(uuid::Uuid::new_v4().to_string());
+            match self.resolve(&request).await {
+                Ok(answer) => {
+                    tracing::info!(exchange = %warm.exchange_id, client_id = %warm.client_id, source = ?answer.source, "warmed up")
+                }
+                Err(err) => tracing::warn!(exchange = %warm.exchange_id, error = %err, "warm-up failed"),
+            }
+        }
+    }
+
+    /// One upstream call per key at a time; its answer goes into the cache.
+    async fn ask_upstream(
+        &self,
+        key: &CacheKey,
+        request: &ProxyRequest,
+        region: Option<proxybus_shared::Region>,
+    ) -> Result<ProxyResponse, UpstreamError> {
+        let Some(upstream) = self.upstream.clone() else {
+            return Err(UpstreamError::NoEndpoints);
+        };
+        let mut upstream_request = request.clone();
+        upstream_request.region = region;
+        let cache = self.cache.clone();
+        let owned_key = key.clone();
+        let default_ttl = self.proxy.external_service.cache_ttl_seconds;
+        let (result, _leader) = self
+            .flights
+            .run(key, move || async move {
+                let mut result = upstream.request(&upstream_request).await;
+                if let Ok(response) = &mut result {
+                    if response.ttl_seconds == 0 {
+                        response.ttl_seconds = default_ttl;
+                    }
+                    let ttl = Duration::from_secs(response.ttl_seconds);
+                    cache
+                        .insert(owned_key, CachedAnswer { response: response.clone(), stored_at: Instant::now(), ttl })
+                        .await;
+                }
+                result
+            })
+            .await;
+        result
+    }
+
+    async fn embedded_first(
+        &self,
+        key: &CacheKey,
+        request: &ProxyRequest,
+        request_id: String,
+        region: Option<proxybus_shared::Region>,
+    ) -> ProxyResponse {
+        match self.embedded.pick(&request.exchange_id, request.connection_type, &self.health) {
+            Some(choice) => {
+                let answer = self.embedded_answer(choice, request_id);
+                let ttl = Duration::from_secs(answer.ttl_seconds);
+                self.cache
+                    .insert(key.clone(), CachedAnswer { response: answer.clone(), stored_at: Instant::now(), ttl })
+                    .await;
+                answer
+            }
+            None => self.direct(request_id, region),
+        }
+    }
+
+    fn usable(&self, response: &ProxyResponse, exchange: &ExchangeId) -> bool {
+        response.proxy_id.as_ref().is_none_or(|id| self.health.usable(id, exchange))
+    }
+
+    fn cached_answer(
+        &self,
+        entry: &CachedAnswer,
+        source: ResponseSource,
+        ttl_seconds: u64,
+        request_id: String,
+    ) -> ProxyResponse {
+        let mut response = entry.response.clone();
+        response.source = source;
+        response.ttl_seconds = ttl_seconds;
+        response.request_id = request_id;
+        response
+    }
+
+    fn embedded_answer(&self, choice: EmbeddedChoice, request_id: String) -> ProxyResponse {
+        ProxyResponse {
+            schema_version: proxybus_shared::SCHEMA_VERSION,
+            proxy_id: Some(choice.url.id()),
+            proxy_url: Some(choice.url.expose().to_owned()),
+            strategy: choice.strategy.to_owned(),
+            ttl_seconds: self.proxy.external_service.cache_ttl_seconds,
+            fallback_policy: self.settings.fallback_policy,
+            source: ResponseSource::Embedded,
+            region: None,
+            request_id,
+            metadata: Metadata::new(),
+        }
+    }
+
+    fn direct(&self, request_id: String, region: Option<proxybus_shared::Region>) -> ProxyResponse {
+        ProxyResponse {
+            schema_version: proxybus_shared::SCHEMA_VERSION,
+            proxy_url: None,
+            proxy_id: None,
+            strategy: "direct".into(),
+            ttl_seconds: self.proxy.external_service.cache_ttl_seconds,
+            fallback_policy: FallbackPolicy::DirectConnection,
+            source: ResponseSource::Direct,
+            region,
+            request_id,
+            metadata: Metadata::new(),
+        }
+    }
+}

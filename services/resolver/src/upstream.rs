@@ -1,0 +1,364 @@
+//! Upstream proxy services over HTTP: `POST {endpoint}/api/v1/proxy/request`
+//! with the seed's auth headers, each endpoint behind its own
+//! [`CircuitBreaker`], tried healthiest first and hedged: when the first has not
+//! answered within the hedge delay, the same request also goes to the next, and
+//! the first valid answer wins.
+//!
+//! An answer is valid when it is a `ProxyResponse` whose `proxy_url`, if any,
+//! has scheme http/https/socks4/socks5 and a host; anything else counts as a
+//! failure of that endpoint.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use proxybus_shared::breaker::{BreakerConfig, BreakerState, CircuitBreaker};
+use proxybus_shared::{ProxyRequest, ProxyResponse, ProxyUrl, redact_url};
+use tokio::time::Instant;
+
+use crate::metrics::ResolverMetrics;
+
+/// Path of the request API of a proxy service.
+pub const REQUEST_PATH: &str = "/api/v1/proxy/request";
+/// Path of the health probe of a proxy service.
+pub const HEALTHZ_PATH: &str = "/healthz";
+
+/// Why no upstream answer could be had.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamError {
+    /// No endpoint is known (discovery found none).
+    #[error("no upstream endpoint is known")]
+    NoEndpoints,
+    /// Every endpoint's breaker is open.
+    #[error("every upstream endpoint's circuit breaker is open")]
+    AllBreakersOpen,
+    /// Every endpoint tried failed; the reasons, redacted.
+    #[error("every upstream endpoint failed: {}", .0.join("; "))]
+    AllFailed(Vec<String>),
+}
+
+/// One proxy service endpoint.
+#[derive(Debug)]
+pub struct Endpoint {
+    base: String,
+    name: String,
+    breaker: CircuitBreaker,
+    /// Latency EWMA in microseconds (0 = no sample yet).
+    latency_ewma_us: AtomicU64,
+    /// Result of the last `/healthz` probe (true until a probe fails).
+    probe_ok: AtomicBool,
+}
+
+impl Endpoint {
+    /// An endpoint at `base` (`https://proxy-service-1:8080`) with a closed breaker.
+    pub fn new(base: &str, breaker: BreakerConfig, metrics: Arc<ResolverMetrics>) -> Self {
+        let base = base.trim_end_matches('/').to_owned();
+        let name = redact_url(&base);
+        let breaker = CircuitBreaker::new(name.clone(), breaker).with_transition_hook(move |name, _from, to| {
+            if to == BreakerState::Open {
+                metrics.breaker_opened(name);
+            }
+        });
+        Self { base, name, breaker, latency_ewma_us: AtomicU64::new(0), probe_ok: AtomicBool::new(true) }
+    }
+
+    /// The base URL as configured (may hold credentials: do not log it).
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// The redacted base URL, for logs and metrics.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The endpoint's breaker.
+    pub fn breaker(&self) -> &CircuitBreaker {
+        &self.breaker
+    }
+
+    /// Records the result of a `/healthz` probe; a success closes an open breaker.
+    pub fn probed(&self, ok: bool) {
+        self.probe_ok.store(ok, Ordering::Relaxed);
+        if ok && self.breaker.state() != BreakerState::Closed {
+            tracing::info!(endpoint = %self.name, "health probe succeeded; closing the breaker");
+            self.breaker.record_recovery();
+        }
+    }
+
+    /// Lower is healthier: breaker state first, then the last probe, then latency.
+    fn rank(&self) -> (u8, u8, u64) {
+        let state = match self.breaker.state() {
+            BreakerState::Closed => 0,
+            BreakerState::HalfOpen => 1,
+            BreakerState::Open => 2,
+        };
+        let probe = u8::from(!self.probe_ok.load(Ordering::Relaxed));
+        (state, probe, self.latency_ewma_us.load(Ordering::Relaxed))
+    }
+
+    fn record_latency(&self, elapsed: Duration) {
+        let sample = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        let old = self.latency_ewma_us.load(Ordering::Relaxed);
+        let new = if old == 0 { sample } else { (old * 4 + sample) / 5 };
+        self.latency_ewma_us.store(new.max(1), Ordering::Relaxed);
+    }
+}
+
+/// The current endpoints; discovery replaces the list, keeping the state (breaker,
+/// latency) of endpoints that stay.
+#[derive(Debug)]
+pub struct EndpointSet {
+    endpoints: RwLock<Vec<Arc<Endpoint>>>,
+    breaker: BreakerConfig,
+    metrics: Arc<ResolverMetrics>,
+}
+
+impl EndpointSet {
+    /// An empty set whose endpoints get breakers with `breaker` thresholds.
+    pub fn new(breaker: BreakerConfig, metrics: Arc<ResolverMetrics>) -> Self {
+        Self { endpoints: RwLock::default(), breaker, metrics }
+    }
+
+    /// Replaces the endpoints with `bases`, keeping the state of those that stay.
+    /// Returns whether the list changed.
+    pub fn replace(&self, bases: &[String]) -> bool {
+        let mut endpoints = self.endpoints.write().unwrap_or_else(|p| p.into_inner());
+        let wanted: Vec<String> = bases.iter().map(|b| b.trim_end_matches('/').to_owned()).collect();
+        let current: Vec<&str> = endpoints.iter().map(|e| e.base()).collect();
+        if current == wanted.iter().map(String::as_str).collect::<Vec<_>>() {
+            return false;
+        }
+        let next: Vec<Arc<Endpoint>> = wanted
+            .iter()
+            .map(|base| {
+                endpoints.iter().find(|e| e.base() == base).cloned().unwrap_or_else(|| {
+                    tracing::info!(endpoint = %redact_url(base), "upstream endpoint added");
+                    Arc::new(Endpoint::new(base, self.breaker, self.metrics.clone()))
+                })
+            })
+            .collect();
+        for gone in endpoints.iter().filter(|e| !wanted.iter().any(|w| w == e.base())) {
+            tracing::info!(endpoint = %gone.name(), "upstream endpoint removed");
+        }
+        metrics::gauge!("proxybus_resolver_endpoints").set(next.len() as f64);
+        *endpoints = next;
+        true
+    }
+
+    /// The endpoints in configured (or discovered) order.
+    pub fn all(&self) -> Vec<Arc<Endpoint>> {
+        self.endpoints.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The endpoints, healthiest first (a stable sort: ties keep their order).
+    pub fn ranked(&self) -> Vec<Arc<Endpoint>> {
+        let mut endpoints = self.all();
+        endpoints.sort_by_key(|e| e.rank());
+        endpoints
+    }
+
+    /// Redacted names of the endpoints.
+    pub fn names(&self) -> Vec<String> {
+        self.all().iter().map(|e| e.name().to_owned()).collect()
+    }
+}
+
+/// The upstream proxy services.
+#[derive(Debug)]
+pub struct Upstream {
+    client: reqwest::Client,
+    endpoints: Arc<EndpointSet>,
+    hedge_delay: Duration,
+    metrics: Arc<ResolverMetrics>,
+}
+
+impl Upstream {
+    /// Upstream calls through `client` to `endpoints`, hedged after `hedge_delay`.
+    pub fn new(
+        client: reqwest::Client,
+        endpoints: Arc<EndpointSet>,
+        hedge_delay: Duration,
+        metrics: Arc<ResolverMetrics>,
+    ) -> Self {
+        Self { client, endpoints, hedge_delay, metrics }
+    }
+
+    /// The endpoint set.
+    pub fn endpoints(&self) -> &Arc<EndpointSet> {
+        &self.endpoints
+    }
+
+    /// The HTTP client.
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    /// Asks the endpoints for a proxy, healthiest first, hedged.
+    pub async fn request(&self, request: &ProxyRequest) -> Result<ProxyResponse, UpstreamError> {
+        let ranked = self.endpoints.ranked();
+        if ranked.is_empty() {
+            return Err(UpstreamError::NoEndpoints);
+        }
+        let request_id = request.request_id.clone().unwrap_or_default();
+        let mut waiting = ranked.into_iter();
+        let mut in_flight = FuturesUnordered::new();
+        let mut failures = Vec::new();
+        let mut refused = 0_usize;
+        loop {
+            // Launch the next endpoint when nothing is in flight (the previous one
+            // failed or was refused by its breaker) or when the hedge timer fired.
+            if in_flight.is_empty() {
+                match waiting.next() {
+                    Some(endpoint) => in_flight.push(self.call(endpoint, request)),
+                    None if failures.is_empty() && refused > 0 => return Err(UpstreamError::AllBreakersOpen),
+                    None => return Err(UpstreamError::AllFailed(failures)),
+                }
+            }
+            let hedge = tokio::time::sleep(self.hedge_delay);
+            tokio::select! {
+                Some(outcome) = in_flight.next() => {
+                    match outcome {
+                        CallOutcome::Answer(response) => return Ok(response),
+                        CallOutcome::Refused => refused += 1,
+                        CallOutcome::Failed(reason) => failures.push(reason),
+                    }
+                    // After a failure the next endpoint need not wait for the hedge timer.
+                    if let Some(endpoint) = waiting.next() {
+                        in_flight.push(self.call(endpoint, request));
+                    }
+                }
+                () = hedge, if waiting.len() > 0 => {
+                    if let Some(endpoint) = waiting.next() {
+                        tracing::debug!(endpoint = %endpoint.name(), request_id, "hedging to the next endpoint");
+                        metrics::counter!("proxybus_resolver_hedged_calls_total").increment(1);
+                        in_flight.push(self.call(endpoint, request));
+                    }
+                }
+            }
+        }
+    }
+
+    /// One call to one endpoint through its breaker.
+    async fn call(&self, endpoint: Arc<Endpoint>, request: &ProxyRequest) -> CallOutcome {
+        let Ok(permit) = endpoint.breaker().try_acquire() else {
+            return CallOutcome::Refused;
+        };
+        let started = Instant::now();
+        let url = format!("{}{REQUEST_PATH}", endpoint.base());
+        let mut call = self.client.post(&url).json(request);
+        if let Some(id) = &request.request_id {
+            call = call.header("x-request-id", id);
+        }
+        let result = async {
+            let response = call.send().await.map_err(|err| describe(&err))?;
+            let status = response.status();
+            if !status.is_success() {
+                return Err(format!("HTTP {}", status.as_u16()));
+            }
+            let body = response.bytes().await.map_err(|err| describe(&err))?;
+            validate(&body)
+        }
+        .await;
+        let elapsed = started.elapsed();
+        match result {
+            Ok(answer) => {
+                permit.success();
+                endpoint.record_latency(elapsed);
+                self.metrics.upstream_call(endpoint.name(), true, elapsed);
+                CallOutcome::Answer(answer)
+            }
+            Err(reason) => {
+                permit.failure();
+                self.metrics.upstream_call(endpoint.name(), false, elapsed);
+                tracing::warn!(
+                    endpoint = %endpoint.name(),
+                    exchange = %request.exchange_id,
+                    request_id = request.request_id.as_deref().unwrap_or_default(),
+                    reason = %reason,
+                    "upstream call failed"
+                );
+                CallOutcome::Failed(format!("{}: {reason}", endpoint.name()))
+            }
+        }
+    }
+}
+
+enum CallOutcome {
+    Answer(ProxyResponse),
+    Refused,
+    Failed(String),
+}
+
+/// A reqwest error without its URL (which could carry credentials).
+fn describe(err: &reqwest::Error) -> String {
+    let kind = if err.is_timeout() {
+        "timeout"
+    } else if err.is_connect() {
+        "connect error"
+    } else if err.is_decode() || err.is_body() {
+        "bad body"
+    } else {
+        "request error"
+    };
+    let mut text = kind.to_owned();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&redact_words(&cause.to_string()));
+        source = cause.source();
+    }
+    text
+}
+
+fn redact_words(text: &str) -> String {
+    text.split(' ').map(|w| if w.contains("://") { redact_url(w) } else { w.to_owned() }).collect::<Vec<_>>().join(" ")
+}
+
+/// Parses and checks an upstream answer.
+pub fn validate(body: &[u8]) -> Result<ProxyResponse, String> {
+    let mut response: ProxyResponse = serde_json::from_slice(body)
+        .map_err(|err| format!("invalid ProxyResponse JSON: {}", redact_words(&err.to_string())))?;
+    if let Some(url) = &response.proxy_url {
+        let parsed = ProxyUrl::parse(url).map_err(|err| format!("unusable proxy_url ({err}): {}", redact_url(url)))?;
+        response.proxy_id = Some(parsed.id());
+    } else {
+        response.proxy_id = None;
+    }
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_with_bad_schemes_or_no_host_are_refused_without_leaking_credentials() {
+        let ok = br#"{"proxy_url":"socks5://u:pw@h:1080","strategy":"p2c_ewma","ttl_seconds":60}"#;
+        let answer = validate(ok).unwrap();
+        assert_eq!(answer.proxy_id, Some(proxybus_shared::proxy_id("socks5://u:pw@h:1080")));
+        let ftp = br#"{"proxy_url":"ftp://u:hunter2@h:21","strategy":"x","ttl_seconds":60}"#;
+        let err = validate(ftp).unwrap_err();
+        assert!(err.contains("ftp") && !err.contains("hunter2"), "{err}");
+        let no_host = br#"{"proxy_url":"http://:8080","strategy":"x","ttl_seconds":60}"#;
+        assert!(validate(no_host).unwrap_err().contains("no host"));
+        assert!(validate(br#"{"proxy_url":42}"#).is_err());
+        let direct = validate(br#"{"proxy_url":null,"strategy":"direct","ttl_seconds":5}"#).unwrap();
+        assert_eq!(direct.proxy_url, None);
+    }
+
+    #[test]
+    fn replacing_endpoints_keeps_the_state_of_those_that_stay() {
+        let set = EndpointSet::new(BreakerConfig { failure_threshold: 1, ..Default::default() }, Arc::default());
+        assert!(set.replace(&["http://a:1".into(), "http://b:2/".into()]));
+        set.all()[0].breaker().try_acquire().unwrap().failure();
+        assert!(!set.replace(&["http://a:1".into(), "http://b:2".into()]), "same list");
+        assert!(set.replace(&["http://c:3".into(), "http://a:1".into()]));
+        let names = set.names();
+        assert_eq!(names, ["http://c:3", "http://a:1"]);
+        assert_eq!(set.all()[1].breaker().state(), BreakerState::Open, "a kept its open breaker");
+        assert_eq!(set.ranked()[1].name(), "http://a:1", "open breakers rank last");
+    }
+}

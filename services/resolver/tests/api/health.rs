@@ -1,0 +1,72 @@
+//! Health awareness: an ejected (or banned) proxy is not served from cache or
+//! from the embedded settings once its `HealthStats` arrives on `proxy.v1.health.*`.
+
+use chrono::Utc;
+use proxybus_shared::ConnectionType::Http;
+use proxybus_shared::{
+    Codec, Encoding, ExchangeHealth, ExchangeState, HealthState, HealthStats, ResponseSource, proxy_id, redact_url,
+};
+
+use crate::helpers::*;
+
+fn ejected(url: &str) -> HealthStats {
+    let mut stats = HealthStats::new(proxy_id(url), redact_url(url), Some("us-east".parse().unwrap()), Utc::now());
+    stats.state = HealthState::Ejected;
+    stats.ejections = 1;
+    stats.ejected_until = Some(Utc::now() + chrono::Duration::minutes(5));
+    stats
+}
+
+#[tokio::test]
+async fn an_ejected_cached_proxy_is_dropped_and_resolved_again() {
+    let proxies = vec!["http://u:pw@10.0.0.1:3128".to_owned(), "http://u:pw@10.0.0.2:3128".to_owned()];
+    let upstream = FakeUpstream::start(Behaviour { proxies: proxies.clone(), ..Default::default() }).await;
+    let app = TestApp::spawn(&borrow(&upstream_vars(&[&upstream]))).await;
+    let first = app.ask("binance", Http, "feed-1").await;
+    assert_eq!(first.proxy_url.as_deref(), Some(proxies[0].as_str()));
+    assert_eq!(app.ask("binance", Http, "feed-1").await.source, ResponseSource::Cache);
+
+    let body = Codec::default().encode(Encoding::MsgPack, &ejected(&proxies[0])).unwrap();
+    app.client.publish("proxy.v1.health.us-east", body).await.unwrap();
+    app.client.flush().await.unwrap();
+    eventually("the ejected proxy is replaced", || async {
+        app.ask("binance", Http, "feed-1").await.proxy_url.as_deref() == Some(proxies[1].as_str())
+    })
+    .await;
+    assert_eq!(upstream.calls(), 2, "resolved again once, then cached");
+    assert_eq!(app.ask("binance", Http, "feed-1").await.source, ResponseSource::Cache);
+}
+
+#[tokio::test]
+async fn ejected_and_banned_embedded_proxies_are_skipped() {
+    let pool = r#"[{"url":"http://p1:1"},{"url":"http://p2:2"},{"url":"http://p3:3"}]"#;
+    let resolver =
+        resolver(&[("CRYPTOFEED_PROXY_ENABLED", "true"), ("CRYPTOFEED_PROXY_DEFAULT__HTTP__POOL__PROXIES", pool)]);
+    resolver.health().record(ejected("http://p1:1"));
+    let mut banned = HealthStats::new(proxy_id("http://p2:2"), "http://p2:2".into(), None, Utc::now());
+    banned.exchanges.insert(
+        "binance".parse().unwrap(),
+        ExchangeHealth {
+            state: ExchangeState::Banned,
+            banned_until: Some(Utc::now() + chrono::Duration::hours(1)),
+            ..Default::default()
+        },
+    );
+    resolver.health().record(banned);
+    for i in 0..6 {
+        let answer = resolver.resolve(&request("binance", Http, &format!("feed-{i}"))).await.unwrap();
+        assert_eq!(answer.proxy_url.as_deref(), Some("http://p3:3"), "only p3 is usable for binance");
+    }
+    let kraken: Vec<_> =
+        futures::future::join_all(
+            (0..6).map(|i| {
+                let resolver = &resolver;
+                async move {
+                    resolver.resolve(&request("kraken", Http, &format!("feed-{i}"))).await.unwrap().proxy_url.unwrap()
+                }
+            }),
+        )
+        .await;
+    assert!(kraken.iter().any(|u| u == "http://p2:2"), "p2 is banned for binance only: {kraken:?}");
+    assert!(!kraken.iter().any(|u| u == "http://p1:1"), "p1 is ejected for every exchange");
+}
