@@ -34,7 +34,7 @@ use crate::proxy_url::ProxyUrl;
 pub struct EmbeddedChoice {
     /// The proxy.
     pub proxy: ProxyUrl,
-    /// `embedded_single`, `embedded_round_robin`, `embedded_random` or `embedded_least_connections`.
+    /// `embedded_static`, `embedded_round_robin`, `embedded_random` or `embedded_least_connections`.
     pub strategy: &'static str,
     /// Connect timeout configured for it.
     pub timeout_seconds: u64,
@@ -51,7 +51,7 @@ struct Candidate {
 #[derive(Debug)]
 pub struct EmbeddedSelector {
     settings: ProxySettings,
-    cursors: Mutex<HashMap<(String, ConnectionType), usize>>,
+    cursors: Mutex<HashMap<String, usize>>,
     leases: Mutex<HashMap<ProxyId, u64>>,
     seed: AtomicU64,
 }
@@ -70,59 +70,70 @@ impl EmbeddedSelector {
         &self.settings
     }
 
-    /// Whether any embedded proxy is configured for this exchange and connection type.
-    pub fn has_proxies(&self, exchange: &str, connection_type: ConnectionType) -> bool {
-        self.settings.proxy_for(exchange, connection_type).is_some_and(|config| !candidates(config).is_empty())
-    }
-
-    /// Picks a proxy for `exchange`; `usable(id)` says whether a proxy may be
-    /// handed out now. `None` when proxying is disabled, nothing is configured,
-    /// or nothing configured is usable.
+    /// Picks a proxy for `exchange`: from the exchange's own entry, else (when
+    /// that names nothing usable) from the default. `usable(id)` says whether a
+    /// proxy may be handed out now. `None` when proxying is disabled, nothing is
+    /// configured, or nothing configured is usable.
     pub fn select(
         &self,
         exchange: &str,
         connection_type: ConnectionType,
         usable: impl Fn(&ProxyId) -> bool,
     ) -> Option<EmbeddedChoice> {
-        let config = self.settings.proxy_for(exchange, connection_type)?;
+        if !self.settings.enabled {
+            return None;
+        }
+        let own = self.settings.exchanges.get(exchange).and_then(|c| c.get(connection_type));
+        let default = self.settings.default.as_ref().and_then(|c| c.get(connection_type));
+        own.and_then(|config| self.select_from(format!("{exchange}:{connection_type}"), config, &usable)).or_else(
+            || default.and_then(|config| self.select_from(format!("default:{connection_type}"), config, &usable)),
+        )
+    }
+
+    fn select_from(
+        &self,
+        pool_key: String,
+        config: &ProxyConfig,
+        usable: &impl Fn(&ProxyId) -> bool,
+    ) -> Option<EmbeddedChoice> {
         let all = candidates(config);
         let usable: Vec<&Candidate> = all.iter().filter(|c| usable(&c.id)).collect();
         if usable.is_empty() {
             return None;
         }
-        let (chosen, strategy) = match config.pool.as_ref().map(|p| p.strategy) {
-            None => (usable[0], "embedded_single"),
-            Some(PoolStrategy::RoundRobin) => {
-                let key = (self.config_key(exchange, connection_type), connection_type);
-                let mut cursors = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
-                let cursor = cursors.entry(key).or_insert(0);
-                let chosen = usable[*cursor % usable.len()];
-                *cursor = cursor.wrapping_add(1);
-                (chosen, "embedded_round_robin")
-            }
-            Some(PoolStrategy::Random) => {
-                let total: f64 = usable.iter().map(|c| c.weight).sum();
-                let mut point = self.next_unit() * total;
-                let mut chosen = usable[usable.len() - 1];
-                for candidate in &usable {
-                    if point < candidate.weight {
-                        chosen = candidate;
-                        break;
-                    }
-                    point -= candidate.weight;
+        let (chosen, strategy) =
+            match config.pool.as_ref().filter(|p| p.proxies.iter().any(|e| e.enabled)).map(|p| p.strategy) {
+                None => (usable[0], "embedded_static"),
+                Some(PoolStrategy::RoundRobin) => {
+                    let mut cursors = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
+                    let cursor = cursors.entry(pool_key).or_insert(0);
+                    let chosen = usable[*cursor % usable.len()];
+                    *cursor = cursor.wrapping_add(1);
+                    (chosen, "embedded_round_robin")
                 }
-                (chosen, "embedded_random")
-            }
-            Some(PoolStrategy::LeastConnections) => {
-                let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
-                let chosen = *usable
-                    .iter()
-                    .min_by_key(|c| leases.get(&c.id).copied().unwrap_or(0))
-                    .expect("usable is not empty");
-                *leases.entry(chosen.id.clone()).or_insert(0) += 1;
-                (chosen, "embedded_least_connections")
-            }
-        };
+                Some(PoolStrategy::Random) => {
+                    let total: f64 = usable.iter().map(|c| c.weight).sum();
+                    let mut point = self.next_unit() * total;
+                    let mut chosen = usable[usable.len() - 1];
+                    for candidate in &usable {
+                        if point < candidate.weight {
+                            chosen = candidate;
+                            break;
+                        }
+                        point -= candidate.weight;
+                    }
+                    (chosen, "embedded_random")
+                }
+                Some(PoolStrategy::LeastConnections) => {
+                    let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+                    let chosen = *usable
+                        .iter()
+                        .min_by_key(|c| leases.get(&c.id).copied().unwrap_or(0))
+                        .expect("usable is not empty");
+                    *leases.entry(chosen.id.clone()).or_insert(0) += 1;
+                    (chosen, "embedded_least_connections")
+                }
+            };
         Some(EmbeddedChoice { proxy: chosen.proxy.clone(), strategy, timeout_seconds: config.timeout_seconds })
     }
 
@@ -137,14 +148,6 @@ impl EmbeddedSelector {
     /// Connections counted for a proxy by `least_connections`.
     pub fn active_leases(&self, id: &ProxyId) -> u64 {
         self.leases.lock().unwrap_or_else(|p| p.into_inner()).get(id).copied().unwrap_or(0)
-    }
-
-    fn config_key(&self, exchange: &str, connection_type: ConnectionType) -> String {
-        if self.settings.exchanges.get(exchange).and_then(|c| c.get(connection_type)).is_some() {
-            exchange.to_owned()
-        } else {
-            String::from("*default*")
-        }
     }
 
     /// A uniform number in [0, 1) from a xorshift generator; selection needs
@@ -242,7 +245,29 @@ mod tests {
         }
         assert!(s.select("binance", ConnectionType::Http, |_| false).is_none());
         let ws = s.select("kraken", ConnectionType::Websocket, |_| true).unwrap();
-        assert_eq!((ws.strategy, host(&ws).as_str()), ("embedded_single", "10.9.9.9"));
+        assert_eq!((ws.strategy, host(&ws).as_str()), ("embedded_static", "10.9.9.9"));
         assert!(s.select("kraken", ConnectionType::Http, |_| true).is_none(), "nothing configured");
+        let binance_ws = s.select("binance", ConnectionType::Websocket, |_| true).unwrap();
+        assert_eq!(host(&binance_ws), "10.9.9.9", "an exchange without its own websocket entry uses the default");
+    }
+
+    #[test]
+    fn the_default_covers_an_exchange_whose_own_proxies_are_all_unusable_and_disabled_means_none() {
+        let settings: ProxySettings = config::from_toml_str(
+            r#"
+            enabled = true
+            [default.http]
+            url = "socks5://10.9.9.9:1080"
+            [exchanges.binance.http]
+            url = "http://10.0.0.1:1"
+            "#,
+        )
+        .unwrap();
+        let s = EmbeddedSelector::new(settings.clone());
+        let own = crate::proxy_id("http://10.0.0.1:1");
+        assert_eq!(host(&s.select("binance", ConnectionType::Http, |_| true).unwrap()), "10.0.0.1");
+        assert_eq!(host(&s.select("binance", ConnectionType::Http, |id| *id != own).unwrap()), "10.9.9.9");
+        let disabled = EmbeddedSelector::new(ProxySettings { enabled: false, ..settings });
+        assert!(disabled.select("binance", ConnectionType::Http, |_| true).is_none());
     }
 }

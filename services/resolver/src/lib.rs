@@ -16,14 +16,12 @@
 //! - [`cache`]: the moka answer cache keyed per client, and the single-flight gate.
 //! - [`upstream`]: endpoints, their breakers, hedged HTTP calls, answer validation.
 //! - [`discovery`]: static endpoints or DNS SRV discovery, and `/healthz` probes.
-//! - [`embedded`]: proxy choice from the embedded settings (round robin, random, least connections).
 //! - [`health`]: the health book fed by `proxy.v1.health.>`.
 //! - [`metrics`]: the seed's `ProxyServiceMetrics`, Prometheus metrics and `/metrics`.
 //! - `main.rs`: arguments, configuration, telemetry and signals; then [`run`].
 
 pub mod cache;
 pub mod discovery;
-pub mod embedded;
 pub mod health;
 pub mod metrics;
 pub mod resolver;

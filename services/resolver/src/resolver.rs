@@ -14,11 +14,11 @@ use proxybus_shared::{ErrorCode, ExchangeId, FallbackPolicy, Metadata, ProxyRequ
 use tokio::time::Instant;
 
 use crate::cache::{AnswerCache, CacheKey, CachedAnswer, SingleFlight};
-use crate::embedded::{EmbeddedChoice, EmbeddedSelector};
 use crate::health::HealthBook;
 use crate::metrics::ResolverMetrics;
 use crate::settings::ResolverSettings;
 use crate::upstream::{Upstream, UpstreamError};
+use proxybus_shared::embedded::{EmbeddedChoice, EmbeddedSelector};
 
 /// TTL given with an answer served from an expired cache entry: short, so the
 /// client asks again soon, when upstream may be back.
@@ -69,7 +69,7 @@ impl Resolver {
     ) -> Self {
         Self {
             cache: AnswerCache::new(settings.cache_max_entries, settings.max_staleness()),
-            embedded: EmbeddedSelector::new(proxy.clone()),
+            embedded: EmbeddedSelector::new((*proxy).clone()),
             flights: SingleFlight::default(),
             proxy,
             settings,
@@ -143,10 +143,11 @@ impl Resolver {
             return Ok(self.cached_answer(&entry, ResponseSource::StaleCache, STALE_TTL_SECONDS, request_id));
         }
         if self.proxy.external_service.fallback_to_embedded
-            && let Some(choice) = self.embedded.pick(exchange, request.connection_type, &self.health)
+            && let Some(choice) =
+                self.embedded.select(exchange.as_str(), request.connection_type, |id| self.health.usable(id, exchange))
         {
             self.metrics.fallback("embedded");
-            tracing::warn!(%exchange, proxy = %choice.url, error = %upstream_error, "upstream unavailable; using the embedded settings");
+            tracing::warn!(%exchange, proxy = %choice.proxy, error = %upstream_error, "upstream unavailable; using the embedded settings");
             return Ok(self.embedded_answer(choice, request_id));
         }
         match self.settings.fallback_policy {
@@ -224,7 +225,9 @@ impl Resolver {
         request_id: String,
         region: Option<proxybus_shared::Region>,
     ) -> ProxyResponse {
-        match self.embedded.pick(&request.exchange_id, request.connection_type, &self.health) {
+        match self.embedded.select(request.exchange_id.as_str(), request.connection_type, |id| {
+            self.health.usable(id, &request.exchange_id)
+        }) {
             Some(choice) => {
                 let answer = self.embedded_answer(choice, request_id);
                 let ttl = Duration::from_secs(answer.ttl_seconds);
@@ -258,8 +261,8 @@ impl Resolver {
     fn embedded_answer(&self, choice: EmbeddedChoice, request_id: String) -> ProxyResponse {
         ProxyResponse {
             schema_version: proxybus_shared::SCHEMA_VERSION,
-            proxy_id: Some(choice.url.id()),
-            proxy_url: Some(choice.url.expose().to_owned()),
+            proxy_id: Some(choice.proxy.id()),
+            proxy_url: Some(choice.proxy.expose().to_owned()),
             strategy: choice.strategy.to_owned(),
             ttl_seconds: self.proxy.external_service.cache_ttl_seconds,
             fallback_policy: self.settings.fallback_policy,
