@@ -253,7 +253,8 @@ async fn push_health(
 ) -> Result<(StatusCode, Json<HealthAccepted>), ApiError> {
     let batch: Vec<HealthStats> = parse_json(body)?;
     let total = batch.len();
-    let applied = batch.into_iter().filter(|stats| state.selector.apply_health(stats.clone(), HealthSource::Http)).count();
+    let applied =
+        batch.into_iter().filter(|stats| state.selector.apply_health(stats.clone(), HealthSource::Http)).count();
     Ok((StatusCode::ACCEPTED, Json(HealthAccepted { applied, stale: total - applied })))
 }
 

@@ -133,12 +133,32 @@ pub struct RegionFile {
     /// Regions to answer from when this one has no healthy proxy, nearest first.
     #[serde(default)]
     pub fallback_regions: Vec<String>,
-    /// This pool's settings (over `[defaults]`).
-    #[serde(flatten)]
-    pub settings: PoolConfig,
+    /// Selection strategy (over `[defaults]`).
+    pub strategy: Option<Strategy>,
+    /// `ttl_seconds` of answers (over `[defaults]`).
+    pub ttl_seconds: Option<u64>,
+    /// `fallback_policy` of answers (over `[defaults]`).
+    pub fallback_policy: Option<FallbackPolicy>,
+    /// Panic behaviour (over `[defaults]`).
+    pub when_all_ejected: Option<WhenAllEjected>,
+    /// Sticky sessions (over `[defaults]`).
+    pub sticky: Option<bool>,
     /// The proxies.
     #[serde(default)]
     pub proxies: Vec<ProxyFile>,
+}
+
+impl RegionFile {
+    /// This region's own pool settings (without `[defaults]`).
+    pub fn settings(&self) -> PoolConfig {
+        PoolConfig {
+            strategy: self.strategy,
+            ttl_seconds: self.ttl_seconds,
+            fallback_policy: self.fallback_policy,
+            when_all_ejected: self.when_all_ejected,
+            sticky: self.sticky,
+        }
+    }
 }
 
 /// One proxy as written. `Debug` redacts the URL.
@@ -222,7 +242,7 @@ impl Validate for InventoryFile {
             if name.parse::<Region>().is_err() {
                 issues.push(at.clone(), "region name must be 1 to 64 characters of a-z, 0-9, '_' or '-'");
             }
-            if let Some(ttl) = region.settings.ttl_seconds {
+            if let Some(ttl) = region.ttl_seconds {
                 issues.check_range(key(&at, "ttl_seconds"), ttl, TTL_RANGE);
             }
             for (i, fallback) in region.fallback_regions.iter().enumerate() {
@@ -423,8 +443,8 @@ impl InventoryError {
 impl Inventory {
     /// Reads and validates an inventory file.
     pub fn load(path: &Path) -> Result<Self, InventoryError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Self::from_toml_str(&text).map_err(|err| match err {
             InventoryError::Config(ConfigError::Toml { message, .. }) => {
                 InventoryError::Config(ConfigError::Toml { path: path.to_owned(), message })
@@ -448,7 +468,7 @@ impl Inventory {
         let mut by_id = HashMap::new();
         for (name, region_file) in &file.regions {
             let region: Region = name.parse().expect("validated region name");
-            let settings = region_file.settings.or(&file.defaults);
+            let settings = region_file.settings().or(&file.defaults);
             let proxies: Vec<Arc<Proxy>> = region_file
                 .proxies
                 .iter()
@@ -588,6 +608,11 @@ mod tests {
         let text = "default_region = \"a\"\n[regions.a]\n[[regions.a.proxies]]\nurl = \"http://h:1\"\ndenied_exchange = [\"x\"]\n";
         let err = Inventory::from_toml_str(text).unwrap_err();
         assert!(err.to_string().contains("denied_exchange"), "{err}");
+        let err = Inventory::from_toml_str("default_region = \"a\"\n[regions.a]\nstrategi = \"random\"\n").unwrap_err();
+        assert!(err.to_string().contains("strategi"), "{err}");
+        let err =
+            Inventory::from_toml_str("default_region = \"a\"\n[regions.a]\nstrategy = \"fastest\"\n").unwrap_err();
+        assert_eq!(err.issues()[0].key, "regions.a.strategy", "{err}");
     }
 
     #[test]
@@ -608,7 +633,10 @@ mod tests {
         )
         .unwrap();
         let b = inventory.pool(&"b".parse().unwrap()).unwrap();
-        assert_eq!((b.strategy(), b.ttl_seconds(), b.fallback_policy()), (Strategy::Weighted, 60, FallbackPolicy::Fail));
+        assert_eq!(
+            (b.strategy(), b.ttl_seconds(), b.fallback_policy()),
+            (Strategy::Weighted, 60, FallbackPolicy::Fail)
+        );
         let chain: Vec<&str> = inventory.region_chain(None).iter().map(|p| p.region().as_str()).collect();
         assert_eq!(chain, ["a", "b", "c"]);
         let unknown: Region = "zz".parse().unwrap();

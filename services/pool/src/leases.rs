@@ -176,7 +176,11 @@ mod tests {
     use super::*;
 
     fn session(client: &str) -> Session {
-        Session { client_id: client.into(), exchange: "binance".parse().unwrap(), connection_type: ConnectionType::Http }
+        Session {
+            client_id: client.into(),
+            exchange: "binance".parse().unwrap(),
+            connection_type: ConnectionType::Http,
+        }
     }
 
     #[tokio::test(start_paused = true)]

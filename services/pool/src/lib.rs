@@ -129,9 +129,9 @@ impl PoolServer {
         listener.set_nonblocking(true).map_err(|source| PoolError::Bind { addr, source })?;
         let local_addr = listener.local_addr().map_err(|source| PoolError::Bind { addr, source })?;
         let tls = match &settings.tls {
-            Some(tls_settings) => Some(axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(
-                tls::server_config(tls_settings)?,
-            ))),
+            Some(tls_settings) => {
+                Some(axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls::server_config(tls_settings)?)))
+            }
             None => None,
         };
         let state = AppState::new(selector, Auth::from_settings(&settings))

@@ -206,9 +206,8 @@ impl State {
         let pushed_left = pushed.filter(|s| s.state == HealthState::Ejected).map_or(0.0, |s| {
             s.ejected_until.map_or(f64::MAX, |until| (until - wall).num_milliseconds().max(0) as f64 / 1000.0)
         });
-        let local_left = local
-            .and_then(|l| l.ejected_until)
-            .map_or(0.0, |until| until.saturating_duration_since(now).as_secs_f64());
+        let local_left =
+            local.and_then(|l| l.ejected_until).map_or(0.0, |until| until.saturating_duration_since(now).as_secs_f64());
         let check_down = local.is_some_and(|l| l.check_down);
         let ejected_left = pushed_left.max(local_left) + if check_down { 1e9 } else { 0.0 };
         let failure_rate = 1.0 - pushed.map_or(1.0, |s| s.success_rate);
@@ -347,7 +346,16 @@ impl Selector {
                 metrics::counter!(m::REGION_FALLBACKS, "from" => home.region().to_string(), "to" => pool.region().to_string())
                     .increment(1);
             }
-            return Ok(self.grant(&mut state, session, home, pool, proxy, pool.strategy().as_str(), requested_region, now));
+            return Ok(self.grant(
+                &mut state,
+                session,
+                home,
+                pool,
+                proxy,
+                pool.strategy().as_str(),
+                requested_region,
+                now,
+            ));
         }
 
         let no_proxy = |reason| SelectError::NoProxyAvailable {
@@ -439,7 +447,11 @@ impl Selector {
         {
             let sample = latency as f64;
             let decay = self.options.ewma_decay;
-            state.latency.entry(proxy.id().clone()).or_insert_with(|| PeakEwma::new(sample, decay, now)).observe(sample, now);
+            state
+                .latency
+                .entry(proxy.id().clone())
+                .or_insert_with(|| PeakEwma::new(sample, decay, now))
+                .observe(sample, now);
         }
         if matches!(feedback.phase, FeedbackPhase::Disconnected | FeedbackPhase::Failed) {
             let session = Session {
@@ -463,9 +475,10 @@ impl Selector {
     /// held for the proxy are ignored. Returns whether they were applied.
     pub fn apply_health(&self, stats: HealthStats, source: m::HealthSource) -> bool {
         let mut state = self.state();
-        let newer = state.pushed.get(&stats.proxy_id).is_none_or(|held| {
-            (stats.updated_at, stats.last_seq) >= (held.updated_at, held.last_seq)
-        });
+        let newer = state
+            .pushed
+            .get(&stats.proxy_id)
+            .is_none_or(|held| (stats.updated_at, stats.last_seq) >= (held.updated_at, held.last_seq));
         let outcome = if newer { "applied" } else { "stale" };
         metrics::counter!(m::HEALTH_UPDATES, "source" => source.as_str(), "outcome" => outcome).increment(1);
         if newer {

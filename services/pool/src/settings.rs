@@ -356,12 +356,7 @@ mod tests {
         let keys: Vec<&str> = err.issues().iter().map(|i| i.key.as_str()).collect();
         assert_eq!(
             keys,
-            [
-                "request_timeout_seconds",
-                "auth.allowlist[0]",
-                "auth.tokens",
-                "active_checks.connect_target"
-            ]
+            ["request_timeout_seconds", "auth.allowlist[0]", "auth.tokens", "active_checks.connect_target"]
         );
     }
 }

@@ -54,7 +54,8 @@ pub fn server_config(settings: &TlsSettings) -> Result<rustls::ServerConfig, Tls
         path: settings.key_file.clone(),
         message: e.to_string(),
     })?;
-    let builder = rustls::ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
+    let builder =
+        rustls::ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
     let builder = match (settings.client_auth, &settings.client_ca_file) {
         (ClientAuth::None, _) | (_, None) => builder.with_no_client_auth(),
         (mode, Some(ca)) => {
@@ -63,8 +64,11 @@ pub fn server_config(settings: &TlsSettings) -> Result<rustls::ServerConfig, Tls
                 roots.add(cert)?;
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
-            let verifier =
-                if mode == ClientAuth::Optional { verifier.allow_unauthenticated().build()? } else { verifier.build()? };
+            let verifier = if mode == ClientAuth::Optional {
+                verifier.allow_unauthenticated().build()?
+            } else {
+                verifier.build()?
+            };
             builder.with_client_cert_verifier(verifier)
         }
     };
