@@ -7,5 +7,6 @@ mod helpers;
 mod http;
 mod nats_health;
 mod reload;
+mod schemas;
 mod selection;
 mod tls;
