@@ -455,6 +455,16 @@ impl Inventory {
 
     /// Parses and validates inventory TOML.
     pub fn from_toml_str(text: &str) -> Result<Self, InventoryError> {
+        // A TOML syntax error's full text quotes the offending line, which may hold a
+        // proxy password: report only the parser's message and the line number.
+        if let Err(err) = toml::from_str::<toml::Table>(text) {
+            let line = err.span().map_or(0, |span| text[..span.start.min(text.len())].lines().count().max(1));
+            return Err(ConfigError::Toml {
+                path: std::path::PathBuf::from("<string>"),
+                message: format!("{} (line {line})", err.message()),
+            }
+            .into());
+        }
         let file: InventoryFile = config::from_toml_str(text)?;
         Ok(Self::from_file(&file))
     }
@@ -600,6 +610,17 @@ mod tests {
         ] {
             assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
         }
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn syntax_errors_name_the_line_but_not_its_text() {
+        let text =
+            "default_region = \"a\"\n[regions.a]\n[[regions.a.proxies]]\nurl = \"http://u:hunter2@h:1\" weight = 1\n";
+        let err = Inventory::from_toml_str(text).unwrap_err();
+        assert!(err.to_string().contains("line 4"), "{err}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        let err = Inventory::from_toml_str("default_region = \"a\"\n[regions.a]\n[[regions.a.proxies]]\nurl = \"http://u:hunter2@h:1\"\nweight = \"http://u:hunter2@h:1\"\n").unwrap_err();
         assert!(!err.to_string().contains("hunter2"), "{err}");
     }
 
