@@ -33,21 +33,14 @@ async fn main() -> ExitCode {
     let args = Args::parse();
     let env = EnvSource::from_process();
     proxybus_shared::telemetry::init_from_env(&env);
-    let mut settings = match Settings::load(args.config.as_deref(), &env) {
-        Ok(settings) => settings,
-        Err(err) => {
-            eprintln!("proxybus-pool: {err}");
-            return ExitCode::from(2);
-        }
-    };
-    if let Some(inventory) = args.inventory {
-        settings.inventory = inventory;
-    }
-    if let Some(listen) = args.listen {
-        settings.listen = listen;
-    }
     if args.check {
-        return match Inventory::load(&settings.inventory) {
+        // Only the inventory is checked: no token or TLS files are needed for that.
+        let inventory = args
+            .inventory
+            .clone()
+            .or_else(|| env.non_empty("PROXYBUS_POOL_INVENTORY").map(PathBuf::from))
+            .unwrap_or_else(|| Settings::default().inventory);
+        return match Inventory::load(&inventory) {
             Ok(inventory) => {
                 for pool in inventory.pools() {
                     println!(
@@ -66,6 +59,19 @@ async fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         };
+    }
+    let mut settings = match Settings::load(args.config.as_deref(), &env) {
+        Ok(settings) => settings,
+        Err(err) => {
+            eprintln!("proxybus-pool: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(inventory) = args.inventory {
+        settings.inventory = inventory;
+    }
+    if let Some(listen) = args.listen {
+        settings.listen = listen;
     }
     match proxybus_pool::run(settings, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
