@@ -1,0 +1,106 @@
+//! `proxybus-pool`: parses arguments, installs tracing, and runs the service
+//! until SIGINT or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use proxybus_pool::{Inventory, Settings};
+use proxybus_shared::config::EnvSource;
+
+/// The reference proxy service of proxybus: proxy inventories per region with
+/// health-aware selection, over HTTP.
+#[derive(Debug, Parser)]
+#[command(name = "proxybus-pool", version)]
+struct Args {
+    /// Settings file (TOML); `PROXYBUS_POOL_*` variables override it.
+    #[arg(long, env = "PROXYBUS_POOL_CONFIG")]
+    config: Option<PathBuf>,
+    /// Inventory file (overrides the `inventory` setting).
+    #[arg(long)]
+    inventory: Option<PathBuf>,
+    /// Listen address (overrides the `listen` setting).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Validate the inventory file, print a summary and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let env = EnvSource::from_process();
+    proxybus_shared::telemetry::init_from_env(&env);
+    if args.check {
+        // Only the inventory is checked: no token or TLS files are needed for that.
+        let inventory = args
+            .inventory
+            .clone()
+            .or_else(|| env.non_empty("PROXYBUS_POOL_INVENTORY").map(PathBuf::from))
+            .unwrap_or_else(|| Settings::default().inventory);
+        return match Inventory::load(&inventory) {
+            Ok(inventory) => {
+                for pool in inventory.pools() {
+                    println!(
+                        "{}: {} proxies, strategy {}, ttl {}s, fallback regions {:?}",
+                        pool.region(),
+                        pool.proxies().len(),
+                        pool.strategy(),
+                        pool.ttl_seconds(),
+                        pool.fallback_regions().iter().map(|r| r.as_str()).collect::<Vec<_>>()
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("proxybus-pool: {err}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    let mut settings = match Settings::load(args.config.as_deref(), &env) {
+        Ok(settings) => settings,
+        Err(err) => {
+            eprintln!("proxybus-pool: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(inventory) = args.inventory {
+        settings.inventory = inventory;
+    }
+    if let Some(listen) = args.listen {
+        settings.listen = listen;
+    }
+    match proxybus_pool::run(settings, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %err, "proxybus-pool stopped");
+            eprintln!("proxybus-pool: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,574 @@
+//! The [`Selector`]: the inventory plus everything learned while serving it
+//! (health, leases, sticky sessions, latency), and the choice of a proxy.
+//!
+//! A request is answered in this order:
+//! 1. **sticky**: the session's proxy from an earlier answer, if it is still in
+//!    the inventory, serves the exchange, is healthy and has room;
+//! 2. the requested region's pool (the default region's when the request names
+//!    none, or one the inventory lacks), by the pool's strategy over its healthy
+//!    proxies that serve the exchange and have room;
+//! 3. **region fallback**: each of that pool's `fallback_regions`, nearest first
+//!    (the answer's `region` says where it came from);
+//! 4. nothing healthy anywhere: the requested pool's `when_all_ejected` —
+//!    `panic` answers the least-bad proxy with `strategy: "panic"` (Envoy's panic
+//!    mode), `fail` answers `no_proxy_available`, `direct` a direct connection.
+//!
+//! The selector is plain, synchronous code behind one mutex, usable in-process
+//! without HTTP (the `proxybus up` CLI does so).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use proxybus_shared::{
+    ExchangeId, FallbackPolicy, FeedbackPhase, HealthState, HealthStats, Metadata, ProxyFeedback, ProxyId,
+    ProxyRequest, ProxyResponse, Region, ResponseSource,
+};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::health::{HealthOptions, LocalHealth};
+use crate::inventory::{Inventory, Pool, Proxy, WhenAllEjected};
+use crate::leases::{LeaseTable, Session, StickyTable};
+use crate::metrics as m;
+use crate::strategy::{Candidate, PeakEwma, pick};
+
+/// Tuning of the selector.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SelectorOptions {
+    /// Local outlier detection and active-check thresholds.
+    pub health: HealthOptions,
+    /// Latency assumed for a proxy nothing is known about, in ms (`p2c_ewma`).
+    pub default_latency_ms: f64,
+    /// Time constant of the peak-EWMA decay.
+    pub ewma_decay: Duration,
+    /// Seed of the random choices (`None`: from the OS); tests fix it.
+    pub seed: Option<u64>,
+}
+
+impl Default for SelectorOptions {
+    fn default() -> Self {
+        Self {
+            health: HealthOptions::default(),
+            default_latency_ms: 100.0,
+            ewma_decay: Duration::from_secs(60),
+            seed: None,
+        }
+    }
+}
+
+/// The outcome of a selection, before it becomes a [`ProxyResponse`].
+#[derive(Debug, Clone)]
+pub struct Selection {
+    /// The proxy; `None` means "connect directly".
+    pub proxy: Option<Arc<Proxy>>,
+    /// How it was chosen: a strategy name, `sticky`, `panic` or `direct`.
+    pub strategy: &'static str,
+    /// From the answering pool.
+    pub ttl_seconds: u64,
+    /// From the answering pool.
+    pub fallback_policy: FallbackPolicy,
+    /// Region of the proxy.
+    pub region: Option<Region>,
+    /// The region the request asked for (or the default one).
+    pub requested_region: Region,
+    /// Whether the answer comes from a fallback region.
+    pub region_fallback: bool,
+}
+
+impl Selection {
+    /// The contract's answer; the only place a proxy URL leaves with its credentials.
+    pub fn into_response(self, request_id: String) -> ProxyResponse {
+        let mut metadata = Metadata::new();
+        metadata.insert("requested_region".into(), self.requested_region.as_str().into());
+        metadata.insert("region_fallback".into(), self.region_fallback.into());
+        if let Some(proxy) = &self.proxy {
+            metadata.insert("tags".into(), proxy.tags().into());
+        }
+        ProxyResponse {
+            schema_version: proxybus_shared::SCHEMA_VERSION,
+            proxy_url: self.proxy.as_ref().map(|p| p.url().expose().to_owned()),
+            proxy_id: self.proxy.as_ref().map(|p| p.id().clone()),
+            strategy: self.strategy.to_owned(),
+            ttl_seconds: self.ttl_seconds,
+            fallback_policy: self.fallback_policy,
+            source: if self.proxy.is_some() { ResponseSource::Service } else { ResponseSource::Direct },
+            region: self.region,
+            request_id,
+            metadata,
+        }
+    }
+}
+
+/// Why no proxy could be chosen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SelectError {
+    /// No proxy is healthy and the pool is configured to fail, or no proxy serves the exchange at all.
+    #[error("no proxy available for {exchange} in region {region}: {reason}")]
+    NoProxyAvailable {
+        /// The requested region.
+        region: Region,
+        /// The exchange.
+        exchange: ExchangeId,
+        /// Why.
+        reason: &'static str,
+    },
+}
+
+/// One proxy as `GET /api/v1/proxies` shows it: no credentials.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProxyView {
+    /// Its identity.
+    pub proxy_id: ProxyId,
+    /// Its URL, password redacted.
+    pub proxy_url: String,
+    /// Its region.
+    pub region: Region,
+    /// Relative weight.
+    pub weight: f64,
+    /// Labels.
+    pub tags: Vec<String>,
+    /// Whether the inventory lets it be handed out.
+    pub enabled: bool,
+    /// Active leases.
+    pub active_leases: u32,
+    /// Lease cap (`null`: unlimited).
+    pub max_leases: Option<u32>,
+    /// `healthy`, `degraded` or `ejected`, all sources combined (exchange bans aside).
+    pub state: HealthState,
+    /// This service's own view.
+    pub local: LocalView,
+    /// The latest `HealthStats` received, if any.
+    pub health: Option<HealthStats>,
+}
+
+/// What this service itself observed about a proxy.
+#[derive(Debug, Clone, Serialize)]
+pub struct LocalView {
+    /// Ejected by local outlier detection.
+    pub ejected: bool,
+    /// Seconds left of that ejection.
+    pub ejected_for_seconds: Option<u64>,
+    /// Failures since the last success.
+    pub consecutive_failures: u32,
+    /// Exchanges it is banned or cooling down for.
+    pub barred_exchanges: Vec<ExchangeId>,
+    /// Active checks: `up`, `down` or `unchecked`.
+    pub check: &'static str,
+    /// Peak-EWMA latency in ms from feedback.
+    pub latency_ewma_ms: Option<f64>,
+}
+
+#[derive(Debug)]
+struct State {
+    rng: StdRng,
+    turns: HashMap<Region, u64>,
+    pushed: HashMap<ProxyId, HealthStats>,
+    local: HashMap<ProxyId, LocalHealth>,
+    checked: HashSet<ProxyId>,
+    latency: HashMap<ProxyId, PeakEwma>,
+    leases: LeaseTable,
+    sticky: StickyTable,
+}
+
+impl State {
+    fn usable(&self, proxy: &Proxy, exchange: &ExchangeId, now: Instant, wall: DateTime<Utc>) -> bool {
+        self.pushed.get(proxy.id()).is_none_or(|stats| stats.usable_for(exchange, wall))
+            && self.local.get(proxy.id()).is_none_or(|local| local.usable_for(exchange, now))
+    }
+
+    fn has_room(&self, proxy: &Proxy, session: &Session) -> bool {
+        let Some(max) = proxy.max_leases() else { return true };
+        let own = u32::from(self.leases.held_by(session) == Some(proxy.id()));
+        self.leases.active(proxy.id()).saturating_sub(own) < max
+    }
+
+    fn latency_ms(&self, proxy: &Proxy, now: Instant, default: f64) -> f64 {
+        self.latency
+            .get(proxy.id())
+            .map(|ewma| ewma.value(now))
+            .or_else(|| self.pushed.get(proxy.id()).and_then(|stats| stats.latency_ewma_ms))
+            .unwrap_or(default)
+    }
+
+    /// How bad a proxy is for panic mode; lower is better.
+    fn badness(&self, proxy: &Proxy, exchange: &ExchangeId, now: Instant, wall: DateTime<Utc>) -> (u8, f64, f64, u32) {
+        let pushed = self.pushed.get(proxy.id());
+        let local = self.local.get(proxy.id());
+        let barred = pushed.is_some_and(|s| {
+            s.exchanges.get(exchange).is_some_and(|ex| {
+                ex.state != proxybus_shared::ExchangeState::Healthy && ex.banned_until.is_none_or(|u| u > wall)
+            })
+        }) || local.is_some_and(|l| l.barred_for(exchange, now));
+        let pushed_left = pushed.filter(|s| s.state == HealthState::Ejected).map_or(0.0, |s| {
+            s.ejected_until.map_or(f64::MAX, |until| (until - wall).num_milliseconds().max(0) as f64 / 1000.0)
+        });
+        let local_left =
+            local.and_then(|l| l.ejected_until).map_or(0.0, |until| until.saturating_duration_since(now).as_secs_f64());
+        let check_down = local.is_some_and(|l| l.check_down);
+        let ejected_left = pushed_left.max(local_left) + if check_down { 1e9 } else { 0.0 };
+        let failure_rate = 1.0 - pushed.map_or(1.0, |s| s.success_rate);
+        (u8::from(barred), ejected_left, failure_rate, self.leases.active(proxy.id()))
+    }
+}
+
+/// The selection core: inventory, health, leases and sticky sessions.
+///
+/// # Examples
+/// ```
+/// use proxybus_pool::{Inventory, Selector, SelectorOptions};
+/// use proxybus_shared::{ConnectionType, ProxyRequest};
+///
+/// let inventory = Inventory::from_toml_str(r#"
+///     default_region = "eu-west"
+///     [regions.eu-west]
+///     strategy = "round_robin"
+///     [[regions.eu-west.proxies]]
+///     url = "http://user:pw@203.0.113.10:3128"
+/// "#).unwrap();
+/// let selector = Selector::new(inventory, SelectorOptions::default());
+/// let request = ProxyRequest::new("binance".parse().unwrap(), ConnectionType::Websocket, "feed-1");
+/// let answer = selector.respond(&request).unwrap();
+/// assert_eq!(answer.proxy_url.as_deref(), Some("http://user:pw@203.0.113.10:3128"));
+/// assert_eq!(answer.region.unwrap().as_str(), "eu-west");
+/// ```
+#[derive(Debug)]
+pub struct Selector {
+    inventory: RwLock<Arc<Inventory>>,
+    state: Mutex<State>,
+    options: SelectorOptions,
+}
+
+impl Selector {
+    /// A selector over `inventory` with nothing learned yet.
+    pub fn new(inventory: Inventory, options: SelectorOptions) -> Self {
+        let rng = match options.seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_os_rng(),
+        };
+        Self {
+            inventory: RwLock::new(Arc::new(inventory)),
+            state: Mutex::new(State {
+                rng,
+                turns: HashMap::new(),
+                pushed: HashMap::new(),
+                local: HashMap::new(),
+                checked: HashSet::new(),
+                latency: HashMap::new(),
+                leases: LeaseTable::default(),
+                sticky: StickyTable::default(),
+            }),
+            options,
+        }
+    }
+
+    /// The options it was built with.
+    pub fn options(&self) -> &SelectorOptions {
+        &self.options
+    }
+
+    /// The current inventory.
+    pub fn inventory(&self) -> Arc<Inventory> {
+        self.inventory.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Swaps in a new inventory atomically: a request is answered wholly from the
+    /// old one or wholly from the new one. Health, leases and sticky sessions are
+    /// kept by `proxy_id`, so proxies that stay keep what was learned about them.
+    pub fn replace_inventory(&self, inventory: Inventory) {
+        let proxies = inventory.len();
+        *self.inventory.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(inventory);
+        tracing::info!(proxies, "inventory replaced");
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Answers a request: chooses a proxy, grants the session a lease and
+    /// (in sticky pools) binds the session to it.
+    pub fn respond(&self, request: &ProxyRequest) -> Result<ProxyResponse, SelectError> {
+        let request_id = request.request_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        self.select(request).map(|selection| selection.into_response(request_id))
+    }
+
+    /// Chooses a proxy for `request` (see the module documentation for the order).
+    pub fn select(&self, request: &ProxyRequest) -> Result<Selection, SelectError> {
+        let inventory = self.inventory();
+        let now = Instant::now();
+        let wall = Utc::now();
+        let exchange = &request.exchange_id;
+        let connection_type = request.connection_type;
+        let session = Session::of(request);
+        let chain = inventory.region_chain(request.region.as_ref());
+        let home = chain[0];
+        let requested_region = request.region.clone().unwrap_or_else(|| home.region().clone());
+        let mut state = self.state();
+        state.leases.expire(now);
+
+        let serves = |p: &Arc<Proxy>| p.serves(exchange, connection_type);
+        let chosen = |state: &State, p: &Arc<Proxy>| {
+            serves(p) && state.usable(p, exchange, now, wall) && state.has_room(p, &session)
+        };
+
+        if home.sticky()
+            && let Some(id) = state.sticky.get(&session, now)
+            && let Some(proxy) = inventory.proxy(id)
+            && chain.iter().any(|pool| pool.region() == proxy.region())
+            && chosen(&state, proxy)
+        {
+            let proxy = proxy.clone();
+            let pool = inventory.pool(proxy.region()).expect("a proxy's region has a pool");
+            return Ok(self.grant(&mut state, session, home, pool, proxy, "sticky", requested_region, now));
+        }
+
+        for pool in &chain {
+            let healthy: Vec<&Arc<Proxy>> = pool.proxies().iter().filter(|p| chosen(&state, p)).collect();
+            if healthy.is_empty() {
+                continue;
+            }
+            let candidates: Vec<Candidate> = healthy
+                .iter()
+                .map(|p| Candidate {
+                    weight: p.weight(),
+                    leases: state.leases.active(p.id()),
+                    latency_ms: state.latency_ms(p, now, self.options.default_latency_ms),
+                })
+                .collect();
+            let state_ref = &mut *state;
+            let turn = state_ref.turns.entry(pool.region().clone()).or_default();
+            let index = pick(pool.strategy(), &candidates, turn, &mut state_ref.rng);
+            let proxy = healthy[index].clone();
+            if pool.region() != home.region() {
+                metrics::counter!(m::REGION_FALLBACKS, "from" => home.region().to_string(), "to" => pool.region().to_string())
+                    .increment(1);
+            }
+            return Ok(self.grant(
+                &mut state,
+                session,
+                home,
+                pool,
+                proxy,
+                pool.strategy().as_str(),
+                requested_region,
+                now,
+            ));
+        }
+
+        let no_proxy = |reason| SelectError::NoProxyAvailable {
+            region: requested_region.clone(),
+            exchange: exchange.clone(),
+            reason,
+        };
+        match home.when_all_ejected() {
+            WhenAllEjected::Fail => {
+                metrics::counter!(m::NO_PROXY, "region" => home.region().to_string()).increment(1);
+                Err(no_proxy("no healthy proxy and the pool is configured to fail"))
+            }
+            WhenAllEjected::Direct => {
+                metrics::counter!(m::PANICS, "region" => home.region().to_string(), "answer" => "direct").increment(1);
+                Ok(Selection {
+                    proxy: None,
+                    strategy: "direct",
+                    ttl_seconds: home.ttl_seconds(),
+                    fallback_policy: home.fallback_policy(),
+                    region: None,
+                    requested_region,
+                    region_fallback: false,
+                })
+            }
+            WhenAllEjected::Panic => {
+                let least_bad = chain.iter().find_map(|pool| {
+                    pool.proxies().iter().filter(|p| serves(p)).min_by(|a, b| {
+                        let (a, b) = (state.badness(a, exchange, now, wall), state.badness(b, exchange, now, wall));
+                        a.partial_cmp(&b).unwrap_or(std::cmp::Ordering::Equal)
+                    })
+                });
+                let Some(proxy) = least_bad.cloned() else {
+                    metrics::counter!(m::NO_PROXY, "region" => home.region().to_string()).increment(1);
+                    return Err(no_proxy("no proxy of the region or its fallbacks serves this exchange"));
+                };
+                metrics::counter!(m::PANICS, "region" => home.region().to_string(), "answer" => "least_bad")
+                    .increment(1);
+                tracing::warn!(region = %home.region(), %exchange, proxy_id = %proxy.id(), "panic mode: every proxy is ejected, answering the least bad");
+                let pool = inventory.pool(proxy.region()).expect("a proxy's region has a pool");
+                Ok(self.grant(&mut state, session, home, pool, proxy, "panic", requested_region, now))
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn grant(
+        &self,
+        state: &mut State,
+        session: Session,
+        home: &Pool,
+        pool: &Pool,
+        proxy: Arc<Proxy>,
+        strategy: &'static str,
+        requested_region: Region,
+        now: Instant,
+    ) -> Selection {
+        let ttl = Duration::from_secs(pool.ttl_seconds());
+        if home.sticky() && strategy != "panic" {
+            state.sticky.bind(session.clone(), proxy.id().clone(), now + ttl, now);
+        }
+        state.leases.grant(session, proxy.id().clone(), now + ttl);
+        metrics::counter!(m::SELECTIONS, "region" => pool.region().to_string(), "strategy" => strategy).increment(1);
+        Selection {
+            region: Some(pool.region().clone()),
+            region_fallback: pool.region() != home.region(),
+            proxy: Some(proxy),
+            strategy,
+            ttl_seconds: pool.ttl_seconds(),
+            fallback_policy: pool.fallback_policy(),
+            requested_region,
+        }
+    }
+
+    /// Folds feedback from a feed: latency, lease release (`disconnected`,
+    /// `failed`), local outlier detection and per-exchange bans. Feedback for a
+    /// proxy not in the inventory is ignored; returns whether it was known.
+    pub fn feedback(&self, feedback: &ProxyFeedback) -> bool {
+        let inventory = self.inventory();
+        let Some(proxy) = inventory.proxy(&feedback.proxy_id) else {
+            metrics::counter!(m::FEEDBACK, "phase" => phase_name(feedback.phase), "outcome" => "unknown_proxy")
+                .increment(1);
+            return false;
+        };
+        let now = Instant::now();
+        let mut state = self.state();
+        if feedback.success
+            && let Some(latency) = feedback.latency_ms
+            && matches!(feedback.phase, FeedbackPhase::Connected | FeedbackPhase::Request)
+        {
+            let sample = latency as f64;
+            let decay = self.options.ewma_decay;
+            state
+                .latency
+                .entry(proxy.id().clone())
+                .or_insert_with(|| PeakEwma::new(sample, decay, now))
+                .observe(sample, now);
+        }
+        if matches!(feedback.phase, FeedbackPhase::Disconnected | FeedbackPhase::Failed) {
+            let session = Session {
+                client_id: feedback.client_id.clone(),
+                exchange: feedback.exchange_id.clone(),
+                connection_type: feedback.connection_type,
+            };
+            state.leases.release(&session, proxy.id());
+        }
+        let ejected = state.local.entry(proxy.id().clone()).or_default().fold(feedback, &self.options.health, now);
+        if ejected {
+            metrics::counter!(m::EJECTIONS, "source" => "feedback").increment(1);
+            tracing::warn!(proxy_id = %proxy.id(), proxy_url = %proxy.redacted_url(), "proxy ejected after consecutive failures");
+        }
+        metrics::counter!(m::FEEDBACK, "phase" => phase_name(feedback.phase), "outcome" => if feedback.success { "success" } else { "failure" })
+            .increment(1);
+        true
+    }
+
+    /// Applies health statistics (from the aggregator); older stats than those
+    /// held for the proxy are ignored. Returns whether they were applied.
+    pub fn apply_health(&self, stats: HealthStats, source: m::HealthSource) -> bool {
+        let mut state = self.state();
+        let newer = state
+            .pushed
+            .get(&stats.proxy_id)
+            .is_none_or(|held| (stats.updated_at, stats.last_seq) >= (held.updated_at, held.last_seq));
+        let outcome = if newer { "applied" } else { "stale" };
+        metrics::counter!(m::HEALTH_UPDATES, "source" => source.as_str(), "outcome" => outcome).increment(1);
+        if newer {
+            tracing::debug!(proxy_id = %stats.proxy_id, state = ?stats.state, "health statistics applied");
+            state.pushed.insert(stats.proxy_id.clone(), stats);
+        }
+        newer
+    }
+
+    /// Folds the result of one active check of `proxy`.
+    pub fn record_check(&self, proxy: &ProxyId, passed: bool) {
+        let mut state = self.state();
+        state.checked.insert(proxy.clone());
+        let changed = state.local.entry(proxy.clone()).or_default().fold_check(passed, &self.options.health);
+        if changed {
+            tracing::warn!(proxy_id = %proxy, up = passed, "active checks changed the proxy's state");
+        }
+    }
+
+    /// Active leases of `proxy`.
+    pub fn active_leases(&self, proxy: &ProxyId) -> u32 {
+        let mut state = self.state();
+        state.leases.expire(Instant::now());
+        state.leases.active(proxy)
+    }
+
+    /// Every proxy of the inventory (or of one region) with its health, credentials redacted.
+    pub fn proxies(&self, region: Option<&Region>) -> Vec<ProxyView> {
+        let inventory = self.inventory();
+        let now = Instant::now();
+        let wall = Utc::now();
+        let mut state = self.state();
+        state.leases.expire(now);
+        inventory
+            .proxies()
+            .filter(|p| region.is_none_or(|r| p.region() == r))
+            .map(|proxy| {
+                let local = state.local.get(proxy.id()).cloned().unwrap_or_default();
+                let pushed = state.pushed.get(proxy.id()).cloned();
+                let pushed_ejected = pushed.as_ref().is_some_and(|s| {
+                    s.state == HealthState::Ejected && s.ejected_until.is_none_or(|until| until > wall)
+                });
+                let state_now = if pushed_ejected || local.ejected(now) || local.check_down {
+                    HealthState::Ejected
+                } else if pushed.as_ref().is_some_and(|s| s.state == HealthState::Degraded) {
+                    HealthState::Degraded
+                } else {
+                    HealthState::Healthy
+                };
+                let mut barred: Vec<ExchangeId> =
+                    local.barred.iter().filter(|(_, until)| **until > now).map(|(ex, _)| ex.clone()).collect();
+                barred.sort();
+                ProxyView {
+                    proxy_id: proxy.id().clone(),
+                    proxy_url: proxy.redacted_url().to_owned(),
+                    region: proxy.region().clone(),
+                    weight: proxy.weight(),
+                    tags: proxy.tags().to_vec(),
+                    enabled: proxy.enabled(),
+                    active_leases: state.leases.active(proxy.id()),
+                    max_leases: proxy.max_leases(),
+                    state: state_now,
+                    local: LocalView {
+                        ejected: local.ejected(now),
+                        ejected_for_seconds: local
+                            .ejected_until
+                            .filter(|until| *until > now)
+                            .map(|until| until.duration_since(now).as_secs()),
+                        consecutive_failures: local.consecutive_failures,
+                        barred_exchanges: barred,
+                        check: match (state.checked.contains(proxy.id()), local.check_down) {
+                            (false, _) => "unchecked",
+                            (true, true) => "down",
+                            (true, false) => "up",
+                        },
+                        latency_ewma_ms: state.latency.get(proxy.id()).map(|e| e.value(now)),
+                    },
+                    health: pushed,
+                }
+            })
+            .collect()
+    }
+}
+
+fn phase_name(phase: FeedbackPhase) -> &'static str {
+    match phase {
+        FeedbackPhase::ConnectStart => "connect_start",
+        FeedbackPhase::Connected => "connected",
+        FeedbackPhase::Failed => "failed",
+        FeedbackPhase::Disconnected => "disconnected",
+        FeedbackPhase::Request => "request",
+    }
+}

@@ -1,0 +1,362 @@
+//! Settings of the service: a TOML file (`--config`) overlaid by `PROXYBUS_POOL_*`
+//! variables (`__` between nesting levels), read from an injected [`EnvSource`].
+//!
+//! | setting | variable | default | meaning |
+//! | --- | --- | --- | --- |
+//! | `listen` | `PROXYBUS_POOL_LISTEN` | `127.0.0.1:8080` | address of the HTTP API |
+//! | `inventory` | `PROXYBUS_POOL_INVENTORY` | `inventory.toml` | inventory file |
+//! | `watch_inventory` | `PROXYBUS_POOL_WATCH_INVENTORY` | `true` | reload when the file changes (SIGHUP always reloads) |
+//! | `request_timeout_seconds` | `…_REQUEST_TIMEOUT_SECONDS` | `10` | per-request timeout, 1–300 |
+//! | `max_body_bytes` | `…_MAX_BODY_BYTES` | `65536` | request body limit (413 above), 1 KiB–16 MiB |
+//! | `auth.tokens` | `…_AUTH__TOKENS` (JSON list) | `[]` | accepted bearer tokens / API keys |
+//! | `auth.disabled` | `…_AUTH__DISABLED` | `false` | no credentials needed (a demo on 127.0.0.1) |
+//! | `auth.allowlist` | `…_AUTH__ALLOWLIST` (JSON list) | `[]` | client IPs / CIDRs allowed; empty: any |
+//! | `tls.cert_file`, `tls.key_file` | `…_TLS__CERT_FILE`, `…_TLS__KEY_FILE` | — | serve HTTPS with this PEM chain and key |
+//! | `tls.client_ca_file` | `…_TLS__CLIENT_CA_FILE` | — | PEM roots client certificates are verified against |
+//! | `tls.client_auth` | `…_TLS__CLIENT_AUTH` | `none` | `none`, `optional` (verified if presented), `required` (mutual TLS; then no token is needed) |
+//! | `health.listen_nats` | `…_HEALTH__LISTEN_NATS` | `true` | apply `proxy.v1.health.>` (NATS from `NATS_*`) |
+//! | `health.consecutive_failures` | `…_HEALTH__CONSECUTIVE_FAILURES` | `5` | feedback failures that eject a proxy; 0 disables |
+//! | `health.ejection_seconds` | `…_HEALTH__EJECTION_SECONDS` | `30` | base ejection time |
+//! | `health.ban_seconds` | `…_HEALTH__BAN_SECONDS` | `600` | per-exchange ban after 451/403 without `Retry-After` |
+//! | `health.cooldown_seconds` | `…_HEALTH__COOLDOWN_SECONDS` | `60` | per-exchange cool-down after 429/418 |
+//! | `health.default_latency_ms` | `…_HEALTH__DEFAULT_LATENCY_MS` | `100` | latency of an unmeasured proxy (`p2c_ewma`) |
+//! | `health.ewma_decay_seconds` | `…_HEALTH__EWMA_DECAY_SECONDS` | `60` | peak-EWMA time constant |
+//! | `active_checks.enabled` | `…_ACTIVE_CHECKS__ENABLED` | `false` | TCP connect (+ HTTP CONNECT for http proxies) checks |
+//! | `active_checks.interval_seconds` | `…__INTERVAL_SECONDS` | `15` | between rounds |
+//! | `active_checks.timeout_seconds` | `…__TIMEOUT_SECONDS` | `3` | per check |
+//! | `active_checks.connect_target` | `…__CONNECT_TARGET` | — | `host:port` to ask http proxies to CONNECT to; none: TCP only |
+//! | `active_checks.unhealthy_threshold` / `healthy_threshold` | … | `2` / `1` | checks in a row that take a proxy out / bring it back |
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use proxybus_shared::config::{self, ConfigError, EnvSource, Issues, Validate, key};
+use proxybus_shared::nats::NatsSettings;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use crate::health::HealthOptions;
+use crate::selector::SelectorOptions;
+
+/// Prefix of the service's variables.
+pub const ENV_PREFIX: &str = "PROXYBUS_POOL_";
+
+/// Settings of the proxy-pool service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Address of the HTTP API (port 0: any free port).
+    pub listen: SocketAddr,
+    /// Inventory file.
+    pub inventory: PathBuf,
+    /// Reload the inventory when its file changes.
+    pub watch_inventory: bool,
+    /// Per-request timeout.
+    pub request_timeout_seconds: u64,
+    /// Request body limit in bytes.
+    pub max_body_bytes: usize,
+    /// Who may call the API.
+    pub auth: AuthSettings,
+    /// HTTPS.
+    pub tls: Option<TlsSettings>,
+    /// Health sources and thresholds.
+    pub health: HealthSettings,
+    /// Active checks.
+    pub active_checks: ActiveCheckSettings,
+    /// NATS for `proxy.v1.health.>`; from `NATS_*`, not from the file (`None`: no subscription).
+    #[serde(skip)]
+    pub nats: Option<NatsSettings>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            inventory: PathBuf::from("inventory.toml"),
+            watch_inventory: true,
+            request_timeout_seconds: 10,
+            max_body_bytes: 64 * 1024,
+            auth: AuthSettings::default(),
+            tls: None,
+            health: HealthSettings::default(),
+            active_checks: ActiveCheckSettings::default(),
+            nats: None,
+        }
+    }
+}
+
+impl Settings {
+    /// Loads settings from an optional TOML file and the `PROXYBUS_POOL_*` variables
+    /// of `env` (which win), plus `NATS_*` when `health.listen_nats` is on; every
+    /// invalid setting is reported.
+    pub fn load(file: Option<&Path>, env: &EnvSource) -> Result<Self, ConfigError> {
+        let mut settings: Settings = config::load(file, env, ENV_PREFIX)?;
+        if settings.health.listen_nats {
+            settings.nats = Some(NatsSettings::from_env(env)?.with_name("proxybus-pool"));
+        }
+        Ok(settings)
+    }
+
+    /// The per-request timeout.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_seconds)
+    }
+
+    /// The selector's options these settings describe.
+    pub fn selector_options(&self) -> SelectorOptions {
+        let h = &self.health;
+        SelectorOptions {
+            health: HealthOptions {
+                consecutive_failures: h.consecutive_failures,
+                ejection: Duration::from_secs(h.ejection_seconds),
+                ban: Duration::from_secs(h.ban_seconds),
+                cooldown: Duration::from_secs(h.cooldown_seconds),
+                unhealthy_checks: self.active_checks.unhealthy_threshold,
+                healthy_checks: self.active_checks.healthy_threshold,
+            },
+            default_latency_ms: h.default_latency_ms,
+            ewma_decay: Duration::from_secs(h.ewma_decay_seconds),
+            seed: None,
+        }
+    }
+
+    /// Whether requests need a token: not when auth is disabled or mutual TLS is required.
+    pub fn tokens_required(&self) -> bool {
+        !self.auth.disabled && !self.tls.as_ref().is_some_and(|tls| tls.client_auth == ClientAuth::Required)
+    }
+}
+
+impl Validate for Settings {
+    fn validate(&self, prefix: &str, issues: &mut Issues) {
+        issues.check_range(key(prefix, "request_timeout_seconds"), self.request_timeout_seconds, 1..=300);
+        issues.check_range(key(prefix, "max_body_bytes"), self.max_body_bytes, 1024..=16 * 1024 * 1024);
+        self.auth.validate(&key(prefix, "auth"), issues);
+        if self.tokens_required() && self.auth.tokens.is_empty() {
+            issues.push(
+                key(prefix, "auth.tokens"),
+                "no token is configured: set auth.tokens, or tls.client_auth = \"required\", or auth.disabled = true",
+            );
+        }
+        if let Some(tls) = &self.tls {
+            tls.validate(&key(prefix, "tls"), issues);
+        }
+        self.health.validate(&key(prefix, "health"), issues);
+        self.active_checks.validate(&key(prefix, "active_checks"), issues);
+    }
+}
+
+/// Who may call the API.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Accepted tokens, as `Authorization: Bearer {token}` or `X-API-Key: {token}`.
+    #[serde(deserialize_with = "secrets")]
+    pub tokens: Vec<SecretString>,
+    /// No credentials needed.
+    pub disabled: bool,
+    /// Client IPs or CIDRs allowed (`10.0.0.0/8`, `127.0.0.1`); empty: any.
+    pub allowlist: Vec<String>,
+}
+
+impl Validate for AuthSettings {
+    fn validate(&self, prefix: &str, issues: &mut Issues) {
+        for (i, token) in self.tokens.iter().enumerate() {
+            if token.expose_secret().trim().len() < 8 {
+                issues.push(format!("{}[{i}]", key(prefix, "tokens")), "a token needs at least 8 characters");
+            }
+        }
+        for (i, entry) in self.allowlist.iter().enumerate() {
+            if crate::auth::parse_net(entry).is_none() {
+                issues.push(format!("{}[{i}]", key(prefix, "allowlist")), format!("{entry:?} is not an IP or CIDR"));
+            }
+        }
+    }
+}
+
+fn secrets<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<SecretString>, D::Error> {
+    let raw = Vec::<serde_json::Value>::deserialize(deserializer)?;
+    raw.into_iter()
+        .map(|value| match value {
+            serde_json::Value::String(s) => Ok(SecretString::from(s)),
+            serde_json::Value::Number(n) => Ok(SecretString::from(n.to_string())),
+            _ => Err(serde::de::Error::custom("a token must be a string")),
+        })
+        .collect()
+}
+
+/// Whether clients present certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// No client certificates.
+    #[default]
+    None,
+    /// Verified against `client_ca_file` when presented; tokens still required.
+    Optional,
+    /// Required and verified: mutual TLS authenticates the client.
+    Required,
+}
+
+/// HTTPS settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM certificate chain.
+    pub cert_file: PathBuf,
+    /// PEM private key.
+    pub key_file: PathBuf,
+    /// PEM roots for client certificates.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    /// Whether clients present certificates.
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+}
+
+impl Validate for TlsSettings {
+    fn validate(&self, prefix: &str, issues: &mut Issues) {
+        for (name, path) in [("cert_file", &self.cert_file), ("key_file", &self.key_file)] {
+            if !path.is_file() {
+                issues.push(key(prefix, name), format!("{} is not a readable file", path.display()));
+            }
+        }
+        match (&self.client_ca_file, self.client_auth) {
+            (None, ClientAuth::Optional | ClientAuth::Required) => {
+                issues.push(key(prefix, "client_ca_file"), "client certificates need a client_ca_file to verify them")
+            }
+            (Some(path), _) if !path.is_file() => {
+                issues.push(key(prefix, "client_ca_file"), format!("{} is not a readable file", path.display()))
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Health sources and thresholds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthSettings {
+    /// Apply `proxy.v1.health.>` from NATS.
+    pub listen_nats: bool,
+    /// Feedback failures in a row that eject a proxy; 0 disables.
+    pub consecutive_failures: u32,
+    /// Base ejection time.
+    pub ejection_seconds: u64,
+    /// Ban after 451/403.
+    pub ban_seconds: u64,
+    /// Cool-down after 429/418.
+    pub cooldown_seconds: u64,
+    /// Latency of an unmeasured proxy.
+    pub default_latency_ms: f64,
+    /// Peak-EWMA time constant.
+    pub ewma_decay_seconds: u64,
+}
+
+impl Default for HealthSettings {
+    fn default() -> Self {
+        Self {
+            listen_nats: true,
+            consecutive_failures: 5,
+            ejection_seconds: 30,
+            ban_seconds: 600,
+            cooldown_seconds: 60,
+            default_latency_ms: 100.0,
+            ewma_decay_seconds: 60,
+        }
+    }
+}
+
+impl Validate for HealthSettings {
+    fn validate(&self, prefix: &str, issues: &mut Issues) {
+        issues.check_range(key(prefix, "ejection_seconds"), self.ejection_seconds, 1..=86_400);
+        issues.check_range(key(prefix, "ban_seconds"), self.ban_seconds, 1..=7 * 86_400);
+        issues.check_range(key(prefix, "cooldown_seconds"), self.cooldown_seconds, 1..=86_400);
+        issues.check_range(key(prefix, "ewma_decay_seconds"), self.ewma_decay_seconds, 1..=3_600);
+        if !(self.default_latency_ms.is_finite() && self.default_latency_ms > 0.0) {
+            issues.push(key(prefix, "default_latency_ms"), "must be a positive number");
+        }
+    }
+}
+
+/// Active checks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ActiveCheckSettings {
+    /// Run them.
+    pub enabled: bool,
+    /// Between rounds.
+    pub interval_seconds: u64,
+    /// Per check.
+    pub timeout_seconds: u64,
+    /// `host:port` http proxies are asked to CONNECT to.
+    pub connect_target: Option<String>,
+    /// Failed checks in a row that take a proxy out.
+    pub unhealthy_threshold: u32,
+    /// Passed checks in a row that bring it back.
+    pub healthy_threshold: u32,
+}
+
+impl Default for ActiveCheckSettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            interval_seconds: 15,
+            timeout_seconds: 3,
+            connect_target: None,
+            unhealthy_threshold: 2,
+            healthy_threshold: 1,
+        }
+    }
+}
+
+impl Validate for ActiveCheckSettings {
+    fn validate(&self, prefix: &str, issues: &mut Issues) {
+        issues.check_range(key(prefix, "interval_seconds"), self.interval_seconds, 1..=3_600);
+        issues.check_range(key(prefix, "timeout_seconds"), self.timeout_seconds, 1..=60);
+        issues.check_range(key(prefix, "unhealthy_threshold"), self.unhealthy_threshold, 1..=100);
+        issues.check_range(key(prefix, "healthy_threshold"), self.healthy_threshold, 1..=100);
+        if let Some(target) = &self.connect_target
+            && target.rsplit_once(':').is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+        {
+            issues.push(key(prefix, "connect_target"), format!("{target:?} is not host:port"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_overrides_and_every_invalid_setting_is_reported() {
+        let env: EnvSource = [
+            ("PROXYBUS_POOL_LISTEN", "0.0.0.0:9000"),
+            ("PROXYBUS_POOL_AUTH__TOKENS", r#"["0123456789abcdef"]"#),
+            ("PROXYBUS_POOL_AUTH__ALLOWLIST", r#"["10.0.0.0/8", "127.0.0.1"]"#),
+            ("PROXYBUS_POOL_HEALTH__LISTEN_NATS", "false"),
+        ]
+        .into_iter()
+        .collect();
+        let settings = Settings::load(None, &env).unwrap();
+        assert_eq!(settings.listen.port(), 9000);
+        assert_eq!(settings.auth.allowlist.len(), 2);
+        assert!(settings.nats.is_none());
+        assert!(!format!("{settings:?}").contains("0123456789abcdef"), "tokens never print");
+
+        let bad: EnvSource = [
+            ("PROXYBUS_POOL_REQUEST_TIMEOUT_SECONDS", "0"),
+            ("PROXYBUS_POOL_AUTH__ALLOWLIST", r#"["10.0.0.0/33"]"#),
+            ("PROXYBUS_POOL_ACTIVE_CHECKS__CONNECT_TARGET", "nohost"),
+            ("PROXYBUS_POOL_HEALTH__LISTEN_NATS", "false"),
+        ]
+        .into_iter()
+        .collect();
+        let err = Settings::load(None, &bad).unwrap_err();
+        let keys: Vec<&str> = err.issues().iter().map(|i| i.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["request_timeout_seconds", "auth.allowlist[0]", "auth.tokens", "active_checks.connect_target"]
+        );
+    }
+}

@@ -1,0 +1,118 @@
+//! Active checks against listeners the test starts on 127.0.0.1.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use proxybus_pool::active_check::{self, CheckError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::helpers::*;
+
+/// A fake HTTP proxy answering every CONNECT with `status`; records the requests' heads.
+async fn fake_proxy(status: &'static str) -> (u16, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let seen = heads.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buffer = vec![0_u8; 1024];
+                let mut read = 0;
+                while !buffer[..read].windows(4).any(|w| w == b"\r\n\r\n") && read < buffer.len() {
+                    match stream.read(&mut buffer[read..]).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => read += n,
+                    }
+                }
+                seen.lock().unwrap().push(String::from_utf8_lossy(&buffer[..read]).into_owned());
+                let _ = stream.write_all(format!("HTTP/1.1 {status}\r\n\r\n").as_bytes()).await;
+            });
+        }
+    });
+    (port, heads)
+}
+
+/// A port nothing listens on.
+async fn closed_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+fn inventory(urls: &[String]) -> String {
+    let mut text =
+        "default_region = \"local\"\n[regions.local]\nstrategy = \"round_robin\"\nsticky = false\n".to_owned();
+    for url in urls {
+        text.push_str(&format!("[[regions.local.proxies]]\nurl = \"{url}\"\n"));
+    }
+    text
+}
+
+#[tokio::test]
+async fn failed_checks_take_a_proxy_out_and_passing_ones_bring_it_back() {
+    let (good, heads) = fake_proxy("200 Connection established").await;
+    let (refusing, _) = fake_proxy("407 Proxy Authentication Required").await;
+    let dead = closed_port().await;
+    let good_url = format!("http://feed:p%40ss@127.0.0.1:{good}");
+    let refusing_url = format!("http://127.0.0.1:{refusing}");
+    let dead_url = format!("socks5://127.0.0.1:{dead}");
+    let selector = selector(&inventory(&[good_url.clone(), refusing_url.clone(), dead_url.clone()]));
+    let target = Some("stream.binance.com:9443");
+    let timeout = Duration::from_secs(5);
+
+    let inventory = selector.inventory();
+    let proxy = |url: &str| inventory.proxy(&proxybus_shared::proxy_id(url)).unwrap().clone();
+    active_check::check(&proxy(&good_url), target, timeout).await.expect("CONNECT answered 200");
+    let head = heads.lock().unwrap()[0].clone();
+    assert!(head.starts_with("CONNECT stream.binance.com:9443 HTTP/1.1\r\n"), "{head}");
+    assert!(head.contains("Proxy-Authorization: Basic ZmVlZDpwQHNz\r\n"), "decoded credentials, base64: {head}");
+    let refused = active_check::check(&proxy(&refusing_url), target, timeout).await.unwrap_err();
+    assert!(matches!(refused, CheckError::Refused(ref line) if line.contains("407")), "{refused:?}");
+    let dead_err = active_check::check(&proxy(&dead_url), target, timeout).await.unwrap_err();
+    assert!(matches!(dead_err, CheckError::Io(_)), "{dead_err:?}");
+
+    // One failed round is not enough (unhealthy_threshold = 2); two are.
+    active_check::check_round(&selector, target, timeout).await;
+    assert_eq!(selector.proxies(None).iter().filter(|v| v.local.check == "down").count(), 0);
+    active_check::check_round(&selector, target, timeout).await;
+    let down: Vec<_> =
+        selector.proxies(None).into_iter().filter(|v| v.local.check == "down").map(|v| v.proxy_id).collect();
+    assert_eq!(down.len(), 2);
+    for i in 0..20 {
+        let answer = selector.respond(&request("binance", &format!("c{i}"))).unwrap();
+        assert_eq!(answer.proxy_url.as_deref(), Some(good_url.as_str()));
+    }
+
+    // The dead proxy comes up: one passing check (healthy_threshold = 1) brings it back.
+    let listener = TcpListener::bind(("127.0.0.1", dead)).await.expect("the closed port is free again");
+    let accept = tokio::spawn(async move { while listener.accept().await.is_ok() {} });
+    active_check::check_round(&selector, target, timeout).await;
+    let back = selector.proxies(None).into_iter().find(|v| v.proxy_id == proxybus_shared::proxy_id(&dead_url)).unwrap();
+    assert_eq!(back.local.check, "up", "socks proxies get a TCP check only");
+    accept.abort();
+}
+
+#[tokio::test]
+async fn the_service_runs_checks_on_its_interval() {
+    let dead = closed_port().await;
+    let (good, _) = fake_proxy("200 OK").await;
+    let urls = [format!("http://127.0.0.1:{dead}"), format!("http://127.0.0.1:{good}")];
+    let app = spawn_app(&inventory(&urls), |s| {
+        s.active_checks.enabled = true;
+        s.active_checks.interval_seconds = 1;
+        s.active_checks.unhealthy_threshold = 1;
+    })
+    .await;
+    let dead_id = proxybus_shared::proxy_id(&urls[0]);
+    let taken_out = eventually(Duration::from_secs(10), async || {
+        app.selector.proxies(None).iter().any(|v| v.proxy_id == dead_id && v.local.check == "down")
+    })
+    .await;
+    assert!(taken_out, "the periodic checks did not take the dead proxy out");
+    for i in 0..10 {
+        assert_eq!(app.ask("binance", &format!("c{i}")).await.proxy_id, Some(proxybus_shared::proxy_id(&urls[1])));
+    }
+    app.stop().await;
+}

@@ -1,0 +1,50 @@
+//! Health statistics from `proxy.v1.health.{region}` on a real nats-server.
+
+use std::time::Duration;
+
+use proxybus_shared::nats::NatsSettings;
+use proxybus_shared::{Codec, Encoding, HealthState, subject};
+use proxybus_tests::NatsServer;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn health_published_on_the_bus_ejects_and_bans_proxies() {
+    let server = NatsServer::start().await.expect("nats-server starts");
+    let nats_url = server.client_url();
+    let app = spawn_app(&one_region("round_robin", &[1, 2, 3]), |s| s.nats = Some(NatsSettings::new(nats_url))).await;
+    let publisher = server.connect().await.unwrap();
+    let codec = Codec::default();
+    let region = "us-east".parse().unwrap();
+
+    // Garbage first: the listener skips it and keeps going.
+    publisher.publish(subject::health(&region), "not msgpack".into()).await.unwrap();
+    // Proxy 1 ejected (MessagePack, the default encoding); proxy 2 banned for binance (JSON).
+    let ejected = codec.encode(Encoding::MsgPack, &stats(1, HealthState::Ejected)).unwrap();
+    let banned = codec.encode(Encoding::Json, &banned_for(2, "binance")).unwrap();
+    // The service subscribes in the background: publish until it has applied both.
+    let applied = eventually(Duration::from_secs(10), async || {
+        publisher.publish(subject::health(&region), ejected.clone()).await.unwrap();
+        publisher
+            .publish_with_headers(subject::health(&region), Encoding::Json.headers(), banned.clone())
+            .await
+            .unwrap();
+        publisher.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let views = app.selector.proxies(None);
+        views.iter().any(|v| v.proxy_id == id(1) && v.state == HealthState::Ejected)
+            && views.iter().any(|v| v.proxy_id == id(2) && v.health.is_some())
+    })
+    .await;
+    assert!(applied, "health from the bus was not applied");
+
+    for i in 0..30 {
+        assert_eq!(app.ask("binance", &format!("b{i}")).await.proxy_id, Some(id(3)), "1 ejected, 2 banned for binance");
+    }
+    let mut coinbase = std::collections::HashSet::new();
+    for i in 0..30 {
+        coinbase.insert(app.ask("coinbase", &format!("c{i}")).await.proxy_id.unwrap());
+    }
+    assert_eq!(coinbase, [id(2), id(3)].into_iter().collect(), "2 still serves coinbase; 1 serves nothing");
+    app.stop().await;
+}
