@@ -96,9 +96,12 @@ pub async fn replay(
             .create_consumer(consumer::pull::OrderedConfig { deliver_policy, ..Default::default() })
             .await
             .map_err(|err| AggregatorError::Replay(err.to_string()))?;
+        // What the consumer has to deliver up to `target` (fewer when `--since` starts late).
+        let pending = ordered.cached_info().num_pending;
+        let total = pending.min(target - start_seq + 1);
         let mut messages = ordered.messages().await.map_err(|err| AggregatorError::Replay(err.to_string()))?;
-        let total = target - start_seq + 1;
-        loop {
+        let mut done = 0;
+        while done < total {
             let next = tokio::time::timeout(IDLE_TIMEOUT, messages.next()).await;
             let message = match next {
                 Ok(Some(Ok(message))) => message,
@@ -122,7 +125,8 @@ pub async fn replay(
                 Err(_) => report.dead += 1,
             }
             report.last_seq = seq;
-            progress(seq.saturating_sub(start_seq) + 1, total);
+            done += 1;
+            progress(done, total);
             if seq == target {
                 break;
             }

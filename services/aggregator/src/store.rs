@@ -86,20 +86,32 @@ pub struct HealthStore {
 }
 
 /// Opens `bucket`, creating it (file storage, one value per key) when missing.
+///
+/// The bucket's stream is created directly, with the settings async-nats'
+/// `create_key_value` would use: that call first asks for the account info, whose
+/// reply from a nats-server 2.9 async-nats 0.51 cannot parse.
 pub async fn open_bucket(jetstream: &jetstream::Context, bucket: &str, description: &str) -> Result<kv::Store, StoreError> {
-    match jetstream.get_key_value(bucket).await {
-        Ok(store) => Ok(store),
-        Err(_) => jetstream
-            .create_key_value(kv::Config {
-                bucket: bucket.to_owned(),
-                description: description.to_owned(),
-                history: 1,
-                storage: jetstream::stream::StorageType::File,
-                ..Default::default()
-            })
-            .await
-            .map_err(|err| StoreError::Bucket { bucket: bucket.to_owned(), message: err.to_string() }),
+    let failed = |message: String| StoreError::Bucket { bucket: bucket.to_owned(), message };
+    if let Ok(store) = jetstream.get_key_value(bucket).await {
+        return Ok(store);
     }
+    let config = jetstream::stream::Config {
+        name: format!("KV_{bucket}"),
+        description: Some(description.to_owned()),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        max_message_size: -1,
+        max_bytes: -1,
+        storage: jetstream::stream::StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: jetstream::stream::DiscardPolicy::New,
+        num_replicas: 1,
+        ..Default::default()
+    };
+    jetstream.get_or_create_stream(config).await.map_err(|err| failed(err.to_string()))?;
+    jetstream.get_key_value(bucket).await.map_err(|err| failed(err.to_string()))
 }
 
 impl HealthStore {
@@ -160,24 +172,45 @@ impl HealthStore {
             what: self.checkpoint_key.clone(),
             message: err.to_string(),
         })?;
-        futures::stream::iter(records.iter().map(|record| self.put_record(record)))
-            .buffer_unordered(32)
-            .try_collect::<Vec<()>>()
-            .await?;
-        Ok(())
+        self.put_all(records).await
     }
 
     /// Writes `records` (every proxy of a replay) and then a checkpoint at `last_seq`
     /// that carries no records, so that a live aggregator continues after it.
     pub async fn replace_all(&self, last_seq: u64, records: &[ProxyHealth]) -> Result<(), StoreError> {
-        futures::stream::iter(records.iter().map(|record| self.put_record(record)))
-            .buffer_unordered(32)
-            .try_collect::<Vec<()>>()
-            .await?;
+        self.put_all(records).await?;
         self.state.put(&self.checkpoint_key, encode_checkpoint(last_seq, &[])?).await.map_err(|err| StoreError::Write {
             what: self.checkpoint_key.clone(),
             message: err.to_string(),
         })?;
+        Ok(())
+    }
+
+    /// Puts every record, up to 32 at a time.
+    async fn put_all(&self, records: &[ProxyHealth]) -> Result<(), StoreError> {
+        let mut owned = Vec::with_capacity(records.len());
+        for record in records {
+            let key = record.stats.proxy_id.to_string();
+            let value = record::encode(record).map_err(|source| StoreError::Invalid { key: key.clone(), source })?;
+            owned.push((key, value));
+        }
+        let mut in_flight = futures::stream::FuturesUnordered::new();
+        for (key, value) in owned {
+            let bucket = self.health.clone();
+            let name = self.health_bucket.clone();
+            in_flight.push(async move {
+                bucket.put(&key, value).await.map(|_| ()).map_err(|err| StoreError::Write {
+                    what: format!("{name}/{key}"),
+                    message: err.to_string(),
+                })
+            });
+            if in_flight.len() >= 32 {
+                in_flight.next().await.transpose()?;
+            }
+        }
+        while let Some(result) = in_flight.next().await {
+            result?;
+        }
         Ok(())
     }
 
