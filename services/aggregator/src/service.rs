@@ -303,10 +303,8 @@ impl Live {
             self.position = seq;
             self.last_published = Some(published);
             to_ack.push(message);
-            if changed.len() >= self.settings.max_commit_records {
-                if !self.commit(&mut changed, &mut to_ack).await {
-                    return Ok(Some(SessionEnd::Cancelled));
-                }
+            if changed.len() >= self.settings.max_commit_records && !self.commit(&mut changed, &mut to_ack).await {
+                return Ok(Some(SessionEnd::Cancelled));
             }
         }
         if dead > 0 {

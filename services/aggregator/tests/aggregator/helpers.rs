@@ -34,7 +34,7 @@ pub(crate) fn event(n: usize, exchange: &str, success: bool, error_kind: Option<
         proxy_url: redact_url(&url),
         exchange_id: exchange.parse().unwrap(),
         connection_type: ConnectionType::Http,
-        region: Some(if n % 2 == 0 { "us-east" } else { "eu-west" }.parse().unwrap()),
+        region: Some(if n.is_multiple_of(2) { "us-east" } else { "eu-west" }.parse().unwrap()),
         phase: if success { FeedbackPhase::Request } else { FeedbackPhase::Failed },
         success,
         latency_ms: success.then_some(20 + (n as u64 * 7) % 50),
