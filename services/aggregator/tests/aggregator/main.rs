@@ -1,6 +1,7 @@
 //! The aggregator against a real `nats-server` with JetStream (one per test), and
 //! the health model on its own.
 
+mod binary;
 mod dead_letter;
 mod exactly_once;
 mod health_model;
