@@ -124,7 +124,8 @@ pub async fn ensure_feedback_stream(
     let wanted = config.stream_config();
     match jetstream.get_stream(FEEDBACK_STREAM).await {
         Ok(mut stream) => {
-            let current = stream.info().await.map_err(|err| FeedbackStreamError::Lookup(err.to_string()))?.config.clone();
+            let current =
+                stream.info().await.map_err(|err| FeedbackStreamError::Lookup(err.to_string()))?.config.clone();
             let differs = current.max_age != wanted.max_age
                 || current.max_bytes != wanted.max_bytes
                 || current.duplicate_window != wanted.duplicate_window

@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use proxybus_shared::feedback::{
-    FeedbackStreamConfig, FeedbackStreamError, MSG_ID_HEADER, ensure_feedback_stream, publish_feedback,
-    send_feedback,
+    FeedbackStreamConfig, FeedbackStreamError, MSG_ID_HEADER, ensure_feedback_stream, publish_feedback, send_feedback,
 };
 use proxybus_shared::*;
 use proxybus_tests::NatsServer;

@@ -117,7 +117,8 @@ impl Validate for AggregatorSettings {
             issues.push(key(prefix, "stream_max_bytes"), "must be positive or -1 (unlimited)");
         }
         for (name, bucket) in [("health_bucket", &self.health_bucket), ("state_bucket", &self.state_bucket)] {
-            let valid = !bucket.is_empty() && bucket.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            let valid =
+                !bucket.is_empty() && bucket.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
             if !valid {
                 issues.push(key(prefix, name), format!("{bucket:?} is not a bucket name (A-Z, a-z, 0-9, _ and -)"));
             }
@@ -132,11 +133,18 @@ impl Validate for AggregatorSettings {
         issues.check_range(key(prefix, "sweep_interval_ms"), self.sweep_interval_ms, 10..=3_600_000);
         issues.check_range(key(prefix, "lag_interval_ms"), self.lag_interval_ms, 10..=3_600_000);
         if !self.metrics_listen.is_empty() && self.metrics_listen.parse::<SocketAddr>().is_err() {
-            issues.push(key(prefix, "metrics_listen"), format!("{:?} is not an address like 0.0.0.0:9464", self.metrics_listen));
+            issues.push(
+                key(prefix, "metrics_listen"),
+                format!("{:?} is not an address like 0.0.0.0:9464", self.metrics_listen),
+            );
         }
         issues.check_range(key(prefix, "push.batch_max"), self.push.batch_max, 1..=10_000);
         issues.check_range(key(prefix, "push.attempts"), self.push.attempts, 1..=100);
-        issues.check_range(key(prefix, "push.breaker_failure_threshold"), self.push.breaker_failure_threshold, 1..=1000);
+        issues.check_range(
+            key(prefix, "push.breaker_failure_threshold"),
+            self.push.breaker_failure_threshold,
+            1..=1000,
+        );
     }
 }
 
@@ -208,7 +216,9 @@ fn collect(into: &mut Vec<config::ConfigIssue>, err: ConfigError, origin: &str) 
             }
             issue
         })),
-        other => into.push(config::ConfigIssue { key: origin.trim_end_matches('_').to_owned(), message: other.to_string() }),
+        other => {
+            into.push(config::ConfigIssue { key: origin.trim_end_matches('_').to_owned(), message: other.to_string() })
+        }
     }
 }
 

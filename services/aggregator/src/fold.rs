@@ -218,7 +218,10 @@ impl FeedbackFolder {
         match self.proxies.get_mut(id) {
             None => {
                 let stats = HealthStats::new(id.clone(), redact_url(&event.proxy_url), event.region.clone(), at);
-                self.insert(ProxyHealth { stats, fold: FoldState { decayed_at_ms: at.timestamp_millis(), ..FoldState::default() } });
+                self.insert(ProxyHealth {
+                    stats,
+                    fold: FoldState { decayed_at_ms: at.timestamp_millis(), ..FoldState::default() },
+                });
             }
             Some(proxy) => {
                 proxy.stats.proxy_url = redact_url(&event.proxy_url);
@@ -263,7 +266,8 @@ fn apply(
         if let Some(latency) = event.latency_ms {
             let sample = latency as f64;
             let alpha = policy.latency_ewma_alpha;
-            stats.latency_ewma_ms = Some(stats.latency_ewma_ms.map_or(sample, |ewma| alpha * sample + (1.0 - alpha) * ewma));
+            stats.latency_ewma_ms =
+                Some(stats.latency_ewma_ms.map_or(sample, |ewma| alpha * sample + (1.0 - alpha) * ewma));
             fold.latency.record(latency);
             stats.latency_p50_ms = fold.latency.quantile(0.5);
             stats.latency_p99_ms = fold.latency.quantile(0.99);
@@ -280,10 +284,8 @@ fn apply(
     }
     stats.failures += 1;
     exchange.failures += 1;
-    let kind = event
-        .error_kind
-        .or_else(|| event.status_code.and_then(ErrorKind::from_status))
-        .unwrap_or(ErrorKind::Other);
+    let kind =
+        event.error_kind.or_else(|| event.status_code.and_then(ErrorKind::from_status)).unwrap_or(ErrorKind::Other);
     *stats.error_counts.entry(kind).or_default() += 1;
     stats.last_error_kind = Some(kind);
     exchange.last_error_kind = Some(kind);

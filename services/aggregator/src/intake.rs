@@ -15,14 +15,20 @@ const MAX_REASON_LEN: usize = 256;
 
 /// Decodes and checks one feedback message; the error is the reason to dead-letter it.
 pub fn read_feedback(subject: &str, headers: Option<&HeaderMap>, payload: &[u8]) -> Result<ProxyFeedback, String> {
-    let (exchange, connection_type) =
-        subject::parse_feedback(subject).map_err(|err| format!("bad subject: {err}"))?;
+    let (exchange, connection_type) = subject::parse_feedback(subject).map_err(|err| format!("bad subject: {err}"))?;
     let event: ProxyFeedback = Codec::default().decode(headers, payload).map_err(|err| err.to_string())?;
     if event.exchange_id != exchange {
-        return Err(format!("exchange_id {:?} does not match the subject's {:?}", event.exchange_id.as_str(), exchange.as_str()));
+        return Err(format!(
+            "exchange_id {:?} does not match the subject's {:?}",
+            event.exchange_id.as_str(),
+            exchange.as_str()
+        ));
     }
     if event.connection_type != connection_type {
-        return Err(format!("connection_type {} does not match the subject's {}", event.connection_type, connection_type));
+        return Err(format!(
+            "connection_type {} does not match the subject's {}",
+            event.connection_type, connection_type
+        ));
     }
     Ok(event)
 }

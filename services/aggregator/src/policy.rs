@@ -98,7 +98,11 @@ impl Validate for HealthPolicy {
         );
         issues.check_range(key(prefix, "max_ejection_percent"), self.max_ejection_percent, 0..=100);
         issues.check_range(key(prefix, "probation_successes"), self.probation_successes, 1..=1_000);
-        issues.check_range(key(prefix, "default_cooldown_ms"), self.default_cooldown_ms, 1..=self.max_cooldown_ms.max(1));
+        issues.check_range(
+            key(prefix, "default_cooldown_ms"),
+            self.default_cooldown_ms,
+            1..=self.max_cooldown_ms.max(1),
+        );
         issues.check_range(key(prefix, "ban_451_ms"), self.ban_451_ms, 1..=365 * 86_400_000);
         issues.check_range(key(prefix, "latency_ewma_alpha"), self.latency_ewma_alpha, 0.001..=1.0);
         if self.degraded_success_rate < self.ejection_success_rate {

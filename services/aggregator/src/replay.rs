@@ -144,4 +144,3 @@ pub async fn replay(
     store.replace_all(report.last_seq, &records).await?;
     Ok(report)
 }
-

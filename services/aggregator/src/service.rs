@@ -27,13 +27,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::AggregatorError;
 use crate::config::{AggregatorConfig, AggregatorSettings};
 use crate::fold::FeedbackFolder;
 use crate::intake;
 use crate::push::HealthPublisher;
 use crate::stats::AggregatorStats;
 use crate::store::HealthStore;
-use crate::AggregatorError;
 
 /// Subject of the micro-service endpoint that answers with the counters (JSON).
 pub const STATUS_SUBJECT: &str = "proxybus.aggregator.status";
@@ -69,7 +69,9 @@ pub async fn run_with_stats(
     let jetstream = jetstream::new(client.clone());
     let Some(store) = retry_until_cancelled(&cancel, "opening the stream and buckets", || async {
         ensure_feedback_stream(&jetstream, &settings.stream()).await.map_err(|err| err.to_string())?;
-        HealthStore::open(&jetstream, &settings.health_bucket, &settings.state_bucket).await.map_err(|err| err.to_string())
+        HealthStore::open(&jetstream, &settings.health_bucket, &settings.state_bucket)
+            .await
+            .map_err(|err| err.to_string())
     })
     .await
     else {

@@ -44,8 +44,8 @@ pub struct SketchDecodeError(String);
 impl LatencySketch {
     /// An empty sketch.
     pub fn new() -> Self {
-        let histogram = Histogram::new_with_bounds(1, MAX_LATENCY_MS, SIGNIFICANT_DIGITS)
-            .expect("constant bounds are valid");
+        let histogram =
+            Histogram::new_with_bounds(1, MAX_LATENCY_MS, SIGNIFICANT_DIGITS).expect("constant bounds are valid");
         Self { histogram }
     }
 

@@ -90,7 +90,11 @@ pub struct HealthStore {
 /// The bucket's stream is created directly, with the settings async-nats'
 /// `create_key_value` would use: that call first asks for the account info, whose
 /// reply from a nats-server 2.9 async-nats 0.51 cannot parse.
-pub async fn open_bucket(jetstream: &jetstream::Context, bucket: &str, description: &str) -> Result<kv::Store, StoreError> {
+pub async fn open_bucket(
+    jetstream: &jetstream::Context,
+    bucket: &str,
+    description: &str,
+) -> Result<kv::Store, StoreError> {
     let failed = |message: String| StoreError::Bucket { bucket: bucket.to_owned(), message };
     if let Ok(store) = jetstream.get_key_value(bucket).await {
         return Ok(store);
@@ -116,7 +120,11 @@ pub async fn open_bucket(jetstream: &jetstream::Context, bucket: &str, descripti
 
 impl HealthStore {
     /// Opens (or creates) the health bucket and the state bucket.
-    pub async fn open(jetstream: &jetstream::Context, health_bucket: &str, state_bucket: &str) -> Result<Self, StoreError> {
+    pub async fn open(
+        jetstream: &jetstream::Context,
+        health_bucket: &str,
+        state_bucket: &str,
+    ) -> Result<Self, StoreError> {
         let health = open_bucket(jetstream, health_bucket, "proxybus health stats, one key per proxy_id").await?;
         let state = open_bucket(jetstream, state_bucket, "proxybus-aggregator checkpoints").await?;
         Ok(Self {
@@ -134,21 +142,20 @@ impl HealthStore {
 
     /// Loads every record and the checkpoint, repairing a commit a crash interrupted.
     pub async fn load(&self) -> Result<LoadedState, StoreError> {
-        let mut records: BTreeMap<ProxyId, ProxyHealth> = self
-            .read_all()
-            .await?
-            .into_iter()
-            .map(|r| (r.stats.proxy_id.clone(), r))
-            .collect();
+        let mut records: BTreeMap<ProxyId, ProxyHealth> =
+            self.read_all().await?.into_iter().map(|r| (r.stats.proxy_id.clone(), r)).collect();
         let mut position = records.values().map(|r| r.stats.last_seq).max().unwrap_or(0);
-        if let Some(bytes) = self.state.get(&self.checkpoint_key).await.map_err(|err| StoreError::Read {
-            what: self.checkpoint_key.clone(),
-            message: err.to_string(),
-        })? {
-            let (last_seq, committed) = decode_checkpoint(&bytes)
-                .ok_or_else(|| StoreError::CorruptCheckpoint(self.checkpoint_key.clone()))?;
+        if let Some(bytes) = self
+            .state
+            .get(&self.checkpoint_key)
+            .await
+            .map_err(|err| StoreError::Read { what: self.checkpoint_key.clone(), message: err.to_string() })?
+        {
+            let (last_seq, committed) =
+                decode_checkpoint(&bytes).ok_or_else(|| StoreError::CorruptCheckpoint(self.checkpoint_key.clone()))?;
             for record in &committed {
-                let stale = records.get(&record.stats.proxy_id).is_none_or(|r| r.stats.last_seq < record.stats.last_seq);
+                let stale =
+                    records.get(&record.stats.proxy_id).is_none_or(|r| r.stats.last_seq < record.stats.last_seq);
                 if stale {
                     tracing::info!(proxy_id = %record.stats.proxy_id, "repairing a commit that a crash interrupted");
                     self.put_record(record).await?;
@@ -168,10 +175,10 @@ impl HealthStore {
     /// Commits a batch: the checkpoint with `records`, then each record (see the module doc).
     pub async fn commit(&self, last_seq: u64, records: &[ProxyHealth]) -> Result<(), StoreError> {
         let checkpoint = encode_checkpoint(last_seq, records)?;
-        self.state.put(&self.checkpoint_key, checkpoint).await.map_err(|err| StoreError::Write {
-            what: self.checkpoint_key.clone(),
-            message: err.to_string(),
-        })?;
+        self.state
+            .put(&self.checkpoint_key, checkpoint)
+            .await
+            .map_err(|err| StoreError::Write { what: self.checkpoint_key.clone(), message: err.to_string() })?;
         self.put_all(records).await
     }
 
@@ -179,10 +186,10 @@ impl HealthStore {
     /// that carries no records, so that a live aggregator continues after it.
     pub async fn replace_all(&self, last_seq: u64, records: &[ProxyHealth]) -> Result<(), StoreError> {
         self.put_all(records).await?;
-        self.state.put(&self.checkpoint_key, encode_checkpoint(last_seq, &[])?).await.map_err(|err| StoreError::Write {
-            what: self.checkpoint_key.clone(),
-            message: err.to_string(),
-        })?;
+        self.state
+            .put(&self.checkpoint_key, encode_checkpoint(last_seq, &[])?)
+            .await
+            .map_err(|err| StoreError::Write { what: self.checkpoint_key.clone(), message: err.to_string() })?;
         Ok(())
     }
 
@@ -199,10 +206,11 @@ impl HealthStore {
             let bucket = self.health.clone();
             let name = self.health_bucket.clone();
             in_flight.push(async move {
-                bucket.put(&key, value).await.map(|_| ()).map_err(|err| StoreError::Write {
-                    what: format!("{name}/{key}"),
-                    message: err.to_string(),
-                })
+                bucket
+                    .put(&key, value)
+                    .await
+                    .map(|_| ())
+                    .map_err(|err| StoreError::Write { what: format!("{name}/{key}"), message: err.to_string() })
             });
             if in_flight.len() >= 32 {
                 in_flight.next().await.transpose()?;
@@ -217,17 +225,18 @@ impl HealthStore {
     async fn put_record(&self, record: &ProxyHealth) -> Result<(), StoreError> {
         let key = record.stats.proxy_id.to_string();
         let value = record::encode(record).map_err(|source| StoreError::Invalid { key: key.clone(), source })?;
-        self.health
-            .put(&key, value)
-            .await
-            .map_err(|err| StoreError::Write { what: format!("{}/{key}", self.health_bucket), message: err.to_string() })?;
+        self.health.put(&key, value).await.map_err(|err| StoreError::Write {
+            what: format!("{}/{key}", self.health_bucket),
+            message: err.to_string(),
+        })?;
         Ok(())
     }
 }
 
 /// Every record of a health bucket.
 pub async fn read_bucket(bucket: &kv::Store) -> Result<Vec<ProxyHealth>, StoreError> {
-    let read_err = |err: &dyn std::fmt::Display| StoreError::Read { what: "health keys".into(), message: err.to_string() };
+    let read_err =
+        |err: &dyn std::fmt::Display| StoreError::Read { what: "health keys".into(), message: err.to_string() };
     let keys: Vec<String> = match bucket.keys().await {
         Ok(keys) => keys.try_collect().await.map_err(|err| read_err(&err))?,
         Err(err) => return Err(read_err(&err)),

@@ -28,7 +28,11 @@ async fn malformed_feedback_goes_to_the_dead_letter_subject_with_its_reason() {
     json.insert("Content-Type", "application/json");
     let no_id = br#"{"event_id":"6f1c9a4e-2b0d-4b8e-9a53-0c7f5d7a1e11","proxy_url":"http://h:1","exchange_id":"kraken",
         "connection_type":"websocket","phase":"failed","success":false,"timestamp":"2026-01-01T00:00:00Z","client_id":"c"}"#;
-    js.publish_with_headers("proxy.v1.feedback.kraken.websocket", json, no_id.to_vec().into()).await.unwrap().await.unwrap();
+    js.publish_with_headers("proxy.v1.feedback.kraken.websocket", json, no_id.to_vec().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
     // Msgpack with a negative latency.
     let good = event(4, "binance", true, None);
     let encoded = proxybus_shared::Codec::default().encode(proxybus_shared::Encoding::MsgPack, &good).unwrap();
@@ -56,7 +60,10 @@ async fn malformed_feedback_goes_to_the_dead_letter_subject_with_its_reason() {
     assert!(reasons[0].1.contains("msgpack"), "{reasons:?}");
     assert_eq!(reasons[1].0, "proxy.v1.feedback_dead.kraken.websocket");
     assert!(reasons[1].1.contains("proxy_id"), "{reasons:?}");
-    assert!(reasons[2].1.contains("-5") || reasons[2].1.contains("latency") || reasons[2].1.contains("invalid"), "{reasons:?}");
+    assert!(
+        reasons[2].1.contains("-5") || reasons[2].1.contains("latency") || reasons[2].1.contains("invalid"),
+        "{reasons:?}"
+    );
     wait_for_total(&js, HEALTH_BUCKET, 1, Duration::from_secs(20)).await;
     let stats = app.stats.snapshot();
     assert_eq!(stats.dead_lettered, 3);

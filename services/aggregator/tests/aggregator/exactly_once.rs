@@ -9,7 +9,9 @@ use proxybus_shared::subject::HEALTH_BUCKET;
 use proxybus_shared::{ErrorKind, ProxyId};
 use proxybus_tests::NatsServer;
 
-use crate::helpers::{Crashable, Running, config, event, eventually, jetstream, publish_all, records, total, wait_for_total};
+use crate::helpers::{
+    Crashable, Running, config, event, eventually, jetstream, publish_all, records, total, wait_for_total,
+};
 
 #[tokio::test]
 async fn the_same_event_published_twice_is_folded_once() {

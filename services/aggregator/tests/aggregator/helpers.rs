@@ -11,9 +11,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use proxybus_aggregator::store::read_bucket;
 use proxybus_aggregator::{AggregatorConfig, AggregatorStats, ProxyHealth};
 use proxybus_shared::feedback::{FeedbackStreamConfig, ensure_feedback_stream, send_feedback};
-use proxybus_shared::{
-    ConnectionType, ErrorKind, FeedbackPhase, ProxyFeedback, ProxyId, proxy_id, redact_url,
-};
+use proxybus_shared::{ConnectionType, ErrorKind, FeedbackPhase, ProxyFeedback, ProxyId, proxy_id, redact_url};
 use proxybus_tests::NatsServer;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;

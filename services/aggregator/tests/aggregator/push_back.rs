@@ -104,7 +104,9 @@ async fn a_proxy_service_receives_health_batches_and_the_bus_gets_every_change()
         assert!(!text.contains("fold_state"), "the fold's own state stays in KV");
     }
     let message = tokio::time::timeout(Duration::from_secs(5), health.next()).await.unwrap().unwrap();
-    assert!(message.subject.as_str() == "proxy.v1.health.us-east" || message.subject.as_str() == "proxy.v1.health.eu-west");
+    assert!(
+        message.subject.as_str() == "proxy.v1.health.us-east" || message.subject.as_str() == "proxy.v1.health.eu-west"
+    );
     let stats: HealthStats = Codec::default().decode(message.headers.as_ref(), &message.payload).unwrap();
     assert_eq!(stats.state, HealthState::Healthy);
     assert!(app.stats.snapshot().pushes >= 1);

@@ -58,7 +58,10 @@ async fn replay_from_the_start_equals_the_live_state_field_by_field() {
     assert_eq!(report.events, 100);
     let partial = records(&js, "PARTIAL").await;
     assert_eq!(partial.values().map(|r| r.stats.total).sum::<u64>(), 100);
-    let since = ReplayOptions { start: ReplayStart::Since(chrono::Utc::now() + chrono::TimeDelta::hours(1)), into: "EMPTY".into() };
+    let since = ReplayOptions {
+        start: ReplayStart::Since(chrono::Utc::now() + chrono::TimeDelta::hours(1)),
+        into: "EMPTY".into(),
+    };
     let report = proxybus_aggregator::replay(&settings, &since, |_, _| {}).await.unwrap();
     assert_eq!(report.events, 0);
 }
@@ -68,7 +71,8 @@ async fn replay_into_the_live_bucket_lets_the_aggregator_continue_exactly() {
     let server = NatsServer::start().await.unwrap();
     let js = jetstream(&server).await;
     let settings = config(&server);
-    let first: Vec<_> = (0..50).map(|k| event(k % 5, "binance", k % 4 != 0, (k % 4 == 0).then_some(ErrorKind::Timeout))).collect();
+    let first: Vec<_> =
+        (0..50).map(|k| event(k % 5, "binance", k % 4 != 0, (k % 4 == 0).then_some(ErrorKind::Timeout))).collect();
     publish_all(&js, &first, 50).await;
     let options = ReplayOptions { start: ReplayStart::Beginning, into: HEALTH_BUCKET.into() };
     proxybus_aggregator::replay(&settings, &options, |_, _| {}).await.unwrap();
