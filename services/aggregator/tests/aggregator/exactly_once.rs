@@ -135,3 +135,38 @@ async fn a_nats_server_restart_mid_stream_loses_and_doubles_nothing() {
     assert_eq!(stream.info().await.unwrap().state.messages, 3000, "the stream itself holds each event once");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_commit_interrupted_after_its_checkpoint_is_repaired_on_load() {
+    use proxybus_aggregator::store::HealthStore;
+    use proxybus_aggregator::{FeedbackFolder, HealthPolicy};
+
+    let server = NatsServer::start().await.unwrap();
+    let js = jetstream(&server).await;
+    let store = HealthStore::open(&js, HEALTH_BUCKET, "PROXY_AGGREGATOR").await.unwrap();
+    let mut folder = FeedbackFolder::new(HealthPolicy::default());
+    for seq in 1..=3 {
+        folder.fold(&event(1, "binance", true, None), seq, crate::helpers::at(seq as i64));
+        folder.fold(&event(2, "binance", false, Some(ErrorKind::Dns)), seq + 10, crate::helpers::at(seq as i64));
+    }
+    let old: Vec<_> = folder.proxies().cloned().collect();
+    store.commit(13, &old).await.unwrap();
+    folder.fold(&event(1, "binance", true, None), 14, crate::helpers::at(20));
+    folder.fold(&event(2, "binance", true, None), 15, crate::helpers::at(21));
+    let new: Vec<_> = folder.proxies().cloned().collect();
+    store.commit(15, &new).await.unwrap();
+    // Simulate a crash after the checkpoint: proxy 2's record never got written.
+    let two = crate::helpers::pid(2);
+    let old_two = old.iter().find(|r| r.stats.proxy_id == two).unwrap();
+    let new_two = new.iter().find(|r| r.stats.proxy_id == two).unwrap();
+    let bucket = js.get_key_value(HEALTH_BUCKET).await.unwrap();
+    bucket.put(two.as_str(), proxybus_aggregator::record::encode(old_two).unwrap()).await.unwrap();
+    assert_eq!(records(&js, HEALTH_BUCKET).await[&two].stats.total, 3);
+
+    let loaded = store.load().await.unwrap();
+    assert_eq!(loaded.position, 15);
+    assert_eq!(loaded.records, new, "the checkpoint's records win");
+    let repaired = records(&js, HEALTH_BUCKET).await;
+    assert_eq!(&repaired[&two], new_two, "and are written back");
+    assert_eq!(repaired[&two].stats.total, 4);
+}
