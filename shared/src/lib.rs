@@ -13,6 +13,8 @@
 //! - [`proxy_url`]: `proxy_id` (first 8 bytes of SHA-256, hex) and URL redaction.
 //! - [`config`]: `ProxySettings` / `ExternalProxyServiceConfig` loaded from a TOML
 //!   file and `CRYPTOFEED_PROXY_*` variables taken from an injected source.
+//! - [`feedback`]: stream `PROXY_FEEDBACK` (create or update) and the feedback
+//!   publish with `Nats-Msg-Id: {event_id}` that waits for the JetStream ack.
 //! - [`breaker`]: the circuit breaker every upstream call goes through.
 //! - [`embedded`]: choosing a proxy from the embedded `ProxySettings` (fallback).
 //! - [`http`]: the HTTP client for proxy services (auth headers, TLS, pooling).
@@ -25,6 +27,7 @@ pub mod breaker;
 pub mod codec;
 pub mod config;
 pub mod embedded;
+pub mod feedback;
 pub mod http;
 pub mod kv;
 pub mod messages;

@@ -1,0 +1,459 @@
+//! The live aggregator: pulls feedback in batches from the durable consumer,
+//! folds it, commits the result (see [`crate::store`]), acks, and pushes changed
+//! health out.
+//!
+//! # Exactly once
+//! The stored checkpoint, not the consumer, says how far the stream is folded. On
+//! start, and whenever delivery is in doubt (a gap in the consumer sequence, a
+//! fetch error, a NATS server restart), the durable consumer is re-created to
+//! start right after the checkpoint, so events are always folded in stream order
+//! and none is skipped. A redelivered message at or below the checkpoint is acked
+//! and skipped. Messages are acked only after the commit that includes them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, PullConsumer};
+use async_nats::jetstream::{self, Message};
+use async_nats::service::ServiceExt;
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use proxybus_shared::feedback::ensure_feedback_stream;
+use proxybus_shared::subject::{AGGREGATOR_CONSUMER, AGGREGATOR_SERVICE, FEEDBACK_STREAM};
+use proxybus_shared::{HealthStats, ProxyId};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::AggregatorError;
+use crate::config::{AggregatorConfig, AggregatorSettings};
+use crate::fold::FeedbackFolder;
+use crate::intake;
+use crate::push::HealthPublisher;
+use crate::stats::AggregatorStats;
+use crate::store::HealthStore;
+
+/// Subject of the micro-service endpoint that answers with the counters (JSON).
+pub const STATUS_SUBJECT: &str = "proxybus.aggregator.status";
+
+/// How long shutdown waits for the push-back tasks.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Runs the aggregator until `shutdown` completes.
+pub async fn run(
+    config: AggregatorConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AggregatorError> {
+    run_with_stats(config, Arc::new(AggregatorStats::default()), shutdown).await
+}
+
+/// Runs the aggregator with counters the caller can read.
+pub async fn run_with_stats(
+    config: AggregatorConfig,
+    stats: Arc<AggregatorStats>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AggregatorError> {
+    let cancel = CancellationToken::new();
+    let trigger = cancel.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        trigger.cancel();
+    });
+    let settings = config.settings.clone();
+    if let Some(addr) = settings.metrics_addr() {
+        crate::metrics::serve(addr)?;
+    }
+    let client = config.nats.connect_retrying().await.map_err(|err| AggregatorError::Connect(err.to_string()))?;
+    let jetstream = jetstream::new(client.clone());
+    let Some(store) = retry_until_cancelled(&cancel, "opening the stream and buckets", || async {
+        ensure_feedback_stream(&jetstream, &settings.stream()).await.map_err(|err| err.to_string())?;
+        HealthStore::open(&jetstream, &settings.health_bucket, &settings.state_bucket)
+            .await
+            .map_err(|err| err.to_string())
+    })
+    .await
+    else {
+        return Ok(());
+    };
+    let loaded = store.load().await?;
+    tracing::info!(proxies = loaded.records.len(), position = loaded.position, "state loaded");
+    stats.set_last_seq(loaded.position);
+    let folder = FeedbackFolder::with_state(settings.health.clone(), loaded.records);
+
+    let service = {
+        let stats = stats.clone();
+        client
+            .service_builder()
+            .description("folds proxy feedback into health stats, exactly once")
+            .stats_handler(move |_endpoint, _| serde_json::to_value(stats.snapshot()).unwrap_or_default())
+            .start(AGGREGATOR_SERVICE, env!("CARGO_PKG_VERSION"))
+            .await
+            .map_err(|err| AggregatorError::Service(err.to_string()))?
+    };
+    let tracker = TaskTracker::new();
+    let mut status = service.endpoint(STATUS_SUBJECT).await.map_err(|err| AggregatorError::Service(err.to_string()))?;
+    {
+        let stats = stats.clone();
+        let cancel = cancel.clone();
+        tracker.spawn(async move {
+            loop {
+                let request = tokio::select! {
+                    () = cancel.cancelled() => return,
+                    request = status.next() => match request { Some(request) => request, None => return },
+                };
+                let body = serde_json::to_vec(&stats.snapshot()).unwrap_or_default();
+                let _ = request.respond(Ok(body.into())).await;
+            }
+        });
+    }
+    let publisher = HealthPublisher::start(
+        client.clone(),
+        &config.proxy_services,
+        &settings.push,
+        stats.clone(),
+        &tracker,
+        cancel.clone(),
+    )?;
+
+    let mut live = Live {
+        settings,
+        jetstream,
+        store,
+        folder,
+        position: loaded.position,
+        last_published: None,
+        stats,
+        publisher,
+        client: client.clone(),
+        cancel: cancel.clone(),
+        announced: BTreeMap::new(),
+    };
+    let result = live.fold_until_cancelled().await;
+
+    tracker.close();
+    cancel.cancel();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
+        tracing::warn!("background tasks did not stop in time");
+    }
+    let _ = service.stop().await;
+    let _ = client.flush().await;
+    result
+}
+
+/// Retries `attempt` with backoff until it succeeds (`Some`) or `cancel` fires (`None`).
+async fn retry_until_cancelled<T, F, Fut>(cancel: &CancellationToken, what: &str, mut attempt: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match attempt().await {
+            Ok(value) => return Some(value),
+            Err(err) => tracing::warn!(error = %err, "{what} failed; retrying"),
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return None,
+            () = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Why a session of the consumer ended.
+enum SessionEnd {
+    Cancelled,
+    Reset(String),
+}
+
+struct Live {
+    settings: AggregatorSettings,
+    jetstream: jetstream::Context,
+    store: HealthStore,
+    folder: FeedbackFolder,
+    /// Stream sequence folded up to (committed, or about to be with the pending batch).
+    position: u64,
+    last_published: Option<DateTime<Utc>>,
+    stats: Arc<AggregatorStats>,
+    publisher: HealthPublisher,
+    client: async_nats::Client,
+    cancel: CancellationToken,
+    /// Per proxy, the `last_seq` whose expiry (end of ejection or ban) was announced.
+    announced: BTreeMap<ProxyId, u64>,
+}
+
+impl Live {
+    async fn fold_until_cancelled(&mut self) -> Result<(), AggregatorError> {
+        let mut first = true;
+        loop {
+            if !first {
+                self.stats.add_consumer_resets(1);
+            }
+            first = false;
+            let Some(consumer) = retry_until_cancelled(&self.cancel.clone(), "creating the consumer", || {
+                recreate_consumer(&self.jetstream, self.position, &self.settings)
+            })
+            .await
+            else {
+                return Ok(());
+            };
+            match self.session(consumer).await? {
+                SessionEnd::Cancelled => return Ok(()),
+                SessionEnd::Reset(reason) => {
+                    tracing::info!(reason = %reason, position = self.position, "re-creating the consumer from the checkpoint");
+                    tokio::select! {
+                        () = self.cancel.cancelled() => return Ok(()),
+                        () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Folds batches from one consumer until it must be re-created or shutdown comes.
+    async fn session(&mut self, consumer: PullConsumer) -> Result<SessionEnd, AggregatorError> {
+        let mut expected_cseq = 1_u64;
+        let sweep_every = Duration::from_millis(self.settings.sweep_interval_ms);
+        let lag_every = Duration::from_millis(self.settings.lag_interval_ms);
+        let (mut next_sweep, mut next_lag) = (Instant::now() + sweep_every, Instant::now());
+        loop {
+            let fetched = tokio::select! {
+                biased;
+                () = self.cancel.cancelled() => return Ok(SessionEnd::Cancelled),
+                fetched = fetch_batch(&consumer, &self.settings) => fetched,
+            };
+            let batch = match fetched {
+                Ok(batch) => batch,
+                Err(err) => return Ok(SessionEnd::Reset(format!("fetch failed: {err}"))),
+            };
+            if let Some(end) = self.fold_batch(batch, &mut expected_cseq).await? {
+                return Ok(end);
+            }
+            let now = Instant::now();
+            if now >= next_sweep {
+                next_sweep = now + sweep_every;
+                self.announce_expiries().await;
+            }
+            if now >= next_lag {
+                next_lag = now + lag_every;
+                self.measure_lag(&consumer).await;
+            }
+        }
+    }
+
+    /// Folds one batch and commits it; `Some` ends the session.
+    async fn fold_batch(
+        &mut self,
+        batch: Vec<Message>,
+        expected_cseq: &mut u64,
+    ) -> Result<Option<SessionEnd>, AggregatorError> {
+        let mut to_ack: Vec<Message> = Vec::new();
+        let mut changed: BTreeSet<ProxyId> = BTreeSet::new();
+        let mut end = None;
+        let (mut folded, mut skipped, mut dead, mut ejected, mut suppressed) = (0, 0, 0, 0, 0);
+        for message in batch {
+            let Ok(info) = message.info() else {
+                end = Some(SessionEnd::Reset("a message without JetStream metadata".into()));
+                break;
+            };
+            if info.consumer_sequence != *expected_cseq {
+                end = Some(SessionEnd::Reset(format!(
+                    "delivery gap: consumer sequence {} where {} was expected",
+                    info.consumer_sequence, expected_cseq
+                )));
+                break;
+            }
+            *expected_cseq += 1;
+            let seq = info.stream_sequence;
+            let published = offset_to_chrono(info.published);
+            if seq <= self.position {
+                skipped += 1;
+                to_ack.push(message);
+                continue;
+            }
+            match intake::read_feedback(message.subject.as_str(), message.headers.as_ref(), &message.payload) {
+                Ok(event) => {
+                    let outcome = self.folder.fold(&event, seq, published);
+                    if outcome.skipped {
+                        skipped += 1;
+                    } else {
+                        folded += 1;
+                        changed.insert(event.proxy_id.clone());
+                    }
+                    ejected += u64::from(outcome.ejected);
+                    suppressed += u64::from(outcome.ejection_suppressed);
+                }
+                Err(reason) => {
+                    let sent = intake::dead_letter(
+                        &self.client,
+                        message.subject.as_str(),
+                        seq,
+                        &reason,
+                        message.payload.clone(),
+                    )
+                    .await;
+                    if let Err(err) = sent {
+                        end = Some(SessionEnd::Reset(format!("cannot dead-letter: {err}")));
+                        break;
+                    }
+                    tracing::warn!(seq, reason = %intake::clean_reason(&reason), "feedback dead-lettered");
+                    dead += 1;
+                }
+            }
+            self.position = seq;
+            self.last_published = Some(published);
+            to_ack.push(message);
+            if changed.len() >= self.settings.max_commit_records && !self.commit(&mut changed, &mut to_ack).await {
+                return Ok(Some(SessionEnd::Cancelled));
+            }
+        }
+        if dead > 0 {
+            let _ = self.client.flush().await;
+        }
+        if !self.commit(&mut changed, &mut to_ack).await {
+            return Ok(Some(SessionEnd::Cancelled));
+        }
+        self.stats.add_folded(folded);
+        self.stats.add_duplicates(skipped);
+        self.stats.add_dead_lettered(dead);
+        self.stats.add_ejections(ejected);
+        self.stats.add_ejections_suppressed(suppressed);
+        Ok(end)
+    }
+
+    /// Stores the changed proxies and the position, then acks; retries the store
+    /// until it succeeds. False when shutdown came first (nothing acked).
+    async fn commit(&mut self, changed: &mut BTreeSet<ProxyId>, to_ack: &mut Vec<Message>) -> bool {
+        if to_ack.is_empty() && changed.is_empty() {
+            return true;
+        }
+        let records: Vec<_> = changed.iter().filter_map(|id| self.folder.get(id).cloned()).collect();
+        let position = self.position;
+        let store = self.store.clone();
+        let stats = self.stats.clone();
+        let stored = retry_until_cancelled(&self.cancel.clone(), "committing health stats", || {
+            let (store, records, stats) = (store.clone(), &records, stats.clone());
+            async move {
+                let result = store.commit(position, records).await.map_err(|err| err.to_string());
+                if result.is_err() {
+                    stats.add_commit_failures(1);
+                }
+                result
+            }
+        })
+        .await;
+        if stored.is_none() {
+            return false;
+        }
+        self.stats.add_commits(1);
+        self.stats.set_last_seq(position);
+        for message in to_ack.drain(..) {
+            if let Err(err) = message.ack().await {
+                tracing::debug!(error = %err, "ack failed; the message will be redelivered and skipped");
+            }
+        }
+        let public: Vec<HealthStats> = records.into_iter().map(|r| r.stats).collect();
+        self.publisher.publish(&public).await;
+        changed.clear();
+        true
+    }
+
+    /// Publishes stats whose ejection, cool-down or ban ran out since their last
+    /// event, as they stand now (the stored state changes with the next event).
+    async fn announce_expiries(&mut self) {
+        let now = Utc::now();
+        let mut views = Vec::new();
+        for proxy in self.folder.proxies() {
+            let view = proxy.view_at(now);
+            let expired = view.state != proxy.stats.state || view.exchanges != proxy.stats.exchanges;
+            let id = &proxy.stats.proxy_id;
+            if expired && self.announced.get(id) != Some(&proxy.stats.last_seq) {
+                self.announced.insert(id.clone(), proxy.stats.last_seq);
+                views.push(view);
+            }
+        }
+        if !views.is_empty() {
+            tracing::info!(proxies = views.len(), "announcing ended ejections, cool-downs and bans");
+            self.publisher.publish(&views).await;
+        }
+    }
+
+    async fn measure_lag(&self, consumer: &PullConsumer) {
+        let mut consumer = consumer.clone();
+        if let Ok(info) = consumer.info().await {
+            let pending = info.num_pending;
+            let millis = match (pending, self.last_published) {
+                (0, _) | (_, None) => 0,
+                (_, Some(at)) => (Utc::now() - at).num_milliseconds().max(0),
+            };
+            self.stats.set_lag(pending, millis);
+        }
+    }
+}
+
+/// One pull request's worth of messages.
+async fn fetch_batch(consumer: &PullConsumer, settings: &AggregatorSettings) -> Result<Vec<Message>, String> {
+    let mut messages = consumer
+        .fetch()
+        .max_messages(settings.batch_size)
+        .expires(Duration::from_millis(settings.fetch_wait_ms))
+        .messages()
+        .await
+        .map_err(|err| err.to_string())?;
+    let mut batch = Vec::with_capacity(settings.batch_size);
+    while let Some(message) = messages.next().await {
+        batch.push(message.map_err(|err| err.to_string())?);
+    }
+    Ok(batch)
+}
+
+/// Deletes the durable consumer and creates it again, starting after `position`.
+async fn recreate_consumer(
+    jetstream: &jetstream::Context,
+    position: u64,
+    settings: &AggregatorSettings,
+) -> Result<PullConsumer, String> {
+    let stream = jetstream.get_stream(FEEDBACK_STREAM).await.map_err(|err| err.to_string())?;
+    let _ = stream.delete_consumer(AGGREGATOR_CONSUMER).await;
+    let deliver_policy = match position {
+        0 => DeliverPolicy::All,
+        _ => DeliverPolicy::ByStartSequence { start_sequence: position + 1 },
+    };
+    stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some(AGGREGATOR_CONSUMER.to_owned()),
+            description: Some("proxybus-aggregator: folds feedback into PROXY_HEALTH".to_owned()),
+            ack_policy: AckPolicy::Explicit,
+            deliver_policy,
+            ack_wait: Duration::from_secs(settings.ack_wait_seconds),
+            max_ack_pending: (settings.batch_size * 4) as i64,
+            max_batch: settings.batch_size as i64,
+            ..Default::default()
+        })
+        .await
+        .map_err(|err| err.to_string())
+}
+
+/// A JetStream timestamp as chrono, whichever type async-nats was built with.
+pub(crate) fn offset_to_chrono<T: StreamTime>(at: T) -> DateTime<Utc> {
+    at.to_chrono()
+}
+
+/// The two types async-nats' `DateTime` can be (its `chrono` feature switches it).
+pub(crate) trait StreamTime {
+    fn to_chrono(self) -> DateTime<Utc>;
+}
+
+impl StreamTime for time::OffsetDateTime {
+    fn to_chrono(self) -> DateTime<Utc> {
+        DateTime::from_timestamp_nanos(i64::try_from(self.unix_timestamp_nanos()).unwrap_or(i64::MAX))
+    }
+}
+
+impl StreamTime for DateTime<Utc> {
+    fn to_chrono(self) -> DateTime<Utc> {
+        self
+    }
+}

@@ -1,0 +1,11 @@
+//! The aggregator against a real `nats-server` with JetStream (one per test), and
+//! the health model on its own.
+
+mod binary;
+mod dead_letter;
+mod exactly_once;
+mod health_model;
+mod helpers;
+mod push_back;
+mod replay;
+mod service;
