@@ -90,11 +90,7 @@ pub(crate) async fn run(client: &async_nats::Client, args: FeedbackArgs) -> anyh
         timestamp: chrono::Utc::now(),
         client_id: args.client_id,
     };
-    let payload = Codec::default().encode(Encoding::MsgPack, &event)?;
-    let mut headers = Encoding::MsgPack.headers();
-    headers.insert("Nats-Msg-Id", event.event_id.to_string().as_str());
-    let subject = subject::feedback(&event.exchange_id, event.connection_type);
-    let ack = js.publish_with_headers(subject.clone(), headers, payload).await?.await.map_err(|err| {
+    let ack = proxybus_shared::feedback::publish_feedback(&js, &event).await.map_err(|err| {
         anyhow::anyhow!("stream {} did not store the event: {err} (is the aggregator up?)", subject::FEEDBACK_STREAM)
     })?;
     println!("event {} stored in {} at sequence {}", event.event_id, ack.stream, ack.sequence);

@@ -60,7 +60,7 @@ pub(crate) async fn run(client: &async_nats::Client, args: HealthArgs) -> anyhow
 }
 
 /// Every HealthStats in the bucket, by proxy id (keys that are not proxy ids are skipped).
-async fn load(bucket: &kv::Store) -> anyhow::Result<BTreeMap<ProxyId, HealthStats>> {
+pub(crate) async fn load(bucket: &kv::Store) -> anyhow::Result<BTreeMap<ProxyId, HealthStats>> {
     let mut keys = bucket.keys().await?;
     let mut stats = BTreeMap::new();
     while let Some(key) = keys.next().await {
@@ -81,34 +81,31 @@ fn print(stats: &BTreeMap<ProxyId, HealthStats>, args: &HealthArgs) -> anyhow::R
     shown.sort_by(|a, b| (&a.region, &a.proxy_id).cmp(&(&b.region, &b.proxy_id)));
     if args.json {
         println!("{}", serde_json::to_string_pretty(&shown)?);
-        return Ok(());
+    } else {
+        println!("{}", render(&shown));
     }
+    Ok(())
+}
+
+/// The health table of `shown`, with a count under it.
+pub(crate) fn render(shown: &[&HealthStats]) -> String {
     let mut table = crate::table(&[
-        "proxy_id",
-        "region",
-        "proxy",
-        "state",
-        "events",
-        "success",
-        "ewma ms",
-        "p99 ms",
-        "fails in a row",
-        "ejections",
+        "proxy_id", "region", "proxy", "state", "events", "success", "ewma ms", "p99 ms", "fails in a row", "ejections",
         "exchange bans",
     ]);
-    for s in &shown {
+    let now = chrono::Utc::now();
+    for s in shown {
+        // KV holds what the last event left; an ejection or ban that has run out since is shown as over.
         let bans: Vec<String> = s
             .exchanges
             .iter()
-            .filter(|(_, e)| e.state != ExchangeState::Healthy)
+            .filter(|(_, e)| e.state != ExchangeState::Healthy && e.banned_until.is_none_or(|until| until > now))
             .map(|(ex, e)| format!("{ex}:{}", crate::request::serde_plain(&e.state)))
             .collect();
-        let state = match s.state {
-            HealthState::Ejected => match s.ejected_until {
-                Some(until) => format!("ejected until {}", until.format("%H:%M:%S")),
-                None => "ejected".into(),
-            },
-            other => crate::request::serde_plain(&other),
+        let state = match (s.state, s.ejected_until) {
+            (HealthState::Ejected, Some(until)) if until > now => format!("ejected until {}", until.format("%H:%M:%S")),
+            (HealthState::Ejected, Some(_)) => "probation".into(),
+            (other, _) => crate::request::serde_plain(&other),
         };
         table.add_row(vec![
             s.proxy_id.to_string(),
@@ -124,7 +121,5 @@ fn print(stats: &BTreeMap<ProxyId, HealthStats>, args: &HealthArgs) -> anyhow::R
             bans.join(" "),
         ]);
     }
-    println!("{table}");
-    println!("{} proxies", shown.len());
-    Ok(())
+    format!("{table}\n{} proxies", shown.len())
 }

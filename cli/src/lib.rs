@@ -3,16 +3,23 @@
 //! `proxybus request` asks the resolver for a proxy as a feed would;
 //! `proxybus feedback` reports what a proxy did; `proxybus health` shows the
 //! health the aggregator keeps in KV bucket `PROXY_HEALTH`; `proxybus services`
-//! lists the micro-services that answer `$SRV.INFO` / `$SRV.STATS`.
+//! lists the micro-services that answer `$SRV.INFO` / `$SRV.STATS`;
+//! `proxybus up` runs the whole pipeline in one process; `proxybus replay`
+//! rebuilds health from the stream.
 //!
 //! # Layout
 //! - `lib.rs`: the argument tree ([`Cli`]) and [`run`].
-//! - `request.rs`, `feedback.rs`, `health.rs`, `services.rs`: one subcommand each.
+//! - `local_nats.rs`: the nats-server child `proxybus up` starts.
+//! - `request.rs`, `feedback.rs`, `health.rs`, `services.rs`, `up.rs`: one subcommand each.
+//! - `demo.rs`: the simulated feeds of `proxybus up --demo`.
 
 mod feedback;
 mod health;
+mod local_nats;
+mod demo;
 mod request;
 mod services;
+mod up;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -25,9 +32,13 @@ use proxybus_shared::nats::NatsSettings;
 #[derive(Debug, Parser)]
 #[command(name = "proxybus", version, about, long_about = None)]
 pub struct Cli {
-    /// NATS server URL(s); credentials come from NATS_TOKEN, NATS_USER/NATS_PASSWORD, NATS_CREDS …
-    #[arg(long, global = true, env = "NATS_URL", default_value = proxybus_shared::nats::DEFAULT_NATS_URL)]
-    pub nats_url: String,
+    /// NATS server URL(s) (default: the server a running `proxybus up` started, else
+    /// nats://127.0.0.1:4222); credentials come from NATS_TOKEN, NATS_USER/NATS_PASSWORD, NATS_CREDS …
+    #[arg(long, global = true, env = "NATS_URL")]
+    pub nats_url: Option<String>,
+    /// Where `proxybus up` keeps its nats-server store and state.
+    #[arg(long, global = true, env = "PROXYBUS_DATA_DIR", default_value = "data")]
+    pub data_dir: std::path::PathBuf,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -44,18 +55,39 @@ pub enum Command {
     Health(health::HealthArgs),
     /// List the proxybus micro-services on the bus and their stats.
     Services(services::ServicesArgs),
+    /// Run the whole pipeline (pool, resolver, aggregator) on a local nats-server.
+    Up(up::UpArgs),
+    /// Rebuild health stats from stream PROXY_FEEDBACK, with a progress bar.
+    Replay(proxybus_aggregator::replay::ReplayArgs),
 }
 
 /// Runs a parsed command line; the exit code says whether it succeeded.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let env = EnvSource::from_process();
+    let cli = match cli {
+        Cli { command: Command::Up(args), nats_url, data_dir } => return up::run(nats_url, &data_dir, args).await,
+        Cli { command: Command::Replay(args), nats_url, data_dir } => {
+            let mut config = proxybus_aggregator::AggregatorConfig::load(None, None, &env)?;
+            if let Some(url) = nats_url.or_else(|| local_nats::running_url(&data_dir)) {
+                config.nats.url = url;
+            }
+            proxybus_aggregator::replay::replay_with_progress_bar(&config, &args).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        other => other,
+    };
     let mut nats = NatsSettings::from_env(&env)?;
-    nats.url = cli.nats_url.clone();
+    nats.url = cli
+        .nats_url
+        .clone()
+        .or_else(|| local_nats::running_url(&cli.data_dir))
+        .unwrap_or_else(|| proxybus_shared::nats::DEFAULT_NATS_URL.to_owned());
     nats.connect_timeout = Duration::from_secs(3);
+    let url = nats.url.clone();
     let client = nats.with_name("proxybus-cli").connect().await.map_err(|err| {
         anyhow::anyhow!(
             "cannot connect to NATS at {}: {err} (is proxybus up? set NATS_URL)",
-            proxybus_shared::redact_url(&cli.nats_url)
+            proxybus_shared::redact_url(&url)
         )
     })?;
     let code = match cli.command {
@@ -63,6 +95,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Feedback(args) => feedback::run(&client, args).await?,
         Command::Health(args) => health::run(&client, args).await?,
         Command::Services(args) => services::run(&client, args).await?,
+        Command::Up(_) | Command::Replay(_) => unreachable!("handled before connecting"),
     };
     client.flush().await.ok();
     Ok(code)

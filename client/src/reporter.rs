@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream;
-use proxybus_shared::{Codec, Encoding, ProxyFeedback, subject};
+use proxybus_shared::ProxyFeedback;
+use proxybus_shared::feedback::{self, PublishFeedbackErrorKind};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
@@ -125,7 +126,6 @@ impl Reporter {
 }
 
 async fn publish_loop(jetstream: jetstream::Context, shared: Arc<Shared>) {
-    let codec = Codec::default();
     let mut backoff = Duration::from_millis(50);
     loop {
         let batch: Vec<ProxyFeedback> = {
@@ -142,19 +142,12 @@ async fn publish_loop(jetstream: jetstream::Context, shared: Arc<Shared>) {
         let mut pending = Vec::with_capacity(batch.len());
         let mut failed = Vec::new();
         for event in batch {
-            let payload = match codec.encode(Encoding::MsgPack, &event) {
-                Ok(payload) => payload,
-                Err(err) => {
+            match tokio::time::timeout(ACK_TIMEOUT, feedback::send_feedback(&jetstream, &event)).await {
+                Ok(Ok(ack)) => pending.push((event, ack)),
+                Ok(Err(err)) if err.kind() == PublishFeedbackErrorKind::Encode => {
                     tracing::error!(%err, "cannot encode feedback; dropped");
                     shared.dropped.fetch_add(1, Ordering::Relaxed);
-                    continue;
                 }
-            };
-            let mut headers = Encoding::MsgPack.headers();
-            headers.insert("Nats-Msg-Id", event.event_id.to_string().as_str());
-            let subject = subject::feedback(&event.exchange_id, event.connection_type);
-            match tokio::time::timeout(ACK_TIMEOUT, jetstream.publish_with_headers(subject, headers, payload)).await {
-                Ok(Ok(ack)) => pending.push((event, ack)),
                 Ok(Err(err)) => {
                     tracing::debug!(%err, "feedback publish failed; will retry");
                     failed.push(event);

@@ -62,6 +62,8 @@ pub async fn open_or_create(js: &jetstream::Context, config: &BucketConfig) -> R
         description: Some(config.description.clone()),
         subjects: vec![format!("$KV.{}.>", config.bucket)],
         max_messages_per_subject: config.history.max(1),
+        max_message_size: -1,
+        max_bytes: -1,
         max_age: config.max_age,
         storage: config.storage,
         allow_rollup: true,
@@ -71,11 +73,6 @@ pub async fn open_or_create(js: &jetstream::Context, config: &BucketConfig) -> R
         discard: stream::DiscardPolicy::New,
         ..Default::default()
     };
-    match js.create_stream(stream_config).await {
-        Ok(_) => {}
-        // Another process created it first: fine.
-        Err(err) if err.to_string().contains("already in use") => {}
-        Err(err) => return Err(fail(err.to_string())),
-    }
+    js.get_or_create_stream(stream_config).await.map_err(|err| fail(err.to_string()))?;
     js.get_key_value(config.bucket.as_str()).await.map_err(|err| fail(err.to_string()))
 }

@@ -6,11 +6,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
-use proxybus_aggregator::replay::DEFAULT_REPLAY_BUCKET;
-use proxybus_aggregator::{AggregatorConfig, ReplayOptions, ReplayStart};
+use proxybus_aggregator::AggregatorConfig;
+use proxybus_aggregator::replay::ReplayArgs;
 use proxybus_shared::config::EnvSource;
 use proxybus_shared::telemetry;
 
@@ -32,17 +30,7 @@ enum Command {
     /// Fold feedback live until SIGINT/SIGTERM (the default).
     Run,
     /// Rebuild health stats from stream PROXY_FEEDBACK.
-    Replay {
-        /// Start with the first event stored at or after this time (RFC 3339).
-        #[arg(long, conflicts_with = "from_seq")]
-        since: Option<DateTime<Utc>>,
-        /// Start at this stream sequence.
-        #[arg(long)]
-        from_seq: Option<u64>,
-        /// Bucket to write into; PROXY_HEALTH replaces live state (stop the aggregator first).
-        #[arg(long, default_value = DEFAULT_REPLAY_BUCKET)]
-        into: String,
-    },
+    Replay(ReplayArgs),
 }
 
 #[tokio::main]
@@ -59,7 +47,9 @@ async fn main() -> ExitCode {
     };
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Run => proxybus_aggregator::run(config, shutdown_signal()).await.map_err(anyhow::Error::from),
-        Command::Replay { since, from_seq, into } => replay(config, since, from_seq, into).await,
+        Command::Replay(args) => {
+            proxybus_aggregator::replay::replay_with_progress_bar(&config, &args).await.map(|_| ()).map_err(anyhow::Error::from)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -69,40 +59,6 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-async fn replay(
-    config: AggregatorConfig,
-    since: Option<DateTime<Utc>>,
-    from_seq: Option<u64>,
-    into: String,
-) -> anyhow::Result<()> {
-    let start = match (since, from_seq) {
-        (Some(at), _) => ReplayStart::Since(at),
-        (None, Some(seq)) => ReplayStart::FromSeq(seq),
-        (None, None) => ReplayStart::Beginning,
-    };
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} events ({per_sec}, eta {eta})",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    let options = ReplayOptions { start, into };
-    let report = proxybus_aggregator::replay(&config, &options, |done, total| {
-        if bar.length() != Some(total) {
-            bar.set_length(total);
-        }
-        bar.set_position(done);
-    })
-    .await?;
-    bar.finish_and_clear();
-    println!(
-        "replayed {} events ({} unfoldable) up to sequence {} into {}: {} proxies",
-        report.events, report.dead, report.last_seq, options.into, report.proxies
-    );
-    Ok(())
 }
 
 /// Completes on SIGINT or SIGTERM.

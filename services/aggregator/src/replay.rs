@@ -144,3 +144,56 @@ pub async fn replay(
     store.replace_all(report.last_seq, &records).await?;
     Ok(report)
 }
+
+/// The arguments of a replay command line (`proxybus-aggregator replay`, `proxybus replay`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReplayArgs {
+    /// Start with the first event stored at or after this time (RFC 3339).
+    #[arg(long, conflicts_with = "from_seq")]
+    pub since: Option<DateTime<Utc>>,
+    /// Start at this stream sequence.
+    #[arg(long)]
+    pub from_seq: Option<u64>,
+    /// Bucket to write into; PROXY_HEALTH replaces live state (stop the aggregator first).
+    #[arg(long, default_value = DEFAULT_REPLAY_BUCKET)]
+    pub into: String,
+}
+
+impl ReplayArgs {
+    /// The replay these arguments ask for.
+    pub fn options(&self) -> ReplayOptions {
+        let start = match (self.since, self.from_seq) {
+            (Some(at), _) => ReplayStart::Since(at),
+            (None, Some(seq)) => ReplayStart::FromSeq(seq),
+            (None, None) => ReplayStart::Beginning,
+        };
+        ReplayOptions { start, into: self.into.clone() }
+    }
+}
+
+/// Replays with a progress bar on the terminal and prints a one-line summary.
+pub async fn replay_with_progress_bar(
+    config: &AggregatorConfig,
+    args: &ReplayArgs,
+) -> Result<ReplayReport, AggregatorError> {
+    use indicatif::{ProgressBar, ProgressStyle};
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} events ({per_sec}, eta {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let options = args.options();
+    let report = replay(config, &options, |done, total| {
+        if bar.length() != Some(total) {
+            bar.set_length(total);
+        }
+        bar.set_position(done);
+    })
+    .await?;
+    bar.finish_and_clear();
+    println!(
+        "replayed {} events ({} unfoldable) up to sequence {} into {}: {} proxies",
+        report.events, report.dead, report.last_seq, options.into, report.proxies
+    );
+    Ok(report)
+}

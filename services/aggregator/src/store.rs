@@ -22,6 +22,7 @@ use async_nats::jetstream::{self, kv};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt};
 use proxybus_shared::ProxyId;
+use proxybus_shared::kv::BucketConfig;
 
 use crate::fold::ProxyHealth;
 use crate::record::{self, RecordError};
@@ -85,37 +86,13 @@ pub struct HealthStore {
     checkpoint_key: String,
 }
 
-/// Opens `bucket`, creating it (file storage, one value per key) when missing.
-///
-/// The bucket's stream is created directly, with the settings async-nats'
-/// `create_key_value` would use: that call first asks for the account info, whose
-/// reply from a nats-server 2.9 async-nats 0.51 cannot parse.
-pub async fn open_bucket(
-    jetstream: &jetstream::Context,
-    bucket: &str,
-    description: &str,
-) -> Result<kv::Store, StoreError> {
-    let failed = |message: String| StoreError::Bucket { bucket: bucket.to_owned(), message };
-    if let Ok(store) = jetstream.get_key_value(bucket).await {
-        return Ok(store);
-    }
-    let config = jetstream::stream::Config {
-        name: format!("KV_{bucket}"),
-        description: Some(description.to_owned()),
-        subjects: vec![format!("$KV.{bucket}.>")],
-        max_messages_per_subject: 1,
-        max_message_size: -1,
-        max_bytes: -1,
-        storage: jetstream::stream::StorageType::File,
-        allow_rollup: true,
-        deny_delete: true,
-        allow_direct: true,
-        discard: jetstream::stream::DiscardPolicy::New,
-        num_replicas: 1,
-        ..Default::default()
-    };
-    jetstream.get_or_create_stream(config).await.map_err(|err| failed(err.to_string()))?;
-    jetstream.get_key_value(bucket).await.map_err(|err| failed(err.to_string()))
+/// Opens `bucket`, creating it (file storage, the latest value per key) when
+/// missing; see `proxybus_shared::kv` for why buckets are not made with
+/// async-nats' `create_key_value`.
+pub async fn open_bucket(jetstream: &jetstream::Context, bucket: &str, description: &str) -> Result<kv::Store, StoreError> {
+    proxybus_shared::kv::open_or_create(jetstream, &BucketConfig::new(bucket, description))
+        .await
+        .map_err(|err| StoreError::Bucket { bucket: bucket.to_owned(), message: err.message })
 }
 
 impl HealthStore {

@@ -1,0 +1,317 @@
+//! `proxybus up [--config FILE] [--inventory FILE] [--demo]`: the whole pipeline
+//! in one process — pool service, resolver and aggregator — on a local
+//! nats-server it starts itself (unless `NATS_URL` names one), with the bundled
+//! sample inventory (three regions, a dozen proxies) unless told otherwise.
+//!
+//! The optional config file has one section per part, each in that part's own
+//! format (`docs/pool.md`, `docs/resolver.md`, `docs/aggregator.md`):
+//!
+//! ```toml
+//! inventory = "my-inventory.toml"
+//! [pool]
+//! listen = "127.0.0.1:8080"
+//! [resolver]
+//! hedge_delay_ms = 100
+//! [aggregator.health]
+//! consecutive_failures = 3
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use proxybus_aggregator::{AggregatorConfig, AggregatorSettings};
+use proxybus_client::{ClientConfig, ProxyClient};
+use proxybus_resolver::ResolverSettings;
+use proxybus_shared::config::{self, AuthMethod, ExternalProxyServiceConfig, ProxySettings, Validate};
+use proxybus_shared::nats::NatsSettings;
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+
+use crate::local_nats::LocalNats;
+
+/// The sample inventory bundled into the binary.
+pub(crate) const SAMPLE_INVENTORY: &str = include_str!("../../services/pool/inventory.sample.toml");
+
+/// Arguments of `proxybus up`.
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    /// TOML file with optional sections [pool], [resolver], [aggregator] and an `inventory` path.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Inventory of the pool service (default: the bundled sample, three regions and a dozen proxies).
+    #[arg(long)]
+    pub inventory: Option<PathBuf>,
+    /// Add simulated feeds and a live table of proxy health.
+    #[arg(long)]
+    pub demo: bool,
+    /// Stop by itself after this many seconds (default: run until Ctrl-C).
+    #[arg(long, value_name = "SECONDS")]
+    pub duration: Option<u64>,
+    /// Address of the pool's HTTP API (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub pool_listen: SocketAddr,
+}
+
+/// Settings of the three parts, from `--config` or defaults.
+#[derive(Debug, Default)]
+struct PartSettings {
+    inventory: Option<PathBuf>,
+    pool: proxybus_pool::Settings,
+    resolver: ResolverSettings,
+    aggregator: AggregatorSettings,
+}
+
+fn section<T: DeserializeOwned + Validate + Default>(table: &toml::Table, name: &str) -> anyhow::Result<T> {
+    match table.get(name) {
+        None => Ok(T::default()),
+        Some(value) => {
+            let text = toml::to_string(value)?;
+            config::from_toml_str(&text).map_err(|err| anyhow::anyhow!("[{name}] of the config file: {err}"))
+        }
+    }
+}
+
+fn read_settings(path: Option<&Path>) -> anyhow::Result<PartSettings> {
+    let Some(path) = path else { return Ok(PartSettings::default()) };
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let table: toml::Table = toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
+    if let Some(unknown) = table.keys().find(|k| !["inventory", "pool", "resolver", "aggregator"].contains(&k.as_str())) {
+        anyhow::bail!("{}: unknown section {unknown:?} (expected inventory, [pool], [resolver], [aggregator])", path.display());
+    }
+    Ok(PartSettings {
+        inventory: table.get("inventory").and_then(|v| v.as_str()).map(PathBuf::from),
+        pool: section(&table, "pool")?,
+        resolver: section(&table, "resolver")?,
+        aggregator: section(&table, "aggregator")?,
+    })
+}
+
+/// Runs the pipeline until Ctrl-C, SIGTERM or `--duration`.
+pub(crate) async fn run(nats_url: Option<String>, data_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
+    let mut parts = read_settings(args.config.as_deref())?;
+    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
+
+    let (local, url) = match nats_url {
+        Some(url) => (None, url),
+        None => {
+            let local = LocalNats::start(data_dir).await?;
+            let url = local.url().to_owned();
+            (Some(local), url)
+        }
+    };
+    let result = run_parts(&url, data_dir, &args, &mut parts).await;
+    if let Some(local) = local {
+        local.stop().await?;
+        println!("nats-server stopped");
+    }
+    result
+}
+
+async fn run_parts(url: &str, data_dir: &Path, args: &UpArgs, parts: &mut PartSettings) -> anyhow::Result<ExitCode> {
+    let stop = CancellationToken::new();
+    let nats = NatsSettings::new(url);
+    let inventory = match args.inventory.clone().or(parts.inventory.clone()) {
+        Some(path) => path,
+        None => {
+            let path = data_dir.join("inventory.sample.toml");
+            std::fs::write(&path, SAMPLE_INVENTORY)?;
+            path
+        }
+    };
+    let token = uuid::Uuid::new_v4().simple().to_string();
+    let token_file = data_dir.join("pool.token");
+    std::fs::write(&token_file, &token)?;
+
+    // Pool service: the upstream the resolver asks over HTTP.
+    let metrics = proxybus_resolver::metrics::prometheus().cloned();
+    let mut pool_settings = parts.pool.clone();
+    pool_settings.inventory = inventory.clone();
+    if pool_settings.listen == proxybus_pool::Settings::default().listen {
+        pool_settings.listen = args.pool_listen;
+    }
+    pool_settings.auth.tokens.push(token.clone().into());
+    pool_settings.nats = Some(nats.clone());
+    let pool = proxybus_pool::PoolServer::bind(pool_settings).await?.with_metrics(metrics);
+    let pool_addr = pool.local_addr();
+    let selector = pool.selector();
+    let pool_task = tokio::spawn(pool.serve(stop.clone().cancelled_owned()));
+    let pool_url = format!("http://{pool_addr}");
+
+    let proxy_services = ExternalProxyServiceConfig {
+        enabled: true,
+        endpoints: vec![pool_url.clone()],
+        auth_method: AuthMethod::BearerToken,
+        auth_credentials: [("token".to_owned(), token.clone().into())].into_iter().collect(),
+        ..Default::default()
+    };
+
+    // Aggregator first: it creates stream PROXY_FEEDBACK that feeds publish into.
+    // One process has one metrics recorder: the resolver's /metrics serves every part's series.
+    let mut aggregator_settings = parts.aggregator.clone();
+    aggregator_settings.metrics_listen.clear();
+    let aggregator = AggregatorConfig {
+        nats: nats.clone().with_name("proxybus-aggregator"),
+        settings: aggregator_settings,
+        proxy_services: proxy_services.clone(),
+    };
+    let aggregator_task = tokio::spawn(proxybus_aggregator::run(aggregator, stop.clone().cancelled_owned()));
+
+    let mut resolver_settings = parts.resolver.clone();
+    if resolver_settings.metrics_listen.is_none() {
+        resolver_settings.metrics_listen = free_addr(9464);
+    }
+    let metrics_addr = resolver_settings.metrics_listen;
+    let resolver = proxybus_resolver::Config {
+        proxy: ProxySettings { enabled: true, external_service: proxy_services, ..Default::default() },
+        resolver: resolver_settings,
+        nats: nats.clone(),
+    };
+    let resolver_task = tokio::spawn(proxybus_resolver::run(resolver, stop.clone().cancelled_owned()));
+
+    let client = nats.connect().await.context("cannot connect to NATS")?;
+    for service in ["proxybus-resolver", "proxybus-aggregator"] {
+        wait_for_service(&client, service).await?;
+    }
+
+    let proxies = selector.proxies(None);
+    let regions: std::collections::BTreeSet<String> = proxies.iter().map(|p| p.region.to_string()).collect();
+    println!("proxybus is up");
+    println!("  nats        {url}");
+    println!(
+        "  pool        {pool_url}  ({} proxies in {} regions from {}; API token in {})",
+        proxies.len(),
+        regions.len(),
+        inventory.display(),
+        token_file.display()
+    );
+    println!("  resolver    proxy.v1.request.{{exchange}}.{{http|websocket}} (queue group proxybus-resolver)");
+    println!("  aggregator  stream PROXY_FEEDBACK -> KV bucket PROXY_HEALTH, proxy.v1.health.{{region}}");
+    if let Some(addr) = metrics_addr {
+        println!("  metrics     http://{addr}/metrics");
+    }
+    println!("try: proxybus request binance websocket | proxybus health --watch | proxybus services");
+    println!("Ctrl-C stops everything.");
+
+    let demo = args.demo.then(|| {
+        let (settings, shared) = (nats.clone(), client.clone());
+        let make_client = move |id: String| {
+            let mut config = ClientConfig::new(settings.clone(), id);
+            config.request_timeout = Duration::from_secs(3);
+            ProxyClient::with_nats(config, shared.clone())
+        };
+        let feeds = tokio::spawn(crate::demo::run(make_client, stop.clone()));
+        let table = tokio::spawn(crate::demo::print_health(client.clone(), stop.clone()));
+        (feeds, table)
+    });
+
+    let duration = args.duration.map(Duration::from_secs);
+    tokio::select! {
+        () = shutdown_signal() => println!("\nshutting down"),
+        () = async { match duration { Some(d) => tokio::time::sleep(d).await, None => std::future::pending().await } } => {
+            println!("ran for {}s; shutting down", duration.unwrap_or_default().as_secs());
+        }
+        result = watch(&resolver_task) => return Err(result),
+    }
+    stop.cancel();
+    if let Some((feeds, table)) = demo {
+        let _ = tokio::time::timeout(Duration::from_secs(5), feeds).await;
+        table.abort();
+    }
+    let grace = Duration::from_secs(15);
+    let (pool, resolver, aggregator) = tokio::join!(
+        tokio::time::timeout(grace, pool_task),
+        tokio::time::timeout(grace, resolver_task),
+        tokio::time::timeout(grace, aggregator_task),
+    );
+    report_stop("pool", pool.map(|r| r.map(|r| r.map_err(anyhow::Error::from))));
+    report_stop("resolver", resolver.map(|r| r.map(|r| r.map_err(anyhow::Error::from))));
+    report_stop("aggregator", aggregator.map(|r| r.map(|r| r.map_err(anyhow::Error::from))));
+    let _ = client.drain().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves with an error when the resolver task ends before shutdown.
+async fn watch<T>(task: &tokio::task::JoinHandle<T>) -> anyhow::Error {
+    while !task.is_finished() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    anyhow::anyhow!("the resolver stopped unexpectedly (see the log above)")
+}
+
+type Joined = Result<Result<anyhow::Result<()>, tokio::task::JoinError>, tokio::time::error::Elapsed>;
+
+fn report_stop(part: &str, joined: Joined) {
+    match joined {
+        Ok(Ok(Ok(()))) => println!("{part} stopped"),
+        Ok(Ok(Err(err))) => eprintln!("{part} stopped with an error: {err:#}"),
+        Ok(Err(err)) => eprintln!("{part} task failed: {err}"),
+        Err(_) => eprintln!("{part} did not stop within the grace period"),
+    }
+}
+
+fn free_addr(preferred: u16) -> Option<SocketAddr> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], preferred));
+    if std::net::TcpListener::bind(addr).is_ok() {
+        return Some(addr);
+    }
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).ok()
+}
+
+async fn wait_for_service(client: &async_nats::Client, name: &str) -> anyhow::Result<()> {
+    let subject = format!("$SRV.PING.{name}");
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let Ok(Ok(reply)) =
+                tokio::time::timeout(Duration::from_millis(500), client.request(subject.clone(), "".into())).await
+                && !reply.payload.is_empty()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("{name} did not register within 20 s"))
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub(crate) async fn shutdown_signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match terminate.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bundled_inventory_has_three_regions_and_a_dozen_proxies() {
+        let inventory = proxybus_pool::Inventory::from_toml_str(SAMPLE_INVENTORY).unwrap();
+        let selector = proxybus_pool::Selector::new(inventory, Default::default());
+        let proxies = selector.proxies(None);
+        assert_eq!(proxies.len(), 12);
+        let regions: std::collections::BTreeSet<_> = proxies.iter().map(|p| p.region.to_string()).collect();
+        assert_eq!(regions.len(), 3);
+    }
+
+    #[test]
+    fn a_config_file_sets_each_part_and_refuses_unknown_sections() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("up.toml");
+        std::fs::write(&path, "inventory = \"inv.toml\"\n[resolver]\nhedge_delay_ms = 123\n[aggregator]\nbatch_size = 7\n").unwrap();
+        let parts = read_settings(Some(&path)).unwrap();
+        assert_eq!(parts.inventory, Some(PathBuf::from("inv.toml")));
+        assert_eq!(parts.resolver.hedge_delay_ms, 123);
+        assert_eq!(parts.aggregator.batch_size, 7);
+        std::fs::write(&path, "[resolvr]\nhedge_delay_ms = 1\n").unwrap();
+        assert!(read_settings(Some(&path)).unwrap_err().to_string().contains("resolvr"));
+        std::fs::write(&path, "[resolver]\nhedge_delay_msx = 1\n").unwrap();
+        assert!(read_settings(Some(&path)).is_err(), "unknown keys of a part are refused");
+    }
+}
