@@ -105,7 +105,8 @@ pub(crate) async fn run(client: impl Fn(String) -> ProxyClient + Send + Sync + '
                     });
                 }
                 let client = &own[n as usize % own.len()];
-                let Ok(lease) = client.get_proxy(&feed.exchange, feed.connection_type, feed.region.as_ref()).await else {
+                let Ok(lease) = client.get_proxy(&feed.exchange, feed.connection_type, feed.region.as_ref()).await
+                else {
                     continue;
                 };
                 simulate(client, &lease, started.elapsed(), n).await;

@@ -90,7 +90,16 @@ fn print(stats: &BTreeMap<ProxyId, HealthStats>, args: &HealthArgs) -> anyhow::R
 /// The health table of `shown`, with a count under it.
 pub(crate) fn render(shown: &[&HealthStats]) -> String {
     let mut table = crate::table(&[
-        "proxy_id", "region", "proxy", "state", "events", "success", "ewma ms", "p99 ms", "fails in a row", "ejections",
+        "proxy_id",
+        "region",
+        "proxy",
+        "state",
+        "events",
+        "success",
+        "ewma ms",
+        "p99 ms",
+        "fails in a row",
+        "ejections",
         "exchange bans",
     ]);
     let now = chrono::Utc::now();

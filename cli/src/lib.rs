@@ -13,10 +13,10 @@
 //! - `request.rs`, `feedback.rs`, `health.rs`, `services.rs`, `up.rs`: one subcommand each.
 //! - `demo.rs`: the simulated feeds of `proxybus up --demo`.
 
+mod demo;
 mod feedback;
 mod health;
 mod local_nats;
-mod demo;
 mod request;
 mod services;
 mod up;

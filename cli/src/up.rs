@@ -78,8 +78,12 @@ fn read_settings(path: Option<&Path>) -> anyhow::Result<PartSettings> {
     let Some(path) = path else { return Ok(PartSettings::default()) };
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let table: toml::Table = toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
-    if let Some(unknown) = table.keys().find(|k| !["inventory", "pool", "resolver", "aggregator"].contains(&k.as_str())) {
-        anyhow::bail!("{}: unknown section {unknown:?} (expected inventory, [pool], [resolver], [aggregator])", path.display());
+    if let Some(unknown) = table.keys().find(|k| !["inventory", "pool", "resolver", "aggregator"].contains(&k.as_str()))
+    {
+        anyhow::bail!(
+            "{}: unknown section {unknown:?} (expected inventory, [pool], [resolver], [aggregator])",
+            path.display()
+        );
     }
     Ok(PartSettings {
         inventory: table.get("inventory").and_then(|v| v.as_str()).map(PathBuf::from),
@@ -304,7 +308,11 @@ mod tests {
     fn a_config_file_sets_each_part_and_refuses_unknown_sections() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("up.toml");
-        std::fs::write(&path, "inventory = \"inv.toml\"\n[resolver]\nhedge_delay_ms = 123\n[aggregator]\nbatch_size = 7\n").unwrap();
+        std::fs::write(
+            &path,
+            "inventory = \"inv.toml\"\n[resolver]\nhedge_delay_ms = 123\n[aggregator]\nbatch_size = 7\n",
+        )
+        .unwrap();
         let parts = read_settings(Some(&path)).unwrap();
         assert_eq!(parts.inventory, Some(PathBuf::from("inv.toml")));
         assert_eq!(parts.resolver.hedge_delay_ms, 123);

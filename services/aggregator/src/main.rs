@@ -47,9 +47,10 @@ async fn main() -> ExitCode {
     };
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Run => proxybus_aggregator::run(config, shutdown_signal()).await.map_err(anyhow::Error::from),
-        Command::Replay(args) => {
-            proxybus_aggregator::replay::replay_with_progress_bar(&config, &args).await.map(|_| ()).map_err(anyhow::Error::from)
-        }
+        Command::Replay(args) => proxybus_aggregator::replay::replay_with_progress_bar(&config, &args)
+            .await
+            .map(|_| ())
+            .map_err(anyhow::Error::from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

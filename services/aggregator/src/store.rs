@@ -89,7 +89,11 @@ pub struct HealthStore {
 /// Opens `bucket`, creating it (file storage, the latest value per key) when
 /// missing; see `proxybus_shared::kv` for why buckets are not made with
 /// async-nats' `create_key_value`.
-pub async fn open_bucket(jetstream: &jetstream::Context, bucket: &str, description: &str) -> Result<kv::Store, StoreError> {
+pub async fn open_bucket(
+    jetstream: &jetstream::Context,
+    bucket: &str,
+    description: &str,
+) -> Result<kv::Store, StoreError> {
     proxybus_shared::kv::open_or_create(jetstream, &BucketConfig::new(bucket, description))
         .await
         .map_err(|err| StoreError::Bucket { bucket: bucket.to_owned(), message: err.message })
