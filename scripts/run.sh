@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The run command: installs what is missing, builds, and runs the whole pipeline
+# (pool, resolver, aggregator on a local nats-server with the sample inventory)
+# with simulated feeds and a live health table. Ctrl-C stops everything.
+# Extra arguments go to `proxybus up` (e.g. --duration 60, --inventory FILE).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/ensure-deps.sh run
+exec cargo run --release --quiet -p proxybus-cli --bin proxybus -- up --demo "$@"
