@@ -213,7 +213,7 @@ async fn run_parts(url: &str, data_dir: &Path, args: &UpArgs, parts: &mut PartSe
 
     let duration = args.duration.map(Duration::from_secs);
     tokio::select! {
-        () = shutdown_signal() => println!("\nshutting down"),
+        () = proxybus_shared::shutdown::signal() => println!("\nshutting down"),
         () = async { match duration { Some(d) => tokio::time::sleep(d).await, None => std::future::pending().await } } => {
             println!("ran for {}s; shutting down", duration.unwrap_or_default().as_secs());
         }
@@ -280,16 +280,6 @@ async fn wait_for_service(client: &async_nats::Client, name: &str) -> anyhow::Re
     .await
     .map_err(|_| anyhow::anyhow!("{name} did not register within 20 s"))
 }
-
-/// Completes on SIGINT or SIGTERM.
-pub(crate) async fn shutdown_signal() {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async { match terminate.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => {}
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

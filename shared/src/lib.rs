@@ -21,6 +21,7 @@
 //! - [`kv`]: opening key-value buckets (also on nats-server 2.9).
 //! - [`nats`]: `NatsSettings` from `NATS_URL` and credentials, and `connect`.
 //! - [`schema`]: JSON Schemas of the messages, generated from the types.
+//! - [`shutdown`]: the SIGINT/SIGTERM every binary stops on.
 //! - [`telemetry`]: tracing set-up, plain or JSON.
 
 pub mod breaker;
@@ -34,6 +35,7 @@ pub mod messages;
 pub mod nats;
 pub mod proxy_url;
 pub mod schema;
+pub mod shutdown;
 pub mod subject;
 pub mod telemetry;
 

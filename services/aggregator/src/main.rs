@@ -46,7 +46,9 @@ async fn main() -> ExitCode {
         }
     };
     let result = match cli.command.unwrap_or(Command::Run) {
-        Command::Run => proxybus_aggregator::run(config, shutdown_signal()).await.map_err(anyhow::Error::from),
+        Command::Run => {
+            proxybus_aggregator::run(config, proxybus_shared::shutdown::signal()).await.map_err(anyhow::Error::from)
+        }
         Command::Replay(args) => proxybus_aggregator::replay::replay_with_progress_bar(&config, &args)
             .await
             .map(|_| ())
@@ -60,27 +62,4 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
-    }
-    tracing::info!("shutting down");
 }

@@ -73,34 +73,12 @@ async fn main() -> ExitCode {
     if let Some(listen) = args.listen {
         settings.listen = listen;
     }
-    match proxybus_pool::run(settings, shutdown_signal()).await {
+    match proxybus_pool::run(settings, proxybus_shared::shutdown::signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = %err, "proxybus-pool stopped");
             eprintln!("proxybus-pool: {err}");
             ExitCode::FAILURE
         }
-    }
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
     }
 }
