@@ -86,17 +86,17 @@ pub(crate) async fn publish_all(js: &jetstream::Context, events: &[ProxyFeedback
             for event in &todo {
                 acks.push((*event, send_feedback(js, event).await));
             }
-            let mut failed = Vec::new();
-            for (event, ack) in acks {
+            // Acks are awaited together: after a server restart every lost ack
+            // times out at once rather than one after another.
+            let outcomes = futures::future::join_all(acks.into_iter().map(|(event, ack)| async move {
                 match ack {
-                    Ok(future) => {
-                        if future.await.is_err() {
-                            failed.push(event);
-                        }
-                    }
-                    Err(_) => failed.push(event),
+                    Ok(future) => (event, future.await.is_ok()),
+                    Err(_) => (event, false),
                 }
-            }
+            }))
+            .await;
+            let failed: Vec<&ProxyFeedback> =
+                outcomes.into_iter().filter(|(_, ok)| !ok).map(|(event, _)| event).collect();
             if !failed.is_empty() {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
