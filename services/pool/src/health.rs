@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::StreamExt;
-use proxybus_shared::{Codec, ErrorKind, ExchangeId, FeedbackPhase, ProxyFeedback};
+use proxybus_shared::{Codec, ErrorKind, ExchangeId, FeedbackPhase, HealthStats, ProxyFeedback};
 use tokio::time::Instant;
 
 use crate::selector::Selector;
@@ -171,6 +171,16 @@ pub async fn listen_health(
         client.subscribe(subject).await.map_err(|source| HealthListenError::Subscribe { subject, source })?;
     tracing::info!(subject, "listening for health statistics");
     let codec = Codec::default();
+    // What the aggregator stored before this service started (subscribed first,
+    // so nothing published meanwhile is missed; older stats never win over newer).
+    let loaded = load_stored_health(&client, &selector).await;
+    if loaded > 0 {
+        tracing::info!(
+            proxies = loaded,
+            bucket = proxybus_shared::subject::HEALTH_BUCKET,
+            "health loaded from the bucket"
+        );
+    }
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -195,6 +205,28 @@ pub async fn listen_health(
     }
     let _ = subscriber.unsubscribe().await;
     Ok(())
+}
+
+/// Applies every `HealthStats` in KV bucket `PROXY_HEALTH` (when it exists);
+/// returns how many were applied.
+pub async fn load_stored_health(client: &async_nats::Client, selector: &Selector) -> usize {
+    let js = async_nats::jetstream::new(client.clone());
+    let Ok(bucket) = js.get_key_value(proxybus_shared::subject::HEALTH_BUCKET).await else { return 0 };
+    let Ok(mut keys) = bucket.keys().await else { return 0 };
+    let codec = Codec::default();
+    let mut applied = 0;
+    while let Some(Ok(key)) = keys.next().await {
+        if key.parse::<proxybus_shared::ProxyId>().is_err() {
+            continue;
+        }
+        if let Ok(Some(value)) = bucket.get(key.as_str()).await
+            && let Ok(stats) = codec.decode_as::<HealthStats>(proxybus_shared::Encoding::MsgPack, &value)
+        {
+            selector.apply_health(stats, crate::metrics::HealthSource::Nats);
+            applied += 1;
+        }
+    }
+    applied
 }
 
 #[cfg(test)]

@@ -48,3 +48,35 @@ async fn health_published_on_the_bus_ejects_and_bans_proxies() {
     assert_eq!(coinbase, [id(2), id(3)].into_iter().collect(), "2 still serves coinbase; 1 serves nothing");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn health_stored_before_start_is_loaded_from_the_bucket() {
+    let server = NatsServer::start().await.expect("nats-server starts");
+    let js = async_nats::jetstream::new(server.connect().await.unwrap());
+    let bucket = proxybus_shared::kv::open_or_create(
+        &js,
+        &proxybus_shared::kv::BucketConfig::new(subject::HEALTH_BUCKET, "health as the aggregator stores it"),
+    )
+    .await
+    .unwrap();
+    let ejected = Codec::default().encode(Encoding::MsgPack, &stats(1, HealthState::Ejected)).unwrap();
+    bucket.put(id(1).as_str(), ejected).await.unwrap();
+    bucket.put("checkpoint-like-key", "not health".into()).await.unwrap();
+
+    let nats_url = server.client_url();
+    let app = spawn_app(&one_region("round_robin", &[1, 2]), |s| s.nats = Some(NatsSettings::new(nats_url))).await;
+    let loaded = eventually(Duration::from_secs(10), async || {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        app.selector.proxies(None).iter().any(|v| v.proxy_id == id(1) && v.state == HealthState::Ejected)
+    })
+    .await;
+    assert!(loaded, "the stored ejection was not loaded at start");
+    for i in 0..10 {
+        assert_eq!(
+            app.ask("binance", &format!("b{i}")).await.proxy_id,
+            Some(id(2)),
+            "proxy 1 is ejected since before start"
+        );
+    }
+    app.stop().await;
+}
