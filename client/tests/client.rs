@@ -339,6 +339,30 @@ async fn websocket_through_a_socks5_proxy_with_auth() {
     assert!(connected.latency_ms.is_some());
 }
 
+#[tokio::test]
+async fn websocket_through_a_socks4_proxy_with_a_user_id() {
+    let server = NatsServer::start().await.unwrap();
+    let nats = server.connect().await.unwrap();
+    let stream = feedback_stream(&nats).await;
+    let proxy = TestProxy::socks4(Some(ProxyCredentials::new("feed-user", ""))).await.unwrap();
+    let ws = WsEchoServer::start().await.unwrap();
+    spawn_resolver(nats.clone(), Ok(Some(format!("socks4://feed-user@{}", proxy.addr())))).await;
+    let client = ProxyClient::with_nats(config(&server), nats);
+    ws_echo_through(&client, &ws).await;
+    assert_eq!(proxy.log().tunnels(), [ws.addr().to_string()]);
+    assert_eq!(wait_for_events(&stream, 2).await[1].1.phase, FeedbackPhase::Connected);
+}
+
+#[tokio::test]
+async fn a_socks4_proxy_refusing_the_user_id_is_reported() {
+    let ws = WsEchoServer::start().await.unwrap();
+    let proxy = TestProxy::socks4(Some(ProxyCredentials::new("feed-user", ""))).await.unwrap();
+    let (event, _) = failed_event_for(format!("socks4://intruder@{}", proxy.addr()), ws.url()).await;
+    assert_eq!((event.phase, event.success), (FeedbackPhase::Failed, false));
+    assert_eq!(event.error_kind, Some(ErrorKind::Refused), "SOCKS4 says only \"rejected or failed\": {event:?}");
+    assert!(proxy.log().tunnels().is_empty());
+}
+
 async fn failed_event_for(proxy_url: String, ws_url: String) -> (ProxyFeedback, ClientError) {
     let server = NatsServer::start().await.unwrap();
     let nats = server.connect().await.unwrap();

@@ -1,5 +1,5 @@
 //! Real proxies and a websocket server on 127.0.0.1 for tests of code that
-//! connects through proxies: an HTTP CONNECT proxy, a SOCKS5 proxy (RFC 1928,
+//! connects through proxies: an HTTP CONNECT proxy, a SOCKS4/4a proxy, a SOCKS5 proxy (RFC 1928,
 //! username/password per RFC 1929) and a websocket echo server that can refuse
 //! its handshake with a chosen HTTP status. The HTTP proxy also forwards plain
 //! `GET http://…` requests (without their bodies), as REST clients send them. Each proxy logs the targets it
@@ -71,6 +71,11 @@ impl TestProxy {
     /// An HTTP proxy that supports `CONNECT` (and demands `Proxy-Authorization: Basic` when `credentials` is set).
     pub async fn http_connect(credentials: Option<ProxyCredentials>) -> Result<Self> {
         Self::spawn("http", credentials, |stream, creds, log| Box::pin(serve_http_connect(stream, creds, log))).await
+    }
+
+    /// A SOCKS4/4a proxy; with `credentials`, only their user id is accepted (SOCKS4 has no password).
+    pub async fn socks4(credentials: Option<ProxyCredentials>) -> Result<Self> {
+        Self::spawn("socks4", credentials, |stream, creds, log| Box::pin(serve_socks4(stream, creds, log))).await
     }
 
     /// A SOCKS5 proxy (no authentication, or username/password when `credentials` is set).
@@ -268,6 +273,57 @@ async fn serve_socks5(mut stream: TcpStream, credentials: Option<ProxyCredential
         Err(err) => {
             log.push(format!("refused {target}: {err}"));
             stream.write_all(&reply(5)).await?;
+            Ok(())
+        }
+    }
+}
+
+async fn read_null_terminated(stream: &mut TcpStream) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    loop {
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).await?;
+        if byte[0] == 0 {
+            return Ok(bytes);
+        }
+        if bytes.len() > 255 {
+            bail!("SOCKS4 field too long");
+        }
+        bytes.push(byte[0]);
+    }
+}
+
+async fn serve_socks4(mut stream: TcpStream, credentials: Option<ProxyCredentials>, log: ProxyLog) -> Result<()> {
+    let mut head = [0u8; 8];
+    stream.read_exact(&mut head).await?;
+    if head[0] != 4 || head[1] != 1 {
+        bail!("not a SOCKS4 CONNECT");
+    }
+    let port = u16::from_be_bytes([head[2], head[3]]);
+    let ip = std::net::Ipv4Addr::new(head[4], head[5], head[6], head[7]);
+    let user = read_null_terminated(&mut stream).await?;
+    // SOCKS4a: 0.0.0.x means a host name follows the user id.
+    let host = if head[4..7] == [0, 0, 0] && head[7] != 0 {
+        String::from_utf8(read_null_terminated(&mut stream).await?).context("host name is not UTF-8")?
+    } else {
+        ip.to_string()
+    };
+    let target = format!("{host}:{port}");
+    let reply = |code: u8| [0, code, 0, 0, 0, 0, 0, 0];
+    if credentials.as_ref().is_some_and(|c| c.user.as_bytes() != user.as_slice()) {
+        log.push(format!("refused {target}: bad user id"));
+        stream.write_all(&reply(0x5b)).await?;
+        return Ok(());
+    }
+    match TcpStream::connect(&target).await {
+        Ok(upstream) => {
+            log.push(target);
+            stream.write_all(&reply(0x5a)).await?;
+            tunnel(stream, upstream).await
+        }
+        Err(err) => {
+            log.push(format!("refused {target}: {err}"));
+            stream.write_all(&reply(0x5b)).await?;
             Ok(())
         }
     }
