@@ -131,6 +131,9 @@ pub(crate) async fn print_health(client: async_nats::Client, stop: CancellationT
         }
         let Ok(bucket) = js.get_key_value(proxybus_shared::subject::HEALTH_BUCKET).await else { continue };
         let Ok(stats) = crate::health::load(&bucket).await else { continue };
+        if stats.is_empty() {
+            continue;
+        }
         let mut shown: Vec<_> = stats.values().collect();
         shown.sort_by(|a, b| (&a.region, &a.proxy_id).cmp(&(&b.region, &b.proxy_id)));
         println!("\n-- proxy health after {}s --", started.elapsed().as_secs());
