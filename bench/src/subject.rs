@@ -7,6 +7,11 @@
 //! stdin is its shutdown signal: when the parent closes it, the child shuts
 //! down gracefully and prints one JSON line, [`ChildReport`], with its own peak
 //! RSS (`VmHWM` of `/proc/self/status`) measured after everything it did.
+//!
+//! Like the service binaries, a child installs the tracing subscriber of
+//! `proxybus_shared::telemetry` (level `info` unless `RUST_LOG` says otherwise),
+//! so spans and logs cost what they cost in production; its stderr goes to
+//! `proxybus-bench-{pid}-{kind}.log` in the temporary directory, quoted when it fails.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -97,26 +102,29 @@ pub fn peak_rss(pid: &str) -> Option<u64> {
 #[derive(Debug)]
 pub struct SubjectProcess {
     name: &'static str,
+    log: PathBuf,
     child: Child,
     stdin: Option<ChildStdin>,
     stdout: Lines<BufReader<ChildStdout>>,
 }
 
 impl SubjectProcess {
-    /// Spawns `exe subject <args…>`; its stderr is this process's.
+    /// Spawns `exe subject <args…>`, its stderr into a log file.
     pub fn spawn(exe: &Path, name: &'static str, args: &[String]) -> anyhow::Result<Self> {
+        let log = std::env::temp_dir().join(format!("proxybus-bench-{}-{name}.log", std::process::id()));
+        let stderr = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let mut child = Command::new(exe)
             .arg("subject")
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("spawning {} subject {name}", exe.display()))?;
         let stdin = child.stdin.take();
         let stdout = BufReader::new(child.stdout.take().context("child stdout")?).lines();
-        Ok(Self { name, child, stdin, stdout })
+        Ok(Self { name, log, child, stdin, stdout })
     }
 
     /// The child's pid.
@@ -126,11 +134,21 @@ impl SubjectProcess {
 
     /// Waits for the child's next line (JSON).
     pub async fn next_line(&mut self, timeout: Duration) -> anyhow::Result<serde_json::Value> {
-        let line = tokio::time::timeout(timeout, self.stdout.next_line())
-            .await
-            .with_context(|| format!("subject {} silent for {timeout:?}", self.name))??
-            .with_context(|| format!("subject {} exited", self.name))?;
+        let line = match tokio::time::timeout(timeout, self.stdout.next_line()).await {
+            Ok(Ok(Some(line))) => line,
+            Ok(Ok(None)) => bail!("subject {} exited; {}", self.name, self.log_tail()),
+            Ok(Err(err)) => bail!("subject {}: {err}; {}", self.name, self.log_tail()),
+            Err(_) => bail!("subject {} silent for {timeout:?}; {}", self.name, self.log_tail()),
+        };
         serde_json::from_str(&line).with_context(|| format!("subject {} printed {line:?}", self.name))
+    }
+
+    /// The last lines of the child's log.
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().rev().take(10).collect();
+        let tail: Vec<&str> = lines.into_iter().rev().collect();
+        format!("log {}:\n{}", self.log.display(), tail.join("\n"))
     }
 
     /// Closes the child's stdin (its shutdown signal), reads its report and reaps it.
@@ -144,8 +162,9 @@ impl SubjectProcess {
         };
         let status = tokio::time::timeout(timeout, self.child.wait()).await??;
         if !status.success() {
-            bail!("subject {} exited with {status}", self.name);
+            bail!("subject {} exited with {status}; {}", self.name, self.log_tail());
         }
+        let _ = std::fs::remove_file(&self.log);
         Ok(report)
     }
 }
@@ -168,6 +187,7 @@ fn print_report(report: ChildReport) {
 
 /// The child side: runs `kind` until stdin closes (or, for a replay, to its end).
 pub async fn serve(kind: SubjectKind) -> anyhow::Result<()> {
+    proxybus_shared::telemetry::init_from_env(&proxybus_shared::config::EnvSource::from_process());
     match kind {
         SubjectKind::Resolver { nats_url, pool_url, token, cache_max_entries } => {
             let config = proxybus_resolver::Config {
