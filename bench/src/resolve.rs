@@ -1,0 +1,272 @@
+//! The resolver's scenarios: `resolve-hit`, `resolve-miss`, `singleflight` and
+//! `resolver-memory`. The resolver runs as a child process
+//! ([`crate::subject`]) against the in-process pool ([`crate::pool`]); requests
+//! come from this process over one NATS connection, like a feed's.
+
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use bytes::Bytes;
+use proxybus_shared::http::{TlsFiles, proxy_service_client};
+use proxybus_shared::{
+    Codec, ConnectionType, Encoding, ExchangeId, ProxyRequest, ProxyResponse, ResponseSource, subject,
+};
+
+use crate::Options;
+use crate::bus::Bus;
+use crate::load::{self, spread};
+use crate::pool::{CountingPool, POOL_TOKEN, REQUEST_PATH};
+use crate::report::{Row, Series, mib};
+use crate::subject::{SubjectProcess, external_service, peak_rss};
+
+/// Concurrency levels of `resolve-hit`.
+pub const HIT_CONCURRENCY: [usize; 3] = [1, 16, 64];
+/// Concurrency of `resolve-miss` and of filling the cache in `resolver-memory`.
+pub const MISS_CONCURRENCY: usize = 16;
+/// Subject of the bare responder.
+pub const BARE_SUBJECT: &str = "bench.bare.request";
+/// How long a subject process may take to start, answer or stop.
+const PROCESS_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn exchange() -> ExchangeId {
+    "binance".parse().expect("a valid exchange id")
+}
+
+fn request_subject() -> String {
+    subject::request(&exchange(), ConnectionType::Websocket)
+}
+
+/// A `ProxyRequest` of `client_id` for binance websocket, msgpack or JSON.
+pub fn request_payload(client_id: &str, encoding: Encoding) -> Bytes {
+    let request = ProxyRequest::new(exchange(), ConnectionType::Websocket, client_id);
+    Codec::default().encode(encoding, &request).expect("requests encode")
+}
+
+/// Starts a resolver child asking `pool`, and waits until it answers `$SRV.PING`.
+async fn start_resolver(
+    bus: &Bus,
+    options: &Options,
+    pool: &CountingPool,
+    cache_max_entries: u64,
+) -> anyhow::Result<SubjectProcess> {
+    let args = [
+        "resolver".to_owned(),
+        "--nats-url".to_owned(),
+        bus.url().to_owned(),
+        "--pool-url".to_owned(),
+        pool.url(),
+        "--token".to_owned(),
+        POOL_TOKEN.to_owned(),
+        "--cache-max-entries".to_owned(),
+        cache_max_entries.to_string(),
+    ];
+    let process = SubjectProcess::spawn(&options.exe, "resolver", &args)?;
+    let client = bus.connect().await?;
+    let deadline = Instant::now() + PROCESS_TIMEOUT;
+    loop {
+        let ping =
+            tokio::time::timeout(Duration::from_secs(1), client.request("$SRV.PING.proxybus-resolver", "".into()));
+        if let Ok(Ok(reply)) = ping.await
+            && !reply.payload.is_empty()
+        {
+            return Ok(process);
+        }
+        if Instant::now() > deadline {
+            bail!("the resolver did not register within {PROCESS_TIMEOUT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Starts the bare responder replying `payload` on [`BARE_SUBJECT`].
+async fn start_bare_responder(
+    bus: &Bus,
+    options: &Options,
+    payload: &[u8],
+) -> anyhow::Result<(SubjectProcess, tempfile::NamedTempFile)> {
+    let file = tempfile::NamedTempFile::new()?;
+    std::fs::write(file.path(), payload)?;
+    let args = [
+        "bare-responder".to_owned(),
+        "--nats-url".to_owned(),
+        bus.url().to_owned(),
+        "--subject".to_owned(),
+        BARE_SUBJECT.to_owned(),
+        "--payload-file".to_owned(),
+        file.path().display().to_string(),
+    ];
+    let mut process = SubjectProcess::spawn(&options.exe, "bare-responder", &args)?;
+    let ready = process.next_line(PROCESS_TIMEOUT).await?;
+    if ready.get("ready").is_none() {
+        bail!("bare responder printed {ready}");
+    }
+    Ok((process, file))
+}
+
+/// `resolve-hit`: the resolver answering from a warm cache against the bare responder.
+pub async fn resolve_hit(bus: &mut Bus, options: &Options) -> anyhow::Result<Vec<Row>> {
+    let requests = options.counts().hit_requests;
+    let pool = CountingPool::start().await?;
+    let client = bus.connect().await?;
+    let resolver = start_resolver(bus, options, &pool, 100_000).await?;
+    let max_concurrency = HIT_CONCURRENCY[HIT_CONCURRENCY.len() - 1];
+    let keys: Vec<Bytes> =
+        (0..max_concurrency).map(|w| request_payload(&format!("bench-hit-{w}"), Encoding::MsgPack)).collect();
+
+    // Warm the cache (one upstream call per key), then check that answers come from it.
+    load::nats_requests(&client, &request_subject(), vec![keys.clone()]).await?;
+    let reply = client.request_with_headers(request_subject(), Encoding::MsgPack.headers(), keys[0].clone()).await?;
+    let cached: ProxyResponse = Codec::default().decode_as(Encoding::MsgPack, &reply.payload)?;
+    if cached.source != ResponseSource::Cache {
+        bail!("a warmed key was answered from {:?}, not the cache", cached.source);
+    }
+    // The baseline replies with the very bytes of a cached answer.
+    let (bare, _payload_file) = start_bare_responder(bus, options, &reply.payload).await?;
+
+    let mut rows = Vec::new();
+    for concurrency in HIT_CONCURRENCY {
+        let work = || spread(concurrency, requests, |w, _| keys[w % keys.len()].clone());
+        let warm_up = || spread(concurrency, (requests / 10).max(concurrency), |w, _| keys[w % keys.len()].clone());
+        load::nats_requests(&client, BARE_SUBJECT, warm_up()).await?;
+        load::nats_requests(&client, &request_subject(), warm_up()).await?;
+        let (mut baseline, mut subject) = (Series::new(), Series::new());
+        for _ in 0..options.rounds {
+            let (round, latency) = load::nats_requests(&client, BARE_SUBJECT, work()).await?;
+            baseline.push(round, Some(&latency));
+            let (round, latency) = load::nats_requests(&client, &request_subject(), work()).await?;
+            subject.push(round, Some(&latency));
+        }
+        let row = Row::new("resolve-hit", format!("concurrency {concurrency}"), "resolver, cached answer", &subject)
+            .against("bare async-nats responder", &baseline);
+        let met = row.throughput_ratio.is_some_and(|r| r >= 0.9) && row.p99_ratio.is_some_and(|r| r <= 1.25);
+        rows.push(row.target("≥ 0.9× throughput, p99 ≤ 1.25×", met));
+    }
+    let bare_report = bare.finish(PROCESS_TIMEOUT).await?;
+    let resolver_report = resolver.finish(PROCESS_TIMEOUT).await?;
+    let note = format!(
+        "reply {} bytes (msgpack ProxyResponse, the baseline replies the same bytes); peak RSS of the bare responder {}",
+        reply.payload.len(),
+        mib(bare_report.peak_rss_bytes)
+    );
+    for row in &mut rows {
+        row.peak_rss_bytes = Some(resolver_report.peak_rss_bytes);
+        row.note = note.clone();
+    }
+    Ok(rows)
+}
+
+/// `resolve-miss`: cold keys through resolver → pool against POSTing to the pool,
+/// then the same keys again from the resolver's cache.
+pub async fn resolve_miss(bus: &mut Bus, options: &Options) -> anyhow::Result<Vec<Row>> {
+    let keys = options.counts().miss_keys;
+    let pool = CountingPool::start().await?;
+    let client = bus.connect().await?;
+    let resolver = start_resolver(bus, options, &pool, 100_000).await?;
+    let http = proxy_service_client(&external_service(&pool.url(), POOL_TOKEN), &TlsFiles::default())?;
+    let url = format!("{}{REQUEST_PATH}", pool.url());
+
+    let json = |prefix: &str| {
+        let prefix = prefix.to_owned();
+        move |_: usize, i: usize| request_payload(&format!("{prefix}-{i}"), Encoding::Json)
+    };
+    let msgpack = |prefix: &str| {
+        let prefix = prefix.to_owned();
+        move |_: usize, i: usize| request_payload(&format!("{prefix}-{i}"), Encoding::MsgPack)
+    };
+    // Warm-up of both paths (connections, allocator), not timed.
+    let warm = (keys / 10).max(MISS_CONCURRENCY);
+    load::http_requests(&http, &url, spread(MISS_CONCURRENCY, warm, json("bench-miss-warmup-a"))).await?;
+    load::nats_requests(&client, &request_subject(), spread(MISS_CONCURRENCY, warm, msgpack("bench-miss-warmup-b")))
+        .await?;
+
+    let (mut direct, mut cold, mut cached) = (Series::new(), Series::new(), Series::new());
+    let mut upstream = Vec::new();
+    for round in 0..options.rounds {
+        let (r, latency) =
+            load::http_requests(&http, &url, spread(MISS_CONCURRENCY, keys, json(&format!("bench-miss-a{round}"))))
+                .await?;
+        direct.push(r, Some(&latency));
+        let work = spread(MISS_CONCURRENCY, keys, msgpack(&format!("bench-miss-b{round}")));
+        let before = pool.requests();
+        let (r, latency) = load::nats_requests(&client, &request_subject(), work.clone()).await?;
+        upstream.push(pool.requests() - before);
+        cold.push(r, Some(&latency));
+        let (r, latency) = load::nats_requests(&client, &request_subject(), work).await?;
+        cached.push(r, Some(&latency));
+    }
+    let report = resolver.finish(PROCESS_TIMEOUT).await?;
+    let rss = Some(report.peak_rss_bytes);
+    let cold_row = Row::new("resolve-miss", "cold keys", "feed → NATS → resolver → pool (HTTP)", &cold)
+        .against("feed POSTs to the pool", &direct)
+        .rss(rss)
+        .min_ratio(0.8)
+        .note(format!(
+            "concurrency {MISS_CONCURRENCY}, {keys} new keys per round; pool requests per cold round {upstream:?}"
+        ));
+    let warm_row = Row::new("resolve-miss", "same keys, warm cache", "resolver cache", &cached)
+        .against("feed POSTs to the pool", &direct)
+        .rss(rss);
+    let met = warm_row.throughput_ratio.is_some_and(|r| r > 1.0);
+    Ok(vec![cold_row, warm_row.target("faster than direct HTTP (> 1×)", met)])
+}
+
+/// `singleflight`: `n` concurrent requests on one cold key make one upstream call.
+pub async fn singleflight(bus: &mut Bus, options: &Options) -> anyhow::Result<Vec<Row>> {
+    let n = options.counts().singleflight_requests;
+    let pool = CountingPool::start().await?;
+    let client = bus.connect().await?;
+    let resolver = start_resolver(bus, options, &pool, 100_000).await?;
+    let mut series = Series::new();
+    let mut calls = Vec::new();
+    for round in 0..options.rounds {
+        let key = request_payload(&format!("bench-singleflight-{round}"), Encoding::MsgPack);
+        let before = pool.requests();
+        let (r, latency) = load::nats_requests(&client, &request_subject(), spread(n, n, |_, _| key.clone())).await?;
+        calls.push(pool.requests() - before);
+        series.push(r, Some(&latency));
+    }
+    let report = resolver.finish(PROCESS_TIMEOUT).await?;
+    let met = calls.iter().all(|&c| c == 1);
+    let mut row = Row::new("singleflight", format!("{n} concurrent requests, one cold key"), "resolver", &series)
+        .rss(Some(report.peak_rss_bytes))
+        .target("exactly 1 upstream call per round", met)
+        .note(format!("upstream calls counted at the pool's request route, per round: {calls:?}"));
+    row.upstream_calls = Some(calls);
+    Ok(vec![row])
+}
+
+/// `resolver-memory`: peak RSS of a resolver holding `memory_keys` cached answers.
+pub async fn resolver_memory(bus: &mut Bus, options: &Options) -> anyhow::Result<Vec<Row>> {
+    let keys = options.counts().memory_keys;
+    let pool = CountingPool::start().await?;
+    let client = bus.connect().await?;
+    let resolver = start_resolver(bus, options, &pool, keys.max(100_000) as u64).await?;
+    let idle = resolver.pid().and_then(|pid| peak_rss(&pid.to_string()));
+    let concurrency = 64;
+    let work = spread(concurrency, keys, |_, i| request_payload(&format!("bench-memory-{i}"), Encoding::MsgPack));
+    let (round, latency) = load::nats_requests(&client, &request_subject(), work).await?;
+    // Every key is cached: asking again makes no upstream call.
+    let before = pool.requests();
+    let again =
+        spread(concurrency, keys.min(1_000), |_, i| request_payload(&format!("bench-memory-{i}"), Encoding::MsgPack));
+    load::nats_requests(&client, &request_subject(), again).await?;
+    let refetched = pool.requests() - before;
+    let report = resolver.finish(PROCESS_TIMEOUT).await?;
+    let mut series = Series::new();
+    series.push(round, Some(&latency));
+    let limit = 64 * 1024 * 1024;
+    let cached_note = if refetched == 0 {
+        format!("re-asking {} of them made no upstream call", keys.min(1_000))
+    } else {
+        format!("re-asking {} of them made {refetched} upstream calls: not all were cached", keys.min(1_000))
+    };
+    Ok(vec![
+        Row::new("resolver-memory", format!("{keys} cached keys"), "resolver (filling its cache)", &series)
+            .rss(Some(report.peak_rss_bytes))
+            .target("≤ 64 MiB RSS", report.peak_rss_bytes <= limit)
+            .note(format!(
+                "peak RSS after start, before any key: {}; {cached_note}; throughput = cold keys/s at concurrency {concurrency}",
+                idle.map_or("unknown".to_owned(), mib)
+            )),
+    ])
+}

@@ -1,0 +1,37 @@
+//! The CI smoke run: every scenario once at `--size tiny`, through the library,
+//! against a real `nats-server`. It checks that the harness works (every row
+//! measured something, the single-flight made exactly one upstream call), not
+//! how fast anything is.
+
+use proxybus_bench::{Bus, Options, Scenario, Size};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scenario_runs_once_at_tiny_size() {
+    let options = Options { size: Size::Tiny, rounds: 1, exe: env!("CARGO_BIN_EXE_proxybus-bench").into() };
+    let mut bus = Bus::start().await.expect("a nats-server");
+    let report = proxybus_bench::run(&mut bus, &Scenario::ALL, &options).await.expect("every scenario runs");
+
+    for scenario in Scenario::ALL {
+        assert!(report.rows.iter().any(|row| row.scenario == scenario.name()), "no row for {}", scenario.name());
+    }
+    for row in &report.rows {
+        assert!(row.subject.ops_per_sec > 0.0, "{} {}: no subject throughput", row.scenario, row.case);
+        if let Some(baseline) = &row.baseline {
+            assert!(baseline.ops_per_sec > 0.0, "{} {}: no baseline throughput", row.scenario, row.case);
+        }
+        if row.scenario != "publish" {
+            assert!(row.peak_rss_bytes.is_some_and(|rss| rss > 0), "{} {}: no peak RSS", row.scenario, row.case);
+        }
+    }
+    let singleflight = report.rows.iter().find(|row| row.scenario == "singleflight").unwrap();
+    assert_eq!(singleflight.upstream_calls.as_deref(), Some(&[1_u64][..]), "one upstream call for 1 000 requests");
+
+    let table = report.markdown();
+    assert_eq!(
+        table.lines().filter(|l| l.starts_with("| ")).count(),
+        report.rows.len() + 2,
+        "header, separator, rows: {table}"
+    );
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["rows"].as_array().map(Vec::len), Some(report.rows.len()));
+}
