@@ -45,8 +45,15 @@ pub struct AggregatorSettings {
     pub fetch_wait_ms: u64,
     /// Ack wait of the consumer, in seconds (default 60).
     pub ack_wait_seconds: u64,
-    /// Most proxies stored in one commit (default 200; keeps a checkpoint under 1 MiB).
+    /// Most proxies in one checkpoint value (default 200; keeps each under 1 MiB). A
+    /// commit with more is written as several values (see `crate::store`).
     pub max_commit_records: usize,
+    /// While behind, longest time folded events wait for their commit, in
+    /// milliseconds (default 1000). A caught-up aggregator commits after every fetch.
+    pub commit_interval_ms: u64,
+    /// While behind, most messages folded into one commit (default 100 000). A proxy
+    /// touched several times in one commit is written once.
+    pub commit_max_events: usize,
     /// How often expired ejections and bans are published, in milliseconds (default 1000).
     pub sweep_interval_ms: u64,
     /// How often the fold lag is measured, in milliseconds (default 5000).
@@ -70,6 +77,8 @@ impl Default for AggregatorSettings {
             fetch_wait_ms: 1000,
             ack_wait_seconds: 60,
             max_commit_records: 200,
+            commit_interval_ms: 1000,
+            commit_max_events: 100_000,
             sweep_interval_ms: 1000,
             lag_interval_ms: 5000,
             metrics_listen: "0.0.0.0:9464".to_owned(),
@@ -130,6 +139,11 @@ impl Validate for AggregatorSettings {
         issues.check_range(key(prefix, "fetch_wait_ms"), self.fetch_wait_ms, 10..=60_000);
         issues.check_range(key(prefix, "ack_wait_seconds"), self.ack_wait_seconds, 1..=3600);
         issues.check_range(key(prefix, "max_commit_records"), self.max_commit_records, 1..=1000);
+        issues.check_range(key(prefix, "commit_interval_ms"), self.commit_interval_ms, 0..=30_000);
+        issues.check_range(key(prefix, "commit_max_events"), self.commit_max_events, 1..=1_000_000);
+        if self.commit_interval_ms / 1000 >= self.ack_wait_seconds {
+            issues.push(key(prefix, "commit_interval_ms"), "must be shorter than ack_wait_seconds");
+        }
         issues.check_range(key(prefix, "sweep_interval_ms"), self.sweep_interval_ms, 10..=3_600_000);
         issues.check_range(key(prefix, "lag_interval_ms"), self.lag_interval_ms, 10..=3_600_000);
         if !self.metrics_listen.is_empty() && self.metrics_listen.parse::<SocketAddr>().is_err() {

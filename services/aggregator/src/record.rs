@@ -33,8 +33,16 @@ pub enum RecordError {
 
 /// The stored form of `record`.
 pub fn encode(record: &ProxyHealth) -> Result<bytes::Bytes, RecordError> {
+    let mut out = Vec::new();
+    encode_into(record, &mut out)?;
+    Ok(out.into())
+}
+
+/// Appends the stored form of `record` to `out` (what [`encode`] returns), so that a
+/// commit encodes each record once into one buffer and puts slices of it.
+pub fn encode_into(record: &ProxyHealth, out: &mut Vec<u8>) -> Result<(), RecordError> {
     let stored = StoredRef { stats: &record.stats, fold_state: &record.fold };
-    Ok(Codec::new(usize::MAX).encode(Encoding::MsgPack, &stored)?)
+    rmp_serde::encode::write_named(out, &stored).map_err(|err| RecordError::Encode(err.into()))
 }
 
 /// Reads a stored value; a value without `fold_state` (written by something else)

@@ -134,7 +134,9 @@ pub async fn replay(
     }
     let records: Vec<ProxyHealth> = folder.proxies().cloned().collect();
     report.proxies = records.len();
-    let store = HealthStore::open(&jetstream, &options.into, &config.settings.state_bucket).await?;
+    let store = HealthStore::open(&jetstream, &options.into, &config.settings.state_bucket)
+        .await?
+        .with_part_records(config.settings.max_commit_records);
     let bucket = open_bucket(&jetstream, &options.into, "proxybus health stats").await?;
     for old in read_bucket(&bucket).await? {
         if folder.get(&old.stats.proxy_id).is_none() {

@@ -9,6 +9,15 @@
 //! start right after the checkpoint, so events are always folded in stream order
 //! and none is skipped. A redelivered message at or below the checkpoint is acked
 //! and skipped. Messages are acked only after the commit that includes them.
+//!
+//! # Commits
+//! Folded events wait in a **window** for their commit. A caught-up aggregator (a
+//! fetch that returned less than a full batch) commits after every fetch, so a
+//! change is stored and published within one fetch; one that is behind commits
+//! every `commit_interval_ms` or `commit_max_events` messages, so a proxy touched
+//! many times in the window is encoded and written once, not once per batch. The
+//! consumer acks with `AckPolicy::All`: one ack, after the commit, for every
+//! message of the window.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -33,10 +42,13 @@ use crate::fold::FeedbackFolder;
 use crate::intake;
 use crate::push::HealthPublisher;
 use crate::stats::AggregatorStats;
-use crate::store::HealthStore;
+use crate::store::{EncodedCommit, HealthStore};
 
 /// Subject of the micro-service endpoint that answers with the counters (JSON).
 pub const STATUS_SUBJECT: &str = "proxybus.aggregator.status";
+
+/// Changed stats published (cloned) at a time after a commit.
+const PUBLISH_CHUNK: usize = 512;
 
 /// How long shutdown waits for the push-back tasks.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -129,6 +141,7 @@ pub async fn run_with_stats(
         client: client.clone(),
         cancel: cancel.clone(),
         announced: BTreeMap::new(),
+        window: Window::default(),
     };
     let result = live.fold_until_cancelled().await;
 
@@ -168,6 +181,30 @@ enum SessionEnd {
     Reset(String),
 }
 
+/// Messages folded since the last commit.
+#[derive(Default)]
+struct Window {
+    /// Proxies changed by them.
+    changed: BTreeSet<ProxyId>,
+    /// The last message delivered; acking it acks the window (`AckPolicy::All`).
+    last: Option<Message>,
+    /// Messages delivered (folded, skipped or dead-lettered).
+    messages: usize,
+    /// When the first of them was folded.
+    opened: Option<Instant>,
+    folded: u64,
+    skipped: u64,
+    dead: u64,
+    ejected: u64,
+    suppressed: u64,
+}
+
+impl Window {
+    fn is_empty(&self) -> bool {
+        self.messages == 0
+    }
+}
+
 struct Live {
     settings: AggregatorSettings,
     jetstream: jetstream::Context,
@@ -182,6 +219,8 @@ struct Live {
     cancel: CancellationToken,
     /// Per proxy, the `last_seq` whose expiry (end of ejection or ban) was announced.
     announced: BTreeMap<ProxyId, u64>,
+    /// What is folded but not yet committed.
+    window: Window,
 }
 
 impl Live {
@@ -217,23 +256,47 @@ impl Live {
         let mut expected_cseq = 1_u64;
         let sweep_every = Duration::from_millis(self.settings.sweep_interval_ms);
         let lag_every = Duration::from_millis(self.settings.lag_interval_ms);
+        let commit_every = Duration::from_millis(self.settings.commit_interval_ms);
         let (mut next_sweep, mut next_lag) = (Instant::now() + sweep_every, Instant::now());
         loop {
             let fetched = tokio::select! {
                 biased;
-                () = self.cancel.cancelled() => return Ok(SessionEnd::Cancelled),
-                fetched = fetch_batch(&consumer, &self.settings) => fetched,
+                () = self.cancel.cancelled() => None,
+                fetched = fetch_batch(&consumer, &self.settings) => Some(fetched),
             };
             let batch = match fetched {
-                Ok(batch) => batch,
-                Err(err) => return Ok(SessionEnd::Reset(format!("fetch failed: {err}"))),
+                // Shutdown: store what is folded (one attempt), then stop.
+                None => {
+                    self.commit().await;
+                    return Ok(SessionEnd::Cancelled);
+                }
+                Some(Ok(batch)) => batch,
+                Some(Err(err)) => {
+                    if !self.commit().await {
+                        return Ok(SessionEnd::Cancelled);
+                    }
+                    return Ok(SessionEnd::Reset(format!("fetch failed: {err}")));
+                }
             };
-            if let Some(end) = self.fold_batch(batch, &mut expected_cseq).await? {
+            let caught_up = batch.len() < self.settings.batch_size;
+            let end = self.fold_batch(batch, &mut expected_cseq).await;
+            let due = end.is_some()
+                || caught_up
+                || self.window.messages + self.settings.batch_size > self.max_window()
+                || self.window.opened.is_some_and(|opened| opened.elapsed() >= commit_every);
+            if due && !self.commit().await {
+                return Ok(SessionEnd::Cancelled);
+            }
+            if let Some(end) = end {
                 return Ok(end);
             }
             let now = Instant::now();
             if now >= next_sweep {
                 next_sweep = now + sweep_every;
+                // Announce only stored state.
+                if !self.commit().await {
+                    return Ok(SessionEnd::Cancelled);
+                }
                 self.announce_expiries().await;
             }
             if now >= next_lag {
@@ -243,47 +306,45 @@ impl Live {
         }
     }
 
-    /// Folds one batch and commits it; `Some` ends the session.
-    async fn fold_batch(
-        &mut self,
-        batch: Vec<Message>,
-        expected_cseq: &mut u64,
-    ) -> Result<Option<SessionEnd>, AggregatorError> {
-        let mut to_ack: Vec<Message> = Vec::new();
-        let mut changed: BTreeSet<ProxyId> = BTreeSet::new();
-        let mut end = None;
-        let (mut folded, mut skipped, mut dead, mut ejected, mut suppressed) = (0, 0, 0, 0, 0);
+    /// Most messages in one window: the consumer delivers no more than this unacked.
+    fn max_window(&self) -> usize {
+        max_ack_pending(&self.settings)
+    }
+
+    /// Folds one batch into the window; `Some` ends the session (after a commit).
+    async fn fold_batch(&mut self, batch: Vec<Message>, expected_cseq: &mut u64) -> Option<SessionEnd> {
         for message in batch {
             let Ok(info) = message.info() else {
-                end = Some(SessionEnd::Reset("a message without JetStream metadata".into()));
-                break;
+                return Some(SessionEnd::Reset("a message without JetStream metadata".into()));
             };
             if info.consumer_sequence != *expected_cseq {
-                end = Some(SessionEnd::Reset(format!(
+                return Some(SessionEnd::Reset(format!(
                     "delivery gap: consumer sequence {} where {} was expected",
                     info.consumer_sequence, expected_cseq
                 )));
-                break;
             }
             *expected_cseq += 1;
             let seq = info.stream_sequence;
             let published = offset_to_chrono(info.published);
+            let window = &mut self.window;
+            window.opened.get_or_insert_with(Instant::now);
+            window.messages += 1;
             if seq <= self.position {
-                skipped += 1;
-                to_ack.push(message);
+                window.skipped += 1;
+                window.last = Some(message);
                 continue;
             }
             match intake::read_feedback(message.subject.as_str(), message.headers.as_ref(), &message.payload) {
                 Ok(event) => {
                     let outcome = self.folder.fold(&event, seq, published);
                     if outcome.skipped {
-                        skipped += 1;
+                        window.skipped += 1;
                     } else {
-                        folded += 1;
-                        changed.insert(event.proxy_id.clone());
+                        window.folded += 1;
+                        window.changed.insert(event.proxy_id);
                     }
-                    ejected += u64::from(outcome.ejected);
-                    suppressed += u64::from(outcome.ejection_suppressed);
+                    window.ejected += u64::from(outcome.ejected);
+                    window.suppressed += u64::from(outcome.ejection_suppressed);
                 }
                 Err(reason) => {
                     let sent = intake::dead_letter(
@@ -295,48 +356,49 @@ impl Live {
                     )
                     .await;
                     if let Err(err) = sent {
-                        end = Some(SessionEnd::Reset(format!("cannot dead-letter: {err}")));
-                        break;
+                        window.messages -= 1;
+                        return Some(SessionEnd::Reset(format!("cannot dead-letter: {err}")));
                     }
                     tracing::warn!(seq, reason = %intake::clean_reason(&reason), "feedback dead-lettered");
-                    dead += 1;
+                    window.dead += 1;
                 }
             }
             self.position = seq;
             self.last_published = Some(published);
-            to_ack.push(message);
-            if changed.len() >= self.settings.max_commit_records && !self.commit(&mut changed, &mut to_ack).await {
-                return Ok(Some(SessionEnd::Cancelled));
-            }
+            self.window.last = Some(message);
         }
-        if dead > 0 {
-            let _ = self.client.flush().await;
-        }
-        if !self.commit(&mut changed, &mut to_ack).await {
-            return Ok(Some(SessionEnd::Cancelled));
-        }
-        self.stats.add_folded(folded);
-        self.stats.add_duplicates(skipped);
-        self.stats.add_dead_lettered(dead);
-        self.stats.add_ejections(ejected);
-        self.stats.add_ejections_suppressed(suppressed);
-        Ok(end)
+        None
     }
 
-    /// Stores the changed proxies and the position, then acks; retries the store
-    /// until it succeeds. False when shutdown came first (nothing acked).
-    async fn commit(&mut self, changed: &mut BTreeSet<ProxyId>, to_ack: &mut Vec<Message>) -> bool {
-        if to_ack.is_empty() && changed.is_empty() {
+    /// Stores the window's changed proxies and the position, then acks; retries the
+    /// store until it succeeds. False when shutdown came first (nothing acked).
+    async fn commit(&mut self) -> bool {
+        if self.window.is_empty() {
+            self.window = Window::default();
             return true;
         }
-        let records: Vec<_> = changed.iter().filter_map(|id| self.folder.get(id).cloned()).collect();
+        if self.window.dead > 0 {
+            // Dead letters go out before their messages are acked (at least once).
+            let _ = self.client.flush().await;
+        }
         let position = self.position;
+        let changed = &self.window.changed;
+        let records = changed.iter().filter_map(|id| self.folder.get(id));
+        let commit = match EncodedCommit::new(position, records, self.settings.max_commit_records) {
+            Ok(commit) => commit,
+            Err(err) => {
+                // Only a record serde cannot express; nothing is acked, the next start folds again.
+                tracing::error!(error = %err, "cannot encode a commit");
+                self.stats.add_commit_failures(1);
+                return false;
+            }
+        };
         let store = self.store.clone();
         let stats = self.stats.clone();
         let stored = retry_until_cancelled(&self.cancel.clone(), "committing health stats", || {
-            let (store, records, stats) = (store.clone(), &records, stats.clone());
+            let (store, commit, stats) = (store.clone(), &commit, stats.clone());
             async move {
-                let result = store.commit(position, records).await.map_err(|err| err.to_string());
+                let result = store.commit_encoded(commit).await.map_err(|err| err.to_string());
                 if result.is_err() {
                     stats.add_commit_failures(1);
                 }
@@ -347,16 +409,26 @@ impl Live {
         if stored.is_none() {
             return false;
         }
+        let window = std::mem::take(&mut self.window);
+        // Counters first, then the position: whoever sees `last_seq` sees its events counted.
+        self.stats.add_folded(window.folded);
+        self.stats.add_duplicates(window.skipped);
+        self.stats.add_dead_lettered(window.dead);
+        self.stats.add_ejections(window.ejected);
+        self.stats.add_ejections_suppressed(window.suppressed);
         self.stats.add_commits(1);
         self.stats.set_last_seq(position);
-        for message in to_ack.drain(..) {
-            if let Err(err) = message.ack().await {
-                tracing::debug!(error = %err, "ack failed; the message will be redelivered and skipped");
-            }
+        if let Some(last) = window.last
+            && let Err(err) = last.ack().await
+        {
+            tracing::debug!(error = %err, "ack failed; the messages will be redelivered and skipped");
         }
-        let public: Vec<HealthStats> = records.into_iter().map(|r| r.stats).collect();
-        self.publisher.publish(&public).await;
-        changed.clear();
+        let ids: Vec<&ProxyId> = window.changed.iter().collect();
+        for chunk in ids.chunks(PUBLISH_CHUNK) {
+            let public: Vec<HealthStats> =
+                chunk.iter().filter_map(|id| self.folder.get(id)).map(|r| r.stats.clone()).collect();
+            self.publisher.publish(&public).await;
+        }
         true
     }
 
@@ -409,6 +481,11 @@ async fn fetch_batch(consumer: &PullConsumer, settings: &AggregatorSettings) -> 
     Ok(batch)
 }
 
+/// Unacked messages the consumer may have out: a full window and the batch that closes it.
+fn max_ack_pending(settings: &AggregatorSettings) -> usize {
+    settings.commit_max_events.max(settings.batch_size) + settings.batch_size
+}
+
 /// Deletes the durable consumer and creates it again, starting after `position`.
 async fn recreate_consumer(
     jetstream: &jetstream::Context,
@@ -425,10 +502,10 @@ async fn recreate_consumer(
         .create_consumer(consumer::pull::Config {
             durable_name: Some(AGGREGATOR_CONSUMER.to_owned()),
             description: Some("proxybus-aggregator: folds feedback into PROXY_HEALTH".to_owned()),
-            ack_policy: AckPolicy::Explicit,
+            ack_policy: AckPolicy::All,
             deliver_policy,
             ack_wait: Duration::from_secs(settings.ack_wait_seconds),
-            max_ack_pending: (settings.batch_size * 4) as i64,
+            max_ack_pending: max_ack_pending(settings) as i64,
             max_batch: settings.batch_size as i64,
             ..Default::default()
         })

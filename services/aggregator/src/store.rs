@@ -1,25 +1,36 @@
-//! Where folded state lives, and how a batch of it is committed atomically.
+//! Where folded state lives, and how a commit of it is made atomic.
 //!
 //! Bucket `PROXY_HEALTH` holds one key per `proxy_id` (see [`crate::record`]). A
-//! batch usually changes several proxies, and KV has no multi-key transaction, so
-//! a commit is a redo log of one entry:
+//! commit usually changes many proxies, and KV has no multi-key transaction, so a
+//! commit is a redo log:
 //!
 //! 1. put the **checkpoint** (key `checkpoint.{health bucket}` in bucket
 //!    `PROXY_AGGREGATOR`): the stream sequence folded up to and every record the
-//!    batch changed, in one value;
+//!    commit changed. At most `max_commit_records` records go in one value; the
+//!    rest go first into **parts** (`checkpoint.{health bucket}.part.{slot}.{n}`,
+//!    same layout), and the checkpoint, written last, names how many parts it has
+//!    and in which of two slots; commits alternate slots, so a commit that a crash
+//!    cut short never overwrites the parts of the checkpoint in force;
 //! 2. put each of those records under its `proxy_id`;
-//! 3. only then are the batch's messages acked (by the caller).
+//! 3. only then are the commit's messages acked (by the caller).
 //!
 //! A crash between 1 and 2 is repaired on start by putting the checkpoint's records
 //! again; a crash before 1 leaves the previous checkpoint, and the messages, never
 //! acked, are folded again from the same state. Either way every event is folded
 //! exactly once and the proxies of a region stay consistent with each other
 //! (which the region-wide ejection cap needs).
+//!
+//! Each record is encoded once per commit ([`EncodedCommit`]): the checkpoint
+//! values and the per-proxy puts share the bytes, and a retried commit re-sends them.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use async_nats::jetstream::{self, kv};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures::stream::FuturesUnordered;
 use futures::{StreamExt, TryStreamExt};
 use proxybus_shared::ProxyId;
 use proxybus_shared::kv::BucketConfig;
@@ -77,6 +88,14 @@ pub struct LoadedState {
     pub position: u64,
 }
 
+/// Puts in flight at once when writing records.
+const PUTS_IN_FLIGHT: usize = 256;
+/// Largest checkpoint value (part) in bytes, whatever `max_commit_records` says; a
+/// single record above it gets a value of its own. NATS' default payload limit is 1 MiB.
+const MAX_PART_BYTES: usize = 768 * 1024;
+/// Bytes before the records of a checkpoint value: `last_seq` and the record count.
+const PART_HEADER: usize = 12;
+
 /// The two buckets, opened.
 #[derive(Debug, Clone)]
 pub struct HealthStore {
@@ -84,6 +103,97 @@ pub struct HealthStore {
     state: kv::Store,
     health_bucket: String,
     checkpoint_key: String,
+    /// Records per checkpoint value.
+    part_records: usize,
+    /// Slot of the parts of the checkpoint in force; a commit writes its parts into the other.
+    head_slot: Arc<AtomicU8>,
+}
+
+/// A commit, encoded: the checkpoint values and each record's bytes (slices of them).
+#[derive(Debug, Clone)]
+pub struct EncodedCommit {
+    last_seq: u64,
+    /// Checkpoint values: `last_seq` (u64), record count (u32), then each record as
+    /// length (u32) and bytes. The first is the checkpoint itself, the others its parts.
+    values: Vec<Bytes>,
+    /// `(proxy_id, stored record)`; the record is a slice of one of `values`.
+    records: Vec<(String, Bytes)>,
+}
+
+impl EncodedCommit {
+    /// Encodes `records` (each once) as a commit up to `last_seq`, at most
+    /// `part_records` records per checkpoint value.
+    pub fn new<'a>(
+        last_seq: u64,
+        records: impl IntoIterator<Item = &'a ProxyHealth>,
+        part_records: usize,
+    ) -> Result<Self, StoreError> {
+        let part_records = part_records.max(1);
+        let mut commit = Self { last_seq, values: Vec::new(), records: Vec::new() };
+        // The value being filled, and (key, range) of its records.
+        let mut buffer: Vec<u8> = Vec::new();
+        let mut in_buffer: Vec<(String, Range<usize>)> = Vec::new();
+        for record in records {
+            if buffer.is_empty() {
+                buffer.resize(PART_HEADER, 0);
+            }
+            let start = buffer.len();
+            buffer.extend_from_slice(&[0; 4]);
+            let key = record.stats.proxy_id.to_string();
+            record::encode_into(record, &mut buffer)
+                .map_err(|source| StoreError::Invalid { key: key.clone(), source })?;
+            let len = buffer.len() - start - 4;
+            buffer[start..start + 4].copy_from_slice(&(len as u32).to_be_bytes());
+            in_buffer.push((key, start + 4..buffer.len()));
+            if buffer.len() > MAX_PART_BYTES && in_buffer.len() > 1 {
+                // The record that crossed the byte limit opens the next value.
+                let (key, range) = in_buffer.pop().expect("more than one");
+                let moved = buffer.split_off(start);
+                commit.seal(&mut buffer, &mut in_buffer);
+                buffer.resize(PART_HEADER, 0);
+                buffer.extend_from_slice(&moved);
+                let shift = start - PART_HEADER;
+                in_buffer.push((key, range.start - shift..range.end - shift));
+            }
+            if in_buffer.len() >= part_records || buffer.len() >= MAX_PART_BYTES {
+                commit.seal(&mut buffer, &mut in_buffer);
+            }
+        }
+        if !in_buffer.is_empty() || commit.values.is_empty() {
+            commit.seal(&mut buffer, &mut in_buffer);
+        }
+        Ok(commit)
+    }
+
+    /// Closes the value in `buffer`: writes its header and hands out its records.
+    fn seal(&mut self, buffer: &mut Vec<u8>, in_buffer: &mut Vec<(String, Range<usize>)>) {
+        let mut value = std::mem::take(buffer);
+        if value.is_empty() {
+            value.resize(PART_HEADER, 0);
+        }
+        value[..8].copy_from_slice(&self.last_seq.to_be_bytes());
+        value[8..12].copy_from_slice(&(in_buffer.len() as u32).to_be_bytes());
+        let value = Bytes::from(value);
+        for (key, range) in in_buffer.drain(..) {
+            self.records.push((key, value.slice(range)));
+        }
+        self.values.push(value);
+    }
+
+    /// Stream sequence the commit is folded up to.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// Records in the commit.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Whether the commit carries no record (it only moves the position).
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
 }
 
 /// Opens `bucket`, creating it (file storage, the latest value per key) when
@@ -113,7 +223,19 @@ impl HealthStore {
             state,
             health_bucket: health_bucket.to_owned(),
             checkpoint_key: format!("checkpoint.{health_bucket}"),
+            part_records: 200,
+            head_slot: Arc::new(AtomicU8::new(0)),
         })
+    }
+
+    /// Puts at most `records` proxies in one checkpoint value (default 200).
+    pub fn with_part_records(mut self, records: usize) -> Self {
+        self.part_records = records.max(1);
+        self
+    }
+
+    fn part_key(&self, slot: u8, part: u32) -> String {
+        format!("{}.part.{slot}.{part}", self.checkpoint_key)
     }
 
     /// Name of the health bucket.
@@ -132,8 +254,26 @@ impl HealthStore {
             .await
             .map_err(|err| StoreError::Read { what: self.checkpoint_key.clone(), message: err.to_string() })?
         {
-            let (last_seq, committed) =
-                decode_checkpoint(&bytes).ok_or_else(|| StoreError::CorruptCheckpoint(self.checkpoint_key.clone()))?;
+            let corrupt = || StoreError::CorruptCheckpoint(self.checkpoint_key.clone());
+            let (last_seq, mut committed, parts) = decode_checkpoint(&bytes).ok_or_else(corrupt)?;
+            if let Some(Parts { slot, count }) = parts {
+                for part in 1..=count {
+                    let key = self.part_key(slot, part);
+                    let value = self
+                        .state
+                        .get(&key)
+                        .await
+                        .map_err(|err| StoreError::Read { what: key.clone(), message: err.to_string() })?
+                        .ok_or_else(|| StoreError::CorruptCheckpoint(key.clone()))?;
+                    match decode_checkpoint(&value) {
+                        Some((seq, records, None)) if seq == last_seq => committed.extend(records),
+                        _ => return Err(StoreError::CorruptCheckpoint(key)),
+                    }
+                }
+            }
+            if let Some(parts) = parts {
+                self.head_slot.store(parts.slot, Ordering::Relaxed);
+            }
             for record in &committed {
                 let stale =
                     records.get(&record.stats.proxy_id).is_none_or(|r| r.stats.last_seq < record.stats.last_seq);
@@ -153,54 +293,63 @@ impl HealthStore {
         read_bucket(&self.health).await
     }
 
-    /// Commits a batch: the checkpoint with `records`, then each record (see the module doc).
+    /// Commits `records` up to `last_seq` (see the module doc).
     pub async fn commit(&self, last_seq: u64, records: &[ProxyHealth]) -> Result<(), StoreError> {
-        let checkpoint = encode_checkpoint(last_seq, records)?;
-        self.state
-            .put(&self.checkpoint_key, checkpoint)
-            .await
-            .map_err(|err| StoreError::Write { what: self.checkpoint_key.clone(), message: err.to_string() })?;
-        self.put_all(records).await
+        self.commit_encoded(&EncodedCommit::new(last_seq, records, self.part_records)?).await
+    }
+
+    /// Commits an encoded commit: its checkpoint (parts first), then each record.
+    /// Retrying after a failure is safe.
+    pub async fn commit_encoded(&self, commit: &EncodedCommit) -> Result<(), StoreError> {
+        self.put_checkpoint(commit).await?;
+        self.put_all(&commit.records).await
     }
 
     /// Writes `records` (every proxy of a replay) and then a checkpoint at `last_seq`
     /// that carries no records, so that a live aggregator continues after it.
     pub async fn replace_all(&self, last_seq: u64, records: &[ProxyHealth]) -> Result<(), StoreError> {
-        self.put_all(records).await?;
+        let encoded = EncodedCommit::new(last_seq, records, self.part_records)?;
+        self.put_all(&encoded.records).await?;
+        self.put_checkpoint(&EncodedCommit::new(last_seq, &[], 1)?).await
+    }
+
+    /// Puts the checkpoint of `commit`: one value when it fits, else its parts into
+    /// the slot the checkpoint in force does not use, then a checkpoint naming them.
+    async fn put_checkpoint(&self, commit: &EncodedCommit) -> Result<(), StoreError> {
+        let write_err = |what: &str, err: &dyn std::fmt::Display| StoreError::Write {
+            what: what.to_owned(),
+            message: err.to_string(),
+        };
+        if let [value] = &commit.values[..] {
+            self.state
+                .put(&self.checkpoint_key, value.clone())
+                .await
+                .map_err(|err| write_err(&self.checkpoint_key, &err))?;
+            return Ok(());
+        }
+        let slot = self.head_slot.load(Ordering::Relaxed) ^ 1;
+        let mut parts = Vec::with_capacity(commit.values.len());
+        for (n, value) in commit.values.iter().enumerate() {
+            parts.push((self.part_key(slot, n as u32 + 1), value.clone()));
+        }
+        put_many(&self.state, &self.checkpoint_key, &parts).await?;
+        let mut head = BytesMut::with_capacity(PART_HEADER + PARTS_TRAILER);
+        head.put_u64(commit.last_seq);
+        head.put_u32(0);
+        head.put_u8(PARTS_MAGIC);
+        head.put_u8(slot);
+        head.put_u32(commit.values.len() as u32);
         self.state
-            .put(&self.checkpoint_key, encode_checkpoint(last_seq, &[])?)
+            .put(&self.checkpoint_key, head.freeze())
             .await
-            .map_err(|err| StoreError::Write { what: self.checkpoint_key.clone(), message: err.to_string() })?;
+            .map_err(|err| write_err(&self.checkpoint_key, &err))?;
+        self.head_slot.store(slot, Ordering::Relaxed);
         Ok(())
     }
 
-    /// Puts every record, up to 32 at a time.
-    async fn put_all(&self, records: &[ProxyHealth]) -> Result<(), StoreError> {
-        let mut owned = Vec::with_capacity(records.len());
-        for record in records {
-            let key = record.stats.proxy_id.to_string();
-            let value = record::encode(record).map_err(|source| StoreError::Invalid { key: key.clone(), source })?;
-            owned.push((key, value));
-        }
-        let mut in_flight = futures::stream::FuturesUnordered::new();
-        for (key, value) in owned {
-            let bucket = self.health.clone();
-            let name = self.health_bucket.clone();
-            in_flight.push(async move {
-                bucket
-                    .put(&key, value)
-                    .await
-                    .map(|_| ())
-                    .map_err(|err| StoreError::Write { what: format!("{name}/{key}"), message: err.to_string() })
-            });
-            if in_flight.len() >= 32 {
-                in_flight.next().await.transpose()?;
-            }
-        }
-        while let Some(result) = in_flight.next().await {
-            result?;
-        }
-        Ok(())
+    /// Puts every record, [`PUTS_IN_FLIGHT`] at a time.
+    async fn put_all(&self, records: &[(String, Bytes)]) -> Result<(), StoreError> {
+        put_many(&self.health, &self.health_bucket, records).await
     }
 
     async fn put_record(&self, record: &ProxyHealth) -> Result<(), StoreError> {
@@ -212,6 +361,27 @@ impl HealthStore {
         })?;
         Ok(())
     }
+}
+
+/// Puts `(key, value)` pairs into `bucket` (named `name`), [`PUTS_IN_FLIGHT`] at a time.
+async fn put_many(bucket: &kv::Store, name: &str, values: &[(String, Bytes)]) -> Result<(), StoreError> {
+    let mut in_flight = FuturesUnordered::new();
+    for (key, value) in values {
+        in_flight.push(async move {
+            bucket
+                .put(key.as_str(), value.clone())
+                .await
+                .map(|_| ())
+                .map_err(|err| StoreError::Write { what: format!("{name}/{key}"), message: err.to_string() })
+        });
+        if in_flight.len() >= PUTS_IN_FLIGHT {
+            in_flight.next().await.transpose()?;
+        }
+    }
+    while let Some(result) = in_flight.next().await {
+        result?;
+    }
+    Ok(())
 }
 
 /// Every record of a health bucket.
@@ -234,22 +404,21 @@ pub async fn read_bucket(bucket: &kv::Store) -> Result<Vec<ProxyHealth>, StoreEr
     Ok(records)
 }
 
-/// `last_seq` (u64), record count (u32), then each record as length (u32) and bytes.
-fn encode_checkpoint(last_seq: u64, records: &[ProxyHealth]) -> Result<Bytes, StoreError> {
-    let mut out = BytesMut::new();
-    out.put_u64(last_seq);
-    out.put_u32(records.len() as u32);
-    for record in records {
-        let bytes = record::encode(record)
-            .map_err(|source| StoreError::Invalid { key: record.stats.proxy_id.to_string(), source })?;
-        out.put_u32(bytes.len() as u32);
-        out.put_slice(&bytes);
-    }
-    Ok(out.freeze())
+/// Marks a checkpoint whose records are in parts: magic (u8), slot (u8), parts (u32).
+const PARTS_MAGIC: u8 = b'P';
+const PARTS_TRAILER: usize = 6;
+
+/// Where the records of a checkpoint are, when not in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Parts {
+    slot: u8,
+    count: u32,
 }
 
-fn decode_checkpoint(mut bytes: &[u8]) -> Option<(u64, Vec<ProxyHealth>)> {
-    if bytes.remaining() < 12 {
+/// Reads a checkpoint value: `last_seq` (u64), record count (u32), each record as
+/// length (u32) and bytes, then optionally the [`Parts`] trailer.
+fn decode_checkpoint(mut bytes: &[u8]) -> Option<(u64, Vec<ProxyHealth>, Option<Parts>)> {
+    if bytes.remaining() < PART_HEADER {
         return None;
     }
     let last_seq = bytes.get_u64();
@@ -266,5 +435,93 @@ fn decode_checkpoint(mut bytes: &[u8]) -> Option<(u64, Vec<ProxyHealth>)> {
         records.push(record::decode(&bytes[..len]).ok()?);
         bytes.advance(len);
     }
-    bytes.is_empty().then_some((last_seq, records))
+    match bytes.len() {
+        0 => Some((last_seq, records, None)),
+        PARTS_TRAILER if bytes[0] == PARTS_MAGIC && bytes[1] <= 1 => {
+            let parts = Parts { slot: bytes[1], count: u32::from_be_bytes(bytes[2..6].try_into().ok()?) };
+            Some((last_seq, records, Some(parts)))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::DateTime;
+    use proxybus_shared::HealthStats;
+
+    use super::*;
+    use crate::fold::FoldState;
+
+    fn record(n: u64) -> ProxyHealth {
+        record_spread(n, n, 37)
+    }
+
+    /// A record whose sketch holds `samples` latencies `step` apart (wide spread: many buckets).
+    fn record_spread(n: u64, samples: u64, step: u64) -> ProxyHealth {
+        let id: ProxyId = format!("{n:016x}").parse().unwrap();
+        let mut stats = HealthStats::new(id, format!("http://10.0.0.{n}:3128"), None, DateTime::UNIX_EPOCH);
+        stats.total = n;
+        stats.last_seq = n;
+        let mut fold = FoldState::default();
+        for ms in 0..samples {
+            fold.latency.record(ms * step);
+        }
+        ProxyHealth { stats, fold }
+    }
+
+    #[test]
+    fn a_commit_encodes_each_record_once_into_checkpoint_values() {
+        let records: Vec<_> = (1..=7).map(record).collect();
+        let commit = EncodedCommit::new(99, &records, 3).unwrap();
+        assert_eq!(commit.values.len(), 3, "7 records, 3 per value");
+        let mut read = Vec::new();
+        for value in &commit.values {
+            let (seq, records, parts) = decode_checkpoint(value).unwrap();
+            assert_eq!((seq, parts), (99, None));
+            read.extend(records);
+        }
+        assert_eq!(read, records);
+        for ((key, bytes), record) in commit.records.iter().zip(&records) {
+            assert_eq!(key, record.stats.proxy_id.as_str());
+            assert_eq!(bytes, &record::encode(record).unwrap(), "the put is the checkpoint's bytes");
+        }
+        let single = EncodedCommit::new(5, &records, 200).unwrap();
+        assert_eq!(single.values.len(), 1);
+        let empty = EncodedCommit::new(5, &[], 200).unwrap();
+        assert_eq!((empty.values.len(), empty.is_empty()), (1, true));
+        assert_eq!(decode_checkpoint(&empty.values[0]), Some((5, vec![], None)));
+    }
+
+    #[test]
+    fn checkpoint_values_stay_under_the_byte_limit() {
+        let big: Vec<_> = (1..=1000).map(|n| record_spread(n, 3000, 1200 + n)).collect();
+        let total: usize = big.iter().map(|r| record::encode(r).unwrap().len() + 4).sum();
+        assert!(total > MAX_PART_BYTES * 3 / 2, "{total}");
+        let commit = EncodedCommit::new(1, &big, 1000).unwrap();
+        assert!(commit.values.len() >= 2);
+        assert!(commit.values.iter().all(|v| v.len() <= MAX_PART_BYTES), "{total}");
+        let read: Vec<ProxyHealth> = commit.values.iter().flat_map(|v| decode_checkpoint(v).unwrap().1).collect();
+        assert_eq!(read, big);
+    }
+
+    #[test]
+    fn a_checkpoint_with_parts_names_them_and_old_checkpoints_still_read() {
+        let mut head = BytesMut::new();
+        head.put_u64(7);
+        head.put_u32(0);
+        head.put_slice(&[PARTS_MAGIC, 1, 0, 0, 0, 4]);
+        assert_eq!(decode_checkpoint(&head), Some((7, vec![], Some(Parts { slot: 1, count: 4 }))));
+        head.put_u8(0);
+        assert_eq!(decode_checkpoint(&head), None, "trailing garbage is corrupt");
+        // The format of the single-value checkpoint did not change.
+        let r = record(3);
+        let mut old = BytesMut::new();
+        old.put_u64(3);
+        old.put_u32(1);
+        let bytes = record::encode(&r).unwrap();
+        old.put_u32(bytes.len() as u32);
+        old.put_slice(&bytes);
+        assert_eq!(EncodedCommit::new(3, [&r], 200).unwrap().values[0], old.freeze());
+    }
 }
