@@ -126,14 +126,16 @@ pub async fn run_with_client(
         .map_err(|e| RunError::Register(e.to_string()))?;
     tracing::info!(subject = REQUEST_SUBJECTS, queue_group = SERVICE_NAME, "resolver serving");
 
-    let codec = Codec::new(settings.max_payload_bytes);
+    // Answers that need no upstream call are given in place, in this loop; a
+    // request that needs upstream gets a task (and a slot of `max_in_flight`).
+    let responder = Arc::new(service::Responder::new(resolver.clone(), Codec::new(settings.max_payload_bytes)));
     let tracker = TaskTracker::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(settings.max_in_flight));
-    let spawn = |request, slot| {
-        let resolver = resolver.clone();
+    let spawn = |deferred, slot| {
+        let responder = responder.clone();
         tracker.spawn(async move {
             let _slot: Option<tokio::sync::OwnedSemaphorePermit> = slot;
-            service::handle(resolver, codec, request).await;
+            responder.answer_later(deferred).await;
         });
     };
     tokio::pin!(shutdown);
@@ -143,9 +145,11 @@ pub async fn run_with_client(
             () = &mut shutdown => break,
             request = endpoint.next() => match request {
                 Some(request) => {
-                    // Bound the work in flight: wait for a slot before reading on.
-                    let slot = slots.clone().acquire_owned().await.ok();
-                    spawn(request, slot);
+                    if let Some(deferred) = responder.answer_now(request).await {
+                        // Bound the work in flight: wait for a slot before reading on.
+                        let slot = slots.clone().acquire_owned().await.ok();
+                        spawn(deferred, slot);
+                    }
                 }
                 None => break,
             },
@@ -158,7 +162,9 @@ pub async fn run_with_client(
     }
     // Requests already delivered to this process are still answered.
     while let Ok(Some(request)) = tokio::time::timeout(Duration::from_millis(200), endpoint.next()).await {
-        spawn(request, None);
+        if let Some(deferred) = responder.answer_now(request).await {
+            spawn(deferred, None);
+        }
     }
     tracker.close();
     let grace = Duration::from_secs(settings.shutdown_grace_seconds);
