@@ -28,7 +28,6 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
-use moka::Expiry;
 use proxybus_shared::{ConnectionType, ExchangeId, ProxyResponse, Region};
 use tokio::time::Instant;
 
@@ -84,36 +83,12 @@ impl CachedAnswer {
     }
 }
 
-struct KeepWhileServable {
-    max_staleness: Duration,
-}
-
-impl Expiry<CacheKey, CachedAnswer> for KeepWhileServable {
-    fn expire_after_create(
-        &self,
-        _key: &CacheKey,
-        value: &CachedAnswer,
-        _created_at: std::time::Instant,
-    ) -> Option<Duration> {
-        Some(value.ttl + self.max_staleness)
-    }
-
-    fn expire_after_update(
-        &self,
-        _key: &CacheKey,
-        value: &CachedAnswer,
-        _updated_at: std::time::Instant,
-        _duration_until_expiry: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(value.ttl + self.max_staleness)
-    }
-}
-
 /// The bounded answer cache.
 #[derive(Clone)]
 pub struct AnswerCache {
     entries: moka::sync::Cache<CacheKey, CachedAnswer>,
     answers: Arc<SharedAnswers>,
+    max_staleness: Duration,
 }
 
 impl fmt::Debug for AnswerCache {
@@ -128,16 +103,26 @@ impl fmt::Debug for AnswerCache {
 impl AnswerCache {
     /// A cache of at most `max_entries` answers, each kept for its TTL plus `max_staleness`.
     pub fn new(max_entries: u64, max_staleness: Duration) -> Self {
+        // Room for the bound up front: tables grown by doubling while requests
+        // allocate around them leave holes that keep the peak RSS high. No
+        // per-entry expiry in moka (its timer wheel costs memory per key, and runs
+        // on the std clock): an entry too old to serve even stale is dropped when
+        // a lookup meets it, and the size bound evicts the rest.
         let entries = moka::sync::Cache::builder()
             .max_capacity(max_entries)
-            .expire_after(KeepWhileServable { max_staleness })
+            .initial_capacity(max_entries.min(1 << 20) as usize)
             .build();
-        Self { entries, answers: Arc::default() }
+        Self { entries, answers: Arc::default(), max_staleness }
     }
 
     /// The answer stored under `key`, fresh or not.
     pub fn get(&self, key: &CacheKey) -> Option<CachedAnswer> {
-        self.entries.get(key)
+        let answer = self.entries.get(key)?;
+        if answer.stored_at.elapsed() > answer.ttl + self.max_staleness {
+            self.entries.invalidate(key);
+            return None;
+        }
+        Some(answer)
     }
 
     /// Stores `response` under `key`, fresh for `ttl` from now. Its `request_id`

@@ -13,7 +13,7 @@
 //! - [`settings`]: `ResolverSettings` (`PROXYBUS_RESOLVER_*`) and [`Config`].
 //! - [`service`]: request validation, replies and error replies on NATS.
 //! - [`resolver`]: the decision: cache, single-flight upstream, fallback chain.
-//! - [`cache`]: the moka answer cache keyed per client, and the single-flight gate.
+//! - [`cache`]: the bounded answer cache keyed per client, and the single-flight gate.
 //! - [`upstream`]: endpoints, their breakers, hedged HTTP calls, answer validation.
 //! - [`discovery`]: static endpoints or DNS SRV discovery, and `/healthz` probes.
 //! - [`health`]: the health book fed by `proxy.v1.health.>`.
@@ -91,6 +91,20 @@ pub async fn run_with_client(
     let _stop_background = stop.clone().drop_guard();
     let metrics = Arc::new(metrics::ResolverMetrics::default());
     let prometheus = metrics::prometheus();
+    if let Some(handle) = prometheus {
+        // Histogram samples pile up in the recorder until upkeep folds them into
+        // buckets; without a scrape of /metrics that was a few bytes per request, forever.
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    _ = every.tick() => handle.run_upkeep(),
+                }
+            }
+        });
+    }
     let health = Arc::new(health::HealthBook::default());
     let proxy = Arc::new(proxy);
 

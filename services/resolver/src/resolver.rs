@@ -114,7 +114,7 @@ impl Resolver {
         let key = CacheKey::new(&request.client_id, exchange, request.connection_type, region);
         if let Some(entry) = self.cache.get(&key) {
             if !self.usable(&entry.response, exchange) {
-                tracing::info!(cache_key = %key, "cached proxy is ejected or banned; resolving again");
+                tracing::info!(request_id = request.request_id.as_deref().unwrap_or_default(), cache_key = %key, "cached proxy is ejected or banned; resolving again");
                 self.cache.invalidate(&key);
             } else if let Some(remaining) = entry.remaining(Instant::now()) {
                 return Some(self.cached_answer(
@@ -159,7 +159,7 @@ impl Resolver {
             && self.usable(&entry.response, exchange)
         {
             self.metrics.fallback("stale_cache");
-            tracing::warn!(%exchange, error = %upstream_error, "upstream unavailable; serving a stale cache entry");
+            tracing::warn!(%request_id, %exchange, error = %upstream_error, "upstream unavailable; serving a stale cache entry");
             return Ok(self.cached_answer(&entry, ResponseSource::StaleCache, STALE_TTL_SECONDS, request_id));
         }
         if self.proxy.external_service.fallback_to_embedded
@@ -167,23 +167,23 @@ impl Resolver {
                 self.embedded.select(exchange.as_str(), request.connection_type, |id| self.health.usable(id, exchange))
         {
             self.metrics.fallback("embedded");
-            tracing::warn!(%exchange, proxy = %choice.proxy, error = %upstream_error, "upstream unavailable; using the embedded settings");
+            tracing::warn!(%request_id, %exchange, proxy = %choice.proxy, error = %upstream_error, "upstream unavailable; using the embedded settings");
             return Ok(self.embedded_answer(choice, request_id));
         }
         match self.settings.fallback_policy {
             FallbackPolicy::DirectConnection => {
                 self.metrics.fallback("direct");
-                tracing::warn!(%exchange, error = %upstream_error, "upstream unavailable and no embedded proxy; answering direct connection");
+                tracing::warn!(%request_id, %exchange, error = %upstream_error, "upstream unavailable and no embedded proxy; answering direct connection");
                 Ok(self.direct(request_id, region))
             }
             FallbackPolicy::EmbeddedFallback => {
                 self.metrics.fallback("fail");
-                tracing::warn!(%exchange, error = %upstream_error, "upstream unavailable and no embedded proxy; no proxy available");
+                tracing::warn!(%request_id, %exchange, error = %upstream_error, "upstream unavailable and no embedded proxy; no proxy available");
                 Err(ResolveError::NoProxyAvailable)
             }
             FallbackPolicy::Fail => {
                 self.metrics.fallback("fail");
-                tracing::warn!(%exchange, error = %upstream_error, "upstream unavailable; fallback policy is fail");
+                tracing::warn!(%request_id, %exchange, error = %upstream_error, "upstream unavailable; fallback policy is fail");
                 Err(ResolveError::UpstreamUnavailable(upstream_error))
             }
         }
