@@ -8,16 +8,26 @@
 //! Freshness is decided with `tokio::time::Instant` stored in each entry, so TTL
 //! logic follows paused test time; moka (whose clock is its own) only bounds the
 //! size and drops entries once they are too old even to be served stale.
+//!
+//! Memory: one resolver holds an answer for every feed it serves (100 000 keys
+//! is an ordinary load), while a pool hands out a few hundred distinct answers.
+//! So an entry holds only its key, its times and an `Arc` of the answer, and
+//! equal answers are stored once ([`SharedAnswers`]): a `ProxyResponse` with its
+//! strings and `metadata` map is about a kibibyte, an entry about 300 bytes
+//! (mostly moka's own bookkeeping).
+//!
+//! The cache is moka's synchronous one: a lookup is a hash-map read that never
+//! waits on I/O, so the service answers cache hits in place without a task.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
-use moka::Expiry;
 use proxybus_shared::{ConnectionType, ExchangeId, ProxyResponse, Region};
 use tokio::time::Instant;
 
@@ -52,8 +62,9 @@ impl fmt::Display for CacheKey {
 /// One cached answer.
 #[derive(Debug, Clone)]
 pub struct CachedAnswer {
-    /// The answer as first given (source `service` or `embedded`).
-    pub response: ProxyResponse,
+    /// The answer as first given (source `service` or `embedded`), without a
+    /// `request_id`; shared with every other key that got the same answer.
+    pub response: Arc<ProxyResponse>,
     /// When it was stored.
     pub stored_at: Instant,
     /// How long it is fresh.
@@ -72,66 +83,59 @@ impl CachedAnswer {
     }
 }
 
-struct KeepWhileServable {
-    max_staleness: Duration,
-}
-
-impl Expiry<CacheKey, Arc<CachedAnswer>> for KeepWhileServable {
-    fn expire_after_create(
-        &self,
-        _key: &CacheKey,
-        value: &Arc<CachedAnswer>,
-        _created_at: std::time::Instant,
-    ) -> Option<Duration> {
-        Some(value.ttl + self.max_staleness)
-    }
-
-    fn expire_after_update(
-        &self,
-        _key: &CacheKey,
-        value: &Arc<CachedAnswer>,
-        _updated_at: std::time::Instant,
-        _duration_until_expiry: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(value.ttl + self.max_staleness)
-    }
-}
-
 /// The bounded answer cache.
 #[derive(Clone)]
 pub struct AnswerCache {
-    entries: moka::future::Cache<CacheKey, Arc<CachedAnswer>>,
+    entries: moka::sync::Cache<CacheKey, CachedAnswer>,
+    answers: Arc<SharedAnswers>,
+    max_staleness: Duration,
 }
 
 impl fmt::Debug for AnswerCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AnswerCache").field("entries", &self.entries.entry_count()).finish()
+        f.debug_struct("AnswerCache")
+            .field("entries", &self.entries.entry_count())
+            .field("distinct_answers", &self.answers.len())
+            .finish()
     }
 }
 
 impl AnswerCache {
     /// A cache of at most `max_entries` answers, each kept for its TTL plus `max_staleness`.
     pub fn new(max_entries: u64, max_staleness: Duration) -> Self {
-        let entries = moka::future::Cache::builder()
+        // Room for the bound up front: tables grown by doubling while requests
+        // allocate around them leave holes that keep the peak RSS high. No
+        // per-entry expiry in moka (its timer wheel costs memory per key, and runs
+        // on the std clock): an entry too old to serve even stale is dropped when
+        // a lookup meets it, and the size bound evicts the rest.
+        let entries = moka::sync::Cache::builder()
             .max_capacity(max_entries)
-            .expire_after(KeepWhileServable { max_staleness })
+            .initial_capacity(max_entries.min(1 << 20) as usize)
             .build();
-        Self { entries }
+        Self { entries, answers: Arc::default(), max_staleness }
     }
 
     /// The answer stored under `key`, fresh or not.
-    pub async fn get(&self, key: &CacheKey) -> Option<Arc<CachedAnswer>> {
-        self.entries.get(key).await
+    pub fn get(&self, key: &CacheKey) -> Option<CachedAnswer> {
+        let answer = self.entries.get(key)?;
+        if answer.stored_at.elapsed() > answer.ttl + self.max_staleness {
+            self.entries.invalidate(key);
+            return None;
+        }
+        Some(answer)
     }
 
-    /// Stores an answer.
-    pub async fn insert(&self, key: CacheKey, answer: CachedAnswer) {
-        self.entries.insert(key, Arc::new(answer)).await;
+    /// Stores `response` under `key`, fresh for `ttl` from now. Its `request_id`
+    /// is not kept (each request gets its own).
+    pub fn insert(&self, key: CacheKey, mut response: ProxyResponse, ttl: Duration) {
+        response.request_id = String::new();
+        let response = self.answers.share(response);
+        self.entries.insert(key, CachedAnswer { response, stored_at: Instant::now(), ttl });
     }
 
     /// Drops the answer under `key`.
-    pub async fn invalidate(&self, key: &CacheKey) {
-        self.entries.invalidate(key).await;
+    pub fn invalidate(&self, key: &CacheKey) {
+        self.entries.invalidate(key);
     }
 
     /// Approximate number of entries.
@@ -140,6 +144,66 @@ impl AnswerCache {
     }
 
     /// Whether the cache is (approximately) empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Number of distinct answers held for the entries (at most [`len`](Self::len)).
+    pub fn distinct_answers(&self) -> usize {
+        self.answers.len()
+    }
+}
+
+/// Equal answers stored once: [`share`](Self::share) returns the `Arc` of an
+/// equal answer still held by some entry, or stores this one. Holds only weak
+/// references, so an answer is freed with the last entry holding it; dead
+/// references are swept whenever the table has doubled since the last sweep.
+#[derive(Debug, Default)]
+pub struct SharedAnswers {
+    table: Mutex<AnswerTable>,
+}
+
+#[derive(Debug, Default)]
+struct AnswerTable {
+    by_hash: HashMap<u64, Weak<ProxyResponse>>,
+    hasher: std::collections::hash_map::RandomState,
+    sweep_at: usize,
+}
+
+impl SharedAnswers {
+    /// Smallest table size at which dead references are swept.
+    const MIN_SWEEP: usize = 1024;
+
+    /// The shared copy of `response`.
+    pub fn share(&self, response: ProxyResponse) -> Arc<ProxyResponse> {
+        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        let hash = {
+            // Everything but `metadata` (no `Hash`); equality below compares it too.
+            let mut h = table.hasher.build_hasher();
+            (&response.proxy_url, &response.proxy_id, &response.strategy, &response.region).hash(&mut h);
+            (response.schema_version, response.ttl_seconds, response.fallback_policy, response.source).hash(&mut h);
+            h.finish()
+        };
+        if let Some(known) = table.by_hash.get(&hash).and_then(Weak::upgrade)
+            && *known == response
+        {
+            return known;
+        }
+        let shared = Arc::new(response);
+        table.by_hash.insert(hash, Arc::downgrade(&shared));
+        if table.by_hash.len() >= table.sweep_at.max(Self::MIN_SWEEP) {
+            table.by_hash.retain(|_, answer| answer.strong_count() > 0);
+            table.sweep_at = table.by_hash.len() * 2;
+        }
+        shared
+    }
+
+    /// Number of answers in the table (live or not yet swept).
+    pub fn len(&self) -> usize {
+        self.table.lock().unwrap_or_else(|p| p.into_inner()).by_hash.len()
+    }
+
+    /// Whether the table is empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -208,22 +272,18 @@ mod tests {
 
     use super::*;
 
-    fn answer(url: &str, ttl: u64) -> CachedAnswer {
-        CachedAnswer {
-            response: ProxyResponse {
-                schema_version: 1,
-                proxy_url: Some(url.into()),
-                proxy_id: Some(proxybus_shared::proxy_id(url)),
-                strategy: "round_robin".into(),
-                ttl_seconds: ttl,
-                fallback_policy: FallbackPolicy::DirectConnection,
-                source: proxybus_shared::ResponseSource::Service,
-                region: None,
-                request_id: String::new(),
-                metadata: Default::default(),
-            },
-            stored_at: Instant::now(),
-            ttl: Duration::from_secs(ttl),
+    fn answer(url: &str) -> ProxyResponse {
+        ProxyResponse {
+            schema_version: 1,
+            proxy_url: Some(url.into()),
+            proxy_id: Some(proxybus_shared::proxy_id(url)),
+            strategy: "round_robin".into(),
+            ttl_seconds: 10,
+            fallback_policy: FallbackPolicy::DirectConnection,
+            source: proxybus_shared::ResponseSource::Service,
+            region: None,
+            request_id: "req-1".into(),
+            metadata: Default::default(),
         }
     }
 
@@ -245,14 +305,40 @@ mod tests {
     async fn freshness_and_staleness_follow_tokio_time() {
         let cache = AnswerCache::new(10, Duration::from_secs(60));
         let key = CacheKey::new("f", &"kraken".parse().unwrap(), ConnectionType::Http, None);
-        cache.insert(key.clone(), answer("http://p1:1", 10)).await;
-        let entry = cache.get(&key).await.unwrap();
+        cache.insert(key.clone(), answer("http://p1:1"), Duration::from_secs(10));
+        let entry = cache.get(&key).unwrap();
         assert_eq!(entry.remaining(Instant::now()), Some(Duration::from_secs(10)));
         tokio::time::advance(Duration::from_secs(10)).await;
         assert_eq!(entry.remaining(Instant::now()), None, "expired at its TTL");
         assert!(entry.servable_stale(Instant::now(), Duration::from_secs(60)));
         tokio::time::advance(Duration::from_secs(60)).await;
         assert!(!entry.servable_stale(Instant::now(), Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn equal_answers_are_stored_once_and_freed_with_their_last_entry() {
+        let cache = AnswerCache::new(100, Duration::from_secs(60));
+        let binance: ExchangeId = "binance".parse().unwrap();
+        let key = |client: &str| CacheKey::new(client, &binance, ConnectionType::Http, None);
+        cache.insert(key("a"), answer("http://p1:1"), Duration::from_secs(10));
+        let mut same = answer("http://p1:1");
+        same.request_id = "req-2".into();
+        cache.insert(key("b"), same, Duration::from_secs(10));
+        let mut tagged = answer("http://p1:1");
+        tagged.metadata.insert("tags".into(), "eu".into());
+        cache.insert(key("c"), tagged, Duration::from_secs(10));
+        let (a, b, c) = (cache.get(&key("a")).unwrap(), cache.get(&key("b")).unwrap(), cache.get(&key("c")).unwrap());
+        assert!(Arc::ptr_eq(&a.response, &b.response), "equal answers share one copy");
+        assert!(!Arc::ptr_eq(&a.response, &c.response), "different metadata, different answer");
+        assert_eq!(a.response.request_id, "", "no request id is kept");
+        assert_eq!(c.response.metadata["tags"], "eu");
+
+        let weak = Arc::downgrade(&a.response);
+        drop((a, b));
+        cache.invalidate(&key("a"));
+        cache.invalidate(&key("b"));
+        cache.entries.run_pending_tasks();
+        assert!(weak.upgrade().is_none(), "freed with the last entry holding it");
     }
 
     #[tokio::test]

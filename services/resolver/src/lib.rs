@@ -13,7 +13,7 @@
 //! - [`settings`]: `ResolverSettings` (`PROXYBUS_RESOLVER_*`) and [`Config`].
 //! - [`service`]: request validation, replies and error replies on NATS.
 //! - [`resolver`]: the decision: cache, single-flight upstream, fallback chain.
-//! - [`cache`]: the moka answer cache keyed per client, and the single-flight gate.
+//! - [`cache`]: the bounded answer cache keyed per client, and the single-flight gate.
 //! - [`upstream`]: endpoints, their breakers, hedged HTTP calls, answer validation.
 //! - [`discovery`]: static endpoints or DNS SRV discovery, and `/healthz` probes.
 //! - [`health`]: the health book fed by `proxy.v1.health.>`.
@@ -91,6 +91,20 @@ pub async fn run_with_client(
     let _stop_background = stop.clone().drop_guard();
     let metrics = Arc::new(metrics::ResolverMetrics::default());
     let prometheus = metrics::prometheus();
+    if let Some(handle) = prometheus {
+        // Histogram samples pile up in the recorder until upkeep folds them into
+        // buckets; without a scrape of /metrics that was a few bytes per request, forever.
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    _ = every.tick() => handle.run_upkeep(),
+                }
+            }
+        });
+    }
     let health = Arc::new(health::HealthBook::default());
     let proxy = Arc::new(proxy);
 
@@ -126,14 +140,16 @@ pub async fn run_with_client(
         .map_err(|e| RunError::Register(e.to_string()))?;
     tracing::info!(subject = REQUEST_SUBJECTS, queue_group = SERVICE_NAME, "resolver serving");
 
-    let codec = Codec::new(settings.max_payload_bytes);
+    // Answers that need no upstream call are given in place, in this loop; a
+    // request that needs upstream gets a task (and a slot of `max_in_flight`).
+    let responder = Arc::new(service::Responder::new(resolver.clone(), Codec::new(settings.max_payload_bytes)));
     let tracker = TaskTracker::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(settings.max_in_flight));
-    let spawn = |request, slot| {
-        let resolver = resolver.clone();
+    let spawn = |deferred, slot| {
+        let responder = responder.clone();
         tracker.spawn(async move {
             let _slot: Option<tokio::sync::OwnedSemaphorePermit> = slot;
-            service::handle(resolver, codec, request).await;
+            responder.answer_later(deferred).await;
         });
     };
     tokio::pin!(shutdown);
@@ -143,9 +159,11 @@ pub async fn run_with_client(
             () = &mut shutdown => break,
             request = endpoint.next() => match request {
                 Some(request) => {
-                    // Bound the work in flight: wait for a slot before reading on.
-                    let slot = slots.clone().acquire_owned().await.ok();
-                    spawn(request, slot);
+                    if let Some(deferred) = responder.answer_now(request).await {
+                        // Bound the work in flight: wait for a slot before reading on.
+                        let slot = slots.clone().acquire_owned().await.ok();
+                        spawn(deferred, slot);
+                    }
                 }
                 None => break,
             },
@@ -158,7 +176,9 @@ pub async fn run_with_client(
     }
     // Requests already delivered to this process are still answered.
     while let Ok(Some(request)) = tokio::time::timeout(Duration::from_millis(200), endpoint.next()).await {
-        spawn(request, None);
+        if let Some(deferred) = responder.answer_now(request).await {
+            spawn(deferred, None);
+        }
     }
     tracker.close();
     let grace = Duration::from_secs(settings.shutdown_grace_seconds);

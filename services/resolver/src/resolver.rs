@@ -99,28 +99,48 @@ impl Resolver {
         self.upstream.as_ref()
     }
 
-    /// Answers a validated request (its `request_id` is set).
-    pub async fn resolve(&self, request: &ProxyRequest) -> Result<ProxyResponse, ResolveError> {
+    /// The answer to a validated request when it needs no upstream call: proxying
+    /// off, a fresh and usable cache entry, or an exchange the upstream services do
+    /// not handle (embedded settings). `None` when [`resolve`](Self::resolve) has
+    /// to ask upstream. Never waits: the service calls it in place, without a task.
+    pub fn resolve_now(&self, request: &ProxyRequest) -> Option<ProxyResponse> {
         let exchange = &request.exchange_id;
-        let region = request.region.clone().or_else(|| self.settings.region.clone());
-        let key = CacheKey::new(&request.client_id, exchange, request.connection_type, region.as_ref());
-        let request_id = request.request_id.clone().unwrap_or_default();
+        let region = request.region.as_ref().or(self.settings.region.as_ref());
+        let request_id = || request.request_id.clone().unwrap_or_default();
 
         if !self.proxy.enabled {
-            return Ok(self.direct(request_id, region));
+            return Some(self.direct(request_id(), region.cloned()));
         }
-        if let Some(entry) = self.cache.get(&key).await {
+        let key = CacheKey::new(&request.client_id, exchange, request.connection_type, region);
+        if let Some(entry) = self.cache.get(&key) {
             if !self.usable(&entry.response, exchange) {
-                tracing::info!(cache_key = %key, "cached proxy is ejected or banned; resolving again");
-                self.cache.invalidate(&key).await;
+                tracing::info!(request_id = request.request_id.as_deref().unwrap_or_default(), cache_key = %key, "cached proxy is ejected or banned; resolving again");
+                self.cache.invalidate(&key);
             } else if let Some(remaining) = entry.remaining(Instant::now()) {
-                return Ok(self.cached_answer(&entry, ResponseSource::Cache, remaining.as_secs().max(1), request_id));
+                return Some(self.cached_answer(
+                    &entry,
+                    ResponseSource::Cache,
+                    remaining.as_secs().max(1),
+                    request_id(),
+                ));
             }
         }
         let delegated = self.upstream.is_some() && self.proxy.external_service.delegates(exchange.as_str());
         if !delegated {
-            return Ok(self.embedded_first(&key, request, request_id, region).await);
+            return Some(self.embedded_first(key, request, request_id(), region.cloned()));
         }
+        None
+    }
+
+    /// Answers a validated request (its `request_id` is set).
+    pub async fn resolve(&self, request: &ProxyRequest) -> Result<ProxyResponse, ResolveError> {
+        if let Some(answer) = self.resolve_now(request) {
+            return Ok(answer);
+        }
+        let exchange = &request.exchange_id;
+        let region = request.region.clone().or_else(|| self.settings.region.clone());
+        let key = CacheKey::new(&request.client_id, exchange, request.connection_type, region.as_ref());
+        let request_id = request.request_id.clone().unwrap_or_default();
 
         let upstream_error = match self.ask_upstream(&key, request, region.clone()).await {
             Ok(mut response) => {
@@ -134,12 +154,12 @@ impl Resolver {
             Err(err) => err,
         };
 
-        if let Some(entry) = self.cache.get(&key).await
+        if let Some(entry) = self.cache.get(&key)
             && entry.servable_stale(Instant::now(), self.settings.max_staleness())
             && self.usable(&entry.response, exchange)
         {
             self.metrics.fallback("stale_cache");
-            tracing::warn!(%exchange, error = %upstream_error, "upstream unavailable; serving a stale cache entry");
+            tracing::warn!(%request_id, %exchange, error = %upstream_error, "upstream unavailable; serving a stale cache entry");
             return Ok(self.cached_answer(&entry, ResponseSource::StaleCache, STALE_TTL_SECONDS, request_id));
         }
         if self.proxy.external_service.fallback_to_embedded
@@ -147,23 +167,23 @@ impl Resolver {
                 self.embedded.select(exchange.as_str(), request.connection_type, |id| self.health.usable(id, exchange))
         {
             self.metrics.fallback("embedded");
-            tracing::warn!(%exchange, proxy = %choice.proxy, error = %upstream_error, "upstream unavailable; using the embedded settings");
+            tracing::warn!(%request_id, %exchange, proxy = %choice.proxy, error = %upstream_error, "upstream unavailable; using the embedded settings");
             return Ok(self.embedded_answer(choice, request_id));
         }
         match self.settings.fallback_policy {
             FallbackPolicy::DirectConnection => {
                 self.metrics.fallback("direct");
-                tracing::warn!(%exchange, error = %upstream_error, "upstream unavailable and no embedded proxy; answering direct connection");
+                tracing::warn!(%request_id, %exchange, error = %upstream_error, "upstream unavailable and no embedded proxy; answering direct connection");
                 Ok(self.direct(request_id, region))
             }
             FallbackPolicy::EmbeddedFallback => {
                 self.metrics.fallback("fail");
-                tracing::warn!(%exchange, error = %upstream_error, "upstream unavailable and no embedded proxy; no proxy available");
+                tracing::warn!(%request_id, %exchange, error = %upstream_error, "upstream unavailable and no embedded proxy; no proxy available");
                 Err(ResolveError::NoProxyAvailable)
             }
             FallbackPolicy::Fail => {
                 self.metrics.fallback("fail");
-                tracing::warn!(%exchange, error = %upstream_error, "upstream unavailable; fallback policy is fail");
+                tracing::warn!(%request_id, %exchange, error = %upstream_error, "upstream unavailable; fallback policy is fail");
                 Err(ResolveError::UpstreamUnavailable(upstream_error))
             }
         }
@@ -207,10 +227,7 @@ impl Resolver {
                     if response.ttl_seconds == 0 {
                         response.ttl_seconds = default_ttl;
                     }
-                    let ttl = Duration::from_secs(response.ttl_seconds);
-                    cache
-                        .insert(owned_key, CachedAnswer { response: response.clone(), stored_at: Instant::now(), ttl })
-                        .await;
+                    cache.insert(owned_key, response.clone(), Duration::from_secs(response.ttl_seconds));
                 }
                 result
             })
@@ -218,9 +235,9 @@ impl Resolver {
         result
     }
 
-    async fn embedded_first(
+    fn embedded_first(
         &self,
-        key: &CacheKey,
+        key: CacheKey,
         request: &ProxyRequest,
         request_id: String,
         region: Option<proxybus_shared::Region>,
@@ -230,10 +247,7 @@ impl Resolver {
         }) {
             Some(choice) => {
                 let answer = self.embedded_answer(choice, request_id);
-                let ttl = Duration::from_secs(answer.ttl_seconds);
-                self.cache
-                    .insert(key.clone(), CachedAnswer { response: answer.clone(), stored_at: Instant::now(), ttl })
-                    .await;
+                self.cache.insert(key, answer.clone(), Duration::from_secs(answer.ttl_seconds));
                 answer
             }
             None => self.direct(request_id, region),
@@ -251,7 +265,7 @@ impl Resolver {
         ttl_seconds: u64,
         request_id: String,
     ) -> ProxyResponse {
-        let mut response = entry.response.clone();
+        let mut response = ProxyResponse::clone(&entry.response);
         response.source = source;
         response.ttl_seconds = ttl_seconds;
         response.request_id = request_id;

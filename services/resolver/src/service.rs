@@ -5,9 +5,18 @@
 //! fields, `client_id` and `request_id` shape (`bad_request`). Replies are in
 //! the request's encoding with its `Content-Type`; error replies carry the
 //! `Nats-Service-Error` / `Nats-Service-Error-Code` headers and an `ErrorReply` body.
+//!
+//! [`Responder::answer_now`] runs in the endpoint's read loop and answers in
+//! place whatever needs no upstream call (refusals, cache hits, embedded and
+//! direct answers): a decode, a cache lookup and an encode, like a bare
+//! responder. Only a request that needs upstream comes back as [`Deferred`], for
+//! [`Responder::answer_later`] in its own task, so a slow upstream call never
+//! holds up the hits behind it. A task per request would cost a cross-thread
+//! wake-up and a context switch each, more than the work itself.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_nats::HeaderMap;
 use async_nats::service::Request;
@@ -16,7 +25,7 @@ use futures::FutureExt;
 use proxybus_shared::codec::CONTENT_TYPE;
 use proxybus_shared::{Codec, DecodeError, Encoding, ErrorCode, ErrorReply, ProxyRequest, subject};
 use tokio::time::Instant;
-use tracing::Instrument;
+use tracing::{Instrument, Span};
 
 use crate::resolver::Resolver;
 use crate::settings::MAX_CLIENT_ID;
@@ -46,9 +55,35 @@ impl Refusal {
     }
 }
 
-/// Checks a request message and returns the request with its `request_id` set.
+/// Request ids for requests that come without one: a random 64-bit prefix per
+/// process and a counter, `{prefix:016x}-{n}`. Unique across processes (by the
+/// prefix) and within one (by the counter), and no system call per request as a
+/// random UUID would be.
+#[derive(Debug)]
+pub struct RequestIds {
+    prefix: u64,
+    next: AtomicU64,
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        Self { prefix: rand::random(), next: AtomicU64::new(1) }
+    }
+}
+
+impl RequestIds {
+    /// The next id.
+    pub fn next_id(&self) -> String {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        format!("{:016x}-{n}", self.prefix)
+    }
+}
+
+/// Checks a request message and returns the request with its `request_id` set
+/// (a new one from `ids` when it has none).
 pub fn validate(
     codec: &Codec,
+    ids: &RequestIds,
     subject: &str,
     headers: Option<&HeaderMap>,
     payload: &[u8],
@@ -94,7 +129,7 @@ pub fn validate(
             return Err(Refusal::bad(format!("request_id must be 1 to {MAX_REQUEST_ID} printable characters"), None));
         }
         Some(_) => {}
-        None => request.request_id = Some(uuid::Uuid::new_v4().to_string()),
+        None => request.request_id = Some(ids.next_id()),
     }
     Ok(request)
 }
@@ -111,61 +146,123 @@ fn shorten(text: &str) -> String {
     format!("{}…", &text[..end])
 }
 
-/// Handles one request end to end; never panics outward (a panic becomes an `internal` reply).
-pub async fn handle(resolver: Arc<Resolver>, codec: Codec, request: Request) {
-    let started = Instant::now();
-    let message = &request.message;
-    let encoding = Encoding::from_headers(message.headers.as_ref()).unwrap_or_default();
-    let outcome = AssertUnwindSafe(answer(&resolver, &codec, message)).catch_unwind().await;
-    let (reply, headers) = match outcome {
-        Ok(Ok(response)) => {
-            resolver.metrics().answered(response.source, started.elapsed());
-            (codec.encode(encoding, &response), content_type(encoding))
+/// Answers requests: in place when no upstream call is needed, in a task otherwise.
+#[derive(Debug)]
+pub struct Responder {
+    resolver: Arc<Resolver>,
+    codec: Codec,
+    ids: RequestIds,
+}
+
+/// A validated request that needs an upstream call: for [`Responder::answer_later`].
+#[derive(Debug)]
+pub struct Deferred {
+    request: Request,
+    resolved: ProxyRequest,
+    encoding: Encoding,
+    started: Instant,
+    span: Span,
+}
+
+impl Responder {
+    /// A responder for `resolver`'s answers, decoding with `codec`.
+    pub fn new(resolver: Arc<Resolver>, codec: Codec) -> Self {
+        Self { resolver, codec, ids: RequestIds::default() }
+    }
+
+    /// Answers `request` now if that needs no upstream call (an error reply, a
+    /// cache hit, an embedded or direct answer); otherwise returns it validated,
+    /// for [`answer_later`](Self::answer_later). Never panics outward (a panic
+    /// becomes an `internal` reply).
+    pub async fn answer_now(&self, request: Request) -> Option<Deferred> {
+        let started = Instant::now();
+        let message = &request.message;
+        let encoding = Encoding::from_headers(message.headers.as_ref()).unwrap_or_default();
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let resolved =
+                validate(&self.codec, &self.ids, &message.subject, message.headers.as_ref(), &message.payload)?;
+            let span = resolve_span(&resolved);
+            let answer = span.in_scope(|| self.resolver.resolve_now(&resolved));
+            Ok(match answer {
+                Some(answer) => Err(answer),
+                None => Ok((resolved, span)),
+            })
+        }));
+        let outcome = match outcome {
+            Ok(Ok(Ok((resolved, span)))) => return Some(Deferred { request, resolved, encoding, started, span }),
+            Ok(Ok(Err(answer))) => Ok(Ok(answer)),
+            Ok(Err(refusal)) => Ok(Err(refusal)),
+            Err(panic) => Err(panic),
+        };
+        self.reply(&request, encoding, started, outcome).await;
+        None
+    }
+
+    /// Answers a request that needs upstream (meant to run in its own task).
+    /// Never panics outward (a panic becomes an `internal` reply).
+    pub async fn answer_later(&self, deferred: Deferred) {
+        let Deferred { request, resolved, encoding, started, span } = deferred;
+        let request_id = resolved.request_id.clone();
+        let resolution = async {
+            self.resolver.resolve(&resolved).await.map_err(|err| Refusal {
+                code: err.code(),
+                message: err.to_string(),
+                request_id,
+            })
+        };
+        let outcome = AssertUnwindSafe(resolution.instrument(span)).catch_unwind().await;
+        self.reply(&request, encoding, started, outcome).await;
+    }
+
+    async fn reply(
+        &self,
+        request: &Request,
+        encoding: Encoding,
+        started: Instant,
+        outcome: std::thread::Result<Result<proxybus_shared::ProxyResponse, Refusal>>,
+    ) {
+        let metrics = self.resolver.metrics();
+        let (reply, headers) = match outcome {
+            Ok(Ok(response)) => {
+                metrics.answered(response.source, started.elapsed());
+                (self.codec.encode(encoding, &response), content_type(encoding))
+            }
+            Ok(Err(refusal)) => {
+                metrics.failed(refusal.code, started.elapsed());
+                error_reply(&self.codec, encoding, refusal)
+            }
+            Err(_) => {
+                tracing::error!(subject = %request.message.subject, "request handler panicked");
+                metrics.failed(ErrorCode::Internal, started.elapsed());
+                error_reply(
+                    &self.codec,
+                    encoding,
+                    Refusal { code: ErrorCode::Internal, message: "internal error".into(), request_id: None },
+                )
+            }
+        };
+        let body = match reply {
+            Ok(body) => body,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot encode a reply");
+                Bytes::new()
+            }
+        };
+        if let Err(err) = request.respond_with_headers(Ok(body), headers).await {
+            tracing::debug!(error = %err, "cannot send the reply (no reply subject, or the connection is gone)");
         }
-        Ok(Err(refusal)) => {
-            resolver.metrics().failed(refusal.code, started.elapsed());
-            error_reply(&codec, encoding, refusal)
-        }
-        Err(_) => {
-            tracing::error!(subject = %message.subject, "request handler panicked");
-            resolver.metrics().failed(ErrorCode::Internal, started.elapsed());
-            error_reply(
-                &codec,
-                encoding,
-                Refusal { code: ErrorCode::Internal, message: "internal error".into(), request_id: None },
-            )
-        }
-    };
-    let body = match reply {
-        Ok(body) => body,
-        Err(err) => {
-            tracing::error!(error = %err, "cannot encode a reply");
-            Bytes::new()
-        }
-    };
-    if let Err(err) = request.respond_with_headers(Ok(body), headers).await {
-        tracing::debug!(error = %err, "cannot send the reply (no reply subject, or the connection is gone)");
     }
 }
 
-async fn answer(
-    resolver: &Resolver,
-    codec: &Codec,
-    message: &async_nats::Message,
-) -> Result<proxybus_shared::ProxyResponse, Refusal> {
-    let request = validate(codec, &message.subject, message.headers.as_ref(), &message.payload)?;
-    let request_id = request.request_id.clone().unwrap_or_default();
-    let span = tracing::info_span!(
+/// The span of one request: `resolve{request_id, exchange, connection_type}`, at
+/// debug level (at info, recording it costs as much as answering a cache hit).
+fn resolve_span(request: &ProxyRequest) -> Span {
+    tracing::debug_span!(
         "resolve",
-        request_id = %request_id,
+        request_id = request.request_id.as_deref().unwrap_or_default(),
         exchange = %request.exchange_id,
         connection_type = %request.connection_type,
-    );
-    resolver.resolve(&request).instrument(span).await.map_err(|err| Refusal {
-        code: err.code(),
-        message: err.to_string(),
-        request_id: Some(request_id),
-    })
+    )
 }
 
 fn content_type(encoding: Encoding) -> HeaderMap {
@@ -201,27 +298,27 @@ mod tests {
     #[test]
     fn subject_and_body_must_agree() {
         let codec = Codec::default();
-        let ok =
-            validate(&codec, "proxy.v1.request.binance.http", None, &body("binance", ConnectionType::Http)).unwrap();
+        let ids = RequestIds::default();
+        let validate = |subject: &str, payload: &[u8]| validate(&codec, &ids, subject, None, payload);
+        let ok = validate("proxy.v1.request.binance.http", &body("binance", ConnectionType::Http)).unwrap();
         assert!(ok.request_id.is_some(), "a request id is made when absent");
-        let err =
-            validate(&codec, "proxy.v1.request.kraken.http", None, &body("binance", ConnectionType::Http)).unwrap_err();
+        let again = validate("proxy.v1.request.binance.http", &body("binance", ConnectionType::Http)).unwrap();
+        assert_ne!(ok.request_id, again.request_id, "each request gets its own id");
+        let err = validate("proxy.v1.request.kraken.http", &body("binance", ConnectionType::Http)).unwrap_err();
         assert_eq!(err.code, ErrorCode::BadRequest);
         assert!(err.message.contains("kraken"), "{}", err.message);
-        let err = validate(&codec, "proxy.v1.request.binance.websocket", None, &body("binance", ConnectionType::Http))
-            .unwrap_err();
+        let err = validate("proxy.v1.request.binance.websocket", &body("binance", ConnectionType::Http)).unwrap_err();
         assert!(err.message.contains("connection_type"), "{}", err.message);
-        let err =
-            validate(&codec, "proxy.v1.request.binance.ftp", None, &body("binance", ConnectionType::Http)).unwrap_err();
+        let err = validate("proxy.v1.request.binance.ftp", &body("binance", ConnectionType::Http)).unwrap_err();
         assert_eq!(err.code, ErrorCode::BadRequest);
     }
 
     #[test]
     fn size_is_checked_before_decoding() {
-        let codec = Codec::new(1024);
-        let err = validate(&codec, "proxy.v1.request.binance.http", None, &vec![0xc1; 2048]).unwrap_err();
+        let (codec, ids) = (Codec::new(1024), RequestIds::default());
+        let err = validate(&codec, &ids, "proxy.v1.request.binance.http", None, &vec![0xc1; 2048]).unwrap_err();
         assert_eq!(err.code, ErrorCode::PayloadTooLarge);
-        let err = validate(&codec, "proxy.v1.request.binance.http", None, &[0xc1]).unwrap_err();
+        let err = validate(&codec, &ids, "proxy.v1.request.binance.http", None, &[0xc1]).unwrap_err();
         assert_eq!(err.code, ErrorCode::BadRequest);
     }
 }

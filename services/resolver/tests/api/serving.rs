@@ -26,6 +26,24 @@ async fn two_hundred_concurrent_requests_for_one_key_make_one_upstream_call() {
 }
 
 #[tokio::test]
+async fn a_slow_upstream_call_does_not_hold_up_cache_hits() {
+    let upstream = FakeUpstream::start(Behaviour { delay: Duration::from_millis(1_000), ..Default::default() }).await;
+    let app = TestApp::spawn(&borrow(&upstream_vars(&[&upstream]))).await;
+    app.ask("binance", Http, "feed-1").await;
+    let miss = app.ask("binance", Http, "feed-2");
+    let hit = async {
+        eventually("the miss reached upstream", || async { upstream.calls() == 2 }).await;
+        let started = tokio::time::Instant::now();
+        let answer = app.ask("binance", Http, "feed-1").await;
+        (answer, started.elapsed())
+    };
+    let (miss, (hit, elapsed)) = tokio::join!(miss, hit);
+    assert_eq!(miss.source, ResponseSource::Service);
+    assert_eq!(hit.source, ResponseSource::Cache);
+    assert!(elapsed < Duration::from_millis(500), "the hit waited for the miss: {elapsed:?}");
+}
+
+#[tokio::test]
 async fn clients_are_spread_over_the_pool_and_each_keeps_its_proxy_within_the_ttl() {
     let proxies: Vec<String> = (1..=4).map(|i| format!("http://u:pw@10.0.0.{i}:3128")).collect();
     let upstream = FakeUpstream::start(Behaviour { proxies, ..Default::default() }).await;
