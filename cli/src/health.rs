@@ -59,20 +59,9 @@ pub(crate) async fn run(client: &async_nats::Client, args: HealthArgs) -> anyhow
     }
 }
 
-/// Every HealthStats in the bucket, by proxy id (keys that are not proxy ids are skipped).
+/// Every HealthStats in the bucket, by proxy id.
 pub(crate) async fn load(bucket: &kv::Store) -> anyhow::Result<BTreeMap<ProxyId, HealthStats>> {
-    let mut keys = bucket.keys().await?;
-    let mut stats = BTreeMap::new();
-    while let Some(key) = keys.next().await {
-        let key = key?;
-        let Ok(id) = key.parse::<ProxyId>() else { continue };
-        if let Some(bytes) = bucket.get(key.as_str()).await?
-            && let Ok(value) = Codec::default().decode_as::<HealthStats>(Encoding::MsgPack, &bytes)
-        {
-            stats.insert(id, value);
-        }
-    }
-    Ok(stats)
+    Ok(proxybus_shared::kv::health_stats(bucket).await?)
 }
 
 fn print(stats: &BTreeMap<ProxyId, HealthStats>, args: &HealthArgs) -> anyhow::Result<()> {

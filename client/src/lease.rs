@@ -80,11 +80,7 @@ impl ProxyLease {
 
 /// Error text with anything URL-like redacted and the proxy's password removed.
 pub(crate) fn redact_details(details: &str, proxy: Option<&ProxyUrl>) -> String {
-    let mut text: String = details
-        .split(' ')
-        .map(|w| if w.contains("://") { proxybus_shared::redact_url(w) } else { w.to_owned() })
-        .collect::<Vec<_>>()
-        .join(" ");
+    let mut text = proxybus_shared::proxy_url::redact_text(details);
     if let Some(password) = proxy.and_then(|p| p.url().password()).filter(|p| !p.is_empty()) {
         text = text.replace(password, proxybus_shared::proxy_url::REDACTED);
         let decoded = percent_encoding::percent_decode_str(password).decode_utf8_lossy().into_owned();

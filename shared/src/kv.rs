@@ -8,7 +8,12 @@
 
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
 use async_nats::jetstream::{self, kv, stream};
+use futures::StreamExt;
+
+use crate::{Codec, Encoding, HealthStats, ProxyId};
 
 /// Shape of a bucket to create when it is missing.
 #[derive(Debug, Clone)]
@@ -75,4 +80,22 @@ pub async fn open_or_create(js: &jetstream::Context, config: &BucketConfig) -> R
     };
     js.get_or_create_stream(stream_config).await.map_err(|err| fail(err.to_string()))?;
     js.get_key_value(config.bucket.as_str()).await.map_err(|err| fail(err.to_string()))
+}
+
+/// Every `HealthStats` in a health bucket, by proxy id. Keys that are not proxy
+/// ids (checkpoints) and values that do not decode are skipped.
+pub async fn health_stats(bucket: &kv::Store) -> Result<BTreeMap<ProxyId, HealthStats>, BucketError> {
+    let fail = |err: &dyn std::fmt::Display| BucketError { bucket: bucket.name.clone(), message: err.to_string() };
+    let mut keys = bucket.keys().await.map_err(|err| fail(&err))?;
+    let mut stats = BTreeMap::new();
+    while let Some(key) = keys.next().await {
+        let key = key.map_err(|err| fail(&err))?;
+        let Ok(id) = key.parse::<ProxyId>() else { continue };
+        if let Some(bytes) = bucket.get(key.as_str()).await.map_err(|err| fail(&err))?
+            && let Ok(value) = Codec::default().decode_as::<HealthStats>(Encoding::MsgPack, &bytes)
+        {
+            stats.insert(id, value);
+        }
+    }
+    Ok(stats)
 }

@@ -69,6 +69,17 @@ fn redact_parsed(url: &Url) -> String {
     text
 }
 
+/// Free text (an error message, a log line) with every word that looks like a
+/// URL redacted as by [`redact_url`] (quotes around it are dropped).
+pub fn redact_text(text: &str) -> String {
+    text.split(' ')
+        .map(
+            |word| if word.contains("://") { redact_url(word.trim_matches(['"', '`', '\''])) } else { word.to_owned() },
+        )
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Why a string is not a usable proxy URL.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProxyUrlError {
@@ -195,6 +206,12 @@ mod tests {
         assert_eq!(redact_url("http://user:secret@[bad"), "http://***");
         assert_eq!(redact_url("user:secret@host"), "***");
         assert_eq!(redact_url("http://user:secret"), "http://***");
+    }
+
+    #[test]
+    fn urls_inside_text_are_redacted() {
+        let text = redact_text("connect to \"http://u:hunter2@h:1\" failed: refused");
+        assert_eq!(text, "connect to http://u:***@h:1 failed: refused");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::StreamExt;
-use proxybus_shared::{Codec, ErrorKind, ExchangeId, FeedbackPhase, HealthStats, ProxyFeedback};
+use proxybus_shared::{Codec, ErrorKind, ExchangeId, FeedbackPhase, ProxyFeedback};
 use tokio::time::Instant;
 
 use crate::selector::Selector;
@@ -212,19 +212,10 @@ pub async fn listen_health(
 pub async fn load_stored_health(client: &async_nats::Client, selector: &Selector) -> usize {
     let js = async_nats::jetstream::new(client.clone());
     let Ok(bucket) = js.get_key_value(proxybus_shared::subject::HEALTH_BUCKET).await else { return 0 };
-    let Ok(mut keys) = bucket.keys().await else { return 0 };
-    let codec = Codec::default();
-    let mut applied = 0;
-    while let Some(Ok(key)) = keys.next().await {
-        if key.parse::<proxybus_shared::ProxyId>().is_err() {
-            continue;
-        }
-        if let Ok(Some(value)) = bucket.get(key.as_str()).await
-            && let Ok(stats) = codec.decode_as::<HealthStats>(proxybus_shared::Encoding::MsgPack, &value)
-        {
-            selector.apply_health(stats, crate::metrics::HealthSource::Nats);
-            applied += 1;
-        }
+    let Ok(stored) = proxybus_shared::kv::health_stats(&bucket).await else { return 0 };
+    let applied = stored.len();
+    for stats in stored.into_values() {
+        selector.apply_health(stats, crate::metrics::HealthSource::Nats);
     }
     applied
 }

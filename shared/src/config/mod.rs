@@ -297,21 +297,9 @@ fn serde_path_to_error_lite<T: DeserializeOwned>(tree: Value) -> Result<T, Confi
         let path = err.path().to_string();
         ConfigIssue {
             key: if path == "." { "(root)".into() } else { path },
-            message: redact_serde_message(&err.into_inner().to_string()),
+            message: crate::proxy_url::redact_text(&err.into_inner().to_string()),
         }
     })
-}
-
-/// serde messages quote the offending value; settings can hold secrets, so cut
-/// anything that looks like a URL with credentials.
-fn redact_serde_message(message: &str) -> String {
-    message
-        .split(' ')
-        .map(|word| {
-            if word.contains("://") { crate::redact_url(word.trim_matches(['"', '`', '\''])) } else { word.to_owned() }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// Deserializes a secret from a string, or from a number or boolean (a token of
