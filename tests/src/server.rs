@@ -75,6 +75,8 @@ pub(crate) struct Settings {
     pub(crate) jetstream: bool,
     pub(crate) extra_config: String,
     pub(crate) cluster: Option<ClusterMembership>,
+    /// A binary to run instead of the located one (e.g. an old server a test must refuse).
+    pub(crate) binary: Option<PathBuf>,
 }
 
 /// How a node joins a cluster.
@@ -101,7 +103,13 @@ enum Readiness {
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { credentials: Credentials::None, jetstream: true, extra_config: String::new(), cluster: None }
+        Self {
+            credentials: Credentials::None,
+            jetstream: true,
+            extra_config: String::new(),
+            cluster: None,
+            binary: None,
+        }
     }
 }
 
@@ -131,6 +139,13 @@ impl NatsServerBuilder {
         self
     }
 
+    /// Runs `binary` instead of the server the locator finds (which is always 2.11 or newer):
+    /// for tests that prove an older server is refused.
+    pub fn binary(mut self, binary: impl Into<PathBuf>) -> Self {
+        self.settings.binary = Some(binary.into());
+        self
+    }
+
     /// Starts the server and waits until it is ready for clients (and JetStream, if enabled).
     pub async fn start(self) -> Result<NatsServer> {
         NatsServer::launch(self.settings).await
@@ -150,7 +165,10 @@ impl NatsServer {
 
     /// Spawns a server with `settings` in a fresh directory and waits until it is ready.
     pub(crate) async fn launch(settings: Settings) -> Result<Self> {
-        let binary = process::locate_binary()?;
+        let binary = match &settings.binary {
+            Some(binary) => binary.clone(),
+            None => process::locate_binary()?,
+        };
         let dir = tempfile::Builder::new()
             .prefix("proxybus-nats-")
             .tempdir()
