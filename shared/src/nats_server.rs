@@ -23,9 +23,9 @@
 //!
 //! # Examples
 //! ```
-//! use proxybus_shared::nats_server::{ServerVersion, check_version};
+//! use proxybus_shared::nats_server::{ServerVersion, VersionError, check_version};
 //! assert!(check_version("2.15.1").is_ok());
-//! let too_old = check_version("2.9.10").unwrap_err();
+//! let Err(VersionError::TooOld(too_old)) = check_version("2.9.10") else { panic!() };
 //! assert_eq!(too_old.found, ServerVersion { major: 2, minor: 9, patch: 10 });
 //! assert!(too_old.to_string().contains("2.11.0"));
 //! ```
