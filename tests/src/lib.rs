@@ -13,6 +13,9 @@
 //!   user/password authentication, extra config and JetStream; stop, kill -9 and restart.
 //! - `cluster.rs`: [`NatsCluster`], three routed JetStream nodes with a meta leader; kill and
 //!   restart single nodes.
+//! - `supercluster.rs`: [`NatsSuperCluster`], clusters named for regions joined by gateways
+//!   (one JetStream meta group), leaf nodes with their own domain; kill or restart a node or a
+//!   whole region.
 //! - `docker.rs` (feature `docker`): `DockerNats`, NATS with JetStream in a container via
 //!   testcontainers.
 //! - `connect.rs`: client options that reconnect quickly and forever, and server credentials.
@@ -45,12 +48,14 @@ mod monitor;
 mod process;
 mod proxies;
 mod server;
+mod supercluster;
 
 pub use cluster::NatsCluster;
 #[cfg(feature = "docker")]
 pub use docker::DockerNats;
 pub use proxies::{ProxyCredentials, ProxyLog, TestProxy, WsEchoServer};
 pub use server::{NatsServer, NatsServerBuilder};
+pub use supercluster::NatsSuperCluster;
 
 /// The Python of the project-local tools venv (`.tools/venv/bin/python`, made by
 /// `scripts/ensure-deps.sh` with msgpack and nats-py pinned by hash), for tests that check
