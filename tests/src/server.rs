@@ -85,6 +85,8 @@ pub(crate) struct Settings {
     pub(crate) leaf_remote: Option<u16>,
     /// JetStream domain of this server (a leaf node's own).
     pub(crate) jetstream_domain: Option<String>,
+    /// Config text inside the application account of a supercluster node (e.g. `mappings`).
+    pub(crate) account_config: String,
 }
 
 /// How a cluster's node joins a supercluster: its gateway and the gateways of the other clusters.
@@ -132,6 +134,7 @@ impl Default for Settings {
             leafnode_port: None,
             leaf_remote: None,
             jetstream_domain: None,
+            account_config: String::new(),
         }
     }
 }
@@ -426,11 +429,12 @@ impl NatsServer {
         if let Some(gateway) = &self.settings.gateway {
             // Gateways with leaf nodes need a system account; clients without credentials then
             // land in APP (JetStream enabled) through `no_auth_user`.
-            config.push_str(
-                "accounts {\n  SYS { users: [ { user: \"sys\", password: \"sys\" } ] }\n  \
-                 APP { jetstream: enabled, users: [ { user: \"app\", password: \"app\" } ] }\n}\n\
+            config.push_str(&format!(
+                "accounts {{\n  SYS {{ users: [ {{ user: \"sys\", password: \"sys\" }} ] }}\n  \
+                 APP {{\n    jetstream: enabled\n    users: [ {{ user: \"app\", password: \"app\" }} ]\n{}  }}\n}}\n\
                  system_account: SYS\nno_auth_user: app\n",
-            );
+                self.settings.account_config
+            ));
             let peers: Vec<String> = gateway
                 .peers
                 .iter()

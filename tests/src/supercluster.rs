@@ -64,12 +64,21 @@ impl NatsSuperCluster {
     /// # Errors
     /// When a node does not start or the supercluster does not form within 30 s.
     pub async fn start(layout: &[(&str, usize)]) -> Result<Self> {
+        Self::start_with(layout, "").await
+    }
+
+    /// [`start`](Self::start) with `account_config` (nats-server config text, e.g. a `mappings`
+    /// block) inside the account every client without credentials uses.
+    ///
+    /// # Errors
+    /// As [`start`](Self::start).
+    pub async fn start_with(layout: &[(&str, usize)], account_config: &str) -> Result<Self> {
         if layout.is_empty() || layout.iter().any(|(_, nodes)| !(1..=3).contains(nodes)) {
             bail!("a supercluster has at least one cluster of one to three nodes: {layout:?}");
         }
         let mut attempt = 1;
         loop {
-            match Self::try_start(layout).await {
+            match Self::try_start(layout, account_config).await {
                 Err(error) if error.downcast_ref::<PortInUse>().is_some() && attempt < START_ATTEMPTS => {
                     attempt += 1;
                 }
@@ -78,7 +87,7 @@ impl NatsSuperCluster {
         }
     }
 
-    async fn try_start(layout: &[(&str, usize)]) -> Result<Self> {
+    async fn try_start(layout: &[(&str, usize)], account_config: &str) -> Result<Self> {
         // Per cluster: route ports, gateway ports, and one leaf node port.
         let plan: Vec<(String, Vec<u16>, Vec<u16>, u16)> = layout
             .iter()
@@ -113,6 +122,7 @@ impl NatsSuperCluster {
                     }),
                     gateway: Some(GatewayMembership { name: name.clone(), port: gateway_port, peers: peers.clone() }),
                     leafnode_port: (index == 0).then_some(*leafnode_port),
+                    account_config: account_config.to_owned(),
                     ..Settings::default()
                 };
                 let node = NatsServer::launch(settings).await.with_context(|| format!("starting {name}-{index}"))?;
