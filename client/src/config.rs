@@ -70,8 +70,8 @@ impl ClientConfig {
         if let Some(region) = env.non_empty("PROXYBUS_REGION") {
             config.region = Some(region.parse().map_err(|err: proxybus_shared::SubjectError| {
                 ConfigError::Invalid(vec![config::ConfigIssue {
-                    key: "PROXYBUS_REGION".into(),
-                    message: err.to_string(),
+                    location: Some("PROXYBUS_REGION".into()),
+                    ..config::ConfigIssue::new("PROXYBUS_REGION", err.to_string())
                 }])
             })?);
         }

@@ -92,7 +92,8 @@ impl Validate for ConnectionProxies {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct ProxyConfig {
-    /// A single proxy URL (`http`, `https`, `socks4`, `socks5`).
+    /// A single proxy URL (`http`, `https`, `socks4`, `socks4a`, `socks5`, `socks5h`;
+    /// the rules are those of [`ProxyUrl`]).
     #[serde(deserialize_with = "optional_secret")]
     pub url: Option<SecretString>,
     /// Connect timeout through this proxy, 1 to 300 seconds.
