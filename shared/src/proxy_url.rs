@@ -255,8 +255,8 @@ fn is_userinfo_byte(b: u8) -> bool {
 }
 
 /// Free text (an error message, a log line) with every word that holds a URL or
-/// user info (`://` or `@`) redacted as by [`redact_url`]; quotes around a word
-/// are dropped, other words are kept.
+/// user info (`://` or `@`) redacted as by [`redact_url`]; quotes, commas and
+/// parentheses around such a word are dropped; other words and all whitespace are kept.
 ///
 /// # Examples
 /// ```
@@ -265,16 +265,17 @@ fn is_userinfo_byte(b: u8) -> bool {
 /// assert_eq!(redact_text("login u:hunter2@h:1 refused"), "login ***@h:1 refused");
 /// ```
 pub fn redact_text(text: &str) -> String {
-    text.split(' ')
-        .map(|word| {
-            if word.contains("://") || word.contains('@') {
-                redact_url(word.trim_matches(['"', '`', '\'']))
-            } else {
-                word.to_owned()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+    let mut redacted = String::with_capacity(text.len());
+    for piece in text.split_inclusive(char::is_whitespace) {
+        let word = piece.trim_end_matches(char::is_whitespace);
+        if word.contains("://") || word.contains('@') {
+            redacted.push_str(&redact_url(word.trim_matches(['"', '`', '\'', ',', '(', ')', ';'])));
+        } else {
+            redacted.push_str(word);
+        }
+        redacted.push_str(&piece[word.len()..]);
+    }
+    redacted
 }
 
 /// Why a string is not a usable proxy URL. The messages never quote the URL (a
@@ -725,6 +726,7 @@ mod tests {
         // A password with a raw space splits in two words; neither half survives.
         let text = redact_text("bad url http://u:hun ter2@h:1 in settings");
         assert_no_secret(&text, &["hun", "ter2"]);
+        assert_eq!(redact_text("a\n(http://u:pw@h:1),\tb"), "a\nhttp://u:***@h:1\tb");
     }
 
     #[test]

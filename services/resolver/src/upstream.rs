@@ -15,7 +15,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use proxybus_shared::breaker::{BreakerConfig, BreakerState, CircuitBreaker};
-use proxybus_shared::{ProxyRequest, ProxyResponse, ProxyUrl, redact_url};
+use proxybus_shared::{ProxyRequest, ProxyResponse, ProxyUrl, redact_text, redact_url};
 use tokio::time::Instant;
 
 use crate::metrics::ResolverMetrics;
@@ -307,20 +307,16 @@ fn describe(err: &reqwest::Error) -> String {
     let mut source = std::error::Error::source(err);
     while let Some(cause) = source {
         text.push_str(": ");
-        text.push_str(&redact_words(&cause.to_string()));
+        text.push_str(&redact_text(&cause.to_string()));
         source = cause.source();
     }
     text
 }
 
-fn redact_words(text: &str) -> String {
-    text.split(' ').map(|w| if w.contains("://") { redact_url(w) } else { w.to_owned() }).collect::<Vec<_>>().join(" ")
-}
-
 /// Parses and checks an upstream answer.
 pub fn validate(body: &[u8]) -> Result<ProxyResponse, String> {
     let mut response: ProxyResponse = serde_json::from_slice(body)
-        .map_err(|err| format!("invalid ProxyResponse JSON: {}", redact_words(&err.to_string())))?;
+        .map_err(|err| format!("invalid ProxyResponse JSON: {}", redact_text(&err.to_string())))?;
     if let Some(url) = &response.proxy_url {
         let parsed = ProxyUrl::parse(url).map_err(|err| format!("unusable proxy_url ({err}): {}", redact_url(url)))?;
         response.proxy_id = Some(parsed.id());
