@@ -185,6 +185,7 @@ impl ProxyClient {
         let mut request = ProxyRequest::new(exchange.clone(), connection_type, inner.config.client_id.clone());
         request.region = region.cloned();
         request.request_id = Some(uuid::Uuid::new_v4().to_string());
+        request.proxy_schemes = inner.config.proxy_schemes.clone();
         let encoding = inner.config.encoding;
         let payload = inner.codec.encode(encoding, &request).map_err(|err| err.to_string())?;
         let subject = subject::request(exchange, connection_type);
@@ -205,9 +206,9 @@ impl ProxyClient {
             inner.codec.decode(reply.headers.as_ref(), &reply.payload).map_err(|err| format!("bad reply: {err}"))?;
         let proxy = match &response.proxy_url {
             None => None,
-            Some(url) => {
-                Some(ProxyUrl::parse(url).map_err(|err| format!("resolver handed out an unusable proxy: {err}"))?)
-            }
+            Some(url) => Some(ProxyUrl::parse(url).map_err(|err| {
+                format!("resolver handed out an unusable proxy ({err}): {}", proxybus_shared::redact_url(url))
+            })?),
         };
         Ok(Ok(ProxyLease {
             proxy_id: proxy.as_ref().map(ProxyUrl::id),
@@ -231,7 +232,9 @@ impl ProxyClient {
         reason: &str,
     ) -> Result<ProxyLease, ClientError> {
         let ttl = Duration::from_secs(30);
-        if let Some(choice) = self.inner.embedded.select(exchange.as_str(), connection_type, |_| true) {
+        let accepted = &self.inner.config.proxy_schemes;
+        if let Some(choice) = self.inner.embedded.select_accepting(exchange.as_str(), connection_type, accepted, |_| true)
+        {
             metrics::counter!("proxybus_client_requests_total", "source" => "embedded").increment(1);
             return Ok(ProxyLease {
                 proxy_id: Some(choice.proxy.id()),

@@ -8,7 +8,7 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use proxybus_shared::config::{self, ConfigError, EnvSource, PROXY_ENV_PREFIX, ProxySettings};
 use proxybus_shared::nats::NatsSettings;
-use proxybus_shared::{Encoding, FallbackPolicy, Region};
+use proxybus_shared::{Encoding, FallbackPolicy, ProxyScheme, Region};
 
 /// How a client reaches proxybus and what it does when it cannot.
 #[derive(Debug, Clone)]
@@ -40,6 +40,10 @@ pub struct ClientConfig {
     /// CA of the proxies); webpki's roots are always trusted
     /// (`PROXYBUS_PROXY_CA_FILE`, a PEM bundle).
     pub proxy_ca: Vec<CertificateDer<'static>>,
+    /// Proxy schemes this feed can use, sent as `ProxyRequest.proxy_schemes` and
+    /// applied to the embedded fallback; empty (the default) means any, as this
+    /// library speaks them all.
+    pub proxy_schemes: Vec<ProxyScheme>,
 }
 
 impl ClientConfig {
@@ -62,6 +66,7 @@ impl ClientConfig {
             feedback_queue_capacity: 10_000,
             cache_capacity: 10_000,
             proxy_ca: Vec::new(),
+            proxy_schemes: Vec::new(),
         }
     }
 
@@ -100,11 +105,19 @@ impl ClientConfig {
 /// The file cannot be read, or holds no certificate.
 pub fn read_pem_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let pem = std::fs::read(path).map_err(|err| format!("cannot read {}: {err}", path.display()))?;
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+    read_pem_certificates_from(&pem).map_err(|err| format!("{}: {err}", path.display()))
+}
+
+/// Every certificate of a PEM bundle.
+///
+/// # Errors
+/// The text is not PEM, or holds no certificate.
+pub fn read_pem_certificates_from(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<_, _>>()
-        .map_err(|err| format!("{} is not a PEM certificate bundle: {err}", path.display()))?;
+        .map_err(|err| format!("not a PEM certificate bundle: {err}"))?;
     if certs.is_empty() {
-        return Err(format!("{} holds no certificate", path.display()));
+        return Err("holds no certificate".into());
     }
     Ok(certs)
 }
