@@ -97,9 +97,12 @@ async fn no_password_or_token_leaves_the_pipeline_at_trace_level() {
     let url = server.client_url();
     let dir = tempfile::tempdir().unwrap();
     let inventory = dir.path().join("inventory.toml");
-    let mut text = String::from("default_region = \"us-east\"\n[regions.us-east]\nstrategy = \"round_robin\"\nsticky = false\n");
+    let mut text =
+        String::from("default_region = \"us-east\"\n[regions.us-east]\nstrategy = \"round_robin\"\nsticky = false\n");
     for (n, scheme) in [(1, "http"), (2, "socks5h"), (3, "https"), (4, "socks5")] {
-        text.push_str(&format!("[[regions.us-east.proxies]]\nurl = \"{scheme}://feed{n}:{WRITTEN}@203.0.113.{n}:3128\"\n"));
+        text.push_str(&format!(
+            "[[regions.us-east.proxies]]\nurl = \"{scheme}://feed{n}:{WRITTEN}@203.0.113.{n}:3128\"\n"
+        ));
     }
     std::fs::write(&inventory, text).unwrap();
     let stop = CancellationToken::new();
@@ -147,11 +150,12 @@ async fn no_password_or_token_leaves_the_pipeline_at_trace_level() {
     tokio::spawn(proxybus_aggregator::run(aggregator, stop.clone().cancelled_owned()));
     let metrics_addr = free_addr();
     let resolver = proxybus_resolver::Config {
-        proxy: ProxySettings { enabled: true, external_service: services(vec![pool_url.clone()]), ..Default::default() },
-        resolver: proxybus_resolver::ResolverSettings {
-            metrics_listen: Some(metrics_addr),
+        proxy: ProxySettings {
+            enabled: true,
+            external_service: services(vec![pool_url.clone()]),
             ..Default::default()
         },
+        resolver: proxybus_resolver::ResolverSettings { metrics_listen: Some(metrics_addr), ..Default::default() },
         nats: NatsSettings::new(url.clone()),
     };
     tokio::spawn(proxybus_resolver::run(resolver, stop.clone().cancelled_owned()));
@@ -196,7 +200,8 @@ async fn no_password_or_token_leaves_the_pipeline_at_trace_level() {
 
     let mut seen = Seen::default();
     // Error replies over NATS: a body that disagrees with its subject, and garbage.
-    let mismatched = serde_json::json!({"exchange_id": "kraken", "connection_type": "http", "client_id": format!("feed {WRITTEN}")});
+    let mismatched =
+        serde_json::json!({"exchange_id": "kraken", "connection_type": "http", "client_id": format!("feed {WRITTEN}")});
     let mut json = async_nats::HeaderMap::new();
     json.insert("Content-Type", "application/json");
     for body in [mismatched.to_string(), format!("{{\"proxy_url\": \"http://u:{WRITTEN}@h:1\"")] {
@@ -225,7 +230,16 @@ async fn no_password_or_token_leaves_the_pipeline_at_trace_level() {
         &["health"],
         &["health", "--json"],
         &["services"],
-        &["feedback", lease.proxy_id.as_ref().unwrap().as_str(), "--exchange", "binance", "--conn", "websocket", "--fail", "timeout"],
+        &[
+            "feedback",
+            lease.proxy_id.as_ref().unwrap().as_str(),
+            "--exchange",
+            "binance",
+            "--conn",
+            "websocket",
+            "--fail",
+            "timeout",
+        ],
     ] {
         let output = proxybus_cli(&server, args).await;
         seen.add(format!("proxybus {} (stdout)", args.join(" ")), &output.stdout);
@@ -241,7 +255,9 @@ async fn no_password_or_token_leaves_the_pipeline_at_trace_level() {
                 Ok(store) => store.get(ejected.as_str()).await.ok().flatten(),
                 Err(_) => None,
             };
-            if stored.is_some_and(|v| String::from_utf8_lossy(&v).contains("ejected")) && !pushes.lock().unwrap().is_empty() {
+            if stored.is_some_and(|v| String::from_utf8_lossy(&v).contains("ejected"))
+                && !pushes.lock().unwrap().is_empty()
+            {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -281,11 +297,18 @@ async fn no_password_or_token_leaves_the_pipeline_at_trace_level() {
         seen.add("HTTP health push", push);
     }
     // Pages: both /metrics, the pool's inventory listing and health check.
-    seen.add("resolver /metrics", reqwest::get(format!("http://{metrics_addr}/metrics")).await.unwrap().text().await.unwrap());
+    seen.add(
+        "resolver /metrics",
+        reqwest::get(format!("http://{metrics_addr}/metrics")).await.unwrap().text().await.unwrap(),
+    );
     for path in ["/metrics", "/healthz"] {
-        seen.add(format!("pool {path}"), reqwest::get(format!("{pool_url}{path}")).await.unwrap().text().await.unwrap());
+        seen.add(
+            format!("pool {path}"),
+            reqwest::get(format!("{pool_url}{path}")).await.unwrap().text().await.unwrap(),
+        );
     }
-    let listing = http.get(format!("{pool_url}/api/v1/proxies")).bearer_auth(TOKEN).send().await.unwrap().text().await.unwrap();
+    let listing =
+        http.get(format!("{pool_url}/api/v1/proxies")).bearer_auth(TOKEN).send().await.unwrap().text().await.unwrap();
     assert!(listing.contains("feed1:***@203.0.113.1:3128"), "{listing}");
     seen.add("pool /api/v1/proxies", listing);
 

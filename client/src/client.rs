@@ -233,7 +233,8 @@ impl ProxyClient {
     ) -> Result<ProxyLease, ClientError> {
         let ttl = Duration::from_secs(30);
         let accepted = &self.inner.config.proxy_schemes;
-        if let Some(choice) = self.inner.embedded.select_accepting(exchange.as_str(), connection_type, accepted, |_| true)
+        if let Some(choice) =
+            self.inner.embedded.select_accepting(exchange.as_str(), connection_type, accepted, |_| true)
         {
             metrics::counter!("proxybus_client_requests_total", "source" => "embedded").increment(1);
             return Ok(ProxyLease {
@@ -390,7 +391,8 @@ impl ProxyClient {
                 .map_err(|err| ClientError::Http(format!("proxy CA certificate: {err}")))?;
             builder = builder.tls_certs_merge(certs);
         }
-        let client = builder.build().map_err(|err| ClientError::Http(redact_details(&err.to_string(), lease.proxy.as_ref())))?;
+        let client =
+            builder.build().map_err(|err| ClientError::Http(redact_details(&err.to_string(), lease.proxy.as_ref())))?;
         Ok((client, lease))
     }
 

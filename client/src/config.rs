@@ -4,11 +4,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use proxybus_shared::breaker::BreakerConfig;
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 use proxybus_shared::config::{self, ConfigError, EnvSource, PROXY_ENV_PREFIX, ProxySettings};
 use proxybus_shared::nats::NatsSettings;
 use proxybus_shared::{Encoding, FallbackPolicy, ProxyScheme, Region};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 
 /// How a client reaches proxybus and what it does when it cannot.
 #[derive(Debug, Clone)]

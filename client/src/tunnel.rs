@@ -183,7 +183,8 @@ async fn socks_resolving_locally(proxy: &ProxyUrl, target: &Target) -> Result<Bo
         .map_err(|err| ConnectError::new(ErrorKind::Dns, format!("resolve {}: {err}", target.host)))?
         .filter(|addr| proxy.scheme() == ProxyScheme::Socks5 || addr.is_ipv4())
         .collect();
-    let mut last = ConnectError::new(ErrorKind::Dns, format!("{} has no address {} can reach", target.host, proxy.scheme()));
+    let mut last =
+        ConnectError::new(ErrorKind::Dns, format!("{} has no address {} can reach", target.host, proxy.scheme()));
     for address in addresses {
         let attempt: Result<BoxedStream, ConnectError> = match proxy.scheme() {
             ProxyScheme::Socks5 => socks5(proxy, address).await.map(|s| Box::new(s) as BoxedStream),

@@ -619,11 +619,7 @@ mod tests {
                 ProxyUrlError::Userinfo("holds a raw ':' after the one between them (percent-encode it as %3A)"),
                 &["pa:ss"][..],
             ),
-            (
-                "http://alice:pa ss@203.0.113.10:3128",
-                ProxyUrlError::Whitespace,
-                &["pa ss"][..],
-            ),
+            ("http://alice:pa ss@203.0.113.10:3128", ProxyUrlError::Whitespace, &["pa ss"][..]),
             (
                 "http://alice:pa\"ss@203.0.113.10:3128",
                 ProxyUrlError::Userinfo("holds a character that must be percent-encoded"),
@@ -677,7 +673,10 @@ mod tests {
         assert_eq!(url.credentials(), Some(("feed", "")));
         assert_eq!(url.without_credentials(), "socks4a://[2001:db8::7]:1080");
         let url = ProxyUrl::parse("HTTPS://Proxy.Example.:8443").unwrap();
-        assert_eq!((url.scheme(), url.host().to_string(), url.port()), (ProxyScheme::Https, "proxy.example".into(), 8443));
+        assert_eq!(
+            (url.scheme(), url.host().to_string(), url.port()),
+            (ProxyScheme::Https, "proxy.example".into(), 8443)
+        );
         for scheme in ProxyScheme::ALL {
             let url = ProxyUrl::parse(&format!("{scheme}://u:p@203.0.113.9:1080")).unwrap();
             assert_eq!(url.scheme(), scheme);

@@ -5,10 +5,10 @@
 //! `debug`, even under `RUST_LOG=trace`, unless `PROXYBUS_LOG_WIRE=1` asks for it,
 //! which logs a warning at start: their payloads carry proxy credentials.
 
+use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::fmt::format::FmtSpan;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::{EnvFilter, Layer};
-use tracing_subscriber::filter::{LevelFilter, Targets};
 
 use crate::config::EnvSource;
 
@@ -69,11 +69,9 @@ pub fn wire_logs_from_env(env: &EnvSource) -> bool {
 /// else passes to the `RUST_LOG` filter); `None` when wire logs are asked for.
 pub fn wire_cap(wire_logs: bool) -> Option<Targets> {
     (!wire_logs).then(|| {
-        WIRE_TARGETS
-            .iter()
-            .fold(Targets::new().with_default(LevelFilter::TRACE), |targets, crate_name| {
-                targets.with_target(*crate_name, WIRE_CAP)
-            })
+        WIRE_TARGETS.iter().fold(Targets::new().with_default(LevelFilter::TRACE), |targets, crate_name| {
+            targets.with_target(*crate_name, WIRE_CAP)
+        })
     })
 }
 

@@ -218,7 +218,9 @@ fn external_service_rollout_list_and_srv_name() {
 #[test]
 fn a_bad_proxy_url_names_its_variable_or_file_line_shows_the_url_redacted_and_never_the_password() {
     // Issue #12 (a): raw reserved characters in a password, as users write them.
-    for (password, secret) in [("12/34xyz", "34xyz"), ("pa#ss", "pa#ss"), ("pa?ss", "pa?ss"), ("p@ss", "p@ss"), ("pa:ss", "pa:ss")] {
+    for (password, secret) in
+        [("12/34xyz", "34xyz"), ("pa#ss", "pa#ss"), ("pa?ss", "pa?ss"), ("p@ss", "p@ss"), ("pa:ss", "pa:ss")]
+    {
         let url = format!("http://alice:{password}@203.0.113.10:3128");
         let from_env = env(&[
             ("CRYPTOFEED_PROXY_ENABLED", "true"),

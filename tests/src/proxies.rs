@@ -102,9 +102,8 @@ impl TestProxy {
         let key = rcgen::KeyPair::generate()?;
         let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])?
             .signed_by(&key, &ca)?;
-        let der_key = rustls::pki_types::PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(
-            key.serialize_der(),
-        ));
+        let der_key =
+            rustls::pki_types::PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()));
         let config = rustls::ServerConfig::builder()
             .with_no_client_auth()
             .with_single_cert(vec![cert.der().clone()], der_key)

@@ -48,13 +48,10 @@ authorization {{
 
 /// `NATS_*` settings of `user` on `server`.
 fn settings(server: &NatsServer, user: &str) -> NatsSettings {
-    let env: EnvSource = [
-        ("NATS_URL", server.client_url()),
-        ("NATS_USER", user.to_owned()),
-        ("NATS_PASSWORD", format!("{user}-pw")),
-    ]
-    .into_iter()
-    .collect();
+    let env: EnvSource =
+        [("NATS_URL", server.client_url()), ("NATS_USER", user.to_owned()), ("NATS_PASSWORD", format!("{user}-pw"))]
+            .into_iter()
+            .collect();
     NatsSettings::from_env(&env).unwrap()
 }
 
@@ -84,7 +81,12 @@ fn binance() -> ExchangeId {
 
 async fn wait_for_violation(errors: &Arc<Mutex<Vec<String>>>, subject: &str) {
     tokio::time::timeout(WAIT, async {
-        while !errors.lock().unwrap().iter().any(|e| e.to_lowercase().contains("permissions violation") && e.contains(subject)) {
+        while !errors
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| e.to_lowercase().contains("permissions violation") && e.contains(subject))
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
@@ -101,7 +103,12 @@ fn the_example_server_config_is_valid_for_nats_server() {
         .envs(["FEED", "RESOLVER", "AGGREGATOR", "POOL", "OPERATOR"].map(|u| (format!("PROXYBUS_{u}_PASSWORD"), "x")))
         .output()
         .expect("nats-server runs");
-    assert!(output.status.success(), "{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 #[tokio::test]
@@ -220,7 +227,10 @@ async fn each_role_may_do_its_part_and_a_feed_nothing_more() {
     let (aggregator_conn, _) = connect(&server, "aggregator").await;
     let mut aggregator_js = jetstream::new(aggregator_conn);
     aggregator_js.set_timeout(Duration::from_secs(1));
-    assert!(aggregator_js.delete_stream(FEEDBACK_STREAM).await.is_err(), "the aggregator may not delete PROXY_FEEDBACK");
+    assert!(
+        aggregator_js.delete_stream(FEEDBACK_STREAM).await.is_err(),
+        "the aggregator may not delete PROXY_FEEDBACK"
+    );
 
     // Operators may do everything, deleting streams included.
     ensure_feedback_stream(&operator_js, &FeedbackStreamConfig::default()).await.unwrap();

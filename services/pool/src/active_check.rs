@@ -49,7 +49,10 @@ async fn check_inner(proxy: &Proxy, connect_target: Option<&str>) -> Result<(), 
     };
     let mut head = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n");
     if let Some((user, password)) = url.credentials() {
-        head.push_str(&format!("Proxy-Authorization: Basic {}\r\n", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))));
+        head.push_str(&format!(
+            "Proxy-Authorization: Basic {}\r\n",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+        ));
     }
     head.push_str("\r\n");
     stream.write_all(head.as_bytes()).await?;

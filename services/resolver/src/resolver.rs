@@ -165,10 +165,12 @@ impl Resolver {
             return Ok(self.cached_answer(&entry, ResponseSource::StaleCache, STALE_TTL_SECONDS, request_id));
         }
         if self.proxy.external_service.fallback_to_embedded
-            && let Some(choice) =
-                self.embedded.select_accepting(exchange.as_str(), request.connection_type, &request.proxy_schemes, |id| {
-                    self.health.usable(id, exchange)
-                })
+            && let Some(choice) = self.embedded.select_accepting(
+                exchange.as_str(),
+                request.connection_type,
+                &request.proxy_schemes,
+                |id| self.health.usable(id, exchange),
+            )
         {
             self.metrics.fallback("embedded");
             tracing::warn!(%request_id, %exchange, proxy = %choice.proxy, error = %upstream_error, "upstream unavailable; using the embedded settings");

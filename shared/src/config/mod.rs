@@ -287,10 +287,15 @@ pub fn toml_line(text: &str, key: &str) -> Option<usize> {
 /// Gives every issue its location: the environment variable its setting came
 /// from (`origins`: dotted path → variable), else its line in the TOML `source`
 /// (`(file name, text)`; an empty name gives `line N`).
-fn locate(mut found: Vec<ConfigIssue>, origins: &[(Vec<String>, String)], source: Option<(&str, &str)>) -> Vec<ConfigIssue> {
+fn locate(
+    mut found: Vec<ConfigIssue>,
+    origins: &[(Vec<String>, String)],
+    source: Option<(&str, &str)>,
+) -> Vec<ConfigIssue> {
     for issue in &mut found {
         let names: Vec<&str> = key_segments(&issue.key).into_iter().map(|(name, _)| name).collect();
-        let from_env = origins.iter().find(|(path, _)| names.len() >= path.len() && path.iter().zip(&names).all(|(a, b)| a == b));
+        let from_env =
+            origins.iter().find(|(path, _)| names.len() >= path.len() && path.iter().zip(&names).all(|(a, b)| a == b));
         issue.location = match (from_env, source) {
             (Some((_, variable)), _) => Some(variable.clone()),
             (None, Some((file, text))) => toml_line(text, &issue.key)
