@@ -145,7 +145,7 @@ pub(crate) async fn print_health(client: async_nats::Client, stop: CancellationT
 /// client's cache so the next attempt asks again.
 async fn simulate(client: &ProxyClient, lease: &ProxyLease, elapsed: Duration, n: u64) {
     let Some(proxy) = &lease.proxy else { return };
-    let host = proxy.url().host_str().unwrap_or_default().to_owned();
+    let host = proxy.host().to_string();
     let phase = match lease.connection_type {
         ConnectionType::Http => FeedbackPhase::Request,
         ConnectionType::Websocket => FeedbackPhase::Connected,

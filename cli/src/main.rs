@@ -9,9 +9,11 @@ use proxybus_shared::config::EnvSource;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    proxybus_shared::telemetry::init(
-        proxybus_shared::telemetry::LogFormat::from_env(&EnvSource::from_process()),
-        Some(&std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into())),
+    let env = EnvSource::from_process();
+    proxybus_shared::telemetry::init_with(
+        proxybus_shared::telemetry::LogFormat::from_env(&env),
+        Some(env.get("RUST_LOG").unwrap_or("warn")),
+        proxybus_shared::telemetry::wire_logs_from_env(&env),
     );
     match proxybus_cli::run(cli).await {
         Ok(code) => code,

@@ -12,7 +12,7 @@ use proxybus_shared::breaker::CircuitBreaker;
 use proxybus_shared::embedded::EmbeddedSelector;
 use proxybus_shared::{
     Codec, ConnectionType, ErrorKind, ErrorReply, ExchangeId, FallbackPolicy, FeedbackPhase, ProxyFeedback,
-    ProxyRequest, ProxyResponse, ProxyUrl, Region, ResponseSource, subject,
+    ProxyRequest, ProxyResponse, ProxyScheme, ProxyUrl, Region, ResponseSource, subject,
 };
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite;
@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite;
 use crate::config::ClientConfig;
 use crate::lease::{ProxyLease, redact_details};
 use crate::reporter::{FeedbackStats, Reporter};
-use crate::tunnel::{self, BoxedStream, ConnectError, Target};
+use crate::tunnel::{self, BoxedStream, ConnectError, Target, TunnelTls};
 
 /// Why a client call failed.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +82,7 @@ struct Inner {
     breaker: CircuitBreaker,
     embedded: EmbeddedSelector,
     reporter: Reporter,
+    tls: Result<TunnelTls, String>,
 }
 
 /// The proxybus client a feed links; cheap to clone.
@@ -117,7 +118,10 @@ impl ProxyClient {
         let breaker = CircuitBreaker::new("proxybus-resolver", config.breaker);
         let cache = Cache::builder().max_capacity(config.cache_capacity).expire_after(LeaseExpiry).build();
         let embedded = EmbeddedSelector::new(config.embedded.clone());
-        Self { inner: Arc::new(Inner { codec: Codec::default(), config, nats, cache, breaker, embedded, reporter }) }
+        let tls = TunnelTls::new(&config.proxy_ca).map_err(|err| err.message);
+        Self {
+            inner: Arc::new(Inner { codec: Codec::default(), config, nats, cache, breaker, embedded, reporter, tls }),
+        }
     }
 
     /// The client's id.
@@ -181,6 +185,7 @@ impl ProxyClient {
         let mut request = ProxyRequest::new(exchange.clone(), connection_type, inner.config.client_id.clone());
         request.region = region.cloned();
         request.request_id = Some(uuid::Uuid::new_v4().to_string());
+        request.proxy_schemes = inner.config.proxy_schemes.clone();
         let encoding = inner.config.encoding;
         let payload = inner.codec.encode(encoding, &request).map_err(|err| err.to_string())?;
         let subject = subject::request(exchange, connection_type);
@@ -206,9 +211,9 @@ impl ProxyClient {
             inner.codec.decode(reply.headers.as_ref(), &reply.payload).map_err(|err| format!("bad reply: {err}"))?;
         let proxy = match &response.proxy_url {
             None => None,
-            Some(url) => {
-                Some(ProxyUrl::parse(url).map_err(|err| format!("resolver handed out an unusable proxy: {err}"))?)
-            }
+            Some(url) => Some(ProxyUrl::parse(url).map_err(|err| {
+                format!("resolver handed out an unusable proxy ({err}): {}", proxybus_shared::redact_url(url))
+            })?),
         };
         Ok(Ok(ProxyLease {
             proxy_id: proxy.as_ref().map(ProxyUrl::id),
@@ -232,7 +237,10 @@ impl ProxyClient {
         reason: &str,
     ) -> Result<ProxyLease, ClientError> {
         let ttl = Duration::from_secs(30);
-        if let Some(choice) = self.inner.embedded.select(exchange.as_str(), connection_type, |_| true) {
+        let accepted = &self.inner.config.proxy_schemes;
+        if let Some(choice) =
+            self.inner.embedded.select_accepting(exchange.as_str(), connection_type, accepted, |_| true)
+        {
             metrics::counter!("proxybus_client_requests_total", "source" => "embedded").increment(1);
             return Ok(ProxyLease {
                 proxy_id: Some(choice.proxy.id()),
@@ -317,7 +325,8 @@ impl ProxyClient {
         }
         let started = Instant::now();
         let result = async {
-            let stream = tunnel::open(lease.proxy.as_ref(), &target, self.inner.config.connect_timeout).await?;
+            let tls = self.inner.tls.as_ref().map_err(|err| ConnectError::new(ErrorKind::Tls, err.clone()))?;
+            let stream = tunnel::open(lease.proxy.as_ref(), &target, tls, self.inner.config.connect_timeout).await?;
             let handshake = tokio_tungstenite::client_async_with_config(url, stream, None);
             match tokio::time::timeout(self.inner.config.connect_timeout, handshake).await {
                 Err(_) => Err(ConnectError::new(ErrorKind::Timeout, "websocket handshake timed out")),
@@ -360,17 +369,33 @@ impl ProxyClient {
 
     /// A `reqwest::Client` that sends everything through a proxy leased for
     /// `exchange` (or directly when the lease says so), with the lease.
+    ///
+    /// Every scheme works as in websockets: `socks5` and `socks4` resolve the
+    /// target here, `socks5h` and `socks4a` let the proxy resolve it, `https`
+    /// speaks TLS to the proxy and trusts `ClientConfig::proxy_ca` (which this
+    /// client then also trusts for targets: reqwest has one trust store).
+    /// Credentials are decoded once by [`ProxyUrl`] and handed to reqwest as
+    /// such. reqwest sends no SOCKS4 user id, so a `socks4`/`socks4a` proxy with
+    /// one is refused here ([`ClientError::Http`]); websockets carry it.
     pub async fn http_client(&self, exchange: &ExchangeId) -> Result<(reqwest::Client, ProxyLease), ClientError> {
         let lease = self.get_proxy(exchange, ConnectionType::Http, None).await?;
         proxybus_shared::http::install_crypto_provider();
         let mut builder = reqwest::Client::builder().connect_timeout(self.inner.config.connect_timeout);
         builder = match &lease.proxy {
             None => builder.no_proxy(),
-            Some(proxy) => builder.proxy(
-                reqwest::Proxy::all(proxy.expose())
-                    .map_err(|err| ClientError::Http(redact_details(&err.to_string(), Some(proxy))))?,
-            ),
+            Some(proxy) => builder.proxy(reqwest_proxy(proxy)?),
         };
+        if !self.inner.config.proxy_ca.is_empty() {
+            let certs = self
+                .inner
+                .config
+                .proxy_ca
+                .iter()
+                .map(|der| reqwest::Certificate::from_der(der))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|err| ClientError::Http(format!("proxy CA certificate: {err}")))?;
+            builder = builder.tls_certs_merge(certs);
+        }
         let client =
             builder.build().map_err(|err| ClientError::Http(redact_details(&err.to_string(), lease.proxy.as_ref())))?;
         Ok((client, lease))
@@ -410,6 +435,23 @@ impl ProxyClient {
             self.report(event);
         }
     }
+}
+
+/// reqwest's proxy for `proxy`: the URL without credentials, which are given
+/// decoded (reqwest would otherwise decode what it is given once more).
+fn reqwest_proxy(proxy: &ProxyUrl) -> Result<reqwest::Proxy, ClientError> {
+    let mut built = reqwest::Proxy::all(proxy.without_credentials())
+        .map_err(|err| ClientError::Http(redact_details(&err.to_string(), Some(proxy))))?;
+    if let Some((user, password)) = proxy.credentials() {
+        if matches!(proxy.scheme(), ProxyScheme::Socks4 | ProxyScheme::Socks4a) {
+            return Err(ClientError::Http(format!(
+                "{}: reqwest sends no SOCKS4 user id; use a socks5 or http proxy for REST, or connect_websocket",
+                proxy.redacted()
+            )));
+        }
+        built = built.basic_auth(user, password);
+    }
+    Ok(built)
 }
 
 /// `Retry-After` in seconds (the HTTP-date form is converted against now).

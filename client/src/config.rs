@@ -6,7 +6,9 @@ use std::time::Duration;
 use proxybus_shared::breaker::BreakerConfig;
 use proxybus_shared::config::{self, ConfigError, EnvSource, PROXY_ENV_PREFIX, ProxySettings};
 use proxybus_shared::nats::NatsSettings;
-use proxybus_shared::{Encoding, FallbackPolicy, Region};
+use proxybus_shared::{Encoding, FallbackPolicy, ProxyScheme, Region};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 
 /// How a client reaches proxybus and what it does when it cannot.
 #[derive(Debug, Clone)]
@@ -34,6 +36,14 @@ pub struct ClientConfig {
     pub feedback_queue_capacity: usize,
     /// Cached leases (default 10 000).
     pub cache_capacity: u64,
+    /// Extra root certificates trusted for TLS to `https` proxies (a private
+    /// CA of the proxies); webpki's roots are always trusted
+    /// (`PROXYBUS_PROXY_CA_FILE`, a PEM bundle).
+    pub proxy_ca: Vec<CertificateDer<'static>>,
+    /// Proxy schemes this feed can use, sent as `ProxyRequest.proxy_schemes` and
+    /// applied to the embedded fallback; empty (the default) means any, as this
+    /// library speaks them all.
+    pub proxy_schemes: Vec<ProxyScheme>,
 }
 
 impl ClientConfig {
@@ -55,12 +65,14 @@ impl ClientConfig {
             fallback_policy: FallbackPolicy::DirectConnection,
             feedback_queue_capacity: 10_000,
             cache_capacity: 10_000,
+            proxy_ca: Vec::new(),
+            proxy_schemes: Vec::new(),
         }
     }
 
     /// From the environment: `NATS_*`, the embedded `CRYPTOFEED_PROXY_*` settings
     /// (overlaying the optional TOML `file`), `PROXYBUS_CLIENT_ID` (default
-    /// `proxybus-{hostname}-{pid}`) and `PROXYBUS_REGION`.
+    /// `proxybus-{hostname}-{pid}`), `PROXYBUS_REGION` and `PROXYBUS_PROXY_CA_FILE`.
     pub fn from_env(env: &EnvSource, file: Option<&Path>) -> Result<Self, ConfigError> {
         let nats = NatsSettings::from_env(env)?;
         let embedded: ProxySettings = config::load(file, env, PROXY_ENV_PREFIX)?;
@@ -70,13 +82,44 @@ impl ClientConfig {
         if let Some(region) = env.non_empty("PROXYBUS_REGION") {
             config.region = Some(region.parse().map_err(|err: proxybus_shared::SubjectError| {
                 ConfigError::Invalid(vec![config::ConfigIssue {
-                    key: "PROXYBUS_REGION".into(),
-                    message: err.to_string(),
+                    location: Some("PROXYBUS_REGION".into()),
+                    ..config::ConfigIssue::new("PROXYBUS_REGION", err.to_string())
                 }])
             })?);
         }
+        if let Some(path) = env.non_empty("PROXYBUS_PROXY_CA_FILE") {
+            config.proxy_ca = read_pem_certificates(Path::new(path)).map_err(|message| {
+                ConfigError::Invalid(vec![config::ConfigIssue {
+                    location: Some("PROXYBUS_PROXY_CA_FILE".into()),
+                    ..config::ConfigIssue::new("PROXYBUS_PROXY_CA_FILE", message)
+                }])
+            })?;
+        }
         Ok(config)
     }
+}
+
+/// Every certificate of the PEM file at `path`.
+///
+/// # Errors
+/// The file cannot be read, or holds no certificate.
+pub fn read_pem_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = std::fs::read(path).map_err(|err| format!("cannot read {}: {err}", path.display()))?;
+    read_pem_certificates_from(&pem).map_err(|err| format!("{}: {err}", path.display()))
+}
+
+/// Every certificate of a PEM bundle.
+///
+/// # Errors
+/// The text is not PEM, or holds no certificate.
+pub fn read_pem_certificates_from(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<_, _>>()
+        .map_err(|err| format!("not a PEM certificate bundle: {err}"))?;
+    if certs.is_empty() {
+        return Err("holds no certificate".into());
+    }
+    Ok(certs)
 }
 
 /// `proxybus-{hostname}-{pid}`.

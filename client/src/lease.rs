@@ -78,15 +78,12 @@ impl ProxyLease {
     }
 }
 
-/// Error text with anything URL-like redacted and the proxy's password removed.
+/// Error text with anything URL-like redacted and the proxy's password removed
+/// (as written and as decoded), at most 512 characters.
 pub(crate) fn redact_details(details: &str, proxy: Option<&ProxyUrl>) -> String {
-    let mut text = proxybus_shared::proxy_url::redact_text(details);
-    if let Some(password) = proxy.and_then(|p| p.url().password()).filter(|p| !p.is_empty()) {
-        text = text.replace(password, proxybus_shared::proxy_url::REDACTED);
-        let decoded = percent_encoding::percent_decode_str(password).decode_utf8_lossy().into_owned();
-        if !decoded.is_empty() {
-            text = text.replace(&decoded, proxybus_shared::proxy_url::REDACTED);
-        }
-    }
+    let text = match proxy {
+        Some(proxy) => proxy.scrub(details),
+        None => proxybus_shared::redact_text(details),
+    };
     text.chars().take(512).collect()
 }

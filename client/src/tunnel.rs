@@ -1,13 +1,15 @@
-//! Opening a TCP stream to a target through a proxy: HTTP CONNECT for `http`
-//! proxies, SOCKS5 and SOCKS4 (tokio-socks) with their authentication, or
-//! directly; then TLS to the target when the URL asks for it. Every failure is
-//! classified into the contract's `error_kind`.
+//! Opening a TCP stream to a target through a proxy of any [`ProxyScheme`]:
+//! HTTP `CONNECT` for `http` proxies and, inside TLS to the proxy, for `https`
+//! ones; SOCKS5/5h and SOCKS4/4a (tokio-socks) with their authentication; or
+//! directly. Then TLS to the target when the URL asks for it. Every failure is
+//! classified into the contract's `error_kind`; no message carries a password.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
-use proxybus_shared::{ErrorKind, ProxyUrl};
+use proxybus_shared::{ErrorKind, ProxyScheme, ProxyUrl};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -96,29 +98,105 @@ impl Target {
     }
 }
 
+/// The TLS trust of tunnels: webpki's roots for targets; the same plus the
+/// client's own proxy CA (`ClientConfig::proxy_ca`) for `https` proxies.
+#[derive(Clone)]
+pub struct TunnelTls {
+    target: Arc<rustls::ClientConfig>,
+    proxy: Arc<rustls::ClientConfig>,
+}
+
+impl std::fmt::Debug for TunnelTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TunnelTls").finish_non_exhaustive()
+    }
+}
+
+impl TunnelTls {
+    /// Trust for targets (webpki roots) and for `https` proxies (webpki roots and `proxy_ca`).
+    ///
+    /// # Errors
+    /// A certificate of `proxy_ca` that rustls cannot use as a root.
+    pub fn new(proxy_ca: &[rustls::pki_types::CertificateDer<'static>]) -> Result<Self, ConnectError> {
+        proxybus_shared::http::install_crypto_provider();
+        let config = |extra: &[rustls::pki_types::CertificateDer<'static>]| {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            for cert in extra {
+                roots
+                    .add(cert.clone())
+                    .map_err(|err| ConnectError::new(ErrorKind::Tls, format!("proxy CA certificate: {err}")))?;
+            }
+            Ok::<_, ConnectError>(Arc::new(
+                rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth(),
+            ))
+        };
+        Ok(Self { target: config(&[])?, proxy: config(proxy_ca)? })
+    }
+}
+
 /// Opens a stream to `target` through `proxy` (or directly), within `timeout`,
 /// with TLS to the target when it asks for it.
-pub async fn open(proxy: Option<&ProxyUrl>, target: &Target, timeout: Duration) -> Result<BoxedStream, ConnectError> {
+///
+/// Per scheme: `http` sends `CONNECT host:port`; `https` does the same inside
+/// TLS to the proxy (trusted through `tls`); `socks5h` and `socks4a` send the
+/// target's host name for the proxy to resolve; `socks5` and `socks4` resolve it
+/// here and send an address (SOCKS4: IPv4 only), trying each address in turn.
+/// Credentials are the URL's, decoded once ([`ProxyUrl::credentials`]); SOCKS4
+/// sends the user name as its user id.
+pub async fn open(
+    proxy: Option<&ProxyUrl>,
+    target: &Target,
+    tls: &TunnelTls,
+    timeout: Duration,
+) -> Result<BoxedStream, ConnectError> {
     let connect = async {
         let tcp: BoxedStream = match proxy {
             None => Box::new(tcp_connect(&target.host, target.port, "target").await?),
             Some(proxy) => match proxy.scheme() {
-                "http" => Box::new(http_connect(proxy, target).await?),
-                "socks5" => Box::new(socks5(proxy, target).await?),
-                "socks4" => Box::new(socks4(proxy, target).await?),
-                other => {
-                    return Err(ConnectError::new(
-                        ErrorKind::Other,
-                        format!("proxy scheme {other:?} is not supported for tunnels (use http, socks4 or socks5)"),
-                    ));
+                ProxyScheme::Http => {
+                    let tcp = tcp_connect(&proxy.host().to_string(), proxy.port(), "proxy").await?;
+                    Box::new(http_connect(tcp, proxy, target).await?)
                 }
+                ProxyScheme::Https => {
+                    let tcp = tcp_connect(&proxy.host().to_string(), proxy.port(), "proxy").await?;
+                    let tls_to_proxy = tls_handshake(Box::new(tcp), &proxy.host().to_string(), &tls.proxy).await?;
+                    Box::new(http_connect(tls_to_proxy, proxy, target).await?)
+                }
+                ProxyScheme::Socks5h => Box::new(socks5(proxy, (target.host.as_str(), target.port)).await?),
+                ProxyScheme::Socks4a => Box::new(socks4(proxy, (target.host.as_str(), target.port)).await?),
+                ProxyScheme::Socks5 | ProxyScheme::Socks4 => socks_resolving_locally(proxy, target).await?,
             },
         };
-        if target.tls { tls(tcp, &target.host).await } else { Ok(tcp) }
+        if target.tls { tls_handshake(tcp, &target.host, &tls.target).await } else { Ok(tcp) }
     };
     tokio::time::timeout(timeout, connect)
         .await
         .map_err(|_| ConnectError::new(ErrorKind::Timeout, format!("no connection within {timeout:?}")))?
+}
+
+/// `socks5` / `socks4`: the target's addresses from the local resolver, each
+/// tried through the proxy until one connects (SOCKS4 carries IPv4 only).
+async fn socks_resolving_locally(proxy: &ProxyUrl, target: &Target) -> Result<BoxedStream, ConnectError> {
+    let addresses: Vec<SocketAddr> = tokio::net::lookup_host((target.host.as_str(), target.port))
+        .await
+        .map_err(|err| ConnectError::new(ErrorKind::Dns, format!("resolve {}: {err}", target.host)))?
+        .filter(|addr| proxy.scheme() == ProxyScheme::Socks5 || addr.is_ipv4())
+        .collect();
+    let mut last =
+        ConnectError::new(ErrorKind::Dns, format!("{} has no address {} can reach", target.host, proxy.scheme()));
+    for address in addresses {
+        let attempt: Result<BoxedStream, ConnectError> = match proxy.scheme() {
+            ProxyScheme::Socks5 => socks5(proxy, address).await.map(|s| Box::new(s) as BoxedStream),
+            _ => socks4(proxy, address).await.map(|s| Box::new(s) as BoxedStream),
+        };
+        match attempt {
+            Ok(stream) => return Ok(stream),
+            Err(err) if err.kind == ErrorKind::ProxyAuth => return Err(err),
+            Err(err) => last = err,
+        }
+    }
+    Err(last)
 }
 
 async fn tcp_connect(host: &str, port: u16, what: &str) -> Result<TcpStream, ConnectError> {
@@ -129,32 +207,16 @@ async fn tcp_connect(host: &str, port: u16, what: &str) -> Result<TcpStream, Con
     Ok(stream)
 }
 
-fn proxy_endpoint(proxy: &ProxyUrl) -> Result<(String, u16), ConnectError> {
-    let url = proxy.url();
-    let host = url.host_str().ok_or_else(|| ConnectError::new(ErrorKind::Other, "proxy URL has no host"))?;
-    let port = url.port_or_known_default().unwrap_or(match url.scheme() {
-        "socks4" | "socks5" => 1080,
-        _ => 8080,
-    });
-    Ok((host.trim_start_matches('[').trim_end_matches(']').to_owned(), port))
-}
-
-/// Username and password of a proxy URL, percent-decoded.
-fn proxy_credentials(proxy: &ProxyUrl) -> Option<(String, String)> {
-    let url = proxy.url();
-    if url.username().is_empty() {
-        return None;
-    }
-    let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
-    Some((decode(url.username()), decode(url.password().unwrap_or_default())))
-}
-
-async fn http_connect(proxy: &ProxyUrl, target: &Target) -> Result<TcpStream, ConnectError> {
-    let (host, port) = proxy_endpoint(proxy)?;
-    let mut stream = tcp_connect(&host, port, "proxy").await?;
+/// HTTP `CONNECT` over `stream` (TCP, or TLS to an `https` proxy), with
+/// `Proxy-Authorization: Basic` when the URL has credentials.
+async fn http_connect<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    proxy: &ProxyUrl,
+    target: &Target,
+) -> Result<S, ConnectError> {
     let authority = target.authority();
     let mut request = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n");
-    if let Some((user, password)) = proxy_credentials(proxy) {
+    if let Some((user, password)) = proxy.credentials() {
         let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
         request.push_str(&format!("Proxy-Authorization: Basic {token}\r\n"));
     }
@@ -206,42 +268,44 @@ fn classify_socks(err: &tokio_socks::Error) -> ErrorKind {
     }
 }
 
-async fn socks5(proxy: &ProxyUrl, target: &Target) -> Result<tokio_socks::tcp::Socks5Stream<TcpStream>, ConnectError> {
-    let (host, port) = proxy_endpoint(proxy)?;
-    let tcp = tcp_connect(&host, port, "proxy").await?;
-    let dest = (target.host.as_str(), target.port);
-    let result = match proxy_credentials(proxy) {
+async fn socks5<'t>(
+    proxy: &ProxyUrl,
+    dest: impl tokio_socks::IntoTargetAddr<'t>,
+) -> Result<tokio_socks::tcp::Socks5Stream<TcpStream>, ConnectError> {
+    let tcp = tcp_connect(&proxy.host().to_string(), proxy.port(), "proxy").await?;
+    let result = match proxy.credentials() {
         Some((user, password)) => {
-            tokio_socks::tcp::Socks5Stream::connect_with_password_and_socket(tcp, dest, &user, &password).await
+            tokio_socks::tcp::Socks5Stream::connect_with_password_and_socket(tcp, dest, user, password).await
         }
         None => tokio_socks::tcp::Socks5Stream::connect_with_socket(tcp, dest).await,
     };
-    result.map_err(|err| ConnectError::new(classify_socks(&err), format!("socks5: {err}")))
+    result.map_err(|err| ConnectError::new(classify_socks(&err), proxy.scrub(&format!("socks5: {err}"))))
 }
 
-async fn socks4(proxy: &ProxyUrl, target: &Target) -> Result<tokio_socks::tcp::Socks4Stream<TcpStream>, ConnectError> {
-    let (host, port) = proxy_endpoint(proxy)?;
-    let tcp = tcp_connect(&host, port, "proxy").await?;
-    let dest = (target.host.as_str(), target.port);
-    let result = match proxy_credentials(proxy) {
-        Some((user, _)) => tokio_socks::tcp::Socks4Stream::connect_with_userid_and_socket(tcp, dest, &user).await,
+async fn socks4<'t>(
+    proxy: &ProxyUrl,
+    dest: impl tokio_socks::IntoTargetAddr<'t>,
+) -> Result<tokio_socks::tcp::Socks4Stream<TcpStream>, ConnectError> {
+    let tcp = tcp_connect(&proxy.host().to_string(), proxy.port(), "proxy").await?;
+    let result = match proxy.credentials() {
+        Some((user, _)) => tokio_socks::tcp::Socks4Stream::connect_with_userid_and_socket(tcp, dest, user).await,
         None => tokio_socks::tcp::Socks4Stream::connect_with_socket(tcp, dest).await,
     };
-    result.map_err(|err| ConnectError::new(classify_socks(&err), format!("socks4: {err}")))
+    result.map_err(|err| ConnectError::new(classify_socks(&err), proxy.scrub(&format!("socks4: {err}"))))
 }
 
-async fn tls(stream: BoxedStream, host: &str) -> Result<BoxedStream, ConnectError> {
-    proxybus_shared::http::install_crypto_provider();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+async fn tls_handshake(
+    stream: BoxedStream,
+    host: &str,
+    config: &Arc<rustls::ClientConfig>,
+) -> Result<BoxedStream, ConnectError> {
+    let connector = tokio_rustls::TlsConnector::from(config.clone());
     let name = rustls::pki_types::ServerName::try_from(host.to_owned())
         .map_err(|_| ConnectError::new(ErrorKind::Tls, format!("{host:?} is not a valid TLS server name")))?;
     let stream = connector
         .connect(name, stream)
         .await
-        .map_err(|err| ConnectError::new(ErrorKind::Tls, format!("tls: {err}")))?;
+        .map_err(|err| ConnectError::new(ErrorKind::Tls, format!("tls to {host}: {err}")))?;
     Ok(Box::new(stream))
 }
 
@@ -268,9 +332,8 @@ mod tests {
     }
 
     #[test]
-    fn credentials_are_percent_decoded() {
-        let proxy = ProxyUrl::parse("socks5://us%40er:p%3Ass@h:1080").unwrap();
-        assert_eq!(proxy_credentials(&proxy), Some(("us@er".into(), "p:ss".into())));
-        assert_eq!(proxy_credentials(&ProxyUrl::parse("http://h:1").unwrap()), None);
+    fn only_socks5_and_socks4_resolve_locally() {
+        let local: Vec<ProxyScheme> = ProxyScheme::ALL.into_iter().filter(|s| !s.proxy_resolves_names()).collect();
+        assert_eq!(local, [ProxyScheme::Socks4, ProxyScheme::Socks5]);
     }
 }

@@ -464,3 +464,167 @@ async fn http_client_goes_through_the_proxy_and_reports_429_with_retry_after() {
         (Some(429), Some(ErrorKind::Http429), Some(17))
     );
 }
+
+/// Answers `proxy.v1.request.*.*` with the proxy URL configured for the
+/// request's `client_id`, as a resolver with one pool per feed would; records
+/// the `proxy_schemes` each request named.
+async fn spawn_resolver_per_client(
+    nats: async_nats::Client,
+    urls: std::collections::HashMap<String, String>,
+) -> Arc<std::sync::Mutex<Vec<Vec<proxybus_shared::ProxyScheme>>>> {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let mut sub = nats.subscribe(subject::REQUEST_WILDCARD).await.unwrap();
+    nats.flush().await.unwrap();
+    tokio::spawn(async move {
+        let codec = Codec::default();
+        while let Some(msg) = sub.next().await {
+            let request: ProxyRequest = codec.decode(msg.headers.as_ref(), &msg.payload).unwrap();
+            record.lock().unwrap().push(request.proxy_schemes.clone());
+            let url = urls[&request.client_id].clone();
+            let response = ProxyResponse {
+                schema_version: 1,
+                proxy_id: Some(proxy_id(&url)),
+                proxy_url: Some(url),
+                strategy: "round_robin".into(),
+                ttl_seconds: 300,
+                fallback_policy: FallbackPolicy::DirectConnection,
+                source: ResponseSource::Service,
+                region: None,
+                request_id: request.request_id.unwrap_or_default(),
+                metadata: Default::default(),
+            };
+            let body = codec.encode(Encoding::MsgPack, &response).unwrap();
+            nats.publish_with_headers(msg.reply.unwrap(), Encoding::MsgPack.headers(), body).await.unwrap();
+        }
+    });
+    seen
+}
+
+/// An exchange's REST endpoint on 127.0.0.1: `GET /ping` answers `pong`.
+async fn rest_exchange() -> std::net::SocketAddr {
+    let app = axum::Router::new().route("/ping", axum::routing::get(|| async { "pong" }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+/// A password with every character a URL reserves, written percent-encoded in the URL.
+const HARD_PASSWORD: &str = "p@ss:w/rd#1?%x";
+
+#[tokio::test]
+async fn every_scheme_carries_websockets_and_rest_with_authentication_and_its_own_name_resolution() {
+    // Issue #12 item 2: http, https (own CA), socks4/4a (user id), socks5/5h (user and password),
+    // against real proxies on loopback. Targets are named `localhost`: the schemes that let the
+    // proxy resolve (http, https, socks4a, socks5h) show the name in the proxy's log, the others
+    // (socks4, socks5) the address this side resolved.
+    use proxybus_shared::ProxyScheme::{self, *};
+    let ws = WsEchoServer::start().await.unwrap();
+    let rest = rest_exchange().await;
+    let http = TestProxy::http_connect(Some(ProxyCredentials::new("feed", HARD_PASSWORD))).await.unwrap();
+    let https = TestProxy::https_connect(Some(ProxyCredentials::new("feed", HARD_PASSWORD))).await.unwrap();
+    let socks4 = TestProxy::socks4(Some(ProxyCredentials::new("feed-user", ""))).await.unwrap();
+    let socks4_open = TestProxy::socks4(None).await.unwrap();
+    let socks5 = TestProxy::socks5(Some(ProxyCredentials::new("feed", HARD_PASSWORD))).await.unwrap();
+    let cases: [(ProxyScheme, &TestProxy, &TestProxy, bool); 6] = [
+        (Http, &http, &http, true),
+        (Https, &https, &https, true),
+        (Socks4, &socks4, &socks4_open, false),
+        (Socks4a, &socks4, &socks4_open, true),
+        (Socks5, &socks5, &socks5, false),
+        (Socks5h, &socks5, &socks5, true),
+    ];
+    let server = NatsServer::start().await.unwrap();
+    let nats = server.connect().await.unwrap();
+    let mut urls = std::collections::HashMap::new();
+    for (scheme, ws_proxy, rest_proxy, _) in &cases {
+        urls.insert(format!("ws-{scheme}"), ws_proxy.url_as(scheme.as_str()));
+        urls.insert(format!("rest-{scheme}"), rest_proxy.url_as(scheme.as_str()));
+        urls.insert(format!("rest-userid-{scheme}"), ws_proxy.url_as(scheme.as_str()));
+    }
+    assert!(urls["ws-http"].contains("p%40ss%3Aw%2Frd%231%3F%25x"), "{}", urls["ws-http"]);
+    let seen = spawn_resolver_per_client(nats.clone(), urls).await;
+    let ca = proxybus_client::read_pem_certificates_from(https.ca_pem().unwrap().as_bytes()).unwrap();
+
+    for (scheme, ws_proxy, rest_proxy, proxy_resolves) in cases {
+        let expect = |port: u16| if proxy_resolves { format!("localhost:{port}") } else { format!("127.0.0.1:{port}") };
+        let mut config = config(&server);
+        config.proxy_ca = ca.clone();
+        config.client_id = format!("ws-{scheme}");
+        let client = ProxyClient::with_nats(config.clone(), nats.clone());
+        let mut socket = client
+            .connect_websocket(&format!("ws://localhost:{}/ws", ws.addr().port()), &binance())
+            .await
+            .unwrap_or_else(|err| panic!("websocket through {scheme}: {err}"));
+        socket.stream.send(Message::text(format!("via {scheme}"))).await.unwrap();
+        let echoed = tokio::time::timeout(WAIT, socket.stream.next()).await.unwrap().unwrap().unwrap();
+        assert_eq!(echoed.into_text().unwrap().as_str(), format!("via {scheme}"));
+        assert_eq!(ws_proxy.log().tunnels().last(), Some(&expect(ws.addr().port())), "websocket via {scheme}");
+
+        config.client_id = format!("rest-{scheme}");
+        let client = ProxyClient::with_nats(config.clone(), nats.clone());
+        let (http_client, lease) = client.http_client(&binance()).await.unwrap();
+        assert_eq!(lease.proxy.as_ref().unwrap().scheme(), scheme);
+        let body = http_client
+            .get(format!("http://localhost:{}/ping", rest.port()))
+            .send()
+            .await
+            .unwrap_or_else(|err| panic!("REST through {scheme}: {err:?}"))
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(body, "pong", "REST via {scheme}");
+        assert_eq!(rest_proxy.log().tunnels().last(), Some(&expect(rest.port())), "REST via {scheme}");
+
+        if matches!(scheme, Socks4 | Socks4a) {
+            config.client_id = format!("rest-userid-{scheme}");
+            let client = ProxyClient::with_nats(config.clone(), nats.clone());
+            let err = client.http_client(&binance()).await.unwrap_err();
+            assert!(err.to_string().contains("SOCKS4 user id"), "{err}");
+        }
+    }
+    assert!(seen.lock().unwrap().iter().all(Vec::is_empty), "this library uses every scheme: no filter");
+}
+
+#[tokio::test]
+async fn an_https_proxy_is_trusted_only_through_the_configured_ca() {
+    let https = TestProxy::https_connect(None).await.unwrap();
+    let ws = WsEchoServer::start().await.unwrap();
+    let (event, err) = failed_event_for(https.url(), ws.url()).await;
+    assert_eq!(event.error_kind, Some(ErrorKind::Tls), "{err}");
+    assert!(https.log().tunnels().is_empty());
+}
+
+#[tokio::test]
+async fn a_feed_limited_to_some_schemes_says_so_and_its_embedded_fallback_honours_it() {
+    let server = NatsServer::start().await.unwrap();
+    let nats = server.connect().await.unwrap();
+    let mut config = config(&server);
+    config.proxy_schemes = vec![proxybus_shared::ProxyScheme::Http, proxybus_shared::ProxyScheme::Https];
+    config.embedded = config::from_toml_str(
+        r#"
+        enabled = true
+        [default.http.pool]
+        proxies = [{ url = "socks5h://u:pw@10.0.0.1:1080" }, { url = "https://u:pw@10.0.0.2:8443" }]
+        "#,
+    )
+    .unwrap();
+    // No resolver on the bus: the embedded settings answer, HTTPS only.
+    let client = ProxyClient::with_nats(config.clone(), nats.clone());
+    for _ in 0..3 {
+        let lease = client.get_proxy(&binance(), ConnectionType::Http, None).await.unwrap();
+        assert_eq!(lease.source, ResponseSource::Embedded);
+        assert_eq!(lease.proxy.unwrap().expose(), "https://u:pw@10.0.0.2:8443");
+        client.invalidate(&client.get_proxy(&binance(), ConnectionType::Http, None).await.unwrap()).await;
+    }
+    let mut urls = std::collections::HashMap::new();
+    urls.insert(config.client_id.clone(), "http://u:pw@10.0.0.3:3128".to_owned());
+    let seen = spawn_resolver_per_client(nats.clone(), urls).await;
+    let client = ProxyClient::with_nats(config, nats);
+    client.get_proxy(&binance(), ConnectionType::Http, None).await.unwrap();
+    assert_eq!(
+        seen.lock().unwrap().as_slice(),
+        [vec![proxybus_shared::ProxyScheme::Http, proxybus_shared::ProxyScheme::Https]]
+    );
+}

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::config::{PoolStrategy, ProxyConfig, ProxySettings};
 use crate::messages::{ConnectionType, ProxyId};
-use crate::proxy_url::ProxyUrl;
+use crate::proxy_url::{ProxyScheme, ProxyUrl};
 
 /// A proxy chosen from the embedded settings.
 #[derive(Debug, Clone)]
@@ -80,9 +80,23 @@ impl EmbeddedSelector {
         connection_type: ConnectionType,
         usable: impl Fn(&ProxyId) -> bool,
     ) -> Option<EmbeddedChoice> {
+        self.select_accepting(exchange, connection_type, &[], usable)
+    }
+
+    /// As [`select`](Self::select), among the proxies whose scheme the caller
+    /// accepts (`ProxyRequest.proxy_schemes`; empty accepts all, the rule of
+    /// [`ProxyScheme::accepted_by`]).
+    pub fn select_accepting(
+        &self,
+        exchange: &str,
+        connection_type: ConnectionType,
+        accepted: &[ProxyScheme],
+        usable: impl Fn(&ProxyId) -> bool,
+    ) -> Option<EmbeddedChoice> {
         if !self.settings.enabled {
             return None;
         }
+        let usable = |candidate: &Candidate| candidate.proxy.scheme().accepted_by(accepted) && usable(&candidate.id);
         let own = self.settings.exchanges.get(exchange).and_then(|c| c.get(connection_type));
         let default = self.settings.default.as_ref().and_then(|c| c.get(connection_type));
         own.and_then(|config| self.select_from(format!("{exchange}:{connection_type}"), config, &usable)).or_else(
@@ -94,10 +108,10 @@ impl EmbeddedSelector {
         &self,
         pool_key: String,
         config: &ProxyConfig,
-        usable: &impl Fn(&ProxyId) -> bool,
+        usable: &impl Fn(&Candidate) -> bool,
     ) -> Option<EmbeddedChoice> {
         let all = candidates(config);
-        let usable: Vec<&Candidate> = all.iter().filter(|c| usable(&c.id)).collect();
+        let usable: Vec<&Candidate> = all.iter().filter(|c| usable(c)).collect();
         if usable.is_empty() {
             return None;
         }
@@ -204,7 +218,7 @@ mod tests {
     }
 
     fn host(choice: &EmbeddedChoice) -> String {
-        choice.proxy.url().host_str().unwrap().to_owned()
+        choice.proxy.host().to_string()
     }
 
     #[test]
@@ -269,5 +283,30 @@ mod tests {
         assert_eq!(host(&s.select("binance", ConnectionType::Http, |id| *id != own).unwrap()), "10.9.9.9");
         let disabled = EmbeddedSelector::new(ProxySettings { enabled: false, ..settings });
         assert!(disabled.select("binance", ConnectionType::Http, |_| true).is_none());
+    }
+
+    #[test]
+    fn only_accepted_schemes_are_chosen() {
+        let settings: ProxySettings = config::from_toml_str(
+            r#"
+            enabled = true
+            [default.http]
+            url = "https://10.9.9.9:8443"
+            [exchanges.binance.http.pool]
+            proxies = [{ url = "socks5h://10.0.0.1:1080" }, { url = "socks4a://10.0.0.2:1080" }, { url = "http://10.0.0.3:3128" }]
+            "#,
+        )
+        .unwrap();
+        let s = EmbeddedSelector::new(settings);
+        let http_only = [ProxyScheme::Http, ProxyScheme::Https];
+        for _ in 0..3 {
+            let choice = s.select_accepting("binance", ConnectionType::Http, &http_only, |_| true).unwrap();
+            assert_eq!(host(&choice), "10.0.0.3");
+        }
+        let socks4a = s.select_accepting("binance", ConnectionType::Http, &[ProxyScheme::Socks4a], |_| true).unwrap();
+        assert_eq!(host(&socks4a), "10.0.0.2");
+        let https = s.select_accepting("kraken", ConnectionType::Http, &[ProxyScheme::Https], |_| true).unwrap();
+        assert_eq!(host(&https), "10.9.9.9");
+        assert!(s.select_accepting("kraken", ConnectionType::Http, &[ProxyScheme::Socks5], |_| true).is_none());
     }
 }

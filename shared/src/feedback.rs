@@ -274,13 +274,34 @@ pub fn feedback_headers(feedback: &ProxyFeedback) -> HeaderMap {
     headers
 }
 
+/// `feedback` as it may travel: `proxy_url` through [`redact_url`] and
+/// `error_details` through [`redact_text`] (the contract: "credentials redacted",
+/// "free text, redacted"), whatever the caller put there; borrowed when already so.
+///
+/// [`redact_url`]: crate::redact_url
+/// [`redact_text`]: crate::redact_text
+pub fn redacted(feedback: &ProxyFeedback) -> std::borrow::Cow<'_, ProxyFeedback> {
+    let proxy_url = crate::redact_url(&feedback.proxy_url);
+    let details = feedback.error_details.as_deref().map(crate::redact_text);
+    if proxy_url == feedback.proxy_url && details.as_deref() == feedback.error_details.as_deref() {
+        return std::borrow::Cow::Borrowed(feedback);
+    }
+    let mut shown = feedback.clone();
+    shown.proxy_url = proxy_url;
+    shown.error_details = details;
+    std::borrow::Cow::Owned(shown)
+}
+
 /// Publishes `feedback` on `proxy.v1.feedback.{exchange}.{connection_type}`
 /// (MessagePack, `Nats-Msg-Id: {event_id}`) and returns the future of its JetStream
 /// ack without waiting for it, so that many events can be in flight at once.
+/// The event is [`redacted`] first: no password reaches the stream.
 pub async fn send_feedback(
     jetstream: &jetstream::Context,
     feedback: &ProxyFeedback,
 ) -> Result<PublishAckFuture, PublishFeedbackError> {
+    let feedback = redacted(feedback);
+    let feedback = feedback.as_ref();
     let payload = Codec::default().encode(Encoding::MsgPack, feedback)?;
     let subject = subject::feedback(&feedback.exchange_id, feedback.connection_type);
     jetstream

@@ -1,7 +1,9 @@
 //! The HTTP client proxybus parts use to talk to proxy services: connection
 //! pooling, HTTP/2 when the server offers it, rustls with certificate validation
-//! always on, optional extra trusted roots and client certificate (mutual TLS),
-//! and the seed's `ProxyServiceAuth` headers.
+//! on (only `external_service.insecure_skip_tls_verify = true` turns it off, with
+//! a warning each time a client is built, i.e. at every start), optional extra
+//! trusted roots and client certificate (mutual TLS), and the seed's
+//! `ProxyServiceAuth` headers.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -107,6 +109,14 @@ pub fn proxy_service_client(
         let certs = reqwest::Certificate::from_pem_bundle(&read(ca)?)
             .map_err(|err| HttpClientError::Invalid { what: "ca_file", message: err.to_string() })?;
         builder = builder.tls_certs_merge(certs);
+    }
+    if config.insecure_skip_tls_verify {
+        tracing::warn!(
+            setting = "external_service.insecure_skip_tls_verify",
+            "TLS certificates of proxy services are NOT validated: anyone on the path can read the proxies and \
+             their credentials; configure auth_credentials.ca_file instead"
+        );
+        builder = builder.tls_danger_accept_invalid_certs(true);
     }
     if let Some((cert, key)) = &tls.client_identity {
         let mut pem = read(cert)?;

@@ -10,7 +10,8 @@
 //!   `Content-Type` header says so; typed decode errors and a payload limit.
 //! - [`subject`]: validated subject tokens (`ExchangeId`, `Region`) and the
 //!   builders and parsers of `proxy.v1.*` subjects.
-//! - [`proxy_url`]: `proxy_id` (first 8 bytes of SHA-256, hex) and URL redaction.
+//! - [`proxy_url`]: `ProxyUrl` (the one parser of proxy URLs), `ProxyScheme`,
+//!   `proxy_id` (first 8 bytes of SHA-256, hex) and the one redactor of URLs and text.
 //! - [`config`]: `ProxySettings` / `ExternalProxyServiceConfig` loaded from a TOML
 //!   file and `CRYPTOFEED_PROXY_*` variables taken from an injected source.
 //! - [`feedback`]: stream `PROXY_FEEDBACK` (create or update) and the feedback
@@ -44,7 +45,7 @@ pub mod telemetry;
 
 pub use codec::{Codec, DecodeError, Encoding};
 pub use messages::*;
-pub use proxy_url::{ProxyUrl, ProxyUrlError, proxy_id, redact_url};
+pub use proxy_url::{ProxyHost, ProxyScheme, ProxyUrl, ProxyUrlError, proxy_id, redact_text, redact_url};
 pub use subject::{ExchangeId, Region, SubjectError};
 
 /// Version of the wire contract these types speak (`schema_version`).

@@ -113,6 +113,26 @@ pub struct ProxyRequest {
     /// Free-form metadata.
     #[serde(default)]
     pub metadata: Metadata,
+    /// Proxy URL schemes the caller can use (an aiohttp feed without
+    /// `aiohttp-socks` can use `http` and `https` proxies only for REST); absent,
+    /// null or empty means any. The resolver, the pool and embedded selection only
+    /// answer proxies whose scheme is listed ([`ProxyScheme::accepted_by`]); with
+    /// none left, the request falls back as when no proxy is available.
+    /// An extension of contract v1: old resolvers ignore it.
+    ///
+    /// [`ProxyScheme::accepted_by`]: crate::ProxyScheme::accepted_by
+    #[serde(default, deserialize_with = "null_as_empty", skip_serializing_if = "Vec::is_empty")]
+    #[schemars(with = "Option<Vec<crate::ProxyScheme>>")]
+    pub proxy_schemes: Vec<crate::ProxyScheme>,
+}
+
+/// A list that may be sent as null.
+fn null_as_empty<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Option::<Vec<T>>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 impl ProxyRequest {
@@ -126,6 +146,7 @@ impl ProxyRequest {
             client_id: client_id.into(),
             request_id: None,
             metadata: Metadata::new(),
+            proxy_schemes: Vec::new(),
         }
     }
 }

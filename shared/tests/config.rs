@@ -214,3 +214,69 @@ fn external_service_rollout_list_and_srv_name() {
     let err = load::<ProxySettings>(None, &bad, PROXY_ENV_PREFIX).unwrap_err();
     assert_eq!(err.issues()[0].key, "external_service.exchanges[0]");
 }
+
+#[test]
+fn a_bad_proxy_url_names_its_variable_or_file_line_shows_the_url_redacted_and_never_the_password() {
+    // Issue #12 (a): raw reserved characters in a password, as users write them.
+    for (password, secret) in
+        [("12/34xyz", "34xyz"), ("pa#ss", "pa#ss"), ("pa?ss", "pa?ss"), ("p@ss", "p@ss"), ("pa:ss", "pa:ss")]
+    {
+        let url = format!("http://alice:{password}@203.0.113.10:3128");
+        let from_env = env(&[
+            ("CRYPTOFEED_PROXY_ENABLED", "true"),
+            ("CRYPTOFEED_PROXY_EXCHANGES__BINANCE__HTTP__URL", url.as_str()),
+        ]);
+        let err = config::load::<ProxySettings>(None, &from_env, PROXY_ENV_PREFIX).unwrap_err();
+        let issue = &err.issues()[0];
+        assert_eq!(issue.key, "exchanges.binance.http.url");
+        assert_eq!(issue.location.as_deref(), Some("CRYPTOFEED_PROXY_EXCHANGES__BINANCE__HTTP__URL"));
+        let shown = err.to_string();
+        assert!(shown.contains("CRYPTOFEED_PROXY_EXCHANGES__BINANCE__HTTP__URL"), "{shown}");
+        assert!(shown.contains("http://alice:***@203.0.113.10:3128"), "{shown}");
+        assert!(!shown.contains(secret) && !format!("{err:?}").contains(secret), "{secret} in {shown}");
+
+        let file = toml_file(&format!(
+            "enabled = true\n\n[default.websocket.pool]\nproxies = [\n  {{ url = \"socks5://ok:pw@10.0.0.1:1080\" }},\n  {{ url = \"{url}\" }},\n]\n"
+        ));
+        let err = config::load::<ProxySettings>(Some(file.path()), &env(&[]), PROXY_ENV_PREFIX).unwrap_err();
+        let issue = &err.issues()[0];
+        assert_eq!(issue.key, "default.websocket.pool.proxies[1].url");
+        assert_eq!(issue.location, Some(format!("{}:6", file.path().display())), "{err}");
+        assert!(!err.to_string().contains(secret), "{err}");
+    }
+    // A JSON list in one variable: the variable is named for the entry inside it.
+    let list = r#"[{"url": "socks5h://bob:s3cr%2Ft@[2001:db8::1]:1080"}, {"url": "socks4a://bob@h"}]"#;
+    let err = config::load::<ProxySettings>(
+        None,
+        &env(&[("CRYPTOFEED_PROXY_DEFAULT__HTTP__POOL__PROXIES", list)]),
+        PROXY_ENV_PREFIX,
+    )
+    .unwrap_err();
+    let issue = &err.issues()[0];
+    assert_eq!(issue.key, "default.http.pool.proxies[1].url");
+    assert_eq!(issue.location.as_deref(), Some("CRYPTOFEED_PROXY_DEFAULT__HTTP__POOL__PROXIES"));
+    assert!(issue.message.contains("no port"), "{issue}");
+}
+
+#[test]
+fn proxy_urls_of_every_scheme_and_host_kind_load() {
+    let settings: ProxySettings = config::from_toml_str(
+        r#"
+        enabled = true
+        [default.http.pool]
+        proxies = [
+          { url = "https://u:p%40ss@proxy.example:8443" },
+          { url = "socks4://user-id@10.0.0.2:1080" },
+          { url = "socks4a://10.0.0.3:1080" },
+          { url = "socks5://u:pw@[2001:db8::5]:1080" },
+          { url = "socks5h://u:pw@gw.example:1080" },
+          { url = "http://10.0.0.6:3128" },
+        ]
+        "#,
+    )
+    .unwrap();
+    let pool = &settings.default.unwrap().http.unwrap().pool.unwrap().proxies;
+    let schemes: Vec<String> = pool.iter().map(|p| p.proxy_url().unwrap().scheme().to_string()).collect();
+    assert_eq!(schemes, ["https", "socks4", "socks4a", "socks5", "socks5h", "http"]);
+    assert_eq!(pool[0].proxy_url().unwrap().credentials(), Some(("u", "p@ss")));
+}

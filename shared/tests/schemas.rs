@@ -34,6 +34,8 @@ fn examples() -> BTreeMap<&'static str, Value> {
     request.region = Some(region.clone());
     request.request_id = Some("0b8a4c52-1f0e-4f4e-9d3a-7c2f1a9e6b10".into());
     request.metadata.insert("feed".into(), json!("l2_book"));
+    // An aiohttp feed without aiohttp-socks: HTTP proxies only (issue #12).
+    request.proxy_schemes = vec![ProxyScheme::Http, ProxyScheme::Https];
     let response = ProxyResponse {
         schema_version: 1,
         proxy_url: Some(url.into()),

@@ -20,7 +20,7 @@
 //!   testcontainers.
 //! - `connect.rs`: client options that reconnect quickly and forever, and server credentials.
 //! - `process.rs`: finding the binary, spawning, the ports file, signalling and reaping.
-//! - `proxies.rs`: [`TestProxy`] (HTTP CONNECT and SOCKS5, logging every tunnel) and
+//! - `proxies.rs`: [`TestProxy`] (HTTP CONNECT, HTTPS CONNECT, SOCKS4/4a, SOCKS5/5h, logging every tunnel) and
 //!   [`WsEchoServer`], for tests of code that connects through proxies.
 //! - `monitor.rs`: readiness probes on the client port and the HTTP monitoring endpoint.
 //! - `tests/harness.rs`: the harness's own tests against a real `nats-server`.

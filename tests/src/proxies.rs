@@ -1,5 +1,6 @@
 //! Real proxies and a websocket server on 127.0.0.1 for tests of code that
-//! connects through proxies: an HTTP CONNECT proxy, a SOCKS4/4a proxy, a SOCKS5 proxy (RFC 1928,
+//! connects through proxies: an HTTP CONNECT proxy, the same behind TLS (an
+//! `https://` proxy with its own CA), a SOCKS4/4a proxy, a SOCKS5/5h proxy (RFC 1928,
 //! username/password per RFC 1929) and a websocket echo server that can refuse
 //! its handshake with a chosen HTTP status. The HTTP proxy also forwards plain
 //! `GET http://…` requests (without their bodies), as REST clients send them. Each proxy logs the targets it
@@ -9,10 +10,24 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, bail};
+use futures::future::BoxFuture;
 use futures::{SinkExt, StreamExt};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
+
+/// What a proxy URL's user info may hold raw: RFC 3986 `unreserved`; the rest is percent-encoded.
+const USERINFO: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// A client connection to a test proxy: TCP, or TLS over TCP.
+trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> ClientStream for T {}
+
+type Serve = Arc<
+    dyn Fn(Box<dyn ClientStream>, Option<ProxyCredentials>, ProxyLog) -> BoxFuture<'static, Result<()>> + Send + Sync,
+>;
 
 /// Username and password a proxy demands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +73,7 @@ pub struct TestProxy {
     scheme: &'static str,
     credentials: Option<ProxyCredentials>,
     log: ProxyLog,
+    ca_pem: Option<String>,
     task: JoinHandle<()>,
 }
 
@@ -70,23 +86,55 @@ impl Drop for TestProxy {
 impl TestProxy {
     /// An HTTP proxy that supports `CONNECT` (and demands `Proxy-Authorization: Basic` when `credentials` is set).
     pub async fn http_connect(credentials: Option<ProxyCredentials>) -> Result<Self> {
-        Self::spawn("http", credentials, |stream, creds, log| Box::pin(serve_http_connect(stream, creds, log))).await
+        Self::spawn("http", credentials, None, Arc::new(|s, c, l| Box::pin(serve_http_connect(s, c, l)))).await
+    }
+
+    /// The same HTTP `CONNECT` proxy behind TLS (an `https://` proxy), with a
+    /// certificate for `127.0.0.1` and `localhost` issued by a CA made for it
+    /// ([`ca_pem`](Self::ca_pem)), which no system trusts.
+    pub async fn https_connect(credentials: Option<ProxyCredentials>) -> Result<Self> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature];
+        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "proxybus test proxy CA");
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate()?)?;
+        let key = rcgen::KeyPair::generate()?;
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])?
+            .signed_by(&key, &ca)?;
+        let der_key =
+            rustls::pki_types::PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone()], der_key)
+            .context("test proxy TLS config")?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let serve: Serve = Arc::new(move |stream, credentials, log| {
+            let acceptor = acceptor.clone();
+            Box::pin(async move {
+                let tls = acceptor.accept(stream).await.context("TLS handshake with the client")?;
+                serve_http_connect(Box::new(tls), credentials, log).await
+            })
+        });
+        Self::spawn("https", credentials, Some(ca.pem()), serve).await
     }
 
     /// A SOCKS4/4a proxy; with `credentials`, only their user id is accepted (SOCKS4 has no password).
     pub async fn socks4(credentials: Option<ProxyCredentials>) -> Result<Self> {
-        Self::spawn("socks4", credentials, |stream, creds, log| Box::pin(serve_socks4(stream, creds, log))).await
+        Self::spawn("socks4", credentials, None, Arc::new(|s, c, l| Box::pin(serve_socks4(s, c, l)))).await
     }
 
-    /// A SOCKS5 proxy (no authentication, or username/password when `credentials` is set).
+    /// A SOCKS5 proxy (no authentication, or username/password when `credentials` is set);
+    /// it takes addresses and host names alike (`socks5` and `socks5h`).
     pub async fn socks5(credentials: Option<ProxyCredentials>) -> Result<Self> {
-        Self::spawn("socks5", credentials, |stream, creds, log| Box::pin(serve_socks5(stream, creds, log))).await
+        Self::spawn("socks5", credentials, None, Arc::new(|s, c, l| Box::pin(serve_socks5(s, c, l)))).await
     }
 
     async fn spawn(
         scheme: &'static str,
         credentials: Option<ProxyCredentials>,
-        serve: fn(TcpStream, Option<ProxyCredentials>, ProxyLog) -> futures::future::BoxFuture<'static, Result<()>>,
+        ca_pem: Option<String>,
+        serve: Serve,
     ) -> Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -94,15 +142,20 @@ impl TestProxy {
         let (creds, task_log) = (credentials.clone(), log.clone());
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (creds, log) = (creds.clone(), task_log.clone());
+                let (creds, log, serve) = (creds.clone(), task_log.clone(), serve.clone());
                 tokio::spawn(async move {
-                    if let Err(err) = serve(stream, creds, log).await {
+                    if let Err(err) = serve(Box::new(stream), creds, log).await {
                         tracing::debug!(%err, "test proxy connection ended");
                     }
                 });
             }
         });
-        Ok(Self { addr, scheme, credentials, log, task })
+        Ok(Self { addr, scheme, credentials, log, ca_pem, task })
+    }
+
+    /// PEM of the CA that issued an `https` proxy's certificate.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.ca_pem.as_deref()
     }
 
     /// Where the proxy listens.
@@ -110,17 +163,28 @@ impl TestProxy {
         self.addr
     }
 
-    /// The proxy's URL, with its credentials when it has some.
+    /// The proxy's URL, with its credentials (percent-encoded) when it has some.
     pub fn url(&self) -> String {
+        self.url_as(self.scheme)
+    }
+
+    /// The proxy's URL under another scheme it speaks: `socks4a` for a SOCKS4
+    /// proxy, `socks5h` for a SOCKS5 one. A SOCKS4 URL carries the user id only.
+    pub fn url_as(&self, scheme: &str) -> String {
         match &self.credentials {
-            Some(c) => format!("{}://{}:{}@{}", self.scheme, c.user, c.password, self.addr),
-            None => format!("{}://{}", self.scheme, self.addr),
+            Some(c) if scheme.starts_with("socks4") => format!("{scheme}://{}@{}", encode(&c.user), self.addr),
+            Some(c) => self.url_with_as(scheme, &c.user, &c.password),
+            None => format!("{scheme}://{}", self.addr),
         }
     }
 
     /// The proxy's URL with other credentials (to test a rejected login).
     pub fn url_with(&self, user: &str, password: &str) -> String {
-        format!("{}://{user}:{password}@{}", self.scheme, self.addr)
+        self.url_with_as(self.scheme, user, password)
+    }
+
+    fn url_with_as(&self, scheme: &str, user: &str, password: &str) -> String {
+        format!("{scheme}://{}:{}@{}", encode(user), encode(password), self.addr)
     }
 
     /// What the proxy saw.
@@ -129,7 +193,15 @@ impl TestProxy {
     }
 }
 
-async fn serve_http_connect(stream: TcpStream, credentials: Option<ProxyCredentials>, log: ProxyLog) -> Result<()> {
+fn encode(text: &str) -> String {
+    utf8_percent_encode(text, USERINFO).to_string()
+}
+
+async fn serve_http_connect(
+    stream: Box<dyn ClientStream>,
+    credentials: Option<ProxyCredentials>,
+    log: ProxyLog,
+) -> Result<()> {
     let mut reader = BufReader::new(stream);
     let mut request_line = String::new();
     reader.read_line(&mut request_line).await?;
@@ -185,7 +257,7 @@ async fn serve_http_connect(stream: TcpStream, credentials: Option<ProxyCredenti
 
 /// A plain-HTTP proxy request (`GET http://host:port/path`): sent on to the
 /// target in origin form, one request per connection.
-async fn forward_plain(mut stream: TcpStream, method: &str, target: &str, log: ProxyLog) -> Result<()> {
+async fn forward_plain(mut stream: Box<dyn ClientStream>, method: &str, target: &str, log: ProxyLog) -> Result<()> {
     let Some(rest) = target.strip_prefix("http://") else {
         log.push(format!("refused {target}: method {method}"));
         stream.write_all(b"HTTP/1.1 405 Method Not Allowed\r\ncontent-length: 0\r\n\r\n").await?;
@@ -207,7 +279,11 @@ async fn forward_plain(mut stream: TcpStream, method: &str, target: &str, log: P
     Ok(())
 }
 
-async fn serve_socks5(mut stream: TcpStream, credentials: Option<ProxyCredentials>, log: ProxyLog) -> Result<()> {
+async fn serve_socks5(
+    mut stream: Box<dyn ClientStream>,
+    credentials: Option<ProxyCredentials>,
+    log: ProxyLog,
+) -> Result<()> {
     let mut head = [0u8; 2];
     stream.read_exact(&mut head).await?;
     if head[0] != 5 {
@@ -278,7 +354,7 @@ async fn serve_socks5(mut stream: TcpStream, credentials: Option<ProxyCredential
     }
 }
 
-async fn read_null_terminated(stream: &mut TcpStream) -> Result<Vec<u8>> {
+async fn read_null_terminated(stream: &mut Box<dyn ClientStream>) -> Result<Vec<u8>> {
     let mut bytes = Vec::new();
     loop {
         let mut byte = [0u8; 1];
@@ -293,7 +369,11 @@ async fn read_null_terminated(stream: &mut TcpStream) -> Result<Vec<u8>> {
     }
 }
 
-async fn serve_socks4(mut stream: TcpStream, credentials: Option<ProxyCredentials>, log: ProxyLog) -> Result<()> {
+async fn serve_socks4(
+    mut stream: Box<dyn ClientStream>,
+    credentials: Option<ProxyCredentials>,
+    log: ProxyLog,
+) -> Result<()> {
     let mut head = [0u8; 8];
     stream.read_exact(&mut head).await?;
     if head[0] != 4 || head[1] != 1 {
@@ -329,7 +409,7 @@ async fn serve_socks4(mut stream: TcpStream, credentials: Option<ProxyCredential
     }
 }
 
-async fn tunnel(mut a: TcpStream, mut b: TcpStream) -> Result<()> {
+async fn tunnel(mut a: Box<dyn ClientStream>, mut b: TcpStream) -> Result<()> {
     tokio::io::copy_bidirectional(&mut a, &mut b).await?;
     Ok(())
 }

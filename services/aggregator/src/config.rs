@@ -230,9 +230,7 @@ fn collect(into: &mut Vec<config::ConfigIssue>, err: ConfigError, origin: &str) 
             }
             issue
         })),
-        other => {
-            into.push(config::ConfigIssue { key: origin.trim_end_matches('_').to_owned(), message: other.to_string() })
-        }
+        other => into.push(config::ConfigIssue::new(origin.trim_end_matches('_'), other.to_string())),
     }
 }
 

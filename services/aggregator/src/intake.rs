@@ -35,17 +35,8 @@ pub fn read_feedback(subject: &str, headers: Option<&HeaderMap>, payload: &[u8])
 
 /// A reason fit for a header: URLs redacted, one line, at most 256 characters.
 pub fn clean_reason(reason: &str) -> String {
-    let redacted: Vec<String> = reason
-        .split_whitespace()
-        .map(|word| {
-            if word.contains("://") || word.contains('@') {
-                proxybus_shared::redact_url(word.trim_matches(['"', '`', '\'', ',', '(', ')']))
-            } else {
-                word.to_owned()
-            }
-        })
-        .collect();
-    redacted.join(" ").chars().filter(|c| !c.is_control()).take(MAX_REASON_LEN).collect()
+    let one_line = reason.split_whitespace().collect::<Vec<_>>().join(" ");
+    proxybus_shared::redact_text(&one_line).chars().filter(|c| !c.is_control()).take(MAX_REASON_LEN).collect()
 }
 
 /// Republishes a message that cannot be folded on its dead-letter subject.

@@ -7,7 +7,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::Engine;
 use futures::StreamExt;
+use proxybus_shared::ProxyScheme;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -23,9 +25,6 @@ const CONCURRENCY: usize = 16;
 /// Why a check failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
-    /// The proxy URL names no port and its scheme has no default.
-    #[error("no port")]
-    NoPort,
     /// Connect or CONNECT took longer than the timeout.
     #[error("timed out")]
     Timeout,
@@ -43,22 +42,17 @@ pub async fn check(proxy: &Proxy, connect_target: Option<&str>, timeout: Duratio
 }
 
 async fn check_inner(proxy: &Proxy, connect_target: Option<&str>) -> Result<(), CheckError> {
-    let url = proxy.url().url();
-    let host = url.host_str().ok_or(CheckError::NoPort)?.trim_start_matches('[').trim_end_matches(']');
-    let port = url.port_or_known_default().or(match url.scheme() {
-        "socks4" | "socks5" => Some(1080),
-        _ => None,
-    });
-    let port = port.ok_or(CheckError::NoPort)?;
-    let mut stream = TcpStream::connect((host, port)).await?;
-    let Some(target) = connect_target.filter(|_| url.scheme() == "http") else {
+    let url = proxy.url();
+    let mut stream = TcpStream::connect((url.host().to_string(), url.port())).await?;
+    let Some(target) = connect_target.filter(|_| url.scheme() == ProxyScheme::Http) else {
         return Ok(());
     };
     let mut head = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n");
-    if !url.username().is_empty() {
-        let user = percent_decode(url.username());
-        let password = percent_decode(url.password().unwrap_or_default());
-        head.push_str(&format!("Proxy-Authorization: Basic {}\r\n", base64(format!("{user}:{password}").as_bytes())));
+    if let Some((user, password)) = url.credentials() {
+        head.push_str(&format!(
+            "Proxy-Authorization: Basic {}\r\n",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+        ));
     }
     head.push_str("\r\n");
     stream.write_all(head.as_bytes()).await?;
@@ -122,55 +116,4 @@ pub async fn check_round(selector: &Selector, connect_target: Option<&str>, time
             async {}
         })
         .await;
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let Ok(hex) = std::str::from_utf8(&bytes[i + 1..i + 3])
-            && let Ok(byte) = u8::from_str_radix(hex, 16)
-        {
-            out.push(byte);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn base64(input: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-    for chunk in input.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn basic_credentials_are_encoded_like_rfc_4648() {
-        assert_eq!(base64(b"user:pass"), "dXNlcjpwYXNz");
-        assert_eq!(base64(b"a"), "YQ==");
-        assert_eq!(base64(b"ab"), "YWI=");
-        assert_eq!(percent_decode("p%40ss%3Aw"), "p@ss:w");
-        assert_eq!(percent_decode("100%"), "100%");
-    }
 }

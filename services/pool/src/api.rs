@@ -174,13 +174,7 @@ impl From<BytesRejection> for ApiError {
 fn parse_json<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
     let body = body?;
     serde_json::from_slice(&body).map_err(|err| {
-        let message = err
-            .to_string()
-            .split(' ')
-            .map(|w| if w.contains("://") { proxybus_shared::redact_url(w.trim_matches(['"', '`'])) } else { w.into() })
-            .collect::<Vec<_>>()
-            .join(" ");
-        ApiError::bad_request(format!("malformed JSON: {message}"))
+        ApiError::bad_request(format!("malformed JSON: {}", proxybus_shared::redact_text(&err.to_string())))
     })
 }
 

@@ -265,7 +265,7 @@ impl Validate for InventoryFile {
                             );
                         }
                     }
-                    Err(err) => issues.push(key(&pat, "url"), format!("{err} (in {})", redact_url(url))),
+                    Err(err) => issues.push(key(&pat, "url"), format!("{err}: {}", redact_url(url))),
                 }
                 if !(proxy.weight.is_finite() && proxy.weight > 0.0 && proxy.weight <= 1e6) {
                     issues.push(key(&pat, "weight"), format!("{} must be a number in (0, 1e6]", proxy.weight));
@@ -441,31 +441,30 @@ impl InventoryError {
 }
 
 impl Inventory {
-    /// Reads and validates an inventory file.
+    /// Reads and validates an inventory file; every issue names its `FILE:LINE`.
     pub fn load(path: &Path) -> Result<Self, InventoryError> {
         let text =
             std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        Self::from_toml_str(&text).map_err(|err| match err {
-            InventoryError::Config(ConfigError::Toml { message, .. }) => {
-                InventoryError::Config(ConfigError::Toml { path: path.to_owned(), message })
-            }
-            other => other,
-        })
+        Self::parse(&text, Some(path))
     }
 
-    /// Parses and validates inventory TOML.
+    /// Parses and validates inventory TOML; every issue names its `line N`.
     pub fn from_toml_str(text: &str) -> Result<Self, InventoryError> {
+        Self::parse(text, None)
+    }
+
+    fn parse(text: &str, path: Option<&Path>) -> Result<Self, InventoryError> {
         // A TOML syntax error's full text quotes the offending line, which may hold a
         // proxy password: report only the parser's message and the line number.
         if let Err(err) = toml::from_str::<toml::Table>(text) {
             let line = err.span().map_or(0, |span| text[..span.start.min(text.len())].lines().count().max(1));
             return Err(ConfigError::Toml {
-                path: std::path::PathBuf::from("<string>"),
+                path: path.map_or_else(|| std::path::PathBuf::from("<string>"), Path::to_owned),
                 message: format!("{} (line {line})", err.message()),
             }
             .into());
         }
-        let file: InventoryFile = config::from_toml_str(text)?;
+        let file: InventoryFile = config::from_toml_source(text, path)?;
         Ok(Self::from_file(&file))
     }
 
@@ -611,6 +610,36 @@ mod tests {
             assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
         }
         assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn proxy_urls_with_raw_reserved_characters_are_refused_with_file_line_and_no_password() {
+        // Issue #12 (a), and the other raw reserved characters of the same kind.
+        let dir = tempfile::tempdir().unwrap();
+        for (password, secret) in
+            [("12/34xyz", "34xyz"), ("pa#ss", "pa#ss"), ("pa?ss", "pa?ss"), ("p@ss", "p@ss"), ("pa:ss", "pa:ss")]
+        {
+            let text = format!(
+                "default_region = \"us-east\"\n[regions.us-east]\n\n[[regions.us-east.proxies]]\nurl = \"http://10.0.0.1:3128\"\n\n[[regions.us-east.proxies]]\nurl = \"http://alice:{password}@203.0.113.10:3128\"\n"
+            );
+            let path = dir.path().join("inventory.toml");
+            std::fs::write(&path, &text).unwrap();
+            let err = Inventory::load(&path).unwrap_err();
+            let issue = &err.issues()[0];
+            assert_eq!(issue.key, "regions.us-east.proxies[1].url", "{err}");
+            assert_eq!(issue.location.as_deref(), Some(format!("{}:8", path.display()).as_str()), "{err}");
+            let shown = err.to_string();
+            assert!(shown.contains("http://alice:***@203.0.113.10:3128"), "{shown}");
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+            assert!(!format!("{err:?}").contains(secret), "{secret} in {err:?}");
+        }
+        let ok = Inventory::from_toml_str(
+            "default_region = \"a\"\n[regions.a]\n[[regions.a.proxies]]\nurl = \"socks5h://alice:12%2F34xyz@[2001:db8::1]:1080\"\n",
+        )
+        .unwrap();
+        let proxy = ok.proxies().next().unwrap();
+        assert_eq!(proxy.url().credentials(), Some(("alice", "12/34xyz")));
+        assert_eq!(proxy.redacted_url(), "socks5h://alice:***@[2001:db8::1]:1080");
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! (health, leases, sticky sessions, latency), and the choice of a proxy.
 //!
 //! A request is answered in this order:
+//! 0. only proxies that serve the exchange and the connection type, with a
+//!    scheme the request's `proxy_schemes` accepts (all when it names none), count;
 //! 1. **sticky**: the session's proxy from an earlier answer, if it is still in
 //!    the inventory, serves the exchange, is healthy and has room;
 //! 2. the requested region's pool (the default region's when the request names
@@ -309,7 +311,10 @@ impl Selector {
         let mut state = self.state();
         state.leases.expire(now);
 
-        let serves = |p: &Arc<Proxy>| p.serves(exchange, connection_type);
+        // A proxy whose scheme the caller cannot use (`proxy_schemes`) is as one that does not serve it.
+        let serves = |p: &Arc<Proxy>| {
+            p.serves(exchange, connection_type) && p.url().scheme().accepted_by(&request.proxy_schemes)
+        };
         let chosen = |state: &State, p: &Arc<Proxy>| {
             serves(p) && state.usable(p, exchange, now, wall) && state.has_room(p, &session)
         };

@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
-use proxybus_shared::{ConnectionType, ExchangeId, ProxyResponse, Region};
+use proxybus_shared::{ConnectionType, ExchangeId, ProxyResponse, ProxyScheme, Region};
 use tokio::time::Instant;
 
 /// Cache key: `client_id:exchange:connection_type:region` (`-` for no region).
@@ -45,6 +45,20 @@ impl CacheKey {
     ) -> Self {
         let region = region.map_or("-", Region::as_str);
         Self(format!("{client_id}:{exchange}:{connection_type}:{region}").into())
+    }
+
+    /// The key of an answer limited to the `accepted` proxy schemes
+    /// (`ProxyRequest.proxy_schemes`): the key, then `:` and the schemes sorted,
+    /// joined by `+`; unchanged when `accepted` is empty (every scheme). A feed
+    /// that asks with and without a filter keeps two answers, never one for both.
+    pub fn accepting(self, accepted: &[ProxyScheme]) -> Self {
+        if accepted.is_empty() {
+            return self;
+        }
+        let mut schemes: Vec<&str> = accepted.iter().map(|s| s.as_str()).collect();
+        schemes.sort_unstable();
+        schemes.dedup();
+        Self(format!("{}:{}", self.0, schemes.join("+")).into())
     }
 
     /// The key as text.
@@ -290,6 +304,10 @@ mod tests {
     #[test]
     fn keys_separate_clients() {
         let binance: ExchangeId = "binance".parse().unwrap();
+        let plain = CacheKey::new("f", &binance, ConnectionType::Http, None);
+        let http_only = plain.clone().accepting(&[ProxyScheme::Https, ProxyScheme::Http, ProxyScheme::Http]);
+        assert_eq!(http_only.as_str(), "f:binance:http:-:http+https", "sorted and once each");
+        assert_eq!(plain.clone().accepting(&[]), plain, "no filter, the key of every scheme");
         let a = CacheKey::new("feed-a", &binance, ConnectionType::Http, None);
         let b = CacheKey::new("feed-b", &binance, ConnectionType::Http, None);
         assert_ne!(a, b);

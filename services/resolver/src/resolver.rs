@@ -111,7 +111,8 @@ impl Resolver {
         if !self.proxy.enabled {
             return Some(self.direct(request_id(), region.cloned()));
         }
-        let key = CacheKey::new(&request.client_id, exchange, request.connection_type, region);
+        let key = CacheKey::new(&request.client_id, exchange, request.connection_type, region)
+            .accepting(&request.proxy_schemes);
         if let Some(entry) = self.cache.get(&key) {
             if !self.usable(&entry.response, exchange) {
                 tracing::info!(request_id = request.request_id.as_deref().unwrap_or_default(), cache_key = %key, "cached proxy is ejected or banned; resolving again");
@@ -139,7 +140,8 @@ impl Resolver {
         }
         let exchange = &request.exchange_id;
         let region = request.region.clone().or_else(|| self.settings.region.clone());
-        let key = CacheKey::new(&request.client_id, exchange, request.connection_type, region.as_ref());
+        let key = CacheKey::new(&request.client_id, exchange, request.connection_type, region.as_ref())
+            .accepting(&request.proxy_schemes);
         let request_id = request.request_id.clone().unwrap_or_default();
 
         let upstream_error = match self.ask_upstream(&key, request, region.clone()).await {
@@ -163,8 +165,12 @@ impl Resolver {
             return Ok(self.cached_answer(&entry, ResponseSource::StaleCache, STALE_TTL_SECONDS, request_id));
         }
         if self.proxy.external_service.fallback_to_embedded
-            && let Some(choice) =
-                self.embedded.select(exchange.as_str(), request.connection_type, |id| self.health.usable(id, exchange))
+            && let Some(choice) = self.embedded.select_accepting(
+                exchange.as_str(),
+                request.connection_type,
+                &request.proxy_schemes,
+                |id| self.health.usable(id, exchange),
+            )
         {
             self.metrics.fallback("embedded");
             tracing::warn!(%request_id, %exchange, proxy = %choice.proxy, error = %upstream_error, "upstream unavailable; using the embedded settings");
@@ -242,9 +248,12 @@ impl Resolver {
         request_id: String,
         region: Option<proxybus_shared::Region>,
     ) -> ProxyResponse {
-        match self.embedded.select(request.exchange_id.as_str(), request.connection_type, |id| {
-            self.health.usable(id, &request.exchange_id)
-        }) {
+        match self.embedded.select_accepting(
+            request.exchange_id.as_str(),
+            request.connection_type,
+            &request.proxy_schemes,
+            |id| self.health.usable(id, &request.exchange_id),
+        ) {
             Some(choice) => {
                 let answer = self.embedded_answer(choice, request_id);
                 self.cache.insert(key, answer.clone(), Duration::from_secs(answer.ttl_seconds));

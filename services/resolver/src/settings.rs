@@ -184,7 +184,7 @@ impl Config {
 fn collect(err: ConfigError, issues: &mut Vec<config::ConfigIssue>) {
     match err {
         ConfigError::Invalid(found) => issues.extend(found),
-        other => issues.push(config::ConfigIssue { key: "(file)".into(), message: other.to_string() }),
+        other => issues.push(config::ConfigIssue::new("(file)", other.to_string())),
     }
 }
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use proxybus_shared::breaker::{BreakerConfig, BreakerState, CircuitBreaker};
-use proxybus_shared::{ProxyRequest, ProxyResponse, ProxyUrl, redact_url};
+use proxybus_shared::{ProxyRequest, ProxyResponse, ProxyScheme, ProxyUrl, redact_text, redact_url};
 use tokio::time::Instant;
 
 use crate::metrics::ResolverMetrics;
@@ -259,7 +259,7 @@ impl Upstream {
                 return Err(format!("HTTP {}", status.as_u16()));
             }
             let body = response.bytes().await.map_err(|err| describe(&err))?;
-            validate(&body)
+            validate(&body, &request.proxy_schemes)
         }
         .await;
         let elapsed = started.elapsed();
@@ -307,22 +307,23 @@ fn describe(err: &reqwest::Error) -> String {
     let mut source = std::error::Error::source(err);
     while let Some(cause) = source {
         text.push_str(": ");
-        text.push_str(&redact_words(&cause.to_string()));
+        text.push_str(&redact_text(&cause.to_string()));
         source = cause.source();
     }
     text
 }
 
-fn redact_words(text: &str) -> String {
-    text.split(' ').map(|w| if w.contains("://") { redact_url(w) } else { w.to_owned() }).collect::<Vec<_>>().join(" ")
-}
-
 /// Parses and checks an upstream answer.
-pub fn validate(body: &[u8]) -> Result<ProxyResponse, String> {
+pub fn validate(body: &[u8], accepted: &[ProxyScheme]) -> Result<ProxyResponse, String> {
     let mut response: ProxyResponse = serde_json::from_slice(body)
-        .map_err(|err| format!("invalid ProxyResponse JSON: {}", redact_words(&err.to_string())))?;
+        .map_err(|err| format!("invalid ProxyResponse JSON: {}", redact_text(&err.to_string())))?;
     if let Some(url) = &response.proxy_url {
         let parsed = ProxyUrl::parse(url).map_err(|err| format!("unusable proxy_url ({err}): {}", redact_url(url)))?;
+        if !parsed.scheme().accepted_by(accepted) {
+            // An upstream that ignores `proxy_schemes` (older than the field): the
+            // caller could not use this proxy, so it counts as no answer.
+            return Err(format!("proxy_url {} has a scheme the request does not accept", parsed.redacted()));
+        }
         response.proxy_id = Some(parsed.id());
     } else {
         response.proxy_id = None;
@@ -337,16 +338,29 @@ mod tests {
     #[test]
     fn answers_with_bad_schemes_or_no_host_are_refused_without_leaking_credentials() {
         let ok = br#"{"proxy_url":"socks5://u:pw@h:1080","strategy":"p2c_ewma","ttl_seconds":60}"#;
-        let answer = validate(ok).unwrap();
+        let answer = validate(ok, &[]).unwrap();
         assert_eq!(answer.proxy_id, Some(proxybus_shared::proxy_id("socks5://u:pw@h:1080")));
         let ftp = br#"{"proxy_url":"ftp://u:hunter2@h:21","strategy":"x","ttl_seconds":60}"#;
-        let err = validate(ftp).unwrap_err();
+        let err = validate(ftp, &[]).unwrap_err();
         assert!(err.contains("ftp") && !err.contains("hunter2"), "{err}");
         let no_host = br#"{"proxy_url":"http://:8080","strategy":"x","ttl_seconds":60}"#;
-        assert!(validate(no_host).unwrap_err().contains("no host"));
-        assert!(validate(br#"{"proxy_url":42}"#).is_err());
-        let direct = validate(br#"{"proxy_url":null,"strategy":"direct","ttl_seconds":5}"#).unwrap();
+        assert!(validate(no_host, &[]).unwrap_err().contains("no host"));
+        assert!(validate(br#"{"proxy_url":42}"#, &[]).is_err());
+        let direct = validate(br#"{"proxy_url":null,"strategy":"direct","ttl_seconds":5}"#, &[]).unwrap();
         assert_eq!(direct.proxy_url, None);
+        // The quoted inventory entry of issue #12, answered by a careless upstream.
+        let slash = br#"{"proxy_url":"http://alice:12/34xyz@203.0.113.10:3128","strategy":"x","ttl_seconds":60}"#;
+        let err = validate(slash, &[]).unwrap_err();
+        assert!(err.contains("http://alice:***@203.0.113.10:3128") && !err.contains("34xyz"), "{err}");
+    }
+
+    #[test]
+    fn answers_with_a_scheme_the_request_does_not_accept_are_no_answer() {
+        let socks = br#"{"proxy_url":"socks5h://u:pw@h:1080","strategy":"x","ttl_seconds":60}"#;
+        let err = validate(socks, &[ProxyScheme::Http, ProxyScheme::Https]).unwrap_err();
+        assert!(err.contains("socks5h://u:***@h:1080") && !err.contains("pw"), "{err}");
+        assert!(validate(socks, &[ProxyScheme::Socks5h]).is_ok());
+        assert!(validate(socks, &[]).is_ok(), "no filter accepts every scheme");
     }
 
     #[test]

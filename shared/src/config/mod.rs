@@ -79,11 +79,24 @@ pub struct ConfigIssue {
     pub key: String,
     /// What is wrong with it; never contains a secret.
     pub message: String,
+    /// Where the setting was written, when known: `FILE:LINE` (`line LINE` for
+    /// text without a file) or the environment variable's name.
+    pub location: Option<String>,
+}
+
+impl ConfigIssue {
+    /// An issue of setting `key`, not yet located.
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { key: key.into(), message: message.into(), location: None }
+    }
 }
 
 impl fmt::Display for ConfigIssue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.key, self.message)
+        match &self.location {
+            Some(location) => write!(f, "{} ({location}): {}", self.key, self.message),
+            None => write!(f, "{}: {}", self.key, self.message),
+        }
     }
 }
 
@@ -130,7 +143,7 @@ pub struct Issues {
 impl Issues {
     /// Records that setting `key` is invalid.
     pub fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
-        self.found.push(ConfigIssue { key: key.into(), message: message.into() });
+        self.found.push(ConfigIssue::new(key, message));
     }
 
     /// Records an issue when `value` is outside `range`.
@@ -169,48 +182,142 @@ pub fn key(prefix: &str, name: &str) -> String {
 
 /// Loads settings of type `T`: defaults, overlaid by the TOML `file` (if any),
 /// overlaid by the variables of `env` that start with `prefix`; then validates.
+///
+/// # Errors
+/// [`ConfigError`]; every [`ConfigIssue`] is located: the variable's name when
+/// the setting came from `env`, else `FILE:LINE`.
 pub fn load<T: DeserializeOwned + Validate>(
     file: Option<&Path>,
     env: &EnvSource,
     prefix: &str,
 ) -> Result<T, ConfigError> {
-    let mut tree = match file {
-        Some(path) => read_toml(path)?,
-        None => Value::Object(Map::new()),
+    let (mut tree, text) = match file {
+        Some(path) => {
+            let (tree, text) = read_toml(path)?;
+            (tree, Some(text))
+        }
+        None => (Value::Object(Map::new()), None),
     };
-    let (overlay, mut issues) = env_tree(env, prefix);
+    let (overlay, origins, mut issues) = env_tree(env, prefix);
     merge(&mut tree, overlay);
-    let settings: T = match serde_path_to_error_lite(tree) {
-        Ok(settings) => settings,
+    let result = match serde_path_to_error_lite::<T>(tree) {
+        Ok(settings) => {
+            settings.validate("", &mut issues);
+            Ok(settings)
+        }
         Err(issue) => {
             issues.found.push(issue);
-            return Err(ConfigError::Invalid(issues.found));
+            Err(())
         }
     };
-    settings.validate("", &mut issues);
-    issues.into_result()?;
-    Ok(settings)
+    if issues.is_empty()
+        && let Ok(settings) = result
+    {
+        return Ok(settings);
+    }
+    let source = file.zip(text.as_deref()).map(|(path, text)| (path.display().to_string(), text));
+    Err(ConfigError::Invalid(locate(issues.found, &origins, source.as_ref().map(|(p, t)| (p.as_str(), *t)))))
 }
 
-/// Parses TOML text into settings of type `T` (no environment), then validates.
+/// Parses TOML text into settings of type `T` (no environment), then validates;
+/// issues are located as `line N` of `text`.
 pub fn from_toml_str<T: DeserializeOwned + Validate>(text: &str) -> Result<T, ConfigError> {
-    let tree: Value = toml::from_str(text)
-        .map_err(|err| ConfigError::Toml { path: PathBuf::from("<string>"), message: err.to_string() })?;
-    let settings: T = serde_path_to_error_lite(tree).map_err(|issue| ConfigError::Invalid(vec![issue]))?;
+    from_toml_source(text, None)
+}
+
+/// Parses the TOML `text` of file `path` (when given) into settings of type `T`,
+/// then validates; issues are located as `PATH:LINE` (or `line LINE`).
+pub fn from_toml_source<T: DeserializeOwned + Validate>(text: &str, path: Option<&Path>) -> Result<T, ConfigError> {
+    let tree: Value = toml::from_str(text).map_err(|err| ConfigError::Toml {
+        path: path.map_or_else(|| PathBuf::from("<string>"), Path::to_owned),
+        message: err.to_string(),
+    })?;
+    let name = path.map(|p| p.display().to_string());
+    let source = Some((name.as_deref().unwrap_or_default(), text));
+    let settings: T =
+        serde_path_to_error_lite(tree).map_err(|issue| ConfigError::Invalid(locate(vec![issue], &[], source)))?;
     let mut issues = Issues::default();
     settings.validate("", &mut issues);
-    issues.into_result()?;
+    if !issues.is_empty() {
+        return Err(ConfigError::Invalid(locate(issues.found, &[], source)));
+    }
     Ok(settings)
 }
 
-fn read_toml(path: &Path) -> Result<Value, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-    toml::from_str(&text).map_err(|err| ConfigError::Toml { path: path.to_owned(), message: err.message().to_owned() })
+/// The segments of a dotted key with their indexes: `a.b[2].c` → `[("a", None), ("b", Some(2)), ("c", None)]`.
+fn key_segments(key: &str) -> Vec<(&str, Option<usize>)> {
+    key.split('.')
+        .map(|segment| match segment.split_once('[') {
+            Some((name, index)) => (name, index.trim_end_matches(']').parse().ok()),
+            None => (segment, None),
+        })
+        .collect()
 }
 
-/// The tree the variables under `prefix` describe, and the variables that could not be read.
-fn env_tree(env: &EnvSource, prefix: &str) -> (Value, Issues) {
+/// The 1-based line of the setting at dotted `key` (`regions.us-east.proxies[0].url`)
+/// in TOML `text`, or of the deepest part of it that is there; `None` when
+/// the text does not parse or holds none of it.
+pub fn toml_line(text: &str, key: &str) -> Option<usize> {
+    use toml::de::{DeTable, DeValue};
+    let root = DeTable::parse(text).ok()?;
+    let mut table: &DeTable<'_> = root.get_ref();
+    let mut found: Option<std::ops::Range<usize>> = None;
+    for (name, index) in key_segments(key) {
+        let Some((_, value)) = table.iter().find(|(k, _)| k.get_ref().as_ref() == name) else { break };
+        let mut value = value;
+        if let Some(index) = index {
+            match value.get_ref() {
+                DeValue::Array(items) if index < items.len() => value = &items[index],
+                _ => {
+                    found = Some(value.span());
+                    break;
+                }
+            }
+        }
+        found = Some(value.span());
+        match value.get_ref() {
+            DeValue::Table(inner) => table = inner,
+            _ => break,
+        }
+    }
+    let start = found?.start.min(text.len());
+    Some(text[..start].matches('\n').count() + 1)
+}
+
+/// Gives every issue its location: the environment variable its setting came
+/// from (`origins`: dotted path → variable), else its line in the TOML `source`
+/// (`(file name, text)`; an empty name gives `line N`).
+fn locate(
+    mut found: Vec<ConfigIssue>,
+    origins: &[(Vec<String>, String)],
+    source: Option<(&str, &str)>,
+) -> Vec<ConfigIssue> {
+    for issue in &mut found {
+        let names: Vec<&str> = key_segments(&issue.key).into_iter().map(|(name, _)| name).collect();
+        let from_env =
+            origins.iter().find(|(path, _)| names.len() >= path.len() && path.iter().zip(&names).all(|(a, b)| a == b));
+        issue.location = match (from_env, source) {
+            (Some((_, variable)), _) => Some(variable.clone()),
+            (None, Some((file, text))) => toml_line(text, &issue.key)
+                .map(|line| if file.is_empty() { format!("line {line}") } else { format!("{file}:{line}") }),
+            (None, None) => None,
+        };
+    }
+    found
+}
+
+fn read_toml(path: &Path) -> Result<(Value, String), ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    let tree = toml::from_str(&text)
+        .map_err(|err| ConfigError::Toml { path: path.to_owned(), message: err.message().to_owned() })?;
+    Ok((tree, text))
+}
+
+/// The tree the variables under `prefix` describe, where each value came from
+/// (dotted path → variable name), and the variables that could not be read.
+fn env_tree(env: &EnvSource, prefix: &str) -> (Value, Vec<(Vec<String>, String)>, Issues) {
     let mut tree = Value::Object(Map::new());
+    let mut origins = Vec::new();
     let mut issues = Issues::default();
     for (name, raw) in env.with_prefix(prefix) {
         let path: Vec<String> = name.split(NESTING).map(str::to_ascii_lowercase).collect();
@@ -229,8 +336,9 @@ fn env_tree(env: &EnvSource, prefix: &str) -> (Value, Issues) {
             }
         };
         insert_path(&mut tree, &path, value);
+        origins.push((path, format!("{prefix}{name}")));
     }
-    (tree, issues)
+    (tree, origins, issues)
 }
 
 fn parse_env_value(raw: &str) -> Result<Value, serde_json::Error> {
@@ -295,10 +403,10 @@ fn merge(base: &mut Value, overlay: Value) {
 fn serde_path_to_error_lite<T: DeserializeOwned>(tree: Value) -> Result<T, ConfigIssue> {
     serde_path_to_error::deserialize(tree).map_err(|err| {
         let path = err.path().to_string();
-        ConfigIssue {
-            key: if path == "." { "(root)".into() } else { path },
-            message: crate::proxy_url::redact_text(&err.into_inner().to_string()),
-        }
+        ConfigIssue::new(
+            if path == "." { "(root)".to_owned() } else { path },
+            crate::proxy_url::redact_text(&err.into_inner().to_string()),
+        )
     })
 }
 
@@ -344,7 +452,8 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let (tree, issues) = env_tree(&env, PROXY_ENV_PREFIX);
+        let (tree, origins, issues) = env_tree(&env, PROXY_ENV_PREFIX);
+        assert_eq!(origins.len(), 2);
         assert!(issues.is_empty());
         assert_eq!(
             tree,

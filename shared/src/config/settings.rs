@@ -92,7 +92,8 @@ impl Validate for ConnectionProxies {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct ProxyConfig {
-    /// A single proxy URL (`http`, `https`, `socks4`, `socks5`).
+    /// A single proxy URL (`http`, `https`, `socks4`, `socks4a`, `socks5`, `socks5h`;
+    /// the rules are those of [`ProxyUrl`]).
     #[serde(deserialize_with = "optional_secret")]
     pub url: Option<SecretString>,
     /// Connect timeout through this proxy, 1 to 300 seconds.
@@ -257,6 +258,10 @@ pub struct ExternalProxyServiceConfig {
     /// Phased rollout (the seed's migration plan): exchanges delegated to the
     /// services; empty means every exchange. The others use the embedded settings.
     pub exchanges: Vec<String>,
+    /// Turns off certificate validation of `https` endpoints (a test
+    /// deployment with self-signed certificates). Off by default; when on, every
+    /// start logs a warning. Prefer `auth_credentials.ca_file` with the service's CA.
+    pub insecure_skip_tls_verify: bool,
     /// DNS SRV name the endpoints are discovered under
     /// (`_proxy-service._tcp.example.internal`, as a Kubernetes headless service
     /// publishes); when set it replaces `endpoints`.
@@ -275,6 +280,7 @@ impl Default for ExternalProxyServiceConfig {
             circuit_breaker_enabled: true,
             fallback_to_embedded: true,
             exchanges: Vec::new(),
+            insecure_skip_tls_verify: false,
             srv_name: None,
         }
     }

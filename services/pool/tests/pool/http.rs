@@ -215,3 +215,35 @@ async fn settings_without_any_credentials_are_refused() {
     let err = proxybus_pool::PoolServer::bind_with_selector(settings, selector).await.unwrap_err();
     assert!(err.to_string().contains("auth.tokens"), "{err}");
 }
+
+#[tokio::test]
+async fn proxy_schemes_of_a_request_limit_the_answer_to_those_schemes() {
+    // Issue #12 item 3: an aiohttp feed (no SOCKS for REST) names the schemes it can use.
+    let toml = "default_region = \"us-east\"\n[regions.us-east]\nstrategy = \"round_robin\"\nsticky = false\n\
+        [[regions.us-east.proxies]]\nurl = \"socks5h://user1:secret-pw-1@203.0.113.1:1080\"\n\
+        [[regions.us-east.proxies]]\nurl = \"https://user2:secret-pw-2@203.0.113.2:8443\"\n\
+        [[regions.us-east.proxies]]\nurl = \"socks4a://user3@203.0.113.3:1080\"\n";
+    let app = spawn_app(toml, |_| {}).await;
+    let ask = async |schemes: Value| {
+        let mut body = serde_json::to_value(request("binance", "aiohttp-feed")).unwrap();
+        body["proxy_schemes"] = schemes;
+        app.post("/api/v1/proxy/request", &body).await
+    };
+    for _ in 0..6 {
+        let answer: ProxyResponse = ask(json!(["http", "https"])).await.json().await.unwrap();
+        assert_eq!(answer.proxy_url.as_deref(), Some("https://user2:secret-pw-2@203.0.113.2:8443"));
+    }
+    let socks: ProxyResponse = ask(json!(["socks4a"])).await.json().await.unwrap();
+    assert_eq!(socks.proxy_url.as_deref(), Some("socks4a://user3@203.0.113.3:1080"));
+    let mut seen = std::collections::HashSet::new();
+    for schemes in [Value::Null, json!([])] {
+        for _ in 0..3 {
+            let answer: ProxyResponse = ask(schemes.clone()).await.json().await.unwrap();
+            seen.insert(answer.proxy_url.unwrap());
+        }
+    }
+    assert_eq!(seen.len(), 3, "absent, null or empty accepts every scheme");
+    assert_eq!(ask(json!(["socks5"])).await.status(), 404, "no socks5 proxy (only socks5h) in the pool");
+    assert_eq!(ask(json!(["gopher"])).await.status(), 400, "an unknown scheme is a bad request");
+    app.stop().await;
+}

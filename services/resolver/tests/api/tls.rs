@@ -105,3 +105,51 @@ async fn mutual_tls_presents_the_client_certificate() {
     assert!(upstream.client_cert_seen(), "the client certificate was presented");
     assert_eq!(upstream.seen()[0].authorization, None, "mutual TLS sends no bearer token");
 }
+
+/// Builds a resolver from `vars` and returns what it logged while starting.
+fn resolver_and_its_start_logs(vars: &[(&str, &str)]) -> (proxybus_resolver::Resolver, String) {
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buffer = Buffer::default();
+    let writer = buffer.clone();
+    let logs = proxybus_shared::telemetry::subscriber(
+        proxybus_shared::telemetry::LogFormat::Plain,
+        Some("warn"),
+        false,
+        move || writer.clone(),
+    );
+    let resolver = tracing::subscriber::with_default(logs, || resolver(vars));
+    let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+    (resolver, text)
+}
+
+#[tokio::test]
+async fn certificate_validation_is_on_by_default_and_off_only_explicitly_with_a_warning() {
+    // Issue #12 item 7.
+    let pki = pki();
+    let upstream = FakeUpstream::start_tls(Behaviour::default(), pki.server.clone()).await;
+    let (validating, logs) = resolver_and_its_start_logs(&borrow(&vars(&upstream)));
+    assert!(validating.resolve(&request("binance", Http, "f")).await.is_err(), "an unknown CA is refused");
+    assert!(!logs.contains("NOT validated"), "{logs}");
+    assert_eq!(upstream.calls(), 0);
+
+    let mut insecure = vars(&upstream);
+    insecure.push(("CRYPTOFEED_PROXY_EXTERNAL_SERVICE__INSECURE_SKIP_TLS_VERIFY", "true".into()));
+    for _start in 0..2 {
+        let (skipping, logs) = resolver_and_its_start_logs(&borrow(&insecure));
+        assert!(logs.contains("WARN") && logs.contains("NOT validated"), "a warning at every start: {logs}");
+        assert!(logs.contains("insecure_skip_tls_verify"), "{logs}");
+        let answer = skipping.resolve(&request("binance", Http, "f")).await.unwrap();
+        assert_eq!(answer.source, ResponseSource::Service);
+    }
+    assert_eq!(upstream.calls(), 2);
+}
