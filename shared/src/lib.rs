@@ -15,10 +15,14 @@
 //!   file and `CRYPTOFEED_PROXY_*` variables taken from an injected source.
 //! - [`feedback`]: stream `PROXY_FEEDBACK` (create or update) and the feedback
 //!   publish with `Nats-Msg-Id: {event_id}` that waits for the JetStream ack.
+//! - [`health`]: the health model — who an outcome is about, how long an
+//!   exchange's verdict bars a proxy, the ejection cap, what a record means now,
+//!   which of two records is newer. Every part applies these rules.
 //! - [`breaker`]: the circuit breaker every upstream call goes through.
 //! - [`embedded`]: choosing a proxy from the embedded `ProxySettings` (fallback).
 //! - [`http`]: the HTTP client for proxy services (auth headers, TLS, pooling).
-//! - [`kv`]: opening key-value buckets (also on nats-server 2.9).
+//! - [`kv`]: opening key-value buckets (also on nats-server 2.9), loading and
+//!   following `PROXY_HEALTH` and `PROXY_INVENTORY`.
 //! - [`nats`]: `NatsSettings` from `NATS_URL` and credentials, and `connect`.
 //! - [`schema`]: JSON Schemas of the messages, generated from the types.
 //! - [`shutdown`]: the SIGINT/SIGTERM every binary stops on.
@@ -29,6 +33,7 @@ pub mod codec;
 pub mod config;
 pub mod embedded;
 pub mod feedback;
+pub mod health;
 pub mod http;
 pub mod kv;
 pub mod messages;
