@@ -379,6 +379,15 @@ pub fn expire(stats: &mut HealthStats, now: DateTime<Utc>) -> Expired {
     expired
 }
 
+/// Whether [`expire`] at `now` would end anything in `stats` (without copying them).
+pub fn has_expired(stats: &HealthStats, now: DateTime<Utc>) -> bool {
+    let ejection = stats.state == HealthState::Ejected && stats.ejected_until.is_some_and(|until| until <= now);
+    ejection
+        || stats.exchanges.values().any(|exchange| {
+            exchange.state != ExchangeState::Healthy && exchange.banned_until.is_some_and(|until| until <= now)
+        })
+}
+
 /// `stats` as they stand at `now` (see [`expire`]).
 pub fn as_of(stats: &HealthStats, now: DateTime<Utc>) -> HealthStats {
     let mut copy = stats.clone();

@@ -26,6 +26,26 @@ pub fn region_sizes<'a>(inventories: impl IntoIterator<Item = &'a ProxyInventory
     regions.into_iter().map(|(region, ids)| (region, ids.len())).collect()
 }
 
+/// The region sizes of the inventories stored now (for a replay); empty when the
+/// bucket is missing or unreadable.
+pub async fn current_sizes(jetstream: &jetstream::Context) -> RegionSizes {
+    use futures::StreamExt;
+    let Ok(bucket) = jetstream.get_key_value(proxybus_shared::subject::INVENTORY_BUCKET).await else {
+        return RegionSizes::new();
+    };
+    let Ok(mut keys) = bucket.keys().await else { return RegionSizes::new() };
+    let mut inventories = Vec::new();
+    while let Some(Ok(key)) = keys.next().await {
+        if let Ok(Some(bytes)) = bucket.get(&key).await
+            && let Ok(inventory) =
+                proxybus_shared::Codec::default().decode_as::<ProxyInventory>(proxybus_shared::Encoding::MsgPack, &bytes)
+        {
+            inventories.push(inventory);
+        }
+    }
+    region_sizes(&inventories)
+}
+
 /// Follows `PROXY_INVENTORY` until `shutdown`, sending the region sizes on every change
 /// once the stored inventories are loaded.
 pub async fn follow(

@@ -500,7 +500,7 @@ impl Live {
         let ids: Vec<ProxyId> = self
             .folder
             .proxies()
-            .filter(|proxy| proxy.view_at(now) != proxy.stats)
+            .filter(|proxy| proxybus_shared::health::has_expired(&proxy.stats, now))
             .map(|proxy| proxy.stats.proxy_id.clone())
             .collect();
         if ids.is_empty() {
