@@ -42,7 +42,9 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Issues, Validate, key};
-use crate::messages::{ErrorKind, ExchangeHealth, ExchangeState, FeedbackPhase, HealthState, HealthStats, ProxyFeedback};
+use crate::messages::{
+    ErrorKind, ExchangeHealth, ExchangeState, FeedbackPhase, HealthState, HealthStats, ProxyFeedback,
+};
 use crate::subject::ExchangeId;
 
 const SECOND_MS: u64 = 1_000;
@@ -301,7 +303,12 @@ impl HealthPolicy {
 
     /// Applies an exchange's verdict to that exchange's part of a proxy's record:
     /// counts it (`refusals_in_a_row`, `ip_bans`) and returns the bar it earns, if any.
-    pub fn judge(&self, exchange: &mut ExchangeHealth, verdict: Verdict, retry_after_seconds: Option<u64>) -> Option<Bar> {
+    pub fn judge(
+        &self,
+        exchange: &mut ExchangeHealth,
+        verdict: Verdict,
+        retry_after_seconds: Option<u64>,
+    ) -> Option<Bar> {
         match verdict {
             Verdict::RateLimited => {
                 Some(Bar { state: ExchangeState::Cooldown, duration: self.cooldown(retry_after_seconds) })
@@ -317,8 +324,9 @@ impl HealthPolicy {
                 exchange.refusals_in_a_row = exchange.refusals_in_a_row.saturating_add(1);
                 (exchange.refusals_in_a_row >= self.refusals_to_bar).then(|| Bar {
                     state: ExchangeState::Banned,
-                    duration: retry_after_seconds
-                        .map_or(Duration::from_millis(self.ban_403_ms), |s| Duration::from_secs(s).min(Duration::from_millis(self.ban_418_max_ms))),
+                    duration: retry_after_seconds.map_or(Duration::from_millis(self.ban_403_ms), |s| {
+                        Duration::from_secs(s).min(Duration::from_millis(self.ban_418_max_ms))
+                    }),
                 })
             }
         }
@@ -340,7 +348,8 @@ pub fn apply_bar(exchange: &mut ExchangeHealth, bar: Bar, at: DateTime<Utc>) {
     if !keep_ban {
         exchange.state = bar.state;
     }
-    exchange.banned_until = Some(exchange.banned_until.filter(|current| *current > at).map_or(until, |current| current.max(until)));
+    exchange.banned_until =
+        Some(exchange.banned_until.filter(|current| *current > at).map_or(until, |current| current.max(until)));
 }
 
 /// What [`expire`] ended.
@@ -438,10 +447,18 @@ impl Validate for HealthPolicy {
         issues.check_range(key(prefix, "success_rate_min_volume"), self.success_rate_min_volume, 1.0..=1e9);
         issues.check_range(key(prefix, "success_rate_half_life_ms"), self.success_rate_half_life_ms, 1..=u64::MAX);
         issues.check_range(key(prefix, "base_ejection_time_ms"), self.base_ejection_time_ms, 1..=DAY_MS);
-        issues.check_range(key(prefix, "max_ejection_time_ms"), self.max_ejection_time_ms, self.base_ejection_time_ms..=DAY_MS);
+        issues.check_range(
+            key(prefix, "max_ejection_time_ms"),
+            self.max_ejection_time_ms,
+            self.base_ejection_time_ms..=DAY_MS,
+        );
         issues.check_range(key(prefix, "max_ejection_percent"), self.max_ejection_percent, 0..=100);
         issues.check_range(key(prefix, "probation_successes"), self.probation_successes, 1..=1_000);
-        issues.check_range(key(prefix, "default_cooldown_ms"), self.default_cooldown_ms, 1..=self.max_cooldown_ms.max(1));
+        issues.check_range(
+            key(prefix, "default_cooldown_ms"),
+            self.default_cooldown_ms,
+            1..=self.max_cooldown_ms.max(1),
+        );
         issues.check_range(key(prefix, "ban_418_base_ms"), self.ban_418_base_ms, 1..=self.ban_418_max_ms.max(1));
         issues.check_range(key(prefix, "ban_418_max_ms"), self.ban_418_max_ms, 1..=365 * DAY_MS);
         issues.check_range(key(prefix, "ban_451_ms"), self.ban_451_ms, 1..=365 * DAY_MS);

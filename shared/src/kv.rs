@@ -180,7 +180,9 @@ where
             match entry.operation {
                 kv::Operation::Put => match codec.decode_as::<T>(sniff(&entry.value), &entry.value) {
                     Ok(value) => on_change(KeyChange::Put { key: entry.key, value }),
-                    Err(err) => tracing::warn!(bucket = %bucket.name, key = %entry.key, error = %err, "skipping an undecodable value"),
+                    Err(err) => {
+                        tracing::warn!(bucket = %bucket.name, key = %entry.key, error = %err, "skipping an undecodable value")
+                    }
                 },
                 kv::Operation::Delete | kv::Operation::Purge => on_change(KeyChange::Deleted { key: entry.key }),
             }

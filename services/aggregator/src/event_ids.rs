@@ -147,7 +147,7 @@ pub fn encode(ids: &[SeenId]) -> Vec<Bytes> {
 
 /// Decodes one persisted message; `None` when its length is not a multiple of 32.
 pub fn decode(mut bytes: &[u8]) -> Option<Vec<SeenId>> {
-    if bytes.len() % ENTRY_BYTES != 0 {
+    if !bytes.len().is_multiple_of(ENTRY_BYTES) {
         return None;
     }
     let mut out = Vec::with_capacity(bytes.len() / ENTRY_BYTES);

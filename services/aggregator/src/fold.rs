@@ -139,13 +139,7 @@ impl FeedbackFolder {
 
     /// An empty folder that drops repeats by `event_ids`.
     pub fn with_event_ids(policy: HealthPolicy, event_ids: EventIds) -> Self {
-        Self {
-            policy,
-            proxies: BTreeMap::new(),
-            regions: BTreeMap::new(),
-            inventory_sizes: BTreeMap::new(),
-            event_ids,
-        }
+        Self { policy, proxies: BTreeMap::new(), regions: BTreeMap::new(), inventory_sizes: BTreeMap::new(), event_ids }
     }
 
     /// The event ids folded within the horizon.

@@ -37,8 +37,8 @@ pub async fn current_sizes(jetstream: &jetstream::Context) -> RegionSizes {
     let mut inventories = Vec::new();
     while let Some(Ok(key)) = keys.next().await {
         if let Ok(Some(bytes)) = bucket.get(&key).await
-            && let Ok(inventory) =
-                proxybus_shared::Codec::default().decode_as::<ProxyInventory>(proxybus_shared::Encoding::MsgPack, &bytes)
+            && let Ok(inventory) = proxybus_shared::Codec::default()
+                .decode_as::<ProxyInventory>(proxybus_shared::Encoding::MsgPack, &bytes)
         {
             inventories.push(inventory);
         }

@@ -243,7 +243,10 @@ mod tests {
     }
 
     fn options(consecutive_failures: u32) -> HealthOptions {
-        HealthOptions { rules: HealthPolicy { consecutive_failures, ..HealthPolicy::default() }, ..HealthOptions::default() }
+        HealthOptions {
+            rules: HealthPolicy { consecutive_failures, ..HealthPolicy::default() },
+            ..HealthOptions::default()
+        }
     }
 
     #[tokio::test(start_paused = true)]

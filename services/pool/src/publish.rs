@@ -51,7 +51,9 @@ pub async fn run(client: async_nats::Client, selector: Arc<Selector>, inventory_
             Err(err) => Err(err.to_string()),
         };
         match published {
-            Ok(()) => tracing::info!(inventory_id = %inventory_id, proxies = record.proxies.len(), "inventory published"),
+            Ok(()) => {
+                tracing::info!(inventory_id = %inventory_id, proxies = record.proxies.len(), "inventory published")
+            }
             Err(err) => tracing::warn!(error = %err, "cannot publish the inventory"),
         }
         tokio::select! {

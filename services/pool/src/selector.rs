@@ -481,7 +481,8 @@ impl Selector {
     /// held for the proxy are ignored. Returns whether they were applied.
     pub fn apply_health(&self, stats: HealthStats, source: m::HealthSource) -> bool {
         let mut state = self.state();
-        let newer = state.pushed.get(&stats.proxy_id).is_none_or(|held| proxybus_shared::health::is_newer(&stats, held));
+        let newer =
+            state.pushed.get(&stats.proxy_id).is_none_or(|held| proxybus_shared::health::is_newer(&stats, held));
         let outcome = if newer { "applied" } else { "stale" };
         metrics::counter!(m::HEALTH_UPDATES, "source" => source.as_str(), "outcome" => outcome).increment(1);
         if newer {

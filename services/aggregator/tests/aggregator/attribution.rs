@@ -20,7 +20,12 @@ enum Effect {
     Nothing,
 }
 
-fn failure(kind: Option<ErrorKind>, status: Option<u16>, close: Option<u16>, retry_after: Option<u64>) -> ProxyFeedback {
+fn failure(
+    kind: Option<ErrorKind>,
+    status: Option<u16>,
+    close: Option<u16>,
+    retry_after: Option<u64>,
+) -> ProxyFeedback {
     let mut e = event(0, "binance", false, kind);
     e.status_code = status;
     e.ws_close_code = close;

@@ -43,10 +43,7 @@ async fn an_event_published_under_three_message_ids_is_folded_once_even_after_a_
     publish_as(&js, &once, None).await;
     let other = event(1, "binance", true, None);
     publish_as(&js, &other, Some(other.event_id.to_string())).await;
-    eventually(Duration::from_secs(20), "the stream folded", || async {
-        app.stats.snapshot().last_seq == 4
-    })
-    .await;
+    eventually(Duration::from_secs(20), "the stream folded", || async { app.stats.snapshot().last_seq == 4 }).await;
     let stats = records(&js, HEALTH_BUCKET).await[&pid(1)].stats.clone();
     assert_eq!((stats.total, stats.successes, stats.failures), (2, 1, 1), "each event once");
     assert_eq!(app.stats.snapshot().events_deduplicated, 2, "both repeats counted");

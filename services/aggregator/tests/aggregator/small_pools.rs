@@ -77,9 +77,7 @@ async fn the_live_aggregator_sizes_regions_from_the_inventory_bucket() {
     let inventory = ProxyInventory {
         schema_version: 1,
         inventory_id: "default".into(),
-        proxies: (0..6)
-            .map(|k| InventoryProxy { proxy_id: pid(2 * k), region: "us-east".parse().unwrap() })
-            .collect(),
+        proxies: (0..6).map(|k| InventoryProxy { proxy_id: pid(2 * k), region: "us-east".parse().unwrap() }).collect(),
         updated_at: chrono::Utc::now(),
     };
     bucket.put("default", Codec::default().encode(Encoding::MsgPack, &inventory).unwrap()).await.unwrap();

@@ -347,7 +347,9 @@ async fn forbidden_answers_of_one_exchange_bar_the_proxy_for_that_exchange_only(
         .unwrap()
     };
     let served = |exchange: &str| -> std::collections::HashSet<_> {
-        (0..10).map(|i| selector.respond(&request(exchange, &format!("{exchange}-{i}"))).unwrap().proxy_id.unwrap()).collect()
+        (0..10)
+            .map(|i| selector.respond(&request(exchange, &format!("{exchange}-{i}"))).unwrap().proxy_id.unwrap())
+            .collect()
     };
     for _ in 0..2 {
         selector.feedback(&forbidden(1));
