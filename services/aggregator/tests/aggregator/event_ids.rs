@@ -126,3 +126,34 @@ proptest! {
         prop_assert_eq!(fold(&with_repeats), fold(&original));
     }
 }
+
+/// Input c), the second half: the same event, under the same `Nats-Msg-Id`,
+/// republished after the stream's duplicate window (here shortened to 1 s, as if
+/// two minutes had passed) is stored twice by the stream and folded once; a replay
+/// from the start counts it once too.
+#[tokio::test]
+async fn an_event_republished_after_the_duplicate_window_is_folded_once_live_and_in_a_replay() {
+    let server = NatsServer::start().await.unwrap();
+    let js = async_nats::jetstream::new(server.connect().await.unwrap());
+    let mut stream = proxybus_shared::feedback::FeedbackStreamConfig::default().stream_config();
+    stream.duplicate_window = Duration::from_secs(1);
+    js.create_stream(stream).await.unwrap();
+    let once = event(3, "binance", true, None);
+    let first = publish_as(&js, &once, Some(once.event_id.to_string())).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let again = publish_as(&js, &once, Some(once.event_id.to_string())).await;
+    assert_eq!((first, again), (1, 2), "past its window the stream stores the repeat");
+
+    let app = Running::start(config(&server));
+    eventually(Duration::from_secs(20), "both copies read", || async { app.stats.snapshot().last_seq == 2 }).await;
+    assert_eq!(records(&js, HEALTH_BUCKET).await[&pid(3)].stats.total, 1);
+    assert_eq!(app.stats.snapshot().events_deduplicated, 1);
+    app.stop().await;
+
+    let report = proxybus_aggregator::replay(&config(&server), &proxybus_aggregator::ReplayOptions::default(), |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(report.last_seq, 2);
+    let replayed = records(&js, proxybus_aggregator::replay::DEFAULT_REPLAY_BUCKET).await;
+    assert_eq!(replayed[&pid(3)].stats.total, 1, "the replay drops the repeat as the live fold did");
+}
