@@ -150,9 +150,10 @@ async fn an_event_republished_after_the_duplicate_window_is_folded_once_live_and
     assert_eq!(app.stats.snapshot().events_deduplicated, 1);
     app.stop().await;
 
-    let report = proxybus_aggregator::replay(&config(&server), &proxybus_aggregator::ReplayOptions::default(), |_, _| {})
-        .await
-        .unwrap();
+    let report =
+        proxybus_aggregator::replay(&config(&server), &proxybus_aggregator::ReplayOptions::default(), |_, _| {})
+            .await
+            .unwrap();
     assert_eq!(report.last_seq, 2);
     let replayed = records(&js, proxybus_aggregator::replay::DEFAULT_REPLAY_BUCKET).await;
     assert_eq!(replayed[&pid(3)].stats.total, 1, "the replay drops the repeat as the live fold did");
