@@ -102,6 +102,7 @@ pub fn event(i: u64, proxies: &[ProxyFixture]) -> ProxyFeedback {
         status_code: (error_kind == Some(ErrorKind::Http429)).then_some(429),
         retry_after_seconds: retry_after,
         error_details: None,
+        ws_close_code: None,
         timestamp: Utc::now(),
         client_id: format!("bench-feed-{}", i % 16),
     }

@@ -23,7 +23,7 @@ pub struct FeedbackArgs {
     /// The connection worked.
     #[arg(long)]
     pub ok: bool,
-    /// It failed, with this kind: timeout, refused, dns, tls, proxy_auth, http_403, http_418, http_429, http_451, http_5xx, ws_closed, other.
+    /// It failed, with this kind: timeout, refused, dns, tls, proxy_auth, http_403, http_418, http_429, http_451, http_5xx, ws_closed, ws_handshake_refused, other (who each is about: docs/health.md).
     #[arg(long, value_name = "KIND", value_parser = parse_error_kind)]
     pub fail: Option<ErrorKind>,
     /// Latency in milliseconds.
@@ -35,6 +35,9 @@ pub struct FeedbackArgs {
     /// Retry-After seconds the exchange sent.
     #[arg(long)]
     pub retry_after: Option<u64>,
+    /// Websocket close code the peer sent (with `--fail ws_closed`), e.g. 1008 or 1013.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1000..=4999))]
+    pub close_code: Option<u16>,
     /// Region of the proxy (default: as stored in PROXY_HEALTH).
     #[arg(long)]
     pub region: Option<Region>,
@@ -87,6 +90,7 @@ pub(crate) async fn run(client: &async_nats::Client, args: FeedbackArgs) -> anyh
         status_code: args.status,
         retry_after_seconds: args.retry_after,
         error_details: Some("reported with proxybus feedback".into()),
+        ws_close_code: args.close_code,
         timestamp: chrono::Utc::now(),
         client_id: args.client_id,
     };

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use async_nats::jetstream::{self, kv};
 use futures::StreamExt;
-use proxybus_shared::{Codec, Encoding, ExchangeState, HealthState, HealthStats, ProxyId, Region, subject};
+use proxybus_shared::{Codec, Encoding, HealthState, HealthStats, ProxyId, Region, health, subject};
 
 /// Arguments of `proxybus health`.
 #[derive(Debug, clap::Args)]
@@ -92,17 +92,17 @@ pub(crate) fn render(shown: &[&HealthStats]) -> String {
         "exchange bans",
     ]);
     let now = chrono::Utc::now();
-    for s in shown {
-        // KV holds what the last event left; an ejection or ban that has run out since is shown as over.
+    for stored in shown {
+        // Shown as of now, by the shared rules: an ejection or bar that has run out is over.
+        let s = &health::as_of(stored, now);
         let bans: Vec<String> = s
             .exchanges
             .iter()
-            .filter(|(_, e)| e.state != ExchangeState::Healthy && e.banned_until.is_none_or(|until| until > now))
+            .filter(|(_, e)| health::is_exchange_barred(e, now))
             .map(|(ex, e)| format!("{ex}:{}", crate::request::serde_plain(&e.state)))
             .collect();
         let state = match (s.state, s.ejected_until) {
-            (HealthState::Ejected, Some(until)) if until > now => format!("ejected until {}", until.format("%H:%M:%S")),
-            (HealthState::Ejected, Some(_)) => "probation".into(),
+            (HealthState::Ejected, Some(until)) => format!("ejected until {}", until.format("%H:%M:%S")),
             (other, _) => crate::request::serde_plain(&other),
         };
         table.add_row(vec![

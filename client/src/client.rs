@@ -367,6 +367,24 @@ impl ProxyClient {
         }
     }
 
+    /// Reports that the peer closed a websocket made with `lease`, with its close
+    /// code (`None`: the connection dropped without a close frame, as 1006). A
+    /// normal close (1000) is a clean `disconnected`; any other is a failed
+    /// `disconnected` with `error_kind: ws_closed` and `ws_close_code`, which the
+    /// health model attributes by code (`proxybus_shared::health::attribute_close`:
+    /// 1008/1013 bar the proxy for this exchange, 1001/1011/1012/1014 cost it
+    /// nothing, a dropped tunnel counts against it).
+    pub fn report_closed(&self, lease: &ProxyLease, close_code: Option<u16>) {
+        if close_code == Some(proxybus_shared::health::close_code::NORMAL) {
+            return self.report_disconnected(lease);
+        }
+        if let Some(mut event) = lease.feedback(self.client_id(), FeedbackPhase::Disconnected, false) {
+            event.error_kind = Some(ErrorKind::WsClosed);
+            event.ws_close_code = Some(close_code.unwrap_or(proxybus_shared::health::close_code::ABNORMAL));
+            self.report(event);
+        }
+    }
+
     /// A `reqwest::Client` that sends everything through a proxy leased for
     /// `exchange` (or directly when the lease says so), with the lease.
     ///
@@ -463,6 +481,16 @@ fn parse_retry_after(value: &str) -> Option<u64> {
     })
 }
 
+/// The error kind of a websocket handshake the exchange answered with `status`:
+/// 403/418/429/451 and 5xx as for any HTTP answer, any other refusal
+/// `ws_handshake_refused` (an exchange's verdict, see `docs/health.md`).
+fn handshake_error_kind(status: u16) -> ErrorKind {
+    match ErrorKind::from_status(status) {
+        Some(ErrorKind::Other) | None => ErrorKind::WsHandshakeRefused,
+        Some(kind) => kind,
+    }
+}
+
 fn classify_ws(err: tungstenite::Error) -> ConnectError {
     match err {
         tungstenite::Error::Http(response) => {
@@ -470,7 +498,7 @@ fn classify_ws(err: tungstenite::Error) -> ConnectError {
             let retry_after =
                 response.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
             ConnectError {
-                kind: ErrorKind::from_status(status).unwrap_or(ErrorKind::Other),
+                kind: handshake_error_kind(status),
                 message: format!("websocket handshake answered {status}"),
                 status_code: Some(status),
                 retry_after_seconds: retry_after,
@@ -488,6 +516,16 @@ fn classify_ws(err: tungstenite::Error) -> ConnectError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_handshake_is_the_exchanges_verdict() {
+        assert_eq!(handshake_error_kind(400), ErrorKind::WsHandshakeRefused);
+        assert_eq!(handshake_error_kind(401), ErrorKind::WsHandshakeRefused);
+        assert_eq!(handshake_error_kind(200), ErrorKind::WsHandshakeRefused, "no 101 is a refusal too");
+        assert_eq!(handshake_error_kind(403), ErrorKind::Http403);
+        assert_eq!(handshake_error_kind(429), ErrorKind::Http429);
+        assert_eq!(handshake_error_kind(503), ErrorKind::Http5xx);
+    }
 
     #[test]
     fn retry_after_accepts_seconds_and_dates() {

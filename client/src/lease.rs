@@ -57,6 +57,7 @@ impl ProxyLease {
             status_code: None,
             retry_after_seconds: None,
             error_details: None,
+            ws_close_code: None,
             timestamp: chrono::Utc::now(),
             client_id: client_id.to_owned(),
         })

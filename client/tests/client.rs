@@ -419,6 +419,41 @@ async fn handshake_statuses_become_error_kinds_with_retry_after() {
     let limited = WsEchoServer::refusing(429, Some(30)).await.unwrap();
     let (event, _) = failed_event_for(proxy.url(), limited.url()).await;
     assert_eq!((event.error_kind, event.retry_after_seconds), (Some(ErrorKind::Http429), Some(30)));
+
+    // Another refusal of the upgrade is the exchange's verdict, not the proxy's fault.
+    let refused = WsEchoServer::refusing(400, None).await.unwrap();
+    let (event, _) = failed_event_for(proxy.url(), refused.url()).await;
+    assert_eq!((event.error_kind, event.status_code), (Some(ErrorKind::WsHandshakeRefused), Some(400)));
+}
+
+#[tokio::test]
+async fn a_closed_websocket_is_reported_with_its_close_code() {
+    let server = NatsServer::start().await.unwrap();
+    let nats = server.connect().await.unwrap();
+    let stream = feedback_stream(&nats).await;
+    let proxy = TestProxy::http_connect(None).await.unwrap();
+    let ws = WsEchoServer::start().await.unwrap();
+    spawn_resolver(nats.clone(), Ok(Some(proxy.url()))).await;
+    let client = ProxyClient::with_nats(config(&server), nats);
+    let socket = ws_echo_through(&client, &ws).await;
+    client.report_closed(&socket.lease, Some(1008));
+    client.report_closed(&socket.lease, None);
+    client.report_closed(&socket.lease, Some(1000));
+    assert!(client.flush_feedback(WAIT).await);
+    let closes: Vec<_> = wait_for_events(&stream, 5)
+        .await
+        .into_iter()
+        .skip(2)
+        .map(|(_, e)| (e.phase, e.success, e.error_kind, e.ws_close_code))
+        .collect();
+    assert_eq!(
+        closes,
+        [
+            (FeedbackPhase::Disconnected, false, Some(ErrorKind::WsClosed), Some(1008)),
+            (FeedbackPhase::Disconnected, false, Some(ErrorKind::WsClosed), Some(1006)),
+            (FeedbackPhase::Disconnected, true, None, None),
+        ]
+    );
 }
 
 #[tokio::test]

@@ -3,10 +3,12 @@
 //!
 //! A bucket made by any other NATS client (`nats kv add`, nats-py's `create_key_value`) is the
 //! same stream shape and opens here unchanged (tested against nats-py in `shared/tests/kv.rs`).
-
-use std::time::Duration;
+//!
+//! [`follow`] (and [`follow_health`]) load a bucket and then follow its changes
+//! with a KV watch, so a reader starts from the stored state and misses nothing.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, stream};
 use futures::StreamExt;
@@ -98,4 +100,162 @@ pub async fn health_stats(bucket: &kv::Store) -> Result<BTreeMap<ProxyId, Health
         }
     }
     Ok(stats)
+}
+
+/// One change of a bucket, as [`follow`] hands it over.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KeyChange<T> {
+    /// `key` holds `value` (a stored value at start, or a new one).
+    Put {
+        /// The key.
+        key: String,
+        /// Its value, decoded.
+        value: T,
+    },
+    /// `key` was deleted or purged.
+    Deleted {
+        /// The key.
+        key: String,
+    },
+    /// Every value stored when the watch began has been handed over; what follows
+    /// are changes. Sent again after each re-watch.
+    Current,
+}
+
+/// Hands every value of `bucket` (MessagePack or JSON `T`), then every change, to
+/// `on_change`, until `shutdown` completes. A watch that ends (server restart,
+/// lost connection) is made again, with the stored values first, so no change is
+/// missed; readers keep the newest of what they get twice (`health::is_newer`).
+/// Values that do not decode as `T` are counted in the log and skipped.
+///
+/// The watch is a JetStream ordered consumer with `DeliverPolicy::LastPerSubject`
+/// (async-nats' `watch_with_history`), the way `nats kv watch` follows a bucket.
+pub async fn follow<T, F>(bucket: &kv::Store, shutdown: impl std::future::Future<Output = ()>, mut on_change: F)
+where
+    T: serde::de::DeserializeOwned,
+    F: FnMut(KeyChange<T>),
+{
+    tokio::pin!(shutdown);
+    let codec = Codec::new(usize::MAX);
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let watch = tokio::select! {
+            biased;
+            () = &mut shutdown => return,
+            watch = bucket.watch_with_history(">") => watch,
+        };
+        let mut watch = match watch {
+            Ok(watch) => watch,
+            Err(err) => {
+                tracing::warn!(bucket = %bucket.name, error = %err, "cannot watch the bucket; retrying");
+                tokio::select! {
+                    biased;
+                    () = &mut shutdown => return,
+                    () = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        pause = Duration::from_millis(100);
+        // An empty bucket delivers nothing: it is current at once.
+        let mut current = bucket_is_empty(bucket).await;
+        if current {
+            on_change(KeyChange::Current);
+        }
+        loop {
+            let entry = tokio::select! {
+                biased;
+                () = &mut shutdown => return,
+                entry = watch.next() => entry,
+            };
+            let entry = match entry {
+                Some(Ok(entry)) => entry,
+                Some(Err(err)) => {
+                    tracing::warn!(bucket = %bucket.name, error = %err, "bucket watch failed; watching again");
+                    break;
+                }
+                None => break,
+            };
+            match entry.operation {
+                kv::Operation::Put => match codec.decode_as::<T>(sniff(&entry.value), &entry.value) {
+                    Ok(value) => on_change(KeyChange::Put { key: entry.key, value }),
+                    Err(err) => {
+                        tracing::warn!(bucket = %bucket.name, key = %entry.key, error = %err, "skipping an undecodable value")
+                    }
+                },
+                kv::Operation::Delete | kv::Operation::Purge => on_change(KeyChange::Deleted { key: entry.key }),
+            }
+            if !current && entry.delta == 0 {
+                current = true;
+                on_change(KeyChange::Current);
+            }
+        }
+    }
+}
+
+/// Whether a bucket holds no value at all (its stream has no message).
+async fn bucket_is_empty(bucket: &kv::Store) -> bool {
+    let mut stream = bucket.stream.clone();
+    stream.info().await.map(|info| info.state.messages == 0).unwrap_or(false)
+}
+
+/// MessagePack unless the value is a JSON object or array.
+fn sniff(value: &[u8]) -> Encoding {
+    match value.first() {
+        Some(b'{' | b'[') => Encoding::Json,
+        _ => Encoding::MsgPack,
+    }
+}
+
+/// Opens (creating when missing) the health bucket `PROXY_HEALTH` the way the
+/// aggregator does, for readers that may start before it.
+pub async fn open_health_bucket(js: &jetstream::Context) -> Result<kv::Store, BucketError> {
+    open_or_create(js, &BucketConfig::new(crate::subject::HEALTH_BUCKET, "proxybus health stats, one key per proxy_id"))
+        .await
+}
+
+/// Opens bucket `name` for reading only, waiting until it exists: a reader (resolver, pool)
+/// never creates the buckets the aggregator owns, and may start before it. `on_missing` runs at
+/// each look that finds no bucket (a reader can take that as "nothing stored yet"); the next
+/// look follows after [`MISSING_BUCKET_RETRY`]. Race it against shutdown.
+pub async fn wait_for_bucket(js: &jetstream::Context, name: &str, mut on_missing: impl FnMut()) -> kv::Store {
+    loop {
+        match js.get_key_value(name).await {
+            Ok(bucket) => return bucket,
+            Err(err) => {
+                tracing::debug!(bucket = name, error = %err, "bucket not there yet");
+                on_missing();
+                tokio::time::sleep(MISSING_BUCKET_RETRY).await;
+            }
+        }
+    }
+}
+
+/// How long [`wait_for_bucket`] waits between looks.
+pub const MISSING_BUCKET_RETRY: Duration = Duration::from_secs(1);
+
+/// Opens (creating when missing) bucket `PROXY_INVENTORY`, where pool services
+/// publish their inventories (proxy ids and regions, never credentials).
+pub async fn open_inventory_bucket(js: &jetstream::Context) -> Result<kv::Store, BucketError> {
+    open_or_create(
+        js,
+        &BucketConfig::new(crate::subject::INVENTORY_BUCKET, "proxybus pool inventories: proxy ids and regions"),
+    )
+    .await
+}
+
+/// Follows bucket `PROXY_HEALTH` (see [`follow`]): `on_change` gets every stored
+/// `HealthStats` at start and every change after, until `shutdown`. Keys that are
+/// not proxy ids are skipped.
+pub async fn follow_health(
+    bucket: &kv::Store,
+    shutdown: impl std::future::Future<Output = ()>,
+    mut on_change: impl FnMut(KeyChange<HealthStats>),
+) {
+    follow::<HealthStats, _>(bucket, shutdown, |change| match &change {
+        KeyChange::Put { key, .. } | KeyChange::Deleted { key } if key.parse::<ProxyId>().is_err() => {}
+        _ => on_change(change),
+    })
+    .await;
 }

@@ -16,10 +16,14 @@
 //!   file and `CRYPTOFEED_PROXY_*` variables taken from an injected source.
 //! - [`feedback`]: stream `PROXY_FEEDBACK` (create or update) and the feedback
 //!   publish with `Nats-Msg-Id: {event_id}` that waits for the JetStream ack.
+//! - [`health`]: the health model — who an outcome is about, how long an
+//!   exchange's verdict bars a proxy, the ejection cap, what a record means now,
+//!   which of two records is newer. Every part applies these rules.
 //! - [`breaker`]: the circuit breaker every upstream call goes through.
 //! - [`embedded`]: choosing a proxy from the embedded `ProxySettings` (fallback).
 //! - [`http`]: the HTTP client for proxy services (auth headers, TLS, pooling).
-//! - [`kv`]: opening key-value buckets and reading health records from them.
+//! - [`kv`]: opening key-value buckets, loading and following `PROXY_HEALTH` and
+//!   `PROXY_INVENTORY`.
 //! - [`nats`]: `NatsSettings` from `NATS_URL` and credentials, and `connect` (which refuses
 //!   servers older than 2.11).
 //! - [`nats_server`]: finding the `nats-server` binary, and the minimum server version.
@@ -32,6 +36,7 @@ pub mod codec;
 pub mod config;
 pub mod embedded;
 pub mod feedback;
+pub mod health;
 pub mod http;
 pub mod kv;
 pub mod messages;

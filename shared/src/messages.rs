@@ -299,8 +299,11 @@ pub enum ErrorKind {
     /// The exchange answered a 5xx status.
     #[serde(rename = "http_5xx")]
     Http5xx,
-    /// The websocket was closed by the peer.
+    /// The websocket was closed by the peer; `ws_close_code` says how.
     WsClosed,
+    /// The exchange refused the websocket handshake with a status other than
+    /// 403/418/429/451/5xx (extension of the contract; `status_code` carries it).
+    WsHandshakeRefused,
     /// Anything else; unknown kinds from newer clients decode as this.
     #[serde(other)]
     Other,
@@ -321,6 +324,7 @@ impl ErrorKind {
             ErrorKind::Http451 => "http_451",
             ErrorKind::Http5xx => "http_5xx",
             ErrorKind::WsClosed => "ws_closed",
+            ErrorKind::WsHandshakeRefused => "ws_handshake_refused",
             ErrorKind::Other => "other",
         }
     }
@@ -385,6 +389,11 @@ pub struct ProxyFeedback {
     /// Free text, redacted.
     #[serde(default)]
     pub error_details: Option<String>,
+    /// Close code of a websocket the peer closed (RFC 6455 §7.4; 1006 when the
+    /// connection dropped without a close frame). Extension of the contract: who a
+    /// close is about depends on it (`proxybus_shared::health::attribute_close`).
+    #[serde(default)]
+    pub ws_close_code: Option<u16>,
     /// When it happened at the feed.
     pub timestamp: DateTime<Utc>,
     /// Who reports.
@@ -435,6 +444,15 @@ pub struct ExchangeHealth {
     /// The last error seen for this exchange.
     #[serde(default)]
     pub last_error_kind: Option<ErrorKind>,
+    /// `http_403`s, refused websocket handshakes and closes 1008 from this exchange
+    /// since its last success (extension of the contract; bars the proxy for this
+    /// exchange at `refusals_to_bar`, see docs/health.md).
+    #[serde(default)]
+    pub refusals_in_a_row: u32,
+    /// `http_418` IP bans this exchange gave the proxy (extension of the contract;
+    /// each one lasts twice as long as the one before, see docs/health.md).
+    #[serde(default)]
+    pub ip_bans: u32,
 }
 
 /// Health statistics of one proxy (KV bucket `PROXY_HEALTH`, subject `proxy.v1.health.{region}`).
@@ -519,15 +537,36 @@ impl HealthStats {
     }
 
     /// Whether the proxy may be handed out for `exchange` at `now`: not ejected and
-    /// not in a cool-down or ban for that exchange.
+    /// not in a cool-down or ban for that exchange ([`crate::health::usable_for`]).
     pub fn usable_for(&self, exchange: &ExchangeId, now: DateTime<Utc>) -> bool {
-        let ejected = self.state == HealthState::Ejected && self.ejected_until.is_none_or(|until| until > now);
-        let barred = self
-            .exchanges
-            .get(exchange)
-            .is_some_and(|ex| ex.state != ExchangeState::Healthy && ex.banned_until.is_none_or(|until| until > now));
-        !ejected && !barred
+        crate::health::usable_for(self, exchange, now)
     }
+}
+
+/// One proxy of a pool service's inventory as published into KV bucket
+/// `PROXY_INVENTORY`: its identity and region, never its URL or credentials.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct InventoryProxy {
+    /// The proxy.
+    pub proxy_id: ProxyId,
+    /// Its region.
+    pub region: Region,
+}
+
+/// The inventory of one pool service (KV bucket `PROXY_INVENTORY`, key
+/// `{inventory_id}`); the aggregator sizes each region from the union of them
+/// (extension of the contract).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ProxyInventory {
+    /// Contract version; a missing one is 1.
+    #[serde(default = "schema_version")]
+    pub schema_version: u32,
+    /// Which inventory this is (the pool's `inventory_id`, `[A-Za-z0-9_-]`); also its key.
+    pub inventory_id: String,
+    /// Every proxy of the inventory, disabled ones included.
+    pub proxies: Vec<InventoryProxy>,
+    /// When it was published.
+    pub updated_at: DateTime<Utc>,
 }
 
 /// Identity of a proxy: lowercase hex of the first 8 bytes of SHA-256 of its URL.

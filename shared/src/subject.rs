@@ -50,6 +50,9 @@ pub const REGIONAL_FEEDBACK_PREFIX: &str = "proxy.v1.regional_feedback";
 pub const AGGREGATOR_CONSUMER: &str = "proxybus-aggregator";
 /// Name of the health key-value bucket.
 pub const HEALTH_BUCKET: &str = "PROXY_HEALTH";
+/// Name of the key-value bucket where pool services publish their inventories
+/// (key `{inventory_id}`, value `ProxyInventory`: proxy ids and regions only).
+pub const INVENTORY_BUCKET: &str = "PROXY_INVENTORY";
 /// Micro-service name (and queue group) of the resolver.
 pub const RESOLVER_SERVICE: &str = "proxybus-resolver";
 /// Micro-service name of the aggregator.

@@ -28,6 +28,7 @@ fn feedback() -> ProxyFeedback {
         status_code: None,
         retry_after_seconds: None,
         error_details: None,
+        ws_close_code: None,
         timestamp: Utc::now(),
         client_id: "feed-1".into(),
     }

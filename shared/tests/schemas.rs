@@ -65,6 +65,7 @@ fn examples() -> BTreeMap<&'static str, Value> {
         status_code: Some(429),
         retry_after_seconds: Some(60),
         error_details: Some("Too Many Requests".into()),
+        ws_close_code: None,
         timestamp: at,
         client_id: "cryptofeed-host-4242".into(),
     };
@@ -88,16 +89,48 @@ fn examples() -> BTreeMap<&'static str, Value> {
             state: ExchangeState::Banned,
             banned_until: Some(at + chrono::Duration::hours(24)),
             last_error_kind: Some(ErrorKind::Http451),
+            refusals_in_a_row: 0,
+            ip_bans: 0,
         },
     );
     health.last_seq = 4711;
+    let inventory = ProxyInventory {
+        schema_version: 1,
+        inventory_id: "default".into(),
+        proxies: vec![
+            InventoryProxy { proxy_id: proxy_id(url), region: "eu-west".parse().unwrap() },
+            InventoryProxy { proxy_id: proxy_id("http://10.0.0.8:3128"), region: "us-east".parse().unwrap() },
+        ],
+        updated_at: at,
+    };
+    let mut closed = feedback.clone();
+    closed.event_id = "2d7a0f3e-9c41-4d1b-8e2f-5a6b7c8d9e01".parse().unwrap();
+    closed.connection_type = ConnectionType::Websocket;
+    closed.phase = FeedbackPhase::Disconnected;
+    closed.latency_ms = None;
+    closed.error_kind = Some(ErrorKind::WsClosed);
+    closed.status_code = None;
+    closed.retry_after_seconds = None;
+    closed.error_details = Some("closed by the exchange: 1008 policy violation".into());
+    closed.ws_close_code = Some(1008);
     BTreeMap::from([
+        ("proxy_inventory", serde_json::to_value(&inventory).unwrap()),
         ("proxy_request", serde_json::to_value(&request).unwrap()),
         ("proxy_response", serde_json::to_value(&response).unwrap()),
         ("error_reply", serde_json::to_value(&error).unwrap()),
         ("proxy_feedback", serde_json::to_value(&feedback).unwrap()),
         ("health_stats", serde_json::to_value(&health).unwrap()),
+        ("proxy_feedback_ws_close", serde_json::to_value(&closed).unwrap()),
     ])
+}
+
+/// The message an example is of: its stem up to a variant suffix
+/// (`proxy_feedback_ws_close` is a `proxy_feedback`).
+fn message_of(stem: &str) -> &str {
+    match stem {
+        "proxy_feedback_ws_close" => "proxy_feedback",
+        other => other,
+    }
 }
 
 /// Encodes an example as its Rust type would, in MessagePack.
@@ -106,12 +139,13 @@ fn encode_msgpack(stem: &str, example: &Value) -> Vec<u8> {
         let typed: T = serde_json::from_value(v.clone()).unwrap();
         Codec::default().encode(Encoding::MsgPack, &typed).unwrap().to_vec()
     }
-    match stem {
+    match message_of(stem) {
         "proxy_request" => enc::<ProxyRequest>(example),
         "proxy_response" => enc::<ProxyResponse>(example),
         "error_reply" => enc::<ErrorReply>(example),
         "proxy_feedback" => enc::<ProxyFeedback>(example),
         "health_stats" => enc::<HealthStats>(example),
+        "proxy_inventory" => enc::<ProxyInventory>(example),
         other => panic!("no type for {other}"),
     }
 }
@@ -141,7 +175,7 @@ fn committed_schemas_equal_the_generated_ones() {
 #[test]
 fn schemas_name_every_contract_field() {
     // Renaming a field of the contract must fail here even after regenerating.
-    let required: [(&str, &[&str]); 5] = [
+    let required: [(&str, &[&str]); 6] = [
         (
             "proxy_request.schema.json",
             &["exchange_id", "connection_type", "region", "client_id", "request_id", "metadata"],
@@ -177,10 +211,12 @@ fn schemas_name_every_contract_field() {
                 "status_code",
                 "retry_after_seconds",
                 "error_details",
+                "ws_close_code",
                 "timestamp",
                 "client_id",
             ],
         ),
+        ("proxy_inventory.schema.json", &["inventory_id", "proxies", "updated_at"]),
         (
             "health_stats.schema.json",
             &[
@@ -217,11 +253,16 @@ fn schemas_name_every_contract_field() {
 #[test]
 fn every_example_validates_against_its_schema_in_both_encodings() {
     let examples = examples();
-    assert_eq!(examples.len(), message_schemas().len(), "an example per message");
     for schema in message_schemas() {
         let stem = schema.file.trim_end_matches(".schema.json");
+        assert!(examples.contains_key(stem), "no example of {stem}");
+    }
+    for (stem, example) in &examples {
+        let schema = message_schemas()
+            .into_iter()
+            .find(|s| s.file.trim_end_matches(".schema.json") == message_of(stem))
+            .expect("a schema per example");
         let validator = jsonschema::validator_for(&schema.schema).unwrap();
-        let example = &examples[stem];
         // JSON encoding.
         let errors: Vec<String> = validator.iter_errors(example).map(|e| e.to_string()).collect();
         assert!(errors.is_empty(), "{stem} (json): {errors:?}");
@@ -281,7 +322,7 @@ fn python_msgpack_decodes_what_rust_encodes_and_back() {
     assert!(report.values().all(|same| *same), "python decoded something else: {report:?}");
     for (stem, example) in examples {
         let from_python = std::fs::read(out_dir.path().join(format!("{stem}.msgpack"))).unwrap();
-        let decoded: Value = match stem {
+        let decoded: Value = match message_of(stem) {
             "proxy_request" => {
                 serde_json::to_value(Codec::default().decode::<ProxyRequest>(None, &from_python).unwrap())
             }
@@ -293,6 +334,9 @@ fn python_msgpack_decodes_what_rust_encodes_and_back() {
                 serde_json::to_value(Codec::default().decode::<ProxyFeedback>(None, &from_python).unwrap())
             }
             "health_stats" => serde_json::to_value(Codec::default().decode::<HealthStats>(None, &from_python).unwrap()),
+            "proxy_inventory" => {
+                serde_json::to_value(Codec::default().decode::<ProxyInventory>(None, &from_python).unwrap())
+            }
             other => panic!("no type for {other}"),
         }
         .unwrap();
@@ -315,9 +359,13 @@ fn asyncapi_describes_every_subject_stream_and_bucket() {
     ] {
         assert!(addresses.contains(&subject), "asyncapi lacks channel {subject}: {addresses:?}");
     }
-    for name in
-        [subject::FEEDBACK_STREAM, subject::HEALTH_BUCKET, subject::AGGREGATOR_CONSUMER, subject::RESOLVER_SERVICE]
-    {
+    for name in [
+        subject::FEEDBACK_STREAM,
+        subject::HEALTH_BUCKET,
+        subject::INVENTORY_BUCKET,
+        subject::AGGREGATOR_CONSUMER,
+        subject::RESOLVER_SERVICE,
+    ] {
         assert!(text.contains(name), "asyncapi does not mention {name}");
     }
     assert_local_refs_resolve(&doc, "asyncapi.yaml");

@@ -35,6 +35,7 @@ fn event(region: &str, n: usize) -> ProxyFeedback {
         error_details: None,
         timestamp: Utc::now(),
         client_id: format!("feed-{region}"),
+        ws_close_code: None,
     }
 }
 

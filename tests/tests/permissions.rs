@@ -96,7 +96,7 @@ async fn wait_for_violation(errors: &Arc<Mutex<Vec<String>>>, subject: &str) {
 
 #[test]
 fn the_example_server_config_is_valid_for_nats_server() {
-    let binary = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into());
+    let binary = proxybus_shared::nats_server::locate().expect("a current nats-server").binary;
     let output = std::process::Command::new(binary)
         .args(["-t", "-c"])
         .arg(deploy_dir().join("nats-server.conf"))

@@ -21,6 +21,8 @@ use crate::policy::HealthPolicy;
 pub const ENV_PREFIX: &str = "PROXYBUS_AGGREGATOR_";
 /// Default bucket of the aggregator's checkpoint.
 pub const DEFAULT_STATE_BUCKET: &str = "PROXY_AGGREGATOR";
+/// Default stream of the remembered event ids.
+pub const DEFAULT_EVENT_IDS_STREAM: &str = "PROXY_AGGREGATOR_EVENT_IDS";
 
 /// The aggregator's own settings (`PROXYBUS_AGGREGATOR_{NAME}`, nested with `__`,
 /// e.g. `PROXYBUS_AGGREGATOR_HEALTH__CONSECUTIVE_FAILURES=5`).
@@ -39,6 +41,16 @@ pub struct AggregatorSettings {
     pub health_bucket: String,
     /// KV bucket of the aggregator's checkpoint (default `PROXY_AGGREGATOR`).
     pub state_bucket: String,
+    /// How long, in seconds of stream time, an `event_id` folded once is remembered so
+    /// that a repeat is dropped whatever its `Nats-Msg-Id` (default 86 400, a day;
+    /// at least the stream's duplicate window).
+    pub event_id_horizon_seconds: u64,
+    /// Most event ids remembered (default 2 000 000, about 64 bytes each); past it
+    /// the oldest are forgotten early (metric `…_event_ids_evicted_early`).
+    pub event_ids_max: usize,
+    /// Stream the remembered event ids are persisted in with each commit (default
+    /// `PROXY_AGGREGATOR_EVENT_IDS`).
+    pub event_ids_stream: String,
     /// Messages per pull request (default 500).
     pub batch_size: usize,
     /// How long a pull request waits for messages, in milliseconds (default 1000).
@@ -73,6 +85,9 @@ impl Default for AggregatorSettings {
             duplicate_window_seconds: MIN_DUPLICATE_WINDOW.as_secs(),
             health_bucket: HEALTH_BUCKET.to_owned(),
             state_bucket: DEFAULT_STATE_BUCKET.to_owned(),
+            event_id_horizon_seconds: 86_400,
+            event_ids_max: crate::fold::DEFAULT_EVENT_IDS_MAX,
+            event_ids_stream: DEFAULT_EVENT_IDS_STREAM.to_owned(),
             batch_size: 500,
             fetch_wait_ms: 1000,
             ack_wait_seconds: 60,
@@ -132,6 +147,17 @@ impl Validate for AggregatorSettings {
                 issues.push(key(prefix, name), format!("{bucket:?} is not a bucket name (A-Z, a-z, 0-9, _ and -)"));
             }
         }
+        issues.check_range(
+            key(prefix, "event_id_horizon_seconds"),
+            self.event_id_horizon_seconds,
+            self.duplicate_window_seconds..=30 * 86_400,
+        );
+        issues.check_range(key(prefix, "event_ids_max"), self.event_ids_max, 1_000..=100_000_000);
+        let stream_ok = !self.event_ids_stream.is_empty()
+            && self.event_ids_stream.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !stream_ok {
+            issues.push(key(prefix, "event_ids_stream"), format!("{:?} is not a stream name", self.event_ids_stream));
+        }
         if self.health_bucket == self.state_bucket {
             issues.push(key(prefix, "state_bucket"), "must differ from health_bucket");
         }
@@ -171,6 +197,11 @@ impl AggregatorSettings {
             duplicate_window: Duration::from_secs(self.duplicate_window_seconds),
             ..FeedbackStreamConfig::default()
         }
+    }
+
+    /// An empty set of remembered event ids with these settings' horizon and cap.
+    pub fn event_ids(&self) -> crate::event_ids::EventIds {
+        crate::event_ids::EventIds::new(Duration::from_secs(self.event_id_horizon_seconds), self.event_ids_max)
     }
 
     /// The metrics listener address, if any.

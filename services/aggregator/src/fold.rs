@@ -6,33 +6,35 @@
 //! folded live, after a crash, or by `replay`. It never reads a clock.
 //!
 //! # The health model
+//! The rules are `proxybus_shared::health`'s (see `docs/health.md`); this module
+//! applies them to a stream of events:
 //! - Every event counts in `total`. Outcomes (`connected`, `failed`, `request`, and
-//!   a `disconnected` that reports failure) also count in `successes`/`failures`,
-//!   the time-decayed success rate and, for successes with a latency, the latency
-//!   EWMA and percentiles. `connect_start` and a clean `disconnected` count only in
-//!   `total`.
-//! - `http_429`/`http_418` put the exchange in `cooldown` until `retry_after_seconds`
-//!   (or the default cool-down) has passed; `http_451` bans the proxy for that
-//!   exchange only. Neither counts against the proxy's own health: the exchange
-//!   refused the IP, the proxy worked.
-//! - Any other failure counts against the proxy. `consecutive_failures` reaching the
-//!   threshold, or the decayed success rate dropping below the ejection rate over
-//!   the minimum volume, ejects it for `base_ejection_time × ejections` (capped),
-//!   unless that would eject more than `max_ejection_percent` of its region.
+//!   a `disconnected` that reports failure) also count in `successes`/`failures`.
+//! - **Repeats**: an `event_id` already folded within the horizon is dropped
+//!   ([`crate::event_ids`]), whatever its `Nats-Msg-Id` and however late it comes.
+//! - A failure is about one party (`health::attribute`). A **proxy fault** counts
+//!   against the proxy: `consecutive_failures` reaching the threshold, or the
+//!   decayed success rate dropping below the ejection rate over the minimum
+//!   volume, ejects it for `base_ejection_time × ejections` (capped), unless its
+//!   region already has `max_ejection_percent` of its inventory ejected — and at
+//!   least one proxy of a region can always be ejected (Envoy). A region's size is
+//!   the larger of its inventory in `PROXY_INVENTORY` and the proxies heard of.
+//! - An **exchange's verdict** (403, 418, 429, 451, refused handshake, close
+//!   1008/1013) bars the proxy for that exchange only (`HealthPolicy::judge`) and
+//!   leaves the proxy's own health alone; the **exchange's own trouble** (5xx,
+//!   close 1001/1011/1012/1014) and inconclusive failures cost nothing.
 //! - An ejection ends by time. The proxy is then `degraded` and on probation: one
-//!   proxy failure ejects it again; `probation_successes` successes in a row end the
+//!   proxy fault ejects it again; `probation_successes` successes in a row end the
 //!   probation and, if nothing else is wrong, make it `healthy` again.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chrono::{DateTime, TimeDelta, Utc};
-use proxybus_shared::{
-    ErrorKind, ExchangeHealth, ExchangeState, FeedbackPhase, HealthState, HealthStats, ProxyFeedback, ProxyId,
-    redact_url,
-};
+use chrono::{DateTime, Utc};
+use proxybus_shared::health::{self, Attribution, HealthPolicy, delta};
+use proxybus_shared::{HealthState, HealthStats, ProxyFeedback, ProxyId, redact_url};
 use serde::{Deserialize, Serialize};
 
-use crate::policy::HealthPolicy;
+use crate::event_ids::EventIds;
 use crate::sketch::LatencySketch;
 
 /// Region key of proxies whose feedback names no region.
@@ -86,12 +88,15 @@ impl ProxyHealth {
     }
 
     /// The stats as they stand at `now`: an ejection, cool-down or ban that has run
-    /// out is shown as over. The fold applies the same rule when the next event of
-    /// the proxy arrives; this is for showing state between events.
+    /// out is shown as over (`health::as_of`).
     pub fn view_at(&self, now: DateTime<Utc>) -> HealthStats {
-        let mut copy = self.clone();
-        expire(&mut copy.stats, &mut copy.fold, now);
-        copy.stats
+        health::as_of(&self.stats, now)
+    }
+
+    /// Ends, in the stored record, an ejection or bar whose time has come by `now`
+    /// (an ended ejection starts the probation); true when something ended.
+    pub fn expire_at(&mut self, now: DateTime<Utc>) -> bool {
+        expire(&mut self.stats, &mut self.fold, now)
     }
 }
 
@@ -100,6 +105,8 @@ impl ProxyHealth {
 pub struct FoldOutcome {
     /// The event's sequence was already folded into its proxy: nothing changed.
     pub skipped: bool,
+    /// The event's `event_id` was already folded within the horizon: nothing changed.
+    pub duplicate: bool,
     /// The proxy was ejected by this event.
     pub ejected: bool,
     /// The proxy should have been ejected but its region was at `max_ejection_percent`.
@@ -114,12 +121,43 @@ pub struct FeedbackFolder {
     policy: HealthPolicy,
     proxies: BTreeMap<ProxyId, ProxyHealth>,
     regions: BTreeMap<String, BTreeSet<ProxyId>>,
+    /// Proxies per region in the pools' inventories (`PROXY_INVENTORY`).
+    inventory_sizes: BTreeMap<String, usize>,
+    event_ids: EventIds,
 }
 
+/// How long event ids are kept by default: a day of stream time.
+pub const DEFAULT_EVENT_ID_HORIZON: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+/// Most event ids kept by default (about 64 bytes of memory each).
+pub const DEFAULT_EVENT_IDS_MAX: usize = 2_000_000;
+
 impl FeedbackFolder {
-    /// An empty folder.
+    /// An empty folder, keeping event ids for [`DEFAULT_EVENT_ID_HORIZON`].
     pub fn new(policy: HealthPolicy) -> Self {
-        Self { policy, proxies: BTreeMap::new(), regions: BTreeMap::new() }
+        Self::with_event_ids(policy, EventIds::new(DEFAULT_EVENT_ID_HORIZON, DEFAULT_EVENT_IDS_MAX))
+    }
+
+    /// An empty folder that drops repeats by `event_ids`.
+    pub fn with_event_ids(policy: HealthPolicy, event_ids: EventIds) -> Self {
+        Self { policy, proxies: BTreeMap::new(), regions: BTreeMap::new(), inventory_sizes: BTreeMap::new(), event_ids }
+    }
+
+    /// The event ids folded within the horizon.
+    pub fn event_ids(&mut self) -> &mut EventIds {
+        &mut self.event_ids
+    }
+
+    /// Sets how many proxies each region's inventory holds (from `PROXY_INVENTORY`),
+    /// the base of the ejection cap.
+    pub fn set_inventory_sizes(&mut self, sizes: BTreeMap<String, usize>) {
+        self.inventory_sizes = sizes;
+    }
+
+    /// Proxies of `region` the ejection cap counts: its inventory, or the proxies
+    /// heard of when more.
+    pub fn region_size(&self, region: &str) -> usize {
+        let heard = self.regions.get(region).map_or(0, BTreeSet::len);
+        heard.max(self.inventory_sizes.get(region).copied().unwrap_or(0)).max(1)
     }
 
     /// A folder that continues from stored state.
@@ -149,6 +187,20 @@ impl FeedbackFolder {
         &self.policy
     }
 
+    /// Ends, in the record of `id`, an ejection or bar whose time has come by `now`,
+    /// and stamps it `updated_at = now`; true when something ended.
+    pub fn expire_at(&mut self, id: &ProxyId, now: DateTime<Utc>) -> bool {
+        let Some(proxy) = self.proxies.get_mut(id) else { return false };
+        let ended = proxy.expire_at(now);
+        if ended {
+            proxy.stats.updated_at = proxy.stats.updated_at.max(now);
+            if proxy.stats.state != HealthState::Ejected {
+                proxy.stats.state = classify(&self.policy, proxy);
+            }
+        }
+        ended
+    }
+
     /// The state of one proxy.
     pub fn get(&self, id: &ProxyId) -> Option<&ProxyHealth> {
         self.proxies.get(id)
@@ -175,6 +227,9 @@ impl FeedbackFolder {
         if self.proxies.get(id).is_some_and(|p| seq <= p.stats.last_seq) {
             return FoldOutcome { skipped: true, ..FoldOutcome::default() };
         }
+        if !self.event_ids.first_time(event.event_id, seq, at.timestamp_millis()) {
+            return FoldOutcome { duplicate: true, ..FoldOutcome::default() };
+        }
         self.place(event, at);
         let policy = self.policy.clone();
         let mut outcome = FoldOutcome::default();
@@ -184,7 +239,7 @@ impl FeedbackFolder {
         };
         if wants_ejection {
             let region = self.proxies[id].region_key();
-            let members = self.regions.get(&region).map(BTreeSet::len).unwrap_or(1);
+            let members = self.region_size(&region);
             let ejected_now = self.regions.get(&region).map_or(0, |members| {
                 members
                     .iter()
@@ -193,11 +248,11 @@ impl FeedbackFolder {
                     .count()
             });
             let proxy = self.proxies.get_mut(id).expect("placed above");
-            if ejected_now < policy.max_ejected(members) {
+            if policy.may_eject(members, ejected_now) {
                 let stats = &mut proxy.stats;
                 stats.ejections = stats.ejections.saturating_add(1);
                 stats.state = HealthState::Ejected;
-                stats.ejected_until = Some(at + delta(policy.ejection_time(stats.ejections).as_millis() as u64));
+                stats.ejected_until = Some(at + delta(policy.ejection_time(stats.ejections)));
                 proxy.fold.on_probation = false;
                 proxy.fold.probation_successes = 0;
                 outcome.ejected = true;
@@ -249,18 +304,15 @@ fn apply(
     stats.total += 1;
     stats.last_seq = seq;
     stats.updated_at = at;
-    let is_outcome = match event.phase {
-        FeedbackPhase::Connected | FeedbackPhase::Failed | FeedbackPhase::Request => true,
-        FeedbackPhase::Disconnected => !event.success,
-        FeedbackPhase::ConnectStart => false,
-    };
-    if !is_outcome {
+    let attribution = health::attribute(event);
+    if attribution == Attribution::NotAnOutcome {
         return false;
     }
     let exchange = stats.exchanges.entry(event.exchange_id.clone()).or_default();
-    if event.success {
+    if attribution == Attribution::Success {
         stats.successes += 1;
         exchange.successes += 1;
+        health::exchange_success(exchange);
         stats.consecutive_failures = 0;
         decay(policy, fold, at, true);
         if let Some(latency) = event.latency_ms {
@@ -284,27 +336,19 @@ fn apply(
     }
     stats.failures += 1;
     exchange.failures += 1;
-    let kind =
-        event.error_kind.or_else(|| event.status_code.and_then(ErrorKind::from_status)).unwrap_or(ErrorKind::Other);
+    let kind = health::error_kind_of(event);
     *stats.error_counts.entry(kind).or_default() += 1;
     stats.last_error_kind = Some(kind);
     exchange.last_error_kind = Some(kind);
-    match kind {
-        ErrorKind::Http429 | ErrorKind::Http418 => {
-            let millis = event
-                .retry_after_seconds
-                .map_or(policy.default_cooldown_ms, |secs| secs.saturating_mul(1000))
-                .min(policy.max_cooldown_ms);
-            bar(exchange, ExchangeState::Cooldown, at + delta(millis));
-            outcome.exchange_barred = true;
+    match attribution {
+        Attribution::ExchangeVerdict(verdict) => {
+            if let Some(bar) = policy.judge(exchange, verdict, event.retry_after_seconds) {
+                health::apply_bar(exchange, bar, at);
+                outcome.exchange_barred = true;
+            }
             false
         }
-        ErrorKind::Http451 => {
-            bar(exchange, ExchangeState::Banned, at + delta(policy.ban_451_ms));
-            outcome.exchange_barred = true;
-            false
-        }
-        _ => {
+        Attribution::ProxyFault => {
             stats.consecutive_failures = stats.consecutive_failures.saturating_add(1);
             decay(policy, fold, at, false);
             stats.success_rate = success_rate(fold);
@@ -316,33 +360,21 @@ fn apply(
                     || (fold.decayed_outcomes >= policy.success_rate_min_volume
                         && stats.success_rate < policy.ejection_success_rate))
         }
+        Attribution::ExchangeTrouble | Attribution::Inconclusive | Attribution::Success | Attribution::NotAnOutcome => {
+            false
+        }
     }
 }
 
-/// Puts an exchange in cool-down or ban until `until`; a ban outranks a cool-down and
-/// neither is ever shortened.
-fn bar(exchange: &mut ExchangeHealth, state: ExchangeState, until: DateTime<Utc>) {
-    let keep_ban = exchange.state == ExchangeState::Banned && state == ExchangeState::Cooldown;
-    if !keep_ban {
-        exchange.state = state;
-    }
-    exchange.banned_until = Some(exchange.banned_until.map_or(until, |current| current.max(until)));
-}
-
-/// Ends ejections, cool-downs and bans whose time has come.
-fn expire(stats: &mut HealthStats, fold: &mut FoldState, at: DateTime<Utc>) {
-    if stats.state == HealthState::Ejected && stats.ejected_until.is_some_and(|until| until <= at) {
-        stats.state = HealthState::Degraded;
-        stats.ejected_until = None;
+/// Ends ejections, cool-downs and bans whose time has come (`health::expire`); an
+/// ended ejection starts the probation. True when something ended.
+fn expire(stats: &mut HealthStats, fold: &mut FoldState, at: DateTime<Utc>) -> bool {
+    let expired = health::expire(stats, at);
+    if expired.ejection {
         fold.on_probation = true;
         fold.probation_successes = 0;
     }
-    for exchange in stats.exchanges.values_mut() {
-        if exchange.state != ExchangeState::Healthy && exchange.banned_until.is_some_and(|until| until <= at) {
-            exchange.state = ExchangeState::Healthy;
-            exchange.banned_until = None;
-        }
-    }
+    expired.any()
 }
 
 /// State of a proxy that is not ejected.
@@ -358,7 +390,7 @@ fn classify(policy: &HealthPolicy, proxy: &ProxyHealth) -> HealthState {
 }
 
 fn is_ejected_at(stats: &HealthStats, at: DateTime<Utc>) -> bool {
-    stats.state == HealthState::Ejected && stats.ejected_until.is_some_and(|until| until > at)
+    health::is_ejected(stats, at)
 }
 
 /// Decays the weights to `at` and adds one outcome.
@@ -373,8 +405,4 @@ fn decay(policy: &HealthPolicy, fold: &mut FoldState, at: DateTime<Utc>, success
 
 fn success_rate(fold: &FoldState) -> f64 {
     if fold.decayed_outcomes > 0.0 { (fold.decayed_successes / fold.decayed_outcomes).clamp(0.0, 1.0) } else { 1.0 }
-}
-
-fn delta(millis: u64) -> TimeDelta {
-    TimeDelta::milliseconds(i64::try_from(millis).unwrap_or(i64::MAX / 2))
 }

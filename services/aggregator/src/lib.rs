@@ -12,7 +12,10 @@
 //! - [`service`]: [`run`], the live loop: durable pull consumer, batches, commit,
 //!   ack, push-back; NATS micro-service `proxybus-aggregator`.
 //! - [`fold`]: [`FeedbackFolder`], the deterministic health model.
-//! - [`policy`]: [`HealthPolicy`], its thresholds and defaults.
+//! - [`event_ids`]: exactly once by `event_id`: the ids folded within a horizon,
+//!   persisted with each commit.
+//! - [`policy`]: [`HealthPolicy`] (from `proxybus_shared::health`), thresholds and defaults.
+//! - [`inventory`]: region sizes from the pools' inventories in `PROXY_INVENTORY`.
 //! - [`sketch`]: latency percentiles (HDR histogram) stored with the state.
 //! - [`record`]: the stored form of a proxy's state (HealthStats + `fold_state`).
 //! - [`store`]: KV buckets, the checkpoint and the atomic commit of a batch.
@@ -24,8 +27,10 @@
 //! - `main.rs`: the `proxybus-aggregator` binary (`run`, `replay`).
 
 pub mod config;
+pub mod event_ids;
 pub mod fold;
 pub mod intake;
+pub mod inventory;
 pub mod metrics;
 pub mod policy;
 pub mod push;

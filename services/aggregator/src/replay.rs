@@ -77,7 +77,9 @@ pub async fn replay(
         .map_err(|err| AggregatorError::Replay(format!("stream {FEEDBACK_STREAM}: {err}")))?;
     let state = stream.info().await.map_err(|err| AggregatorError::Replay(err.to_string()))?.state.clone();
     let target = state.last_sequence;
-    let mut folder = FeedbackFolder::new(config.settings.health.clone());
+    let mut folder = FeedbackFolder::with_event_ids(config.settings.health.clone(), config.settings.event_ids());
+    // Regions are sized by the inventories stored now (the live fold used those of its time).
+    folder.set_inventory_sizes(crate::inventory::current_sizes(&jetstream).await);
     let mut report = ReplayReport::default();
     let start_seq = match options.start {
         ReplayStart::FromSeq(seq) => seq.max(state.first_sequence),

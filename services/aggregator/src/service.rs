@@ -19,7 +19,7 @@
 //! consumer acks with `AckPolicy::All`: one ack, after the commit, for every
 //! message of the window.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,8 +38,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::AggregatorError;
 use crate::config::{AggregatorConfig, AggregatorSettings};
+use crate::event_ids::EventIdLog;
 use crate::fold::FeedbackFolder;
 use crate::intake;
+use crate::inventory::{self, RegionSizes};
 use crate::push::HealthPublisher;
 use crate::stats::AggregatorStats;
 use crate::store::{EncodedCommit, HealthStore};
@@ -96,9 +98,36 @@ pub async fn run_with_stats(
         return Ok(());
     };
     let loaded = store.load().await?;
-    tracing::info!(proxies = loaded.records.len(), position = loaded.position, "state loaded");
+    let Some(id_log) = retry_until_cancelled(&cancel, "opening the event-id stream", || async {
+        let keep = Duration::from_secs(settings.event_id_horizon_seconds + 3600);
+        EventIdLog::open(&jetstream, &settings.event_ids_stream, &settings.health_bucket, keep).await
+    })
+    .await
+    else {
+        return Ok(());
+    };
+    let mut event_ids = settings.event_ids();
+    let restored = id_log.load(loaded.position).await.map_err(AggregatorError::Replay)?;
+    for id in restored {
+        event_ids.restore(id);
+    }
+    tracing::info!(
+        proxies = loaded.records.len(),
+        position = loaded.position,
+        event_ids = event_ids.len(),
+        "state loaded"
+    );
     stats.set_last_seq(loaded.position);
-    let folder = FeedbackFolder::with_state(settings.health.clone(), loaded.records);
+    let mut folder = FeedbackFolder::with_event_ids(settings.health.clone(), event_ids);
+    for record in loaded.records {
+        folder.insert(record);
+    }
+    let (sizes_tx, sizes) = tokio::sync::watch::channel(RegionSizes::new());
+    {
+        let jetstream = jetstream.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(async move { inventory::follow(jetstream, sizes_tx, cancel.cancelled_owned()).await });
+    }
 
     let service = {
         let stats = stats.clone();
@@ -146,7 +175,8 @@ pub async fn run_with_stats(
         publisher,
         client: client.clone(),
         cancel: cancel.clone(),
-        announced: BTreeMap::new(),
+        id_log,
+        sizes,
         window: Window::default(),
     };
     let result = live.fold_until_cancelled().await;
@@ -200,6 +230,7 @@ struct Window {
     opened: Option<Instant>,
     folded: u64,
     skipped: u64,
+    deduplicated: u64,
     dead: u64,
     ejected: u64,
     suppressed: u64,
@@ -207,7 +238,7 @@ struct Window {
 
 impl Window {
     fn is_empty(&self) -> bool {
-        self.messages == 0
+        self.messages == 0 && self.changed.is_empty()
     }
 }
 
@@ -223,8 +254,10 @@ struct Live {
     publisher: HealthPublisher,
     client: async_nats::Client,
     cancel: CancellationToken,
-    /// Per proxy, the `last_seq` whose expiry (end of ejection or ban) was announced.
-    announced: BTreeMap<ProxyId, u64>,
+    /// Where the event ids of each commit are persisted.
+    id_log: EventIdLog,
+    /// Region sizes from `PROXY_INVENTORY`.
+    sizes: tokio::sync::watch::Receiver<RegionSizes>,
     /// What is folded but not yet committed.
     window: Window,
 }
@@ -299,11 +332,11 @@ impl Live {
             let now = Instant::now();
             if now >= next_sweep {
                 next_sweep = now + sweep_every;
-                // Announce only stored state.
+                // Ended ejections and bars are written into the stored records.
+                self.expire_records();
                 if !self.commit().await {
                     return Ok(SessionEnd::Cancelled);
                 }
-                self.announce_expiries().await;
             }
             if now >= next_lag {
                 next_lag = now + lag_every;
@@ -319,6 +352,10 @@ impl Live {
 
     /// Folds one batch into the window; `Some` ends the session (after a commit).
     async fn fold_batch(&mut self, batch: Vec<Message>, expected_cseq: &mut u64) -> Option<SessionEnd> {
+        if self.sizes.has_changed().unwrap_or(false) {
+            let sizes = self.sizes.borrow_and_update().clone();
+            self.folder.set_inventory_sizes(sizes);
+        }
         for message in batch {
             let Ok(info) = message.info() else {
                 return Some(SessionEnd::Reset("a message without JetStream metadata".into()));
@@ -345,6 +382,14 @@ impl Live {
                     let outcome = self.folder.fold(&event, seq, published);
                     if outcome.skipped {
                         window.skipped += 1;
+                    } else if outcome.duplicate {
+                        window.deduplicated += 1;
+                        tracing::info!(
+                            event_id = %event.event_id,
+                            seq,
+                            proxy_id = %event.proxy_id,
+                            "dropped a repeat of an event already folded"
+                        );
                     } else {
                         window.folded += 1;
                         window.changed.insert(event.proxy_id);
@@ -388,6 +433,19 @@ impl Live {
             let _ = self.client.flush().await;
         }
         let position = self.position;
+        let new_ids = self.folder.event_ids().take_new();
+        if !new_ids.is_empty() {
+            // Ids first: the checkpoint written after them makes them count (see `event_ids`).
+            let log = self.id_log.clone();
+            let stored = retry_until_cancelled(&self.cancel.clone(), "persisting event ids", || {
+                let (log, ids) = (log.clone(), &new_ids);
+                async move { log.append(ids).await }
+            })
+            .await;
+            if stored.is_none() {
+                return false;
+            }
+        }
         let changed = &self.window.changed;
         let records = changed.iter().filter_map(|id| self.folder.get(id));
         let commit = match EncodedCommit::new(position, records, self.settings.max_commit_records) {
@@ -419,6 +477,7 @@ impl Live {
         // Counters first, then the position: whoever sees `last_seq` sees its events counted.
         self.stats.add_folded(window.folded);
         self.stats.add_duplicates(window.skipped);
+        self.stats.add_deduplicated(window.deduplicated);
         self.stats.add_dead_lettered(window.dead);
         self.stats.add_ejections(window.ejected);
         self.stats.add_ejections_suppressed(window.suppressed);
@@ -438,23 +497,26 @@ impl Live {
         true
     }
 
-    /// Publishes stats whose ejection, cool-down or ban ran out since their last
-    /// event, as they stand now (the stored state changes with the next event).
-    async fn announce_expiries(&mut self) {
+    /// Ends, in the folder, every ejection and bar whose time has come, and puts
+    /// the proxies in the window, so that the next commit stores and publishes
+    /// them: `PROXY_HEALTH` never holds an expired ejection or bar for longer than
+    /// `sweep_interval_ms`.
+    fn expire_records(&mut self) {
         let now = Utc::now();
-        let mut views = Vec::new();
-        for proxy in self.folder.proxies() {
-            let view = proxy.view_at(now);
-            let expired = view.state != proxy.stats.state || view.exchanges != proxy.stats.exchanges;
-            let id = &proxy.stats.proxy_id;
-            if expired && self.announced.get(id) != Some(&proxy.stats.last_seq) {
-                self.announced.insert(id.clone(), proxy.stats.last_seq);
-                views.push(view);
-            }
+        let ids: Vec<ProxyId> = self
+            .folder
+            .proxies()
+            .filter(|proxy| proxybus_shared::health::has_expired(&proxy.stats, now))
+            .map(|proxy| proxy.stats.proxy_id.clone())
+            .collect();
+        if ids.is_empty() {
+            return;
         }
-        if !views.is_empty() {
-            tracing::info!(proxies = views.len(), "announcing ended ejections, cool-downs and bans");
-            self.publisher.publish(&views).await;
+        tracing::info!(proxies = ids.len(), "ejections, cool-downs or bans ended");
+        for id in ids {
+            if self.folder.expire_at(&id, now) {
+                self.window.changed.insert(id);
+            }
         }
     }
 

@@ -10,6 +10,7 @@ use serde::Serialize;
 pub struct AggregatorStats {
     events_folded: AtomicU64,
     duplicates_skipped: AtomicU64,
+    events_deduplicated: AtomicU64,
     dead_lettered: AtomicU64,
     ejections: AtomicU64,
     ejections_suppressed: AtomicU64,
@@ -30,6 +31,9 @@ pub struct StatsSnapshot {
     pub events_folded: u64,
     /// Redelivered messages skipped because their sequence was already folded.
     pub duplicates_skipped: u64,
+    /// Events dropped because their `event_id` was already folded within the horizon
+    /// (republished with another or no `Nats-Msg-Id`, or after the duplicate window).
+    pub events_deduplicated: u64,
     /// Messages republished on `proxy.v1.feedback_dead.>`.
     pub dead_lettered: u64,
     /// Proxies ejected.
@@ -69,6 +73,7 @@ macro_rules! counter {
 impl AggregatorStats {
     counter!(add_folded, events_folded, "proxybus_aggregator_events_folded_total");
     counter!(add_duplicates, duplicates_skipped, "proxybus_aggregator_duplicates_skipped_total");
+    counter!(add_deduplicated, events_deduplicated, "proxybus_aggregator_events_deduplicated_total");
     counter!(add_dead_lettered, dead_lettered, "proxybus_aggregator_dead_lettered_total");
     counter!(add_ejections, ejections, "proxybus_aggregator_ejections_total");
     counter!(add_ejections_suppressed, ejections_suppressed, "proxybus_aggregator_ejections_suppressed_total");
@@ -98,6 +103,7 @@ impl AggregatorStats {
         StatsSnapshot {
             events_folded: get(&self.events_folded),
             duplicates_skipped: get(&self.duplicates_skipped),
+            events_deduplicated: get(&self.events_deduplicated),
             dead_lettered: get(&self.dead_lettered),
             ejections: get(&self.ejections),
             ejections_suppressed: get(&self.ejections_suppressed),

@@ -1,36 +1,38 @@
 //! Health of each proxy, from three sources that meet in the [`Selector`](crate::Selector):
 //!
-//! - `HealthStats` pushed by the aggregator (`POST /api/v1/proxy/health`) or
-//!   published on `proxy.v1.health.{region}` ([`listen_health`]); the newest per
-//!   proxy wins, and `HealthStats::usable_for` decides (ejection, per-exchange bans);
-//! - feedback posted to `POST /api/v1/proxy/feedback`, folded here by [`LocalHealth`]:
-//!   consecutive connection failures eject the proxy for a while (Envoy's outlier
-//!   detection), and 451/403 ban it, 429/418 cool it down, **for that exchange only**;
+//! - `HealthStats` of the aggregator: KV bucket `PROXY_HEALTH`, loaded at start and
+//!   followed with a KV watch, `proxy.v1.health.{region}` ([`listen_health`]) and
+//!   `POST /api/v1/proxy/health`; the newest record per proxy wins
+//!   (`proxybus_shared::health::is_newer`), and `health::usable_for` decides;
+//! - feedback posted to `POST /api/v1/proxy/feedback`, folded here by
+//!   [`LocalHealth`] with the same rules as the aggregator (`proxybus_shared::health`,
+//!   `docs/health.md`): proxy faults in a row eject the proxy for a while (Envoy's
+//!   outlier detection); an exchange's verdict (403s in a row, 418, 429, 451,
+//!   refused handshake, close 1008/1013) bars it **for that exchange only**; the
+//!   exchange's own trouble costs it nothing;
 //! - optional active checks ([`crate::active_check`]).
 //!
 //! A proxy is selectable only when every source agrees. Time here is
 //! `tokio::time::Instant`, so tests drive it with `tokio::time::pause()`.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use futures::StreamExt;
-use proxybus_shared::{Codec, ErrorKind, ExchangeId, FeedbackPhase, ProxyFeedback};
+use proxybus_shared::health::{self, Attribution, HealthPolicy};
+use proxybus_shared::kv::KeyChange;
+use proxybus_shared::{Codec, ExchangeHealth, ExchangeId, ProxyFeedback};
 use tokio::time::Instant;
 
 use crate::selector::Selector;
 
-/// Thresholds of the local outlier detection.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// Thresholds of the local outlier detection and active checks.
+#[derive(Debug, Clone, PartialEq)]
 pub struct HealthOptions {
-    /// Consecutive failures (other than exchange bans) that eject a proxy; 0 disables.
-    pub consecutive_failures: u32,
-    /// Base ejection time; the n-th ejection in a row lasts n times as long (at most 10×).
-    pub ejection: Duration,
-    /// Ban of a proxy for one exchange after a 451 or 403 without `Retry-After`.
-    pub ban: Duration,
-    /// Cool-down of a proxy for one exchange after a 429 or 418 without `Retry-After`.
-    pub cooldown: Duration,
+    /// The health model's rules (shared with the aggregator).
+    pub rules: HealthPolicy,
+    /// Whether proxy faults reported to this service eject a proxy by themselves
+    /// (`health.consecutive_failures = 0` turns it off).
+    pub local_ejection: bool,
     /// Failed active checks in a row that take a proxy out.
     pub unhealthy_checks: u32,
     /// Passed active checks in a row that bring it back.
@@ -39,21 +41,14 @@ pub struct HealthOptions {
 
 impl Default for HealthOptions {
     fn default() -> Self {
-        Self {
-            consecutive_failures: 5,
-            ejection: Duration::from_secs(30),
-            ban: Duration::from_secs(600),
-            cooldown: Duration::from_secs(60),
-            unhealthy_checks: 2,
-            healthy_checks: 1,
-        }
+        Self { rules: HealthPolicy::default(), local_ejection: true, unhealthy_checks: 2, healthy_checks: 1 }
     }
 }
 
 /// What this service itself learned about one proxy.
 #[derive(Debug, Clone, Default)]
 pub struct LocalHealth {
-    /// Failures since the last success.
+    /// Proxy faults since the last success.
     pub consecutive_failures: u32,
     /// Ejections in a row (reset by a success after the ejection ends).
     pub ejections: u32,
@@ -61,6 +56,8 @@ pub struct LocalHealth {
     pub ejected_until: Option<Instant>,
     /// Bans and cool-downs per exchange, until when.
     pub barred: HashMap<ExchangeId, Instant>,
+    /// Per exchange, the verdicts counted so far (refusals in a row, IP bans).
+    pub verdicts: HashMap<ExchangeId, ExchangeHealth>,
     /// Active checks failed in a row.
     pub check_failures: u32,
     /// Active checks passed in a row.
@@ -85,45 +82,42 @@ impl LocalHealth {
         self.barred.get(exchange).is_some_and(|until| *until > now)
     }
 
-    /// Folds one feedback event; returns whether it ejected the proxy.
+    /// Folds one feedback event by the shared rules; returns whether it ejected the proxy.
     pub fn fold(&mut self, feedback: &ProxyFeedback, options: &HealthOptions, now: Instant) -> bool {
-        if feedback.success {
-            if matches!(feedback.phase, FeedbackPhase::Connected | FeedbackPhase::Request) {
+        let rules = &options.rules;
+        match health::attribute(feedback) {
+            Attribution::Success => {
                 self.consecutive_failures = 0;
                 if !self.ejected(now) {
                     self.ejections = 0;
                 }
-            }
-            return false;
-        }
-        let kind = feedback.error_kind.or_else(|| feedback.status_code.and_then(ErrorKind::from_status));
-        let retry_after = feedback.retry_after_seconds.map(Duration::from_secs);
-        match kind {
-            Some(ErrorKind::Http451 | ErrorKind::Http403) => {
-                self.bar(&feedback.exchange_id, now + retry_after.unwrap_or(options.ban));
+                if let Some(exchange) = self.verdicts.get_mut(&feedback.exchange_id) {
+                    health::exchange_success(exchange);
+                }
                 false
             }
-            Some(ErrorKind::Http429 | ErrorKind::Http418) => {
-                self.bar(&feedback.exchange_id, now + retry_after.unwrap_or(options.cooldown));
+            Attribution::ExchangeVerdict(verdict) => {
+                let exchange = self.verdicts.entry(feedback.exchange_id.clone()).or_default();
+                if let Some(bar) = rules.judge(exchange, verdict, feedback.retry_after_seconds) {
+                    let until = now + bar.duration;
+                    let entry = self.barred.entry(feedback.exchange_id.clone()).or_insert(until);
+                    *entry = (*entry).max(until);
+                }
                 false
             }
-            _ => {
+            Attribution::ProxyFault => {
                 self.consecutive_failures += 1;
-                if options.consecutive_failures > 0 && self.consecutive_failures >= options.consecutive_failures {
+                if options.local_ejection && self.consecutive_failures >= rules.consecutive_failures {
                     self.ejections = self.ejections.saturating_add(1);
-                    self.ejected_until = Some(now + options.ejection * self.ejections.min(10));
+                    self.ejected_until = Some(now + rules.ejection_time(self.ejections));
                     self.consecutive_failures = 0;
                     true
                 } else {
                     false
                 }
             }
+            Attribution::ExchangeTrouble | Attribution::Inconclusive | Attribution::NotAnOutcome => false,
         }
-    }
-
-    fn bar(&mut self, exchange: &ExchangeId, until: Instant) {
-        let entry = self.barred.entry(exchange.clone()).or_insert(until);
-        *entry = (*entry).max(until);
     }
 
     /// Folds one active check; returns whether it changed `check_down`.
@@ -171,16 +165,36 @@ pub async fn listen_health(
         client.subscribe(subject).await.map_err(|source| HealthListenError::Subscribe { subject, source })?;
     tracing::info!(subject, "listening for health statistics");
     let codec = Codec::default();
-    // What the aggregator stored before this service started (subscribed first,
-    // so nothing published meanwhile is missed; older stats never win over newer).
-    let loaded = load_stored_health(&client, &selector).await;
-    if loaded > 0 {
-        tracing::info!(
-            proxies = loaded,
-            bucket = proxybus_shared::subject::HEALTH_BUCKET,
-            "health loaded from the bucket"
-        );
-    }
+    // What the aggregator stored, then every change of it (subscribed first, so
+    // nothing published meanwhile is missed; an older record never wins).
+    let follower = {
+        let selector = selector.clone();
+        let js = async_nats::jetstream::new(client.clone());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let mut stopped = std::pin::pin!(async move {
+                let _ = stopped.await;
+            });
+            let wait = proxybus_shared::kv::wait_for_bucket(&js, proxybus_shared::subject::HEALTH_BUCKET, || {});
+            let bucket = tokio::select! {
+                () = &mut stopped => return,
+                bucket = wait => bucket,
+            };
+            let mut loaded = 0_usize;
+            proxybus_shared::kv::follow_health(&bucket, stopped, |change| match change {
+                KeyChange::Put { value, .. } => {
+                    loaded += 1;
+                    selector.apply_health(value, crate::metrics::HealthSource::Nats);
+                }
+                KeyChange::Deleted { .. } => {}
+                KeyChange::Current => {
+                    tracing::info!(proxies = loaded, bucket = %bucket.name, "health loaded from the bucket");
+                }
+            })
+            .await;
+        });
+        (stop, task)
+    };
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -204,24 +218,16 @@ pub async fn listen_health(
         }
     }
     let _ = subscriber.unsubscribe().await;
+    let (stop, task) = follower;
+    let _ = stop.send(());
+    let _ = task.await;
     Ok(())
-}
-
-/// Applies every `HealthStats` in KV bucket `PROXY_HEALTH` (when it exists);
-/// returns how many were applied.
-pub async fn load_stored_health(client: &async_nats::Client, selector: &Selector) -> usize {
-    let js = async_nats::jetstream::new(client.clone());
-    let Ok(bucket) = js.get_key_value(proxybus_shared::subject::HEALTH_BUCKET).await else { return 0 };
-    let Ok(stored) = proxybus_shared::kv::health_stats(&bucket).await else { return 0 };
-    let applied = stored.len();
-    for stats in stored.into_values() {
-        selector.apply_health(stats, crate::metrics::HealthSource::Nats);
-    }
-    applied
 }
 
 #[cfg(test)]
 mod tests {
+    use proxybus_shared::ErrorKind;
+
     use super::*;
 
     fn failure(kind: ErrorKind, exchange: &str) -> ProxyFeedback {
@@ -234,9 +240,17 @@ mod tests {
         .unwrap()
     }
 
+    fn options(consecutive_failures: u32) -> HealthOptions {
+        HealthOptions {
+            rules: HealthPolicy { consecutive_failures, ..HealthPolicy::default() },
+            ..HealthOptions::default()
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn consecutive_failures_eject_for_a_growing_time() {
-        let options = HealthOptions { consecutive_failures: 3, ..HealthOptions::default() };
+        let options = options(3);
+        let ejection = options.rules.ejection_time(1);
         let mut health = LocalHealth::default();
         let binance: ExchangeId = "binance".parse().unwrap();
         for i in 1..=3 {
@@ -244,25 +258,25 @@ mod tests {
             assert_eq!(ejected, i == 3);
         }
         assert!(!health.usable_for(&binance, Instant::now()));
-        tokio::time::advance(options.ejection).await;
+        tokio::time::advance(ejection).await;
         assert!(health.usable_for(&binance, Instant::now()), "back after the ejection time");
         for _ in 0..3 {
             health.fold(&failure(ErrorKind::Refused, "binance"), &options, Instant::now());
         }
-        tokio::time::advance(options.ejection).await;
+        tokio::time::advance(ejection).await;
         assert!(!health.usable_for(&binance, Instant::now()), "the second ejection in a row lasts twice as long");
-        tokio::time::advance(options.ejection).await;
+        tokio::time::advance(ejection).await;
         assert!(health.usable_for(&binance, Instant::now()));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_451_bans_one_exchange_only_and_does_not_count_as_a_failure() {
-        let options = HealthOptions { consecutive_failures: 1, ..HealthOptions::default() };
+        let options = options(1);
         let mut health = LocalHealth::default();
         assert!(!health.fold(&failure(ErrorKind::Http451, "binance"), &options, Instant::now()));
         assert!(!health.usable_for(&"binance".parse().unwrap(), Instant::now()));
         assert!(health.usable_for(&"coinbase".parse().unwrap(), Instant::now()));
-        tokio::time::advance(options.ban).await;
+        tokio::time::advance(options.rules.restricted_ban(None)).await;
         assert!(health.usable_for(&"binance".parse().unwrap(), Instant::now()));
     }
 }

@@ -18,8 +18,9 @@
 //! - [`selector`]: [`Selector`], the choice (sticky → region → fallback regions →
 //!   panic), feedback and health folding, the inventory view.
 //! - [`leases`]: leases per session (TTL, release on `disconnected`) and sticky bindings.
-//! - [`health`]: local outlier detection and per-exchange bans; the
-//!   `proxy.v1.health.>` listener.
+//! - [`health`]: local outlier detection and per-exchange bars by the shared
+//!   rules (`proxybus_shared::health`); `PROXY_HEALTH` and `proxy.v1.health.>` followed.
+//! - [`publish`]: the inventory (ids and regions only) into KV bucket `PROXY_INVENTORY`.
 //! - [`active_check`]: TCP connect and HTTP CONNECT checks.
 //! - [`api`]: routes, JSON errors, timeouts, body limit; [`auth`]: tokens and allowlist.
 //! - [`tls`]: rustls with optional or required client certificates.
@@ -45,6 +46,7 @@ pub mod health;
 pub mod inventory;
 pub mod leases;
 pub mod metrics;
+pub mod publish;
 pub mod reload;
 pub mod selector;
 pub mod settings;
@@ -183,7 +185,7 @@ impl PoolServer {
                     let shutdown = cancel.clone().cancelled_owned();
                     let listener_client = client.clone();
                     let stop_waiting = cancel.clone();
-                    let selector = selector.clone();
+                    let listener_selector = selector.clone();
                     tasks.spawn(async move {
                         // The pool serves HTTP without the bus; an old server only costs it health updates.
                         tokio::select! {
@@ -195,10 +197,16 @@ impl PoolServer {
                                 }
                             }
                         }
-                        if let Err(err) = health::listen_health(listener_client, selector, shutdown).await {
+                        if let Err(err) = health::listen_health(listener_client, listener_selector, shutdown).await {
                             tracing::error!(error = %err, "health listener stopped");
                         }
                     });
+                    tasks.spawn(publish::run(
+                        client.clone(),
+                        selector.clone(),
+                        settings.health.inventory_id.clone(),
+                        cancel.clone(),
+                    ));
                     nats_client = Some(client);
                 }
                 Err(err) => tracing::error!(error = %err, "cannot connect to NATS; health comes from HTTP only"),

@@ -200,11 +200,8 @@ impl State {
     fn badness(&self, proxy: &Proxy, exchange: &ExchangeId, now: Instant, wall: DateTime<Utc>) -> (u8, f64, f64, u32) {
         let pushed = self.pushed.get(proxy.id());
         let local = self.local.get(proxy.id());
-        let barred = pushed.is_some_and(|s| {
-            s.exchanges.get(exchange).is_some_and(|ex| {
-                ex.state != proxybus_shared::ExchangeState::Healthy && ex.banned_until.is_none_or(|u| u > wall)
-            })
-        }) || local.is_some_and(|l| l.barred_for(exchange, now));
+        let barred = pushed.is_some_and(|s| proxybus_shared::health::is_barred(s, exchange, wall))
+            || local.is_some_and(|l| l.barred_for(exchange, now));
         let pushed_left = pushed.filter(|s| s.state == HealthState::Ejected).map_or(0.0, |s| {
             s.ejected_until.map_or(f64::MAX, |until| (until - wall).num_milliseconds().max(0) as f64 / 1000.0)
         });
@@ -240,6 +237,8 @@ impl State {
 #[derive(Debug)]
 pub struct Selector {
     inventory: RwLock<Arc<Inventory>>,
+    /// Counts inventory replacements, for those who publish it.
+    inventory_version: tokio::sync::watch::Sender<u64>,
     state: Mutex<State>,
     options: SelectorOptions,
 }
@@ -253,6 +252,7 @@ impl Selector {
         };
         Self {
             inventory: RwLock::new(Arc::new(inventory)),
+            inventory_version: tokio::sync::watch::Sender::new(0),
             state: Mutex::new(State {
                 rng,
                 turns: HashMap::new(),
@@ -283,7 +283,13 @@ impl Selector {
     pub fn replace_inventory(&self, inventory: Inventory) {
         let proxies = inventory.len();
         *self.inventory.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(inventory);
+        self.inventory_version.send_modify(|version| *version += 1);
         tracing::info!(proxies, "inventory replaced");
+    }
+
+    /// Changes whenever the inventory is replaced.
+    pub fn inventory_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inventory_version.subscribe()
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -480,10 +486,8 @@ impl Selector {
     /// held for the proxy are ignored. Returns whether they were applied.
     pub fn apply_health(&self, stats: HealthStats, source: m::HealthSource) -> bool {
         let mut state = self.state();
-        let newer = state
-            .pushed
-            .get(&stats.proxy_id)
-            .is_none_or(|held| (stats.updated_at, stats.last_seq) >= (held.updated_at, held.last_seq));
+        let newer =
+            state.pushed.get(&stats.proxy_id).is_none_or(|held| proxybus_shared::health::is_newer(&stats, held));
         let outcome = if newer { "applied" } else { "stale" };
         metrics::counter!(m::HEALTH_UPDATES, "source" => source.as_str(), "outcome" => outcome).increment(1);
         if newer {
@@ -523,9 +527,7 @@ impl Selector {
             .map(|proxy| {
                 let local = state.local.get(proxy.id()).cloned().unwrap_or_default();
                 let pushed = state.pushed.get(proxy.id()).cloned();
-                let pushed_ejected = pushed.as_ref().is_some_and(|s| {
-                    s.state == HealthState::Ejected && s.ejected_until.is_none_or(|until| until > wall)
-                });
+                let pushed_ejected = pushed.as_ref().is_some_and(|s| proxybus_shared::health::is_ejected(s, wall));
                 let state_now = if pushed_ejected || local.ejected(now) || local.check_down {
                     HealthState::Ejected
                 } else if pushed.as_ref().is_some_and(|s| s.state == HealthState::Degraded) {

@@ -15,10 +15,11 @@
 //! | `tls.client_ca_file` | `…_TLS__CLIENT_CA_FILE` | — | PEM roots client certificates are verified against |
 //! | `tls.client_auth` | `…_TLS__CLIENT_AUTH` | `none` | `none`, `optional` (verified if presented), `required` (mutual TLS; then no token is needed) |
 //! | `health.listen_nats` | `…_HEALTH__LISTEN_NATS` | `true` | apply `proxy.v1.health.>` (NATS from `NATS_*`) |
-//! | `health.consecutive_failures` | `…_HEALTH__CONSECUTIVE_FAILURES` | `5` | feedback failures that eject a proxy; 0 disables |
-//! | `health.ejection_seconds` | `…_HEALTH__EJECTION_SECONDS` | `30` | base ejection time |
-//! | `health.ban_seconds` | `…_HEALTH__BAN_SECONDS` | `600` | per-exchange ban after 451/403 without `Retry-After` |
-//! | `health.cooldown_seconds` | `…_HEALTH__COOLDOWN_SECONDS` | `60` | per-exchange cool-down after 429/418 |
+//! | `health.rules.*` | `…_HEALTH__RULES__{NAME}` | as in [docs/health.md](../../../docs/health.md) | the health model's thresholds and durations, the aggregator's `health.*` |
+//! | `health.consecutive_failures` | `…_HEALTH__CONSECUTIVE_FAILURES` | `5` | proxy faults in a row that eject a proxy (`rules.consecutive_failures`); 0 disables local ejection |
+//! | `health.ejection_seconds` | `…_HEALTH__EJECTION_SECONDS` | — | when set, `rules.base_ejection_time_ms` in seconds |
+//! | `health.ban_seconds` | `…_HEALTH__BAN_SECONDS` | — | when set, `rules.ban_403_ms` in seconds: the bar after `rules.refusals_to_bar` 403s in a row |
+//! | `health.cooldown_seconds` | `…_HEALTH__COOLDOWN_SECONDS` | — | when set, `rules.default_cooldown_ms` in seconds: the 429 cool-down without `Retry-After` |
 //! | `health.default_latency_ms` | `…_HEALTH__DEFAULT_LATENCY_MS` | `100` | latency of an unmeasured proxy (`p2c_ewma`) |
 //! | `health.ewma_decay_seconds` | `…_HEALTH__EWMA_DECAY_SECONDS` | `60` | peak-EWMA time constant |
 //! | `active_checks.enabled` | `…_ACTIVE_CHECKS__ENABLED` | `false` | TCP connect (+ HTTP CONNECT for http proxies) checks |
@@ -35,6 +36,8 @@ use proxybus_shared::config::{self, ConfigError, EnvSource, Issues, Validate, ke
 use proxybus_shared::nats::NatsSettings;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
+
+use proxybus_shared::health::HealthPolicy;
 
 use crate::health::HealthOptions;
 use crate::selector::SelectorOptions;
@@ -108,10 +111,8 @@ impl Settings {
         let h = &self.health;
         SelectorOptions {
             health: HealthOptions {
-                consecutive_failures: h.consecutive_failures,
-                ejection: Duration::from_secs(h.ejection_seconds),
-                ban: Duration::from_secs(h.ban_seconds),
-                cooldown: Duration::from_secs(h.cooldown_seconds),
+                rules: h.rules(),
+                local_ejection: h.consecutive_failures > 0,
                 unhealthy_checks: self.active_checks.unhealthy_threshold,
                 healthy_checks: self.active_checks.healthy_threshold,
             },
@@ -237,16 +238,22 @@ impl Validate for TlsSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HealthSettings {
-    /// Apply `proxy.v1.health.>` from NATS.
+    /// Apply `PROXY_HEALTH` and `proxy.v1.health.>` from NATS, and publish the
+    /// inventory into `PROXY_INVENTORY`.
     pub listen_nats: bool,
-    /// Feedback failures in a row that eject a proxy; 0 disables.
+    /// Key of this service's inventory in `PROXY_INVENTORY` (default `default`):
+    /// pools with different inventories need different ids; replicas of one pool share it.
+    pub inventory_id: String,
+    /// The health model's rules, shared with the aggregator (`docs/health.md`).
+    pub rules: HealthPolicy,
+    /// Proxy faults in a row that eject a proxy (overrides `rules.consecutive_failures`); 0 disables.
     pub consecutive_failures: u32,
-    /// Base ejection time.
-    pub ejection_seconds: u64,
-    /// Ban after 451/403.
-    pub ban_seconds: u64,
-    /// Cool-down after 429/418.
-    pub cooldown_seconds: u64,
+    /// When set: `rules.base_ejection_time_ms`, in seconds.
+    pub ejection_seconds: Option<u64>,
+    /// When set: `rules.ban_403_ms`, in seconds.
+    pub ban_seconds: Option<u64>,
+    /// When set: `rules.default_cooldown_ms`, in seconds.
+    pub cooldown_seconds: Option<u64>,
     /// Latency of an unmeasured proxy.
     pub default_latency_ms: f64,
     /// Peak-EWMA time constant.
@@ -257,21 +264,57 @@ impl Default for HealthSettings {
     fn default() -> Self {
         Self {
             listen_nats: true,
+            inventory_id: "default".to_owned(),
+            rules: HealthPolicy::default(),
             consecutive_failures: 5,
-            ejection_seconds: 30,
-            ban_seconds: 600,
-            cooldown_seconds: 60,
+            ejection_seconds: None,
+            ban_seconds: None,
+            cooldown_seconds: None,
             default_latency_ms: 100.0,
             ewma_decay_seconds: 60,
         }
     }
 }
 
+impl HealthSettings {
+    /// The rules in force: `rules` with the older single settings applied over it.
+    pub fn rules(&self) -> HealthPolicy {
+        let mut rules = self.rules.clone();
+        if self.consecutive_failures > 0 {
+            rules.consecutive_failures = self.consecutive_failures;
+        }
+        if let Some(seconds) = self.ejection_seconds {
+            rules.base_ejection_time_ms = seconds.saturating_mul(1000);
+            rules.max_ejection_time_ms = rules.max_ejection_time_ms.max(rules.base_ejection_time_ms);
+        }
+        if let Some(seconds) = self.ban_seconds {
+            rules.ban_403_ms = seconds.saturating_mul(1000);
+        }
+        if let Some(seconds) = self.cooldown_seconds {
+            rules.default_cooldown_ms = seconds.saturating_mul(1000);
+        }
+        rules
+    }
+}
+
 impl Validate for HealthSettings {
     fn validate(&self, prefix: &str, issues: &mut Issues) {
-        issues.check_range(key(prefix, "ejection_seconds"), self.ejection_seconds, 1..=86_400);
-        issues.check_range(key(prefix, "ban_seconds"), self.ban_seconds, 1..=7 * 86_400);
-        issues.check_range(key(prefix, "cooldown_seconds"), self.cooldown_seconds, 1..=86_400);
+        let ok = !self.inventory_id.is_empty()
+            && self.inventory_id.len() <= 64
+            && self.inventory_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !ok {
+            issues.push(key(prefix, "inventory_id"), "expected 1 to 64 of A-Z, a-z, 0-9, '_' and '-'");
+        }
+        if let Some(seconds) = self.ejection_seconds {
+            issues.check_range(key(prefix, "ejection_seconds"), seconds, 1..=86_400);
+        }
+        if let Some(seconds) = self.ban_seconds {
+            issues.check_range(key(prefix, "ban_seconds"), seconds, 1..=7 * 86_400);
+        }
+        if let Some(seconds) = self.cooldown_seconds {
+            issues.check_range(key(prefix, "cooldown_seconds"), seconds, 1..=86_400);
+        }
+        self.rules().validate(&key(prefix, "rules"), issues);
         issues.check_range(key(prefix, "ewma_decay_seconds"), self.ewma_decay_seconds, 1..=3_600);
         if !(self.default_latency_ms.is_finite() && self.default_latency_ms > 0.0) {
             issues.push(key(prefix, "default_latency_ms"), "must be a positive number");

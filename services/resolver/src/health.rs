@@ -1,17 +1,27 @@
 //! What the resolver knows of proxy health: the latest `HealthStats` of each
-//! proxy, from `proxy.v1.health.>`. The resolver never serves a cached or
-//! embedded proxy that is ejected, or banned / cooling down for the exchange asked for.
+//! proxy. At start it loads KV bucket `PROXY_HEALTH` and then follows it with a KV
+//! watch (and `proxy.v1.health.>`, which the aggregator publishes at the same
+//! time), so a restart, a reconnect or a missed message never lets it serve a
+//! proxy that is ejected, or barred for the exchange asked for, from its cache or
+//! its embedded settings. The rules are `proxybus_shared::health`'s: which of two
+//! records is newer (`is_newer`) and whether a proxy is usable now (`usable_for`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use chrono::Utc;
 use futures::StreamExt;
-use proxybus_shared::{Codec, ExchangeId, HealthStats, ProxyId};
+use proxybus_shared::kv::KeyChange;
+use proxybus_shared::subject::HEALTH_BUCKET;
+use proxybus_shared::{Codec, ExchangeId, HealthStats, ProxyId, health};
 use tokio_util::sync::CancellationToken;
 
 /// Subject pattern of health updates.
-pub const HEALTH_SUBJECTS: &str = "proxy.v1.health.>";
+pub const HEALTH_SUBJECTS: &str = proxybus_shared::subject::HEALTH_WILDCARD;
+
+/// Longest wait at start for the stored health before answering anyway.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The latest health of every proxy heard of.
 #[derive(Debug, Default)]
@@ -20,21 +30,23 @@ pub struct HealthBook {
 }
 
 impl HealthBook {
-    /// Records an update; an older one (by `updated_at`) than what is known is ignored.
+    /// Records an update unless what is known is newer (`health::is_newer`).
     pub fn record(&self, stats: HealthStats) {
         let mut book = self.stats.write().unwrap_or_else(|p| p.into_inner());
-        match book.get(&stats.proxy_id) {
-            Some(known) if known.updated_at > stats.updated_at => {}
-            _ => {
-                book.insert(stats.proxy_id.clone(), stats);
-            }
+        if book.get(&stats.proxy_id).is_none_or(|known| health::is_newer(&stats, known)) {
+            book.insert(stats.proxy_id.clone(), stats);
         }
+    }
+
+    /// Forgets a proxy whose record was deleted from the bucket.
+    pub fn forget(&self, proxy: &ProxyId) {
+        self.stats.write().unwrap_or_else(|p| p.into_inner()).remove(proxy);
     }
 
     /// Whether `proxy` may be handed out for `exchange` now (unknown proxies may).
     pub fn usable(&self, proxy: &ProxyId, exchange: &ExchangeId) -> bool {
         let book = self.stats.read().unwrap_or_else(|p| p.into_inner());
-        book.get(proxy).is_none_or(|stats| stats.usable_for(exchange, Utc::now()))
+        book.get(proxy).is_none_or(|stats| health::usable_for(stats, exchange, Utc::now()))
     }
 
     /// Number of proxies known.
@@ -48,13 +60,51 @@ impl HealthBook {
     }
 }
 
-/// Subscribes to health updates and records them until `shutdown`.
+/// Loads `PROXY_HEALTH` into `book` (waiting at most [`LOAD_TIMEOUT`] for it), then
+/// follows the bucket and `proxy.v1.health.>` in the background until `shutdown`.
 pub async fn follow(
     client: async_nats::Client,
     book: Arc<HealthBook>,
     shutdown: CancellationToken,
 ) -> Result<(), async_nats::SubscribeError> {
     let mut updates = client.subscribe(HEALTH_SUBJECTS).await?;
+    let (loaded_tx, loaded) = tokio::sync::oneshot::channel::<()>();
+    {
+        let book = book.clone();
+        let shutdown = shutdown.clone();
+        let js = async_nats::jetstream::new(client.clone());
+        tokio::spawn(async move {
+            let mut loaded_tx = Some(loaded_tx);
+            // Nothing stored yet while the aggregator has not made the bucket: answer meanwhile.
+            let wait = proxybus_shared::kv::wait_for_bucket(&js, HEALTH_BUCKET, || {
+                if let Some(tx) = loaded_tx.take() {
+                    let _ = tx.send(());
+                }
+            });
+            let bucket = tokio::select! {
+                () = shutdown.cancelled() => return,
+                bucket = wait => bucket,
+            };
+            proxybus_shared::kv::follow_health(&bucket, shutdown.cancelled_owned(), |change| match change {
+                KeyChange::Put { value, .. } => book.record(value),
+                KeyChange::Deleted { key } => {
+                    if let Ok(id) = key.parse::<ProxyId>() {
+                        book.forget(&id);
+                    }
+                }
+                KeyChange::Current => {
+                    if let Some(tx) = loaded_tx.take() {
+                        tracing::info!(proxies = book.len(), "health loaded from the bucket");
+                        let _ = tx.send(());
+                    }
+                }
+            })
+            .await;
+        });
+    }
+    if tokio::time::timeout(LOAD_TIMEOUT, loaded).await.is_err() {
+        tracing::warn!("the health bucket did not load in time; answering meanwhile");
+    }
     let codec = Codec::default();
     tokio::spawn(async move {
         loop {
@@ -105,6 +155,7 @@ mod tests {
         assert!(book.usable(&id, &kraken));
         let mut ejected = stats.clone();
         ejected.state = HealthState::Ejected;
+        ejected.last_seq = stats.last_seq + 1;
         ejected.updated_at = stats.updated_at + chrono::Duration::seconds(1);
         book.record(ejected);
         assert!(!book.usable(&id, &kraken));

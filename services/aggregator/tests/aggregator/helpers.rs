@@ -40,6 +40,7 @@ pub(crate) fn event(n: usize, exchange: &str, success: bool, error_kind: Option<
         status_code: None,
         retry_after_seconds: None,
         error_details: None,
+        ws_close_code: None,
         timestamp: Utc::now(),
         client_id: "test-feed".into(),
     }

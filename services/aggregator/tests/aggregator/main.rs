@@ -1,11 +1,14 @@
 //! The aggregator against a real `nats-server` with JetStream (one per test), and
 //! the health model on its own.
 
+mod attribution;
 mod binary;
 mod dead_letter;
+mod event_ids;
 mod exactly_once;
 mod health_model;
 mod helpers;
 mod push_back;
 mod replay;
 mod service;
+mod small_pools;

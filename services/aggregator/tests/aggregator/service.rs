@@ -115,3 +115,38 @@ async fn graceful_shutdown_stops_promptly_and_a_restart_continues() {
     assert_eq!(app.stats.snapshot().events_folded, 10, "only the new events");
     app.stop().await;
 }
+
+/// Issue #11, item 5: an ejection or bar that has ended is cleared in the stored
+/// record, not only treated as over by each reader.
+#[tokio::test]
+async fn ended_ejections_and_bars_are_cleared_in_the_stored_record() {
+    let server = proxybus_tests::NatsServer::start().await.unwrap();
+    let js = crate::helpers::jetstream(&server).await;
+    let mut config = crate::helpers::config(&server);
+    config.settings.health.base_ejection_time_ms = 300;
+    let app = crate::helpers::Running::start(config);
+    let mut events: Vec<_> =
+        (0..5).map(|_| crate::helpers::event(0, "binance", false, Some(proxybus_shared::ErrorKind::Timeout))).collect();
+    let mut limited = crate::helpers::event(2, "binance", false, Some(proxybus_shared::ErrorKind::Http429));
+    limited.retry_after_seconds = Some(1);
+    events.push(limited);
+    crate::helpers::publish_all(&js, &events, 10).await;
+    let binance: proxybus_shared::ExchangeId = "binance".parse().unwrap();
+    crate::helpers::eventually(std::time::Duration::from_secs(20), "the ejection and the bar stored", || async {
+        let stored = crate::helpers::records(&js, HEALTH_BUCKET).await;
+        stored.get(&pid(0)).is_some_and(|r| r.stats.ejections == 1)
+            && stored.get(&pid(2)).is_some_and(|r| r.stats.exchanges.contains_key(&binance))
+    })
+    .await;
+    // No further event: the sweep writes the ended state.
+    crate::helpers::eventually(std::time::Duration::from_secs(10), "the ended state stored", || async {
+        let stored = crate::helpers::records(&js, HEALTH_BUCKET).await;
+        let ejection_over = stored[&pid(0)].stats.state == HealthState::Degraded
+            && stored[&pid(0)].stats.ejected_until.is_none()
+            && stored[&pid(0)].fold.on_probation;
+        let exchange = &stored[&pid(2)].stats.exchanges[&binance];
+        ejection_over && exchange.state == proxybus_shared::ExchangeState::Healthy && exchange.banned_until.is_none()
+    })
+    .await;
+    app.stop().await;
+}

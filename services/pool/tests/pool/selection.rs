@@ -329,3 +329,38 @@ fn answers_carry_the_full_url_and_older_health_does_not_win() {
     assert!(!selector.apply_health(older, HealthSource::Http), "stale statistics are ignored");
     assert_eq!(selector.respond(&request("binance", "d")).unwrap().strategy, "round_robin");
 }
+
+/// Issue #11, input b) at the pool: six `http_403` from bybit through proxy 1 bar it
+/// for bybit (from the third on) and never for binance; before the third, bybit still gets it.
+#[tokio::test]
+async fn forbidden_answers_of_one_exchange_bar_the_proxy_for_that_exchange_only() {
+    let selector = selector(&one_region("round_robin", &[1, 2]));
+    let forbidden = |n: u8| -> proxybus_shared::ProxyFeedback {
+        serde_json::from_value(feedback(
+            n,
+            "feed",
+            "bybit",
+            "failed",
+            false,
+            serde_json::json!({"error_kind": "http_403", "status_code": 403}),
+        ))
+        .unwrap()
+    };
+    let served = |exchange: &str| -> std::collections::HashSet<_> {
+        (0..10)
+            .map(|i| selector.respond(&request(exchange, &format!("{exchange}-{i}"))).unwrap().proxy_id.unwrap())
+            .collect()
+    };
+    for _ in 0..2 {
+        selector.feedback(&forbidden(1));
+    }
+    assert!(served("bybit").contains(&id(1)), "two 403s are not yet a bar");
+    for _ in 0..4 {
+        selector.feedback(&forbidden(1));
+    }
+    assert_eq!(served("bybit"), [id(2)].into_iter().collect(), "barred for bybit");
+    assert_eq!(served("binance"), [id(1), id(2)].into_iter().collect(), "binance keeps proxy 1");
+    let view = selector.proxies(None).into_iter().find(|v| v.proxy_id == id(1)).unwrap();
+    assert!(!view.local.ejected, "a geo block is not the proxy's fault");
+    assert_eq!(view.local.consecutive_failures, 0);
+}

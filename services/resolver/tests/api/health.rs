@@ -9,6 +9,59 @@ use proxybus_shared::{
 
 use crate::helpers::*;
 
+/// Puts `stats` into bucket `PROXY_HEALTH` the way the aggregator stores them,
+/// without publishing on `proxy.v1.health.*`.
+async fn store(client: &async_nats::Client, stats: &HealthStats) {
+    let js = async_nats::jetstream::new(client.clone());
+    let bucket = proxybus_shared::kv::open_health_bucket(&js).await.unwrap();
+    bucket.put(stats.proxy_id.as_str(), Codec::default().encode(Encoding::MsgPack, stats).unwrap()).await.unwrap();
+}
+
+/// Issue #11, input d): a resolver (re)started while P is ejected and Q is barred
+/// for binance knows it before its first answer, from `PROXY_HEALTH`, and follows
+/// the bucket after (a KV watch: no `proxy.v1.health.*` message is needed).
+#[tokio::test]
+async fn a_restarted_resolver_starts_from_the_stored_health_and_follows_the_bucket() {
+    let nats = proxybus_tests::NatsServer::start().await.unwrap();
+    let client = nats.connect().await.unwrap();
+    let (p, q, r) = ("http://p1:1", "http://p2:2", "http://p3:3");
+    store(&client, &ejected(p)).await;
+    let mut barred = HealthStats::new(proxy_id(q), q.into(), None, Utc::now());
+    barred.exchanges.insert(
+        "binance".parse().unwrap(),
+        ExchangeHealth {
+            state: ExchangeState::Banned,
+            banned_until: Some(Utc::now() + chrono::Duration::hours(1)),
+            ..Default::default()
+        },
+    );
+    store(&client, &barred).await;
+    let pool = format!(r#"[{{"url":"{p}"}},{{"url":"{q}"}},{{"url":"{r}"}}]"#);
+    let app = TestApp::spawn_on(
+        nats,
+        &[("CRYPTOFEED_PROXY_ENABLED", "true"), ("CRYPTOFEED_PROXY_DEFAULT__HTTP__POOL__PROXIES", &pool)],
+    )
+    .await;
+    for i in 0..6 {
+        let answer = app.ask("binance", Http, &format!("feed-{i}")).await;
+        assert_eq!(answer.proxy_url.as_deref(), Some(r), "only r is usable for binance from the first answer on");
+        let answer = app.ask("kraken", Http, &format!("feed-{i}")).await;
+        assert_ne!(answer.proxy_url.as_deref(), Some(p), "p is ejected for every exchange");
+    }
+    // R is ejected later, in the bucket only: the watch brings it.
+    let mut r_ejected = ejected(r);
+    r_ejected.last_seq = 7;
+    store(&client, &r_ejected).await;
+    eventually("r is no longer handed out for kraken", || async {
+        let mut answers = Vec::new();
+        for i in 0..6 {
+            answers.push(app.ask("kraken", Http, &format!("late-feed-{i}")).await.proxy_url);
+        }
+        answers.iter().all(|u| u.as_deref() == Some(q))
+    })
+    .await;
+}
+
 fn ejected(url: &str) -> HealthStats {
     let mut stats = HealthStats::new(proxy_id(url), redact_url(url), Some("us-east".parse().unwrap()), Utc::now());
     stats.state = HealthState::Ejected;

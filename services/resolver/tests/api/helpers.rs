@@ -213,8 +213,13 @@ pub(crate) fn upstream_vars(endpoints: &[&FakeUpstream]) -> Vec<(&'static str, S
 impl TestApp {
     /// Starts nats-server and a resolver configured by `vars`; returns once it answers `$SRV.PING`.
     pub(crate) async fn spawn(vars: &[(&str, &str)]) -> Self {
-        proxybus_shared::telemetry::init_for_tests();
         let nats = NatsServer::start().await.expect("nats-server starts");
+        Self::spawn_on(nats, vars).await
+    }
+
+    /// Starts a resolver configured by `vars` on a running `nats`; returns once it answers `$SRV.PING`.
+    pub(crate) async fn spawn_on(nats: NatsServer, vars: &[(&str, &str)]) -> Self {
+        proxybus_shared::telemetry::init_for_tests();
         let mut all: Vec<(&str, &str)> = QUIET.to_vec();
         all.extend_from_slice(vars);
         let config = config(&nats, &all);
