@@ -5,12 +5,10 @@
 //! `reserved_memory`. A bucket is only a stream with a known shape, so we create
 //! that stream ourselves (as `create_key_value` would) and open it with
 //! `get_key_value`, which works on 2.9 and later alike.
-//!
-//! [`follow`] (and [`follow_health`]) load a bucket and then follow its changes
-//! with a KV watch, so a reader starts from the stored state and misses nothing.
+
+use std::time::Duration;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, stream};
 use futures::StreamExt;
