@@ -10,6 +10,7 @@ use moka::Expiry;
 use moka::future::Cache;
 use proxybus_shared::breaker::CircuitBreaker;
 use proxybus_shared::embedded::EmbeddedSelector;
+use proxybus_shared::health::{self, Attribution};
 use proxybus_shared::{
     Codec, ConnectionType, ErrorKind, ErrorReply, ExchangeId, FallbackPolicy, FeedbackPhase, ProxyFeedback,
     ProxyRequest, ProxyResponse, ProxyScheme, ProxyUrl, Region, ResponseSource, subject,
@@ -314,7 +315,9 @@ impl ProxyClient {
 
     /// Opens a websocket to `url` through a proxy leased for `exchange`, and
     /// reports `connect_start`, then `connected` with the latency or `failed`
-    /// with the classified `error_kind` (a failed lease is also dropped from the cache).
+    /// with the classified `error_kind`. A lease the failure is about (the proxy's
+    /// fault or the exchange's verdict on its IP, `proxybus_shared::health`) is also
+    /// dropped from the cache; the exchange's own trouble (a 5xx) keeps it.
     pub async fn connect_websocket(&self, url: &str, exchange: &ExchangeId) -> Result<ProxiedWebSocket, ClientError> {
         let target_url: url::Url = url.parse().map_err(|err| ClientError::InvalidUrl(format!("{err}")))?;
         let target = Target::from_url(&target_url)?;
@@ -350,7 +353,15 @@ impl ProxyClient {
                     event.retry_after_seconds = err.retry_after_seconds;
                     self.report(event);
                 }
-                self.invalidate(&lease).await;
+                // Drop the lease when the failure is about it (docs/health.md): the
+                // exchange's own trouble says nothing against this proxy.
+                let about_the_lease = matches!(
+                    health::attribute_failure(Some(err.kind), err.status_code, None),
+                    Attribution::ProxyFault | Attribution::ExchangeVerdict(_)
+                );
+                if about_the_lease {
+                    self.invalidate(&lease).await;
+                }
                 Err(ClientError::Connect(ConnectError {
                     message: redact_details(&err.message, lease.proxy.as_ref()),
                     ..err

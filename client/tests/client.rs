@@ -663,3 +663,22 @@ async fn a_feed_limited_to_some_schemes_says_so_and_its_embedded_fallback_honour
         [vec![proxybus_shared::ProxyScheme::Http, proxybus_shared::ProxyScheme::Https]]
     );
 }
+
+/// The exchange's own trouble (a 503 to the handshake) keeps the leased proxy; a
+/// verdict on its IP (451) drops it from the cache (docs/health.md).
+#[tokio::test]
+async fn only_a_failure_about_the_proxy_drops_its_lease() {
+    let server = NatsServer::start().await.unwrap();
+    let nats = server.connect().await.unwrap();
+    let proxy = TestProxy::http_connect(None).await.unwrap();
+    let seen = spawn_resolver(nats.clone(), Ok(Some(proxy.url()))).await;
+    let client = ProxyClient::with_nats(config(&server), nats);
+    let maintenance = WsEchoServer::refusing(503, None).await.unwrap();
+    client.connect_websocket(&maintenance.url(), &binance()).await.unwrap_err();
+    let lease = client.get_proxy(&binance(), ConnectionType::Websocket, None).await.unwrap();
+    assert_eq!((lease.source, seen.load(Ordering::SeqCst)), (ResponseSource::Cache, 1), "kept after a 503");
+    let restricted = WsEchoServer::refusing(451, None).await.unwrap();
+    client.connect_websocket(&restricted.url(), &binance()).await.unwrap_err();
+    client.get_proxy(&binance(), ConnectionType::Websocket, None).await.unwrap();
+    assert_eq!(seen.load(Ordering::SeqCst), 2, "asked again after a 451");
+}

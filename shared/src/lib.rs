@@ -18,7 +18,8 @@
 //!   publish with `Nats-Msg-Id: {event_id}` that waits for the JetStream ack.
 //! - [`health`]: the health model — who an outcome is about, how long an
 //!   exchange's verdict bars a proxy, the ejection cap, what a record means now,
-//!   which of two records is newer. Every part applies these rules.
+//!   which of two records is newer. Every part applies these rules; readers load
+//!   and follow `PROXY_HEALTH` with `kv::follow_health` (a KV watch).
 //! - [`breaker`]: the circuit breaker every upstream call goes through.
 //! - [`embedded`]: choosing a proxy from the embedded `ProxySettings` (fallback).
 //! - [`http`]: the HTTP client for proxy services (auth headers, TLS, pooling).
