@@ -562,6 +562,21 @@ async fn every_scheme_carries_websockets_and_rest_with_authentication_and_its_ow
         assert_eq!(body, "pong", "REST via {scheme}");
         assert_eq!(rest_proxy.log().tunnels().last(), Some(&expect(rest.port())), "REST via {scheme}");
 
+        // The same REST call over the client's own tunnel, credentials (a SOCKS4 user id too) included.
+        config.client_id = format!("ws-{scheme}");
+        let client = ProxyClient::with_nats(config.clone(), nats.clone());
+        let request = http::Request::get(format!("http://localhost:{}/ping?depth=5", rest.port()))
+            .body(bytes::Bytes::new())
+            .unwrap();
+        let (response, _) =
+            client.send_http(&binance(), request).await.unwrap_or_else(|err| panic!("send_http via {scheme}: {err}"));
+        assert_eq!(
+            (response.status().as_u16(), response.body().as_ref()),
+            (200, &b"pong"[..]),
+            "send_http via {scheme}"
+        );
+        assert_eq!(ws_proxy.log().tunnels().last(), Some(&expect(rest.port())), "send_http via {scheme}");
+
         if matches!(scheme, Socks4 | Socks4a) {
             config.client_id = format!("rest-userid-{scheme}");
             let client = ProxyClient::with_nats(config.clone(), nats.clone());
