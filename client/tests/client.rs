@@ -628,3 +628,16 @@ async fn a_feed_limited_to_some_schemes_says_so_and_its_embedded_fallback_honour
         [vec![proxybus_shared::ProxyScheme::Http, proxybus_shared::ProxyScheme::Https]]
     );
 }
+
+#[tokio::test]
+async fn a_malformed_proxy_url_from_the_resolver_is_never_used() {
+    // Issue #12 (a) as an answer: a raw '/' in the password would make `alice` the host.
+    let server = NatsServer::start().await.unwrap();
+    let nats = server.connect().await.unwrap();
+    spawn_resolver(nats.clone(), Ok(Some("http://alice:12/34xyz@203.0.113.10:3128".into()))).await;
+    let client = ProxyClient::with_nats(config(&server), nats);
+    let lease = client.get_proxy(&binance(), ConnectionType::Websocket, None).await.unwrap();
+    assert!(lease.proxy.is_none(), "no proxy on host alice: {lease:?}");
+    assert_eq!(lease.source, ResponseSource::Direct, "the fallback, as when the resolver gives nothing usable");
+    assert!(!format!("{lease:?}").contains("34xyz"));
+}
