@@ -319,3 +319,21 @@ async fn no_password_or_token_leaves_the_pipeline_at_trace_level() {
     seen.add("logs", &logs);
     seen.assert_clean();
 }
+
+#[tokio::test]
+async fn wire_logs_need_proxybus_log_wire_and_warn_at_every_start() {
+    let server = NatsServer::start().await.unwrap();
+    for _start in 0..2 {
+        let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_proxybus"))
+            .args(["services"])
+            .env("NATS_URL", server.client_url())
+            .env("RUST_LOG", "warn")
+            .env("PROXYBUS_LOG_WIRE", "1")
+            .output();
+        let output = tokio::time::timeout(WAIT, run).await.unwrap().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("WARN") && stderr.contains("wire logs are on"), "{stderr}");
+    }
+    let quiet = proxybus_cli(&server, &["services"]).await;
+    assert!(!String::from_utf8_lossy(&quiet.stderr).contains("wire logs are on"));
+}

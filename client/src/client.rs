@@ -405,7 +405,8 @@ impl ProxyClient {
     /// client then also trusts for targets: reqwest has one trust store).
     /// Credentials are decoded once by [`ProxyUrl`] and handed to reqwest as
     /// such. reqwest sends no SOCKS4 user id, so a `socks4`/`socks4a` proxy with
-    /// one is refused here ([`ClientError::Http`]); websockets carry it.
+    /// one is refused here ([`ClientError::Http`]); [`send_http`](Self::send_http)
+    /// and websockets carry it.
     pub async fn http_client(&self, exchange: &ExchangeId) -> Result<(reqwest::Client, ProxyLease), ClientError> {
         let lease = self.get_proxy(exchange, ConnectionType::Http, None).await?;
         proxybus_shared::http::install_crypto_provider();
@@ -428,6 +429,86 @@ impl ProxyClient {
         let client =
             builder.build().map_err(|err| ClientError::Http(redact_details(&err.to_string(), lease.proxy.as_ref())))?;
         Ok((client, lease))
+    }
+
+    /// Sends one HTTP request to `exchange`'s REST API through a proxy leased for
+    /// it, over the same tunnel as [`connect_websocket`](Self::connect_websocket):
+    /// every scheme, a SOCKS4 user id included (which [`http_client`](Self::http_client)
+    /// cannot send). `request` has an absolute `http://` or `https://` URI; it goes
+    /// out as HTTP/1.1 on a connection of its own (`Connection: close`), and the
+    /// whole body comes back. The outcome is reported (as by
+    /// [`report_response`](Self::report_response), or a `failed` event when no
+    /// response came), and a failed lease is dropped from the cache.
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidUrl`] for a URI that is not absolute http(s),
+    /// [`ClientError::Connect`] when the tunnel or the exchange failed.
+    pub async fn send_http(
+        &self,
+        exchange: &ExchangeId,
+        mut request: http::Request<bytes::Bytes>,
+    ) -> Result<(http::Response<bytes::Bytes>, ProxyLease), ClientError> {
+        use http_body_util::BodyExt;
+        let target_url: url::Url =
+            request.uri().to_string().parse().map_err(|err| ClientError::InvalidUrl(format!("{err}")))?;
+        let target = Target::from_url(&target_url)?;
+        if !matches!(target_url.scheme(), "http" | "https") {
+            return Err(ClientError::InvalidUrl(format!("{} is not an http(s) URL", target_url.scheme())));
+        }
+        let origin_form = match target_url.query() {
+            Some(query) => format!("{}?{query}", target_url.path()),
+            None => target_url.path().to_owned(),
+        };
+        let host = request.uri().authority().map(|a| a.as_str().to_owned()).unwrap_or_else(|| target.host.clone());
+        *request.uri_mut() =
+            origin_form.parse().map_err(|err: http::uri::InvalidUri| ClientError::InvalidUrl(err.to_string()))?;
+        let headers = request.headers_mut();
+        headers.insert(http::header::HOST, host.parse().map_err(|_| ClientError::InvalidUrl("bad host".into()))?);
+        headers.insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+
+        let lease = self.get_proxy(exchange, ConnectionType::Http, None).await?;
+        let started = Instant::now();
+        let timeout = self.inner.config.connect_timeout;
+        let exchanged = async {
+            let tls = self.inner.tls.as_ref().map_err(|err| ConnectError::new(ErrorKind::Tls, err.clone()))?;
+            let stream = tunnel::open(lease.proxy.as_ref(), &target, tls, timeout).await?;
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+                .await
+                .map_err(|err| ConnectError::new(ErrorKind::Other, format!("http handshake: {err}")))?;
+            tokio::spawn(connection);
+            let response = sender
+                .send_request(request.map(http_body_util::Full::new))
+                .await
+                .map_err(|err| ConnectError::new(ErrorKind::Other, format!("http request: {err}")))?;
+            let (parts, body) = response.into_parts();
+            let body = body
+                .collect()
+                .await
+                .map_err(|err| ConnectError::new(ErrorKind::Other, format!("http body: {err}")))?
+                .to_bytes();
+            Ok::<_, ConnectError>(http::Response::from_parts(parts, body))
+        };
+        match tokio::time::timeout(timeout * 3, exchanged).await {
+            Ok(Ok(response)) => {
+                self.report_response(&lease, response.status().as_u16(), response.headers(), started.elapsed());
+                Ok((response, lease))
+            }
+            outcome => {
+                let err = match outcome {
+                    Ok(Err(err)) => err,
+                    _ => ConnectError::new(ErrorKind::Timeout, "no response in time"),
+                };
+                if let Some(event) = lease.failure(self.client_id(), err.kind, &err.message, started.elapsed()) {
+                    self.report(event);
+                }
+                self.invalidate(&lease).await;
+                Err(ClientError::Connect(ConnectError {
+                    message: redact_details(&err.message, lease.proxy.as_ref()),
+                    ..err
+                }))
+            }
+        }
     }
 
     /// Reports the outcome of an HTTP response received through `lease`:
@@ -474,7 +555,7 @@ fn reqwest_proxy(proxy: &ProxyUrl) -> Result<reqwest::Proxy, ClientError> {
     if let Some((user, password)) = proxy.credentials() {
         if matches!(proxy.scheme(), ProxyScheme::Socks4 | ProxyScheme::Socks4a) {
             return Err(ClientError::Http(format!(
-                "{}: reqwest sends no SOCKS4 user id; use a socks5 or http proxy for REST, or connect_websocket",
+                "{}: reqwest sends no SOCKS4 user id; use ProxyClient::send_http for REST through this proxy",
                 proxy.redacted()
             )));
         }

@@ -12,7 +12,10 @@
 //! let ws = client.connect_websocket("wss://stream.binance.com:9443/ws/btcusdt@trade", &binance).await?;
 //! // Or a reqwest client for REST calls, and a report of each response.
 //! let (http, lease) = client.http_client(&binance).await?;
-//! # let _ = (ws, http, lease);
+//! // Or one REST request over the client's own tunnel (every scheme, SOCKS4 user ids too).
+//! let request = http::Request::get("https://api.binance.com/api/v3/time").body(bytes::Bytes::new()).unwrap();
+//! let (response, _lease) = client.send_http(&binance, request).await?;
+//! # let _ = (ws, http, lease, response);
 //! # Ok(())
 //! # }
 //! ```
@@ -28,10 +31,10 @@
 //! - `config.rs`: [`ClientConfig`], from code or the environment.
 //! - `lease.rs`: [`ProxyLease`], what `get_proxy` hands out, and feedback built from it.
 //! - `client.rs`: [`ProxyClient`]: `get_proxy`, the cache, the breaker and the fallback chain,
-//!   `connect_websocket`, `http_client`, `report_response`.
+//!   `connect_websocket`, `send_http`, `http_client`, `report_response`.
 //! - `reporter.rs`: the bounded feedback queue and its JetStream publisher.
-//! - `tunnel.rs`: streams through HTTP CONNECT, SOCKS5 and SOCKS4 proxies, and
-//!   classification of failures into `error_kind`.
+//! - `tunnel.rs`: streams through proxies of every scheme (HTTP CONNECT, over TLS
+//!   for `https`; SOCKS4/4a; SOCKS5/5h), and classification of failures into `error_kind`.
 
 mod client;
 mod config;

@@ -612,6 +612,21 @@ async fn every_scheme_carries_websockets_and_rest_with_authentication_and_its_ow
         assert_eq!(body, "pong", "REST via {scheme}");
         assert_eq!(rest_proxy.log().tunnels().last(), Some(&expect(rest.port())), "REST via {scheme}");
 
+        // The same REST call over the client's own tunnel, credentials (a SOCKS4 user id too) included.
+        config.client_id = format!("ws-{scheme}");
+        let client = ProxyClient::with_nats(config.clone(), nats.clone());
+        let request = http::Request::get(format!("http://localhost:{}/ping?depth=5", rest.port()))
+            .body(bytes::Bytes::new())
+            .unwrap();
+        let (response, _) =
+            client.send_http(&binance(), request).await.unwrap_or_else(|err| panic!("send_http via {scheme}: {err}"));
+        assert_eq!(
+            (response.status().as_u16(), response.body().as_ref()),
+            (200, &b"pong"[..]),
+            "send_http via {scheme}"
+        );
+        assert_eq!(ws_proxy.log().tunnels().last(), Some(&expect(rest.port())), "send_http via {scheme}");
+
         if matches!(scheme, Socks4 | Socks4a) {
             config.client_id = format!("rest-userid-{scheme}");
             let client = ProxyClient::with_nats(config.clone(), nats.clone());
@@ -681,4 +696,17 @@ async fn only_a_failure_about_the_proxy_drops_its_lease() {
     client.connect_websocket(&restricted.url(), &binance()).await.unwrap_err();
     client.get_proxy(&binance(), ConnectionType::Websocket, None).await.unwrap();
     assert_eq!(seen.load(Ordering::SeqCst), 2, "asked again after a 451");
+}
+
+#[tokio::test]
+async fn a_malformed_proxy_url_from_the_resolver_is_never_used() {
+    // Issue #12 (a) as an answer: a raw '/' in the password would make `alice` the host.
+    let server = NatsServer::start().await.unwrap();
+    let nats = server.connect().await.unwrap();
+    spawn_resolver(nats.clone(), Ok(Some("http://alice:12/34xyz@203.0.113.10:3128".into()))).await;
+    let client = ProxyClient::with_nats(config(&server), nats);
+    let lease = client.get_proxy(&binance(), ConnectionType::Websocket, None).await.unwrap();
+    assert!(lease.proxy.is_none(), "no proxy on host alice: {lease:?}");
+    assert_eq!(lease.source, ResponseSource::Direct, "the fallback, as when the resolver gives nothing usable");
+    assert!(!format!("{lease:?}").contains("34xyz"));
 }

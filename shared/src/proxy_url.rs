@@ -785,5 +785,23 @@ mod tests {
                 prop_assert!(!err.to_string().contains(&password), "{err}");
             }
         }
+
+        /// Any password, percent-encoded, parses back to itself (decoded exactly
+        /// once) and shows only as `***`.
+        #[test]
+        fn any_percent_encoded_password_decodes_exactly_once(
+            scheme in prop::sample::select(ProxyScheme::ALL.to_vec()),
+            user in "[a-z0-9]{1,8}",
+            password in "\\PC{1,24}",
+        ) {
+            let written = percent_encoding::utf8_percent_encode(&password, percent_encoding::NON_ALPHANUMERIC).to_string();
+            let url = format!("{scheme}://{user}:{written}@gw.example:1080");
+            let parsed = ProxyUrl::parse(&url).unwrap();
+            prop_assert_eq!(parsed.credentials(), Some((user.as_str(), password.as_str())));
+            let expected = format!("{scheme}://{user}:***@gw.example:1080");
+            prop_assert_eq!(format!("{parsed}"), expected.clone());
+            prop_assert_eq!(format!("{parsed:?}"), format!("ProxyUrl({expected:?})"));
+            prop_assert_eq!(parsed.id(), proxy_id(&url));
+        }
     }
 }

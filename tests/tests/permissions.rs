@@ -1,7 +1,7 @@
 //! The example NATS permissions of `deploy/nats/` against a real nats-server
 //! (issue #12 item 6): feeds may only ask for proxies and report feedback; each
-//! service may do its own part (the real resolver and aggregator run under their
-//! users); operators may do everything. Every denial the issue names is proven:
+//! service may do its own part (the real resolver, aggregator and pool run under
+//! their users, and the server denies them nothing); operators may do everything. Every denial the issue names is proven:
 //! a feed publishing `proxy.v1.health.>`, reading or writing `PROXY_HEALTH`,
 //! deleting `PROXY_FEEDBACK`.
 
@@ -177,6 +177,23 @@ async fn each_role_may_do_its_part_and_a_feed_nothing_more() {
     .await
     .expect("the aggregator, under its user, folds the event into PROXY_HEALTH");
     assert!(!health.is_empty());
+
+    // The pool, under its user, reads PROXY_HEALTH at start and follows health.
+    let pool_settings = proxybus_pool::Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        inventory: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../services/pool/inventory.sample.toml"),
+        watch_inventory: false,
+        auth: proxybus_pool::settings::AuthSettings { tokens: vec!["pool-token-123".into()], ..Default::default() },
+        nats: Some(settings(&server, "pool")),
+        ..Default::default()
+    };
+    let pool = proxybus_pool::PoolServer::bind(pool_settings).await.unwrap();
+    tokio::spawn(pool.serve(stop.clone().cancelled_owned()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // So far only allowed work was done: the server denied nothing to any service.
+    let log = std::fs::read_to_string(server.log_path()).unwrap();
+    let denied: Vec<&str> = log.lines().filter(|l| l.contains("Violation")).collect();
+    assert!(denied.is_empty(), "services were denied their own part: {denied:#?}");
 
     // Denied: a feed publishing health.
     let mut health_watch = operator.subscribe("proxy.v1.health.>").await.unwrap();
