@@ -8,6 +8,7 @@
 //! with a KV watch, so a reader starts from the stored state and misses nothing.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, stream};
 use futures::StreamExt;
