@@ -174,6 +174,8 @@ class ProxyInjector:
         if not self.embedded_mode:
             with contextlib.suppress(Exception):
                 runner.submit(self.client.close()).result(timeout=10)
+        with contextlib.suppress(Exception):
+            runner.submit(_cancel_other_tasks()).result(timeout=5)
         runner.stop()
 
     async def _warm_up(self, pairs: list[tuple[str, ConnectionType]], timeout: float) -> None:
@@ -419,6 +421,13 @@ class ProxyInjector:
         )
         if is_verdict(close_code=close_code):
             self.bar(lease)
+
+
+async def _cancel_other_tasks() -> None:
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _ms_since(started: float) -> int:
