@@ -24,7 +24,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[3]
 #: A password planted in every proxy URL of the test inventory; no log line may contain it.
-PLANTED_SECRET = "Pl4nted-s3cret-9f1c"
+PLANTED_SECRET = "Pl4nted-s3cret-9f1c"  # noqa: S105 - planted on purpose, must never be logged
 MIN_NATS = (2, 11, 0)
 
 

@@ -41,7 +41,9 @@ class ForwardProxy:
             head = await reader.readuntil(b"\r\n\r\n")
             lines = head.decode("latin-1").split("\r\n")
             method, target, version = lines[0].split(" ", 2)
-            headers = {k.strip().lower(): v.strip() for k, v in (l.split(":", 1) for l in lines[1:] if ":" in l)}
+            headers = {
+                k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:] if ":" in line)
+            }
             expected = "Basic " + base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
             if headers.get("proxy-authorization") != expected:
                 self.refused_auth += 1
@@ -62,7 +64,7 @@ class ForwardProxy:
                 host, _, port = hostport.partition(":")
                 up_reader, up_writer = await asyncio.open_connection(host, int(port or 80))
                 self.forwarded.append(target)
-                kept = [l for l in lines[1:] if l and not l.lower().startswith("proxy-")]
+                kept = [line for line in lines[1:] if line and not line.lower().startswith("proxy-")]
                 rest = (f"{method} /{path} {version}\r\n" + "\r\n".join(kept) + "\r\n\r\n").encode("latin-1")
             up_writer.write(rest)
             await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))

@@ -110,9 +110,7 @@ async def test_bus_down_first_answer_is_the_embedded_fallback_within_50ms() -> N
 
 async def test_no_responders_moves_to_the_fallback_at_once(nats_server: NatsServer) -> None:
     """nats-py raises NoRespondersError as soon as the server says nobody listens (servers with headers)."""
-    client = ProxybusClient(
-        embedded(**EMBEDDED), NatsSettings(servers=[nats_server.url]), request_timeout=5.0
-    )
+    client = ProxybusClient(embedded(**EMBEDDED), NatsSettings(servers=[nats_server.url]), request_timeout=5.0)
     await client.start()
     assert await client.wait_connected(10)
     try:
@@ -155,8 +153,15 @@ async def test_no_credential_in_any_log_line(
     try:
         lease = await client.get_proxy("binance", "websocket")
         logging.getLogger("cryptofeed_proxybus").debug("lease %s %r", lease, lease)
-        client.report_feedback(lease.feedback(client.client_id, "failed", False, error_kind="timeout",
-                                              error_details=f"connect to {lease.proxy_url} timed out"))
+        client.report_feedback(
+            lease.feedback(
+                client.client_id,
+                "failed",
+                False,
+                error_kind="timeout",
+                error_details=f"connect to {lease.proxy_url} timed out",
+            )
+        )
         client.report_feedback(lease.feedback(client.client_id, "connected", True, latency_ms=12))
         deadline = time.monotonic() + 10
         while client.pending_feedback and time.monotonic() < deadline:

@@ -40,7 +40,9 @@ async def exchange_app() -> web.Application:
         return web.json_response({}, headers={"X-MBX-USED-WEIGHT-1M": "7"})
 
     async def limited(request: web.Request) -> web.Response:
-        return web.json_response({"code": -1003}, status=429, headers={"Retry-After": "30", "X-MBX-USED-WEIGHT-1M": "121"})
+        return web.json_response(
+            {"code": -1003}, status=429, headers={"Retry-After": "30", "X-MBX-USED-WEIGHT-1M": "121"}
+        )
 
     app = web.Application()
     app.router.add_get("/api/v3/ping", ping)
@@ -129,7 +131,7 @@ async def test_websocket_through_the_lease_reports_lifetime_and_close_code_then_
 
     async def exchange_closes_1008(ws: Any) -> None:
         await ws.send('{"e":"aggTrade"}')
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
         await ws.close(1008, "Too many messages")
 
     listener = asyncio.create_task(feedback_events(nats_server.url, 3))
@@ -150,7 +152,7 @@ async def test_websocket_through_the_lease_reports_lifetime_and_close_code_then_
         assert [e["phase"] for e in events] == ["connect_start", "connected", "disconnected"]
         closed = events[2]
         assert (closed["success"], closed["error_kind"], closed["ws_close_code"]) == (False, "ws_closed", 1008)
-        assert closed["latency_ms"] >= 50, "the websocket's lifetime"
+        assert closed["latency_ms"] >= 150, "the websocket's lifetime (the server held it 300 ms)"
         assert len(first.tunnels) + len(second.tunnels) == 1
         barred = injector.barred("binance", "websocket")
         assert barred == {closed["proxy_id"]}, "close 1008 is an exchange's verdict"

@@ -185,24 +185,33 @@ async def test_cryptofeed_feeds_through_lab_proxies_and_move_off_a_rate_limited_
     try:
         lab = spawn("lab", [*command, "--config", str(lab_file), "--duration", "170"], nats_server.log_dir)
         processes.append(lab)
-        await until(lambda: (lab_dir / "lab.json").exists() and (lab_dir / "inventory.toml").exists(), 30,
-                    f"the lab wrote its files:\n{lab.text()[-2000:]}")
+        await until(
+            lambda: (lab_dir / "lab.json").exists() and (lab_dir / "inventory.toml").exists(),
+            30,
+            f"the lab wrote its files:\n{lab.text()[-2000:]}",
+        )
         inventory, ca = lab_dir / "inventory.toml", lab_dir / "ca.pem"
         urls = inventory_urls(inventory)
         assert len(urls) == 3
         missing = await missing_for_cryptofeed(urls[0], ca)
         if missing:
-            pytest.skip("the lab does not serve yet what cryptofeed 2.5.0 asks the exchanges for: " + "; ".join(missing))
+            pytest.skip(
+                "the lab does not serve yet what cryptofeed 2.5.0 asks the exchanges for: " + "; ".join(missing)
+            )
         bus = spawn(
-            "proxybus-up", [str(REPO / "target/debug/proxybus"), "up", "--inventory", str(inventory)],
-            nats_server.log_dir, env={"NATS_URL": nats_server.url, "RUST_LOG": "info"},
+            "proxybus-up",
+            [str(REPO / "target/debug/proxybus"), "up", "--inventory", str(inventory)],
+            nats_server.log_dir,
+            env={"NATS_URL": nats_server.url, "RUST_LOG": "info"},
         )
         processes.append(bus)
         await wait_for_services(nats_server.url, ("proxybus-resolver", "proxybus-aggregator"))
         collector = asyncio.create_task(collect_feedback(nats_server.url, events, stop))
         status = tmp_path / "feed-status.json"
         feed = spawn(
-            "cryptofeed", [sys.executable, str(HERE / "lab_feed.py"), str(status)], nats_server.log_dir,
+            "cryptofeed",
+            [sys.executable, str(HERE / "lab_feed.py"), str(status)],
+            nats_server.log_dir,
             env={
                 "CRYPTOFEED_PROXY_ENABLED": "true",
                 "CRYPTOFEED_PROXY_EXTERNAL_SERVICE__ENABLED": "true",
@@ -219,13 +228,20 @@ async def test_cryptofeed_feeds_through_lab_proxies_and_move_off_a_rate_limited_
             except (OSError, ValueError, KeyError):
                 return {}
 
-        await until(lambda: trades().get("BINANCE", 0) > 0 and trades().get("COINBASE", 0) > 0, 60,
-                    f"trades from both feeds:\n{feed.text()[-3000:]}")
+        await until(
+            lambda: trades().get("BINANCE", 0) > 0 and trades().get("COINBASE", 0) > 0,
+            60,
+            f"trades from both feeds:\n{feed.text()[-3000:]}",
+        )
 
         def connected(exchange: str, after: float = 0.0, not_id: str | None = None) -> dict[str, Any] | None:
             for event in reversed(events):
-                if (event["exchange_id"], event["connection_type"], event["phase"]) == (exchange, "websocket", "connected") \
-                        and event["_seen"] >= after and event["proxy_id"] != not_id:
+                if (
+                    (event["exchange_id"], event["connection_type"], event["phase"])
+                    == (exchange, "websocket", "connected")
+                    and event["_seen"] >= after
+                    and event["proxy_id"] != not_id
+                ):
                     return event
             return None
 
@@ -250,8 +266,17 @@ async def test_cryptofeed_feeds_through_lab_proxies_and_move_off_a_rate_limited_
         status.with_name(status.name + ".reconnect-binance").touch()
 
         def verdict() -> dict[str, Any] | None:
-            return next((e for e in events if e["_seen"] >= marked and e["exchange_id"] == "binance"
-                         and e.get("error_kind") == "http_429" and e["proxy_id"] == first["proxy_id"]), None)
+            return next(
+                (
+                    e
+                    for e in events
+                    if e["_seen"] >= marked
+                    and e["exchange_id"] == "binance"
+                    and e.get("error_kind") == "http_429"
+                    and e["proxy_id"] == first["proxy_id"]
+                ),
+                None,
+            )
 
         event = await until(verdict, 30, f"the 429 reported as feedback:\n{feed.text()[-3000:]}")
         assert event["status_code"] == 429 and event["retry_after_seconds"] is not None
@@ -263,8 +288,11 @@ async def test_cryptofeed_feeds_through_lab_proxies_and_move_off_a_rate_limited_
                 break
             await asyncio.sleep(0.3)
         assert state not in (None, "healthy"), f"the aggregator bars the proxy for binance (state {state})"
-        other = await until(lambda: connected("binance", marked, not_id=first["proxy_id"]), 90,
-                            f"binance reconnected through another proxy:\n{feed.text()[-3000:]}")
+        other = await until(
+            lambda: connected("binance", marked, not_id=first["proxy_id"]),
+            90,
+            f"binance reconnected through another proxy:\n{feed.text()[-3000:]}",
+        )
         assert other["proxy_id"] != first["proxy_id"]
         await until(lambda: trades()["BINANCE"] > before + 5, 30, "binance trades continue")
         passwords = [u.split("@")[0].rsplit(":", 1)[1] for u in urls if "@" in u]

@@ -21,8 +21,13 @@ def lease_of(url: str, exchange: str = "binance") -> ProxyLease:
     from cryptofeed_proxybus import proxy_id
 
     return ProxyLease(
-        proxy_url=url, proxy_id=proxy_id(url), ttl_seconds=60, strategy="round_robin", source="service",
-        exchange_id=exchange, connection_type="websocket",
+        proxy_url=url,
+        proxy_id=proxy_id(url),
+        ttl_seconds=60,
+        strategy="round_robin",
+        source="service",
+        exchange_id=exchange,
+        connection_type="websocket",
     )
 
 

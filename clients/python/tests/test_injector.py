@@ -107,7 +107,9 @@ async def test_websocket_goes_through_the_leased_proxy_and_reports(nats_server: 
         await proxy.stop()
 
 
-@pytest.mark.parametrize(("status", "kind"), [(429, "http_429"), (451, "http_451"), (418, "http_418"), (403, "http_403")])
+@pytest.mark.parametrize(
+    ("status", "kind"), [(429, "http_429"), (451, "http_451"), (418, "http_418"), (403, "http_403")]
+)
 async def test_a_refused_handshake_is_reported_and_bars_the_proxy(
     nats_server: NatsServer, status: int, kind: str
 ) -> None:

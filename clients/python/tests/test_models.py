@@ -71,8 +71,14 @@ def test_what_the_client_sends_is_valid() -> None:
         connection_type="websocket",
     )
     event = lease.feedback(
-        "c", "failed", False, error_kind="http_429", status_code=429, retry_after_seconds=7,
-        error_details="GET http://alice:s3cret@10.0.0.7:3128 refused", ws_close_code=None,
+        "c",
+        "failed",
+        False,
+        error_kind="http_429",
+        status_code=429,
+        retry_after_seconds=7,
+        error_details="GET http://alice:s3cret@10.0.0.7:3128 refused",
+        ws_close_code=None,
     )
     assert event is not None
     wire = event.to_wire()

@@ -190,7 +190,8 @@ class ProxybusClient:
             try:
                 self._nc = await nats.connect(**options)
                 self._connected.set()
-                LOG.info("proxybus: connected to NATS %s", redact_url(str(self._nc.connected_url.geturl())))
+                where = self._nc.connected_url.geturl() if self._nc.connected_url else "?"
+                LOG.info("proxybus: connected to NATS %s", redact_url(where))
                 return
             except Exception as err:
                 LOG.warning("proxybus: NATS not reachable (%s); using the fallback meanwhile", redact_text(str(err)))
@@ -270,8 +271,9 @@ class ProxybusClient:
         From the local cache within the TTL (not when ``exclude`` names proxy ids to avoid: such a
         request asks anew and its answer replaces the cached one), else from the resolver, else
         from the embedded settings, else a direct lease. ``schemes`` limits the proxy URL schemes
-        (empty: any); ``use_cache=False`` asks anew (a refresh before the TTL runs out). Raises ``ValueError`` for an invalid exchange id, :class:`ResolverError` when
-        the resolver refuses the request, :class:`NoProxyError` when the policy is ``fail``.
+        (empty: any); ``use_cache=False`` asks anew (a refresh before the TTL runs out).
+        Raises ``ValueError`` for an invalid exchange id, :class:`ResolverError` when the resolver
+        refuses the request, :class:`NoProxyError` when the policy is ``fail``.
         """
         check_token("exchange_id", exchange_id)
         if connection_type not in ("http", "websocket"):
@@ -330,10 +332,10 @@ class ProxybusClient:
         """The answer without the bus: the embedded settings, else direct (or :class:`NoProxyError`
         when the policy is ``fail``). Synchronous and local: never waits."""
         now = self._clock()
-        fallback_enabled = self.settings.external_service.fallback_to_embedded or not self.settings.external_service.enabled
-        choice = (
-            self.embedded.select(exchange_id, connection_type, exclude, schemes) if fallback_enabled else None
+        fallback_enabled = (
+            self.settings.external_service.fallback_to_embedded or not self.settings.external_service.enabled
         )
+        choice = self.embedded.select(exchange_id, connection_type, exclude, schemes) if fallback_enabled else None
         if choice is not None:
             self.stats.embedded += 1
             return ProxyLease(

@@ -264,15 +264,16 @@ class _ProxiedRequest:
         lease = await owner._injector.get_lease(owner.exchange_id, "http", schemes_for("aiohttp"))
         kwargs = dict(self._kwargs)
         session = owner._session
-        if lease is not None and lease.proxy_url is not None:
-            if is_socks(lease.proxy_url):
+        proxy_url = lease.proxy_url if lease is not None else None
+        if proxy_url is not None:
+            if is_socks(proxy_url):
                 if not socks_usable_by("aiohttp"):  # never hand a SOCKS URL to aiohttp itself
                     lease = None
                 else:
-                    session = owner._socks_session(lease.proxy_url)
+                    session = owner._socks_session(proxy_url)
                     kwargs.pop("proxy", None)
             else:
-                kwargs["proxy"] = lease.proxy_url
+                kwargs["proxy"] = proxy_url
         self._lease = lease
         started = time.perf_counter()
         self._context = session.request(self._method, self._url, **kwargs)
@@ -311,7 +312,12 @@ def _sync_proxies(uuid: Any) -> tuple[ProxyLease | None, dict[str, str] | None, 
 
 
 def _sync_read(
-    self: Any, address: str, params: Any = None, headers: Any = None, json: bool = False, text: bool = True,
+    self: Any,
+    address: str,
+    params: Any = None,
+    headers: Any = None,
+    json: bool = False,
+    text: bool = True,
     uuid: Any = None,
 ) -> Any:
     """``HTTPSync.read`` through the exchange's REST lease (``uuid`` is the exchange's id)."""
@@ -326,7 +332,12 @@ def _sync_read(
 
 
 def _sync_write(
-    self: Any, address: str, data: Any = None, json: bool = False, text: bool = True, uuid: Any = None,
+    self: Any,
+    address: str,
+    data: Any = None,
+    json: bool = False,
+    text: bool = True,
+    uuid: Any = None,
     is_data_json: bool = False,
 ) -> Any:
     """``HTTPSync.write`` through the exchange's REST lease."""

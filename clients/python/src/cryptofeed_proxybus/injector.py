@@ -230,9 +230,7 @@ class ProxyInjector:
         until = time.monotonic() + max(retry_after or 0, MIN_BAR_SECONDS)
         for connection_type in ("http", "websocket"):
             self._barred.setdefault((lease.exchange_id, connection_type), {})[lease.proxy_id] = until
-            self.client.invalidate(
-                ProxyLease(**{**lease.__dict__, "connection_type": connection_type})  # type: ignore[arg-type]
-            )
+            self.client.invalidate(ProxyLease(**{**lease.__dict__, "connection_type": connection_type}))
         cached = self._http_leases.get(lease.exchange_id)
         if cached is not None and cached.proxy_id == lease.proxy_id:
             del self._http_leases[lease.exchange_id]
@@ -380,9 +378,7 @@ class ProxyInjector:
         elif kind in ("timeout", "refused", "proxy_auth", "tls", "dns"):
             self.client.invalidate(lease)  # the proxy failed: ask again next time
 
-    def report_http_response(
-        self, lease: ProxyLease | None, status: int, headers: Any, latency_ms: int | None
-    ) -> None:
+    def report_http_response(self, lease: ProxyLease | None, status: int, headers: Any, latency_ms: int | None) -> None:
         """Reports one REST answer through ``lease`` (phase ``request``): its status, ``Retry-After``,
         the exchange's usage headers and the latency; bars the proxy on a verdict."""
         if lease is None or lease.proxy_url is None:
