@@ -140,6 +140,7 @@ class ProxyInjector:
         self._refreshing: set[tuple[str, str]] = set()
         self._barred: dict[tuple[str, str], dict[str, float]] = {}
         self._started = False
+        self._started_at = 0.0
 
     @property
     def enabled(self) -> bool:
@@ -155,6 +156,7 @@ class ProxyInjector:
             if self._started or not self.enabled:
                 return
             self._started = True
+            self._started_at = time.monotonic()
             self._runner = _LoopThread("proxybus")
         if not self.embedded_mode:
             self._runner.submit(self.client.start()).result(timeout=5)
@@ -293,15 +295,29 @@ class ProxyInjector:
                 runner.submit(self._fill_http(exchange, accepted))
             exclude = self.barred(exchange, "http")
             return self.client.fallback(exchange, "http", exclude=exclude, schemes=accepted)
-        future = runner.submit(self._lease(exchange, "http", accepted))
+        # Only while the bus may still be connecting after start; later a down bus costs nothing.
+        connect_wait = (
+            0.0
+            if self.embedded_mode
+            else max(0.0, self._started_at + self.client.nats_settings.connect_timeout_seconds - time.monotonic())
+        )
+        future = runner.submit(self._lease_once_connected(exchange, accepted, connect_wait))
         try:
-            lease = future.result(timeout=self.client.request_timeout + 1)
+            lease = future.result(timeout=connect_wait + self.client.request_timeout + 1)
         except Exception as err:
             LOG.warning("proxybus: no lease for %s/http (%s); using the fallback", exchange, redact_text(str(err)))
             return self.client.fallback(exchange, "http", exclude=self.barred(exchange, "http"), schemes=accepted)
         if lease.source != "embedded":
             self._http_leases[exchange] = lease
         return lease
+
+    async def _lease_once_connected(self, exchange: str, schemes: tuple[str, ...], wait: float) -> ProxyLease:
+        """A REST lease for a caller that may wait (no event loop of its own runs): at start, the
+        bus is given up to ``wait`` seconds (what is left of the connect timeout after
+        :meth:`start`) to connect before the fallback answers."""
+        if wait > 0 and not self.client.connected:
+            await self.client.wait_connected(wait)
+        return await self._lease(exchange, "http", schemes)
 
     async def _fill_http(self, exchange: str, schemes: tuple[str, ...]) -> None:
         try:
