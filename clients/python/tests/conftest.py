@@ -10,6 +10,7 @@ in ``LOGS`` so a test can scan them for credentials.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import socket
@@ -86,6 +87,28 @@ class Process:
 
 
 LOGS: list[Path] = []
+#: Credentials the tests hand out (proxy passwords, and their Basic-auth encodings); the autouse
+#: fixture below fails a test that lets any of them into a log record, at any level.
+SECRETS: set[str] = {PLANTED_SECRET}
+
+
+def register_secret(user: str, password: str) -> None:
+    """Marks ``password`` (and ``user:password`` in Basic auth's base64) as never to be logged."""
+    import base64
+
+    SECRETS.add(password)
+    SECRETS.add(base64.b64encode(f"{user}:{password}".encode()).decode())
+
+
+@pytest.fixture(autouse=True)
+def no_credential_in_log_records(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Every test runs with every logger at DEBUG; afterwards no record may contain a credential."""
+    caplog.set_level(logging.DEBUG)
+    yield
+    records = [r for phase in ("setup", "call") for r in caplog.get_records(phase)] + caplog.records
+    text = "\n".join(f"{r.getMessage()} {r.exc_text or ''}" for r in records)
+    leaked = sorted(secret for secret in SECRETS if secret in text)
+    assert not leaked, f"credentials in log records: {len(leaked)}"
 
 
 def spawn(name: str, args: list[str], log_dir: Path, env: dict[str, str] | None = None) -> Process:

@@ -26,6 +26,9 @@ class ForwardProxy:
         return f"http://{self.user}:{self.password}@127.0.0.1:{self.port}"
 
     async def start(self) -> ForwardProxy:
+        from conftest import register_secret
+
+        register_secret(self.user, self.password)
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
