@@ -67,7 +67,13 @@ class ForwardProxy:
                 host, _, port = hostport.partition(":")
                 up_reader, up_writer = await asyncio.open_connection(host, int(port or 80))
                 self.forwarded.append(target)
-                kept = [line for line in lines[1:] if line and not line.lower().startswith("proxy-")]
+                # One request per connection, so that each is seen (and counted) here.
+                kept = [
+                    line
+                    for line in lines[1:]
+                    if line and not line.lower().startswith(("proxy-", "connection:", "keep-alive:"))
+                ]
+                kept.append("Connection: close")
                 rest = (f"{method} /{path} {version}\r\n" + "\r\n".join(kept) + "\r\n\r\n").encode("latin-1")
             up_writer.write(rest)
             await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))

@@ -193,3 +193,32 @@ def test_uninstall_restores_cryptofeed() -> None:
     cryptofeed_proxybus.uninstall()
     assert (WSAsyncConn._open, HTTPAsyncConn._open, HTTPSync.read) == originals
     assert time.monotonic() > 0
+
+
+async def test_no_socks_proxy_reaches_aiohttp_without_aiohttp_socks(
+    nats_server: NatsServer, exchange: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As on a machine without aiohttp-socks: a pool of a SOCKS and an HTTP proxy; REST calls only
+    ever get the HTTP one (the lease is asked for with proxy_schemes http/https)."""
+    import cryptofeed_proxybus.hooks
+    import cryptofeed_proxybus.injector
+
+    def without_aiohttp_socks(library: str) -> bool:
+        return library != "aiohttp"
+
+    monkeypatch.setattr(cryptofeed_proxybus.injector, "socks_usable_by", without_aiohttp_socks)
+    monkeypatch.setattr(cryptofeed_proxybus.hooks, "socks_usable_by", without_aiohttp_socks)
+    await stream_on(nats_server.url)
+    proxy = await ForwardProxy("h", "http-only-secret").start()
+    injector = http_injector(nats_server.url, ["socks5://s:socks-secret@127.0.0.1:1", proxy.url])
+    cryptofeed_proxybus.install(injector=injector)
+    conn = HTTPAsyncConn("BINANCE")
+    try:
+        for _ in range(4):  # round robin over the pool would hand out the SOCKS proxy every other time
+            assert await conn.read(f"{exchange}/api/v3/ping") == "{}"
+        assert len(proxy.forwarded) == 4, "every request went through the HTTP proxy"
+    finally:
+        await conn.close()
+        cryptofeed_proxybus.uninstall()
+        injector.close()
+        await proxy.stop()
