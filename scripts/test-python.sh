@@ -47,8 +47,9 @@ fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
   --no-deps --no-build-isolation --editable "$client"
 
-# The binaries the tests run (already built by scripts/test.sh's cargo runs; cheap when they are).
-if [ ! -x target/debug/proxybus ]; then
+# The binaries the tests run, current (scripts/test.sh's cargo runs built them: then this is
+# cheap). PROXYBUS_BIN_DIR names binaries built elsewhere instead.
+if [ -z "${PROXYBUS_BIN_DIR:-}" ]; then
   echo "==> python: cargo build --bins (the tests run the real proxybus binaries)"
   cargo build --bins --quiet
 fi
