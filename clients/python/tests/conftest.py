@@ -96,6 +96,8 @@ def register_secret(user: str, password: str) -> None:
     """Marks ``password`` (and ``user:password`` in Basic auth's base64) as never to be logged."""
     import base64
 
+    assert len(password) >= 8, "a test password long enough not to occur by chance"
+
     SECRETS.add(password)
     SECRETS.add(base64.b64encode(f"{user}:{password}".encode()).decode())
 
@@ -115,7 +117,10 @@ def spawn(name: str, args: list[str], log_dir: Path, env: dict[str, str] | None 
     log = log_dir / f"{name}.log"
     LOGS.append(log)
     handle = log.open("ab")
-    popen = subprocess.Popen(args, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    # In the log directory: `proxybus up` writes its files (data/pool.token …) under its working directory.
+    popen = subprocess.Popen(
+        args, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=log_dir
+    )
     return Process(name, popen, log)
 
 

@@ -114,7 +114,10 @@ async def test_a_refused_handshake_is_reported_and_bars_the_proxy(
     nats_server: NatsServer, status: int, kind: str
 ) -> None:
     await stream_on(nats_server.url)
-    first, second = await ForwardProxy("a", "pa").start(), await ForwardProxy("b", "pb").start()
+    first, second = (
+        await ForwardProxy("a", "verdict-secret-a").start(),
+        await ForwardProxy("b", "verdict-secret-b").start(),
+    )
     listener = asyncio.create_task(feedback_events(nats_server.url, 2))
     await asyncio.sleep(0.2)
     injector = injector_for(nats_server.url, [first.url, second.url])
@@ -140,8 +143,8 @@ async def test_a_refused_handshake_is_reported_and_bars_the_proxy(
 
 async def test_a_refused_proxy_login_is_proxy_auth(nats_server: NatsServer) -> None:
     await stream_on(nats_server.url)
-    proxy = await ForwardProxy("a", "right").start()
-    wrong = proxy.url.replace("right", "wrong")
+    proxy = await ForwardProxy("a", "right-secret").start()
+    wrong = proxy.url.replace("right-secret", "wrong-secret")
     listener = asyncio.create_task(feedback_events(nats_server.url, 2))
     await asyncio.sleep(0.2)
     injector = injector_for(nats_server.url, [wrong])
