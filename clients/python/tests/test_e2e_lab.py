@@ -1,18 +1,25 @@
-"""End to end with real cryptofeed 2.5.0: a FeedHandler with a Binance trades feed and a Coinbase
-trades feed, hooked by ``cryptofeed_proxybus.install()``, whose connections go through the exchange
-lab's proxies (``proxybus lab``, issue #13) to its simulator, with ``proxybus up`` (pool, resolver,
-aggregator) on a real nats-server. Trades reach the callback; when one proxy's IP is rate-limited by
-the simulator (429 on the websocket handshake), the feedback arrives, the aggregator bars the proxy
-for binance, and the feed continues through another proxy.
+"""End to end against the exchange lab (``proxybus lab``, issue #13): its proxies on loopback, each
+sending from its own 127.0.0.x, its exchange simulator with per-IP limits, and ``proxybus up`` (pool,
+resolver, aggregator) on a real nats-server serving the lab's inventory.
 
-The lab is found as ``$PROXYBUS_LAB_BIN``, ``<bin dir>/proxybus-lab`` or ``proxybus lab``; the test
-is skipped, saying why, while the build has no lab or the lab does not serve what cryptofeed 2.5.0
-asks the real exchanges for.
+- cryptofeed 2.5.0's own ``WSAsyncConn`` and ``ConnectionHandler`` (its reconnect loop), hooked by
+  ``install()``, on the lab's Binance trade stream: trades flow through a leased proxy; when the
+  simulator rate-limits that proxy's IP (429 on the handshake), the feedback arrives, the aggregator
+  bars the proxy for binance, and the reconnect goes through another proxy.
+- a whole ``FeedHandler`` with a Binance trades feed and a Coinbase trades feed (real cryptofeed
+  2.5.0, in its own process so the lab's CA is trusted from the start): trades reach the callback,
+  and the same rate limit moves the Binance feed to another proxy.
+
+The lab is found as ``$PROXYBUS_LAB_BIN``, ``<bin dir>/proxybus-lab`` or ``proxybus lab``. Each test
+is skipped, saying why, while the build has no lab; the FeedHandler test also while the lab does not
+serve what cryptofeed 2.5.0 asks the real exchanges for. Feeds run with the fallback policy ``fail``:
+nothing ever connects directly to a real exchange host.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import ssl
@@ -166,6 +173,156 @@ async def binance_state(url: str, pid: str) -> str | None:
         await nc.close()
 
 
+async def start_lab(command: list[str], tmp_path: Path, nats_server: NatsServer) -> tuple[Process, Path, Path]:
+    """The lab of LAB_FILE; returns it, its inventory and its CA bundle."""
+    lab_dir = tmp_path / "lab"
+    lab_file = tmp_path / "lab.toml"
+    lab_file.write_text(LAB_FILE.format(dir=lab_dir))
+    lab = spawn("lab", [*command, "--config", str(lab_file), "--duration", "170"], nats_server.log_dir)
+    try:
+        await until(
+            lambda: (lab_dir / "lab.json").exists() and (lab_dir / "inventory.toml").exists(),
+            30,
+            "the lab wrote its files",
+        )
+    except AssertionError:
+        lab.stop()
+        raise AssertionError(f"the lab did not start:\n{lab.text()[-2000:]}") from None
+    return lab, lab_dir / "inventory.toml", lab_dir / "ca.pem"
+
+
+async def use_up_ws_connects(url: str, proxy: str, ca: Path) -> int | None:
+    """Handshakes through ``proxy`` until the simulator refuses its IP; the refusal's status."""
+    context = ssl.create_default_context(cafile=str(ca))
+    for _ in range(5):
+        try:
+            async with websockets.connect(url, proxy=proxy, ssl=context, open_timeout=10):
+                pass
+        except websockets.exceptions.InvalidStatus as err:
+            return int(err.response.status_code)
+    return None
+
+
+async def test_cryptofeed_connection_handler_moves_off_a_rate_limited_lab_proxy(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """cryptofeed 2.5.0's own WSAsyncConn and ConnectionHandler (its reconnect loop), hooked by
+    install(), on the lab's Binance trade stream: messages flow through a leased lab proxy; once the
+    simulator rate-limits that proxy's IP, the 429 is reported, the aggregator bars the proxy for
+    binance, and the handler's reconnect goes through another proxy."""
+    from cryptofeed.connection import WSAsyncConn
+    from cryptofeed.connection_handler import ConnectionHandler
+
+    import cryptofeed_proxybus
+    from cryptofeed_proxybus import NatsSettings, ProxybusClient, ProxyInjector, ProxySettings
+
+    command = lab_command()
+    if command is None:
+        pytest.skip(
+            "the exchange lab (issue #13, branch lab: `proxybus lab`) is not in this build yet; "
+            "this test runs once it has landed"
+        )
+    processes: list[Process] = []
+    events: list[dict[str, Any]] = []
+    stop = asyncio.Event()
+    collector: asyncio.Task[None] | None = None
+    handler: Any = None
+    injector: ProxyInjector | None = None
+    try:
+        lab, inventory, ca = await start_lab(command, tmp_path, nats_server)
+        processes.append(lab)
+        urls = inventory_urls(inventory)
+        bus = spawn(
+            "proxybus-up",
+            [str(REPO / "target/debug/proxybus"), "up", "--inventory", str(inventory)],
+            nats_server.log_dir,
+            env={"NATS_URL": nats_server.url, "RUST_LOG": "info"},
+        )
+        processes.append(bus)
+        await wait_for_services(nats_server.url, ("proxybus-resolver", "proxybus-aggregator"))
+        collector = asyncio.create_task(collect_feedback(nats_server.url, events, stop))
+        settings = ProxySettings(enabled=True, external_service={"enabled": True})  # type: ignore[arg-type]
+        client = ProxybusClient(
+            settings, NatsSettings(servers=[nats_server.url]), client_id="cryptofeed-lab-1", fallback_policy="fail"
+        )
+        injector = ProxyInjector(settings, client)
+        cryptofeed_proxybus.install(injector=injector)
+        received: list[float] = []
+
+        async def on_message(message: Any, connection: Any, timestamp: float) -> None:
+            received.append(timestamp)
+
+        async def nothing(connection: Any) -> None:
+            return None
+
+        stream = "wss://stream.binance.com:9443/stream?streams=btcusdt@trade"
+        conn = WSAsyncConn(stream, "BINANCE", ssl=ssl.create_default_context(cafile=str(ca)))
+        handler = ConnectionHandler(conn, nothing, on_message, nothing, retries=-1, timeout=-1)
+        handler.start(asyncio.get_running_loop())
+
+        def connected(after: float = 0.0, not_id: str | None = None) -> dict[str, Any] | None:
+            for event in reversed(events):
+                if (
+                    (event["exchange_id"], event["connection_type"], event["phase"])
+                    == ("binance", "websocket", "connected")
+                    and event["_seen"] >= after
+                    and event["proxy_id"] != not_id
+                ):
+                    return event
+            return None
+
+        await until(lambda: len(received) > 3, 30, "trades through the leased lab proxy")
+        first = await until(connected, 10, "the connected feedback")
+        rate_limited = {proxy_id(u): u for u in urls}[first["proxy_id"]]
+        assert await use_up_ws_connects(stream, rate_limited, ca) == 429, "the simulator rate-limits the proxy's IP"
+
+        marked = time.monotonic()
+        before = len(received)
+        await conn.close()  # the connection drops; cryptofeed's handler reconnects
+
+        def verdict() -> dict[str, Any] | None:
+            return next(
+                (
+                    e
+                    for e in events
+                    if e["_seen"] >= marked
+                    and e["exchange_id"] == "binance"
+                    and e.get("error_kind") == "http_429"
+                    and e["proxy_id"] == first["proxy_id"]
+                ),
+                None,
+            )
+
+        event = await until(verdict, 30, "the 429 reported as feedback")
+        assert event["status_code"] == 429 and event["retry_after_seconds"] is not None
+        state: str | None = None
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            state = await binance_state(nats_server.url, first["proxy_id"])
+            if state not in (None, "healthy"):
+                break
+            await asyncio.sleep(0.3)
+        assert state not in (None, "healthy"), f"the aggregator bars the proxy for binance (state {state})"
+        other = await until(
+            lambda: connected(marked, not_id=first["proxy_id"]), 60, "a reconnect through another proxy"
+        )
+        assert other["proxy_id"] != first["proxy_id"]
+        await until(lambda: len(received) > before + 3, 30, "trades continue")
+    finally:
+        if handler is not None:
+            handler.running = False
+            with contextlib.suppress(Exception):
+                await handler.conn.close()
+        cryptofeed_proxybus.uninstall()
+        if injector is not None:
+            injector.close()
+        stop.set()
+        if collector is not None:
+            await collector
+        for process in reversed(processes):
+            process.stop()
+
+
 async def test_cryptofeed_feeds_through_lab_proxies_and_move_off_a_rate_limited_one(
     nats_server: NatsServer, tmp_path: Path
 ) -> None:
@@ -175,22 +332,13 @@ async def test_cryptofeed_feeds_through_lab_proxies_and_move_off_a_rate_limited_
             "the exchange lab (issue #13, branch lab: `proxybus lab`) is not in this build yet; "
             "this test runs once it has landed"
         )
-    lab_dir = tmp_path / "lab"
-    lab_file = tmp_path / "lab.toml"
-    lab_file.write_text(LAB_FILE.format(dir=lab_dir))
     processes: list[Process] = []
     stop = asyncio.Event()
     events: list[dict[str, Any]] = []
     collector: asyncio.Task[None] | None = None
     try:
-        lab = spawn("lab", [*command, "--config", str(lab_file), "--duration", "170"], nats_server.log_dir)
+        lab, inventory, ca = await start_lab(command, tmp_path, nats_server)
         processes.append(lab)
-        await until(
-            lambda: (lab_dir / "lab.json").exists() and (lab_dir / "inventory.toml").exists(),
-            30,
-            f"the lab wrote its files:\n{lab.text()[-2000:]}",
-        )
-        inventory, ca = lab_dir / "inventory.toml", lab_dir / "ca.pem"
         urls = inventory_urls(inventory)
         assert len(urls) == 3
         missing = await missing_for_cryptofeed(urls[0], ca)
@@ -215,6 +363,7 @@ async def test_cryptofeed_feeds_through_lab_proxies_and_move_off_a_rate_limited_
             env={
                 "CRYPTOFEED_PROXY_ENABLED": "true",
                 "CRYPTOFEED_PROXY_EXTERNAL_SERVICE__ENABLED": "true",
+                "PROXYBUS_FALLBACK_POLICY": "fail",  # never a direct connection to a real exchange host
                 "NATS_URL": nats_server.url,
                 "SSL_CERT_FILE": str(ca),
                 "REQUESTS_CA_BUNDLE": str(ca),
@@ -250,15 +399,7 @@ async def test_cryptofeed_feeds_through_lab_proxies_and_move_off_a_rate_limited_
         rate_limited = {proxy_id(u): u for u in urls}[first["proxy_id"]]
 
         # Use up that IP's websocket connects at binance (429 once over the limit).
-        context = ssl.create_default_context(cafile=str(ca))
-        refused = None
-        for _ in range(5):
-            try:
-                async with websockets.connect(BINANCE_STREAM, proxy=rate_limited, ssl=context, open_timeout=10):
-                    pass
-            except websockets.exceptions.InvalidStatus as err:
-                refused = err.response.status_code
-                break
+        refused = await use_up_ws_connects(BINANCE_STREAM, rate_limited, ca)
         assert refused == 429, "the simulator rate-limits the proxy's IP"
 
         before = trades()["BINANCE"]

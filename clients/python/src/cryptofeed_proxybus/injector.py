@@ -27,6 +27,7 @@ import concurrent.futures
 import contextlib
 import importlib.util
 import logging
+import os
 import threading
 import time
 from collections.abc import Coroutine, Iterable
@@ -127,11 +128,14 @@ class ProxyInjector:
         *,
         warm: Iterable[tuple[str, ConnectionType]] = (),
         http_library: str = "aiohttp",
+        embedded_client: ProxybusClient | None = None,
     ) -> None:
         self.settings = proxy_settings
         self.service_client = service_client
         self.embedded_mode = service_client is None
-        self.client = service_client or ProxybusClient(proxy_settings, NatsSettings(servers=[]))
+        #: The client leases come from; in embedded mode one that never connects (``embedded_client``
+        #: sets its names and fallback policy) and answers from the settings alone.
+        self.client = service_client or embedded_client or ProxybusClient(proxy_settings, NatsSettings(servers=[]))
         self._warm = list(warm)
         self._http_library = http_library
         self._runner: _LoopThread | None = None
@@ -474,7 +478,11 @@ def init_proxy_system(
 
     Proxying off (``enabled`` false): no injector, cryptofeed connects as it always did. With
     ``external_service.enabled`` leases come from proxybus on ``NATS_URL``; otherwise from the
-    embedded settings alone. A previous injector is closed.
+    embedded settings alone. A previous injector is closed. As the Rust client,
+    ``PROXYBUS_CLIENT_ID`` and ``PROXYBUS_REGION`` name the feed and its preferred region;
+    ``PROXYBUS_FALLBACK_POLICY=fail`` forbids direct connections when neither proxybus nor the
+    embedded settings give a proxy (default ``direct_connection``). Raises ``ValueError`` for an
+    invalid region or policy.
     """
     global _INJECTOR
     settings = settings if settings is not None else load_proxy_settings()
@@ -485,15 +493,26 @@ def init_proxy_system(
         if not settings.enabled:
             LOG.info("proxybus: proxying is off (CRYPTOFEED_PROXY_ENABLED is false)")
             return None
-        client = None
+        region = os.environ.get("PROXYBUS_REGION") or None
+        if region is not None and not TOKEN_PATTERN.match(region):
+            raise ValueError(f"PROXYBUS_REGION {region!r} is not [a-z0-9_-]{{1,64}}")
+        policy = os.environ.get("PROXYBUS_FALLBACK_POLICY") or "direct_connection"
+        if policy not in ("direct_connection", "fail"):
+            raise ValueError(f"PROXYBUS_FALLBACK_POLICY {policy!r} is not direct_connection or fail")
+        client = ProxybusClient(
+            settings,
+            (nats_settings or NatsSettings.from_env())
+            if settings.external_service.enabled
+            else NatsSettings(servers=[]),
+            client_id=client_id or os.environ.get("PROXYBUS_CLIENT_ID") or None,
+            region=region,
+            fallback_policy=policy,
+            request_timeout=float(min(settings.external_service.timeout_seconds, DEFAULT_REQUEST_TIMEOUT)),
+        )
         if settings.external_service.enabled:
-            client = ProxybusClient(
-                settings,
-                nats_settings or NatsSettings.from_env(),
-                client_id=client_id,
-                request_timeout=float(min(settings.external_service.timeout_seconds, DEFAULT_REQUEST_TIMEOUT)),
-            )
-        _INJECTOR = ProxyInjector(settings, client, warm=warm)
+            _INJECTOR = ProxyInjector(settings, client, warm=warm)
+        else:  # embedded mode: the client only answers from the settings, with the policy above
+            _INJECTOR = ProxyInjector(settings, None, warm=warm, embedded_client=client)
         _INJECTOR.start()
         return _INJECTOR
 
