@@ -13,3 +13,6 @@ echo "==> tests"
 cargo nextest run --workspace --profile ci
 echo "==> doc tests"
 cargo test --workspace --doc --quiet
+
+echo "==> python client (clients/python)"
+scripts/test-python.sh
