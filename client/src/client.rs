@@ -312,7 +312,13 @@ impl ProxyClient {
         }
         let started = Instant::now();
         let result = async {
-            let stream = tunnel::open(lease.proxy.as_ref(), &target, self.inner.config.connect_timeout).await?;
+            let stream = tunnel::open_with_roots(
+                lease.proxy.as_ref(),
+                &target,
+                self.inner.config.connect_timeout,
+                &self.inner.config.extra_roots,
+            )
+            .await?;
             let handshake = tokio_tungstenite::client_async_with_config(url, stream, None);
             match tokio::time::timeout(self.inner.config.connect_timeout, handshake).await {
                 Err(_) => Err(ConnectError::new(ErrorKind::Timeout, "websocket handshake timed out")),
@@ -359,10 +365,14 @@ impl ProxyClient {
         let lease = self.get_proxy(exchange, ConnectionType::Http, None).await?;
         proxybus_shared::http::install_crypto_provider();
         let mut builder = reqwest::Client::builder().connect_timeout(self.inner.config.connect_timeout);
+        if !self.inner.config.extra_roots.is_empty() {
+            let roots = self.inner.config.extra_roots.iter().filter_map(|der| reqwest::Certificate::from_der(der).ok());
+            builder = builder.tls_certs_merge(roots);
+        }
         builder = match &lease.proxy {
             None => builder.no_proxy(),
             Some(proxy) => builder.proxy(
-                reqwest::Proxy::all(proxy.expose())
+                reqwest::Proxy::all(remote_dns(proxy))
                     .map_err(|err| ClientError::Http(redact_details(&err.to_string(), Some(proxy))))?,
             ),
         };
@@ -407,6 +417,18 @@ impl ProxyClient {
     }
 }
 
+/// The proxy URL reqwest is given: SOCKS proxies resolve the target's name
+/// themselves (`socks5h`, `socks4a`), as the websocket tunnels do, so that a
+/// name only the proxy can resolve works for REST calls too.
+fn remote_dns(proxy: &ProxyUrl) -> String {
+    let url = proxy.expose();
+    match proxy.scheme() {
+        "socks5" => format!("socks5h{}", &url["socks5".len()..]),
+        "socks4" => format!("socks4a{}", &url["socks4".len()..]),
+        _ => url.to_owned(),
+    }
+}
+
 /// `Retry-After` in seconds (the HTTP-date form is converted against now).
 fn parse_retry_after(value: &str) -> Option<u64> {
     let value = value.trim();
@@ -441,6 +463,16 @@ fn classify_ws(err: tungstenite::Error) -> ConnectError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn socks_proxies_resolve_names_remotely_for_rest_calls() {
+        let socks5 = ProxyUrl::parse("socks5://u:p@127.0.0.1:1080").unwrap();
+        assert_eq!(remote_dns(&socks5), "socks5h://u:p@127.0.0.1:1080");
+        let socks4 = ProxyUrl::parse("socks4://127.0.0.1:1080").unwrap();
+        assert_eq!(remote_dns(&socks4), "socks4a://127.0.0.1:1080");
+        let http = ProxyUrl::parse("http://127.0.0.1:3128").unwrap();
+        assert_eq!(remote_dns(&http), "http://127.0.0.1:3128");
+    }
 
     #[test]
     fn retry_after_accepts_seconds_and_dates() {

@@ -34,6 +34,9 @@ pub struct ClientConfig {
     pub feedback_queue_capacity: usize,
     /// Cached leases (default 10 000).
     pub cache_capacity: u64,
+    /// Certificates trusted for TLS to targets and to HTTPS proxies, besides the
+    /// public web roots (a private CA such as the exchange lab's; default none).
+    pub extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
 impl ClientConfig {
@@ -55,12 +58,33 @@ impl ClientConfig {
             fallback_policy: FallbackPolicy::DirectConnection,
             feedback_queue_capacity: 10_000,
             cache_capacity: 10_000,
+            extra_roots: Vec::new(),
         }
+    }
+
+    /// Also trusts the certificates of the PEM bundle at `path` (see [`ClientConfig::extra_roots`]).
+    ///
+    /// # Errors
+    /// The file cannot be read or holds no certificate.
+    pub fn with_ca_file(mut self, path: &Path) -> Result<Self, ConfigError> {
+        use rustls::pki_types::pem::PemObject;
+        let issue =
+            |message: String| ConfigError::Invalid(vec![config::ConfigIssue { key: TLS_CA_FILE_ENV.into(), message }]);
+        let pem = std::fs::read(path).map_err(|err| issue(format!("cannot read {}: {err}", path.display())))?;
+        let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<_, _>>()
+            .map_err(|err| issue(format!("{}: {err}", path.display())))?;
+        if certs.is_empty() {
+            return Err(issue(format!("{} holds no certificate", path.display())));
+        }
+        self.extra_roots.extend(certs);
+        Ok(self)
     }
 
     /// From the environment: `NATS_*`, the embedded `CRYPTOFEED_PROXY_*` settings
     /// (overlaying the optional TOML `file`), `PROXYBUS_CLIENT_ID` (default
-    /// `proxybus-{hostname}-{pid}`) and `PROXYBUS_REGION`.
+    /// `proxybus-{hostname}-{pid}`), `PROXYBUS_REGION` and `PROXYBUS_TLS_CA_FILE`
+    /// (a PEM bundle of extra trusted roots).
     pub fn from_env(env: &EnvSource, file: Option<&Path>) -> Result<Self, ConfigError> {
         let nats = NatsSettings::from_env(env)?;
         let embedded: ProxySettings = config::load(file, env, PROXY_ENV_PREFIX)?;
@@ -75,9 +99,15 @@ impl ClientConfig {
                 }])
             })?);
         }
+        if let Some(path) = env.non_empty(TLS_CA_FILE_ENV) {
+            config = config.with_ca_file(Path::new(path))?;
+        }
         Ok(config)
     }
 }
+
+/// The variable naming a PEM bundle of extra trusted roots.
+pub const TLS_CA_FILE_ENV: &str = "PROXYBUS_TLS_CA_FILE";
 
 /// `proxybus-{hostname}-{pid}`.
 pub(crate) fn default_client_id() -> String {

@@ -40,6 +40,6 @@ mod reporter;
 pub mod tunnel;
 
 pub use client::{ClientError, ProxiedWebSocket, ProxyClient};
-pub use config::ClientConfig;
+pub use config::{ClientConfig, TLS_CA_FILE_ENV};
 pub use lease::ProxyLease;
 pub use reporter::FeedbackStats;

@@ -99,6 +99,16 @@ impl Target {
 /// Opens a stream to `target` through `proxy` (or directly), within `timeout`,
 /// with TLS to the target when it asks for it.
 pub async fn open(proxy: Option<&ProxyUrl>, target: &Target, timeout: Duration) -> Result<BoxedStream, ConnectError> {
+    open_with_roots(proxy, target, timeout, &[]).await
+}
+
+/// [`open`], trusting `extra_roots` for TLS to the target besides the public web roots.
+pub async fn open_with_roots(
+    proxy: Option<&ProxyUrl>,
+    target: &Target,
+    timeout: Duration,
+    extra_roots: &[rustls::pki_types::CertificateDer<'static>],
+) -> Result<BoxedStream, ConnectError> {
     let connect = async {
         let tcp: BoxedStream = match proxy {
             None => Box::new(tcp_connect(&target.host, target.port, "target").await?),
@@ -114,7 +124,7 @@ pub async fn open(proxy: Option<&ProxyUrl>, target: &Target, timeout: Duration) 
                 }
             },
         };
-        if target.tls { tls(tcp, &target.host).await } else { Ok(tcp) }
+        if target.tls { tls(tcp, &target.host, extra_roots).await } else { Ok(tcp) }
     };
     tokio::time::timeout(timeout, connect)
         .await
@@ -230,10 +240,15 @@ async fn socks4(proxy: &ProxyUrl, target: &Target) -> Result<tokio_socks::tcp::S
     result.map_err(|err| ConnectError::new(classify_socks(&err), format!("socks4: {err}")))
 }
 
-async fn tls(stream: BoxedStream, host: &str) -> Result<BoxedStream, ConnectError> {
+async fn tls(
+    stream: BoxedStream,
+    host: &str,
+    extra_roots: &[rustls::pki_types::CertificateDer<'static>],
+) -> Result<BoxedStream, ConnectError> {
     proxybus_shared::http::install_crypto_provider();
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    roots.add_parsable_certificates(extra_roots.iter().cloned());
     let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let name = rustls::pki_types::ServerName::try_from(host.to_owned())
