@@ -48,11 +48,19 @@ pub struct LabConfig {
     pub simulator: SimulatorSettings,
     /// The proxies.
     pub proxies: Vec<LabProxyConfig>,
+    /// The inventory's selection strategy (`docs/pool.md`); `round_robin` by
+    /// default, so that in a short demo every proxy, good or bad, gets traffic.
+    #[serde(default = "round_robin")]
+    pub inventory_strategy: String,
+}
+
+fn round_robin() -> String {
+    "round_robin".into()
 }
 
 impl LabConfig {
     /// The demo lab: nine proxies in three regions, from `127.0.0.2` up, where
-    /// Binance refuses `127.0.0.3` (451), Coinbase's WAF blocks `127.0.0.4`
+    /// Binance refuses `127.0.0.3` (451), Coinbase's WAF blocks `127.0.0.6`
     /// (403), one proxy is dead, one flaps, one is slow, one refuses its
     /// credentials and the HTTPS one is listed for REST only.
     pub fn demo(dir: &Path) -> Self {
@@ -65,9 +73,10 @@ impl LabConfig {
         };
         let mut simulator = SimulatorSettings::default();
         simulator.binance.geo_restricted_ips = vec![Ipv4Addr::new(127, 0, 0, 3).into()];
-        simulator.coinbase.waf_blocked_ips = vec![Ipv4Addr::new(127, 0, 0, 4).into()];
+        simulator.coinbase.waf_blocked_ips = vec![Ipv4Addr::new(127, 0, 0, 6).into()];
         Self {
             dir: dir.to_owned(),
+            inventory_strategy: round_robin(),
             simulator,
             proxies: vec![
                 proxy(ProxyKind::Http, "us-east", 2, ProxyFault::None),
@@ -120,6 +129,9 @@ impl LabConfig {
             if let Some(bad) = proxy.connection_types.iter().find(|c| !matches!(c.as_str(), "http" | "websocket")) {
                 problems.push(format!("proxies[{i}].connection_types: {bad:?} is not http or websocket"));
             }
+        }
+        if serde_json::from_value::<proxybus_pool::Strategy>(self.inventory_strategy.clone().into()).is_err() {
+            problems.push(format!("inventory_strategy {:?} is not a pool strategy", self.inventory_strategy));
         }
         if self.proxies.is_empty() {
             problems.push("proxies: at least one".to_owned());
@@ -262,7 +274,7 @@ impl Lab {
             region_tables.insert(name.to_owned(), table.into());
         }
         let mut defaults = toml::Table::new();
-        defaults.insert("strategy".into(), "p2c_ewma".into());
+        defaults.insert("strategy".into(), self.config.inventory_strategy.clone().into());
         defaults.insert("ttl_seconds".into(), 60.into());
         defaults.insert("sticky".into(), true.into());
         let mut root = toml::Table::new();

@@ -34,10 +34,13 @@
 //! - `simulator.rs`: [`Simulator`], the HTTPS/WSS exchange shapes and their counters.
 //! - `proxies.rs`: [`LabProxy`] and its faults, [`HostMap`].
 //! - `lab.rs`: [`Lab`] and [`LabConfig`]: all of it together, and the inventory file.
+//! - `feeds.rs`: market-data feeds against the lab (websocket trades, REST polling) through
+//!   proxybus, round robin or one proxy, and their [`feeds::FeedBoard`] of counters.
 //! - `command.rs`: `proxybus lab` / `proxybus-lab`, the lab as a command.
 
 mod ca;
 pub mod command;
+pub mod feeds;
 mod lab;
 pub mod limits;
 pub mod proxies;

@@ -205,6 +205,23 @@ impl SimState {
     }
 }
 
+/// Reads a simulator's counters; cheap to clone.
+#[derive(Clone)]
+pub struct StatsHandle(Arc<SimState>);
+
+impl std::fmt::Debug for StatsHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatsHandle").finish_non_exhaustive()
+    }
+}
+
+impl StatsHandle {
+    /// What the simulator did so far, per exchange and source IP.
+    pub fn stats(&self) -> SimulatorStats {
+        self.0.stats.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
 /// A running simulator; stops when [`Simulator::stop`] is called or it is dropped.
 pub struct Simulator {
     addr: SocketAddr,
@@ -266,6 +283,11 @@ impl Simulator {
     /// What it did so far, per exchange and source IP.
     pub fn stats(&self) -> SimulatorStats {
         self.state.stats.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A handle that reads the counters while the simulator runs (for a live view on another task).
+    pub fn stats_handle(&self) -> StatsHandle {
+        StatsHandle(self.state.clone())
     }
 
     /// The settings it enforces.
