@@ -22,7 +22,7 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use proxybus_client::tunnel::{self, BoxedStream, ConnectError, Target};
 use proxybus_client::{ClientError, ProxyClient, ProxyLease};
-use proxybus_shared::{ErrorKind, ExchangeId, FeedbackPhase, ProxyUrl};
+use proxybus_shared::{ConnectionType, ErrorKind, ExchangeId, FeedbackPhase, ProxyUrl};
 use rustls::pki_types::CertificateDer;
 use serde::Serialize;
 use tokio::time::Instant;
@@ -239,26 +239,30 @@ impl FeedBoard {
     }
 
     /// Feeds whose proxy (shown as `proxy`) is `proxy` are timed from now until
-    /// their next message (a proxy died under them).
-    pub fn mark_outage(&self, proxy: &str) {
+    /// data flows again after they failed (a proxy died under them); returns how many.
+    pub fn mark_outage(&self, proxy: &str) -> usize {
         let now = Instant::now();
+        let mut marked = 0;
         for feed in self.0.lock().unwrap_or_else(|p| p.into_inner()).iter_mut() {
             if feed.proxy.as_deref() == Some(proxy) {
                 feed.down_since = Some(now);
+                marked += 1;
             }
         }
+        marked
     }
 
     fn message(&self, index: usize) {
         self.with(index, |f| {
             if !f.connected && f.messages > 0 {
                 f.reconnects += 1;
+                // Recovered from an outage only once data flows again after the feed saw it fail.
+                if let Some(since) = f.down_since.take() {
+                    f.recoveries_seconds.push(since.elapsed().as_secs_f64());
+                }
             }
             f.messages += 1;
             f.connected = true;
-            if let Some(since) = f.down_since.take() {
-                f.recoveries_seconds.push(since.elapsed().as_secs_f64());
-            }
         });
     }
 
@@ -448,6 +452,10 @@ impl Feed {
 
     async fn open_websocket(&self, url: &str) -> Result<(WebSocketStream<BoxedStream>, Option<ProxyLease>), Failure> {
         if let ProxyChoice::Proxybus(client) = &*self.choice {
+            // The lease connect_websocket will use (from the client's cache), to show it even when the connect fails.
+            if let Ok(lease) = client.get_proxy(&self.exchange_id(), ConnectionType::Websocket, None).await {
+                self.board.with(self.index, |f| f.proxy = shown(None, Some(&lease)));
+            }
             let result = client.connect_websocket(url, &self.exchange_id()).await;
             return match result {
                 Ok(ws) => {

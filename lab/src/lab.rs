@@ -59,10 +59,14 @@ fn round_robin() -> String {
 }
 
 impl LabConfig {
-    /// The demo lab: nine proxies in three regions, from `127.0.0.2` up, where
-    /// Binance refuses `127.0.0.3` (451), Coinbase's WAF blocks `127.0.0.6`
-    /// (403), one proxy is dead, one flaps, one is slow, one refuses its
-    /// credentials and the HTTPS one is listed for REST only.
+    /// The demo lab: twelve proxies, four in each of three regions, sending from
+    /// `127.0.0.2` up. Binance refuses `127.0.0.3` (451, a restricted location);
+    /// Coinbase's WAF blocks `127.0.0.6` (403); `127.0.0.5` refuses its
+    /// credentials, `127.0.0.7` is slow, `127.0.0.10` is dead and `127.0.0.12`
+    /// flaps; the HTTPS proxy (`127.0.0.4`) is listed for REST only (the client
+    /// library tunnels websockets through `http`, `socks4` and `socks5` proxies).
+    /// Four per region, so that the aggregator's `max_ejection_percent` (50 %)
+    /// still lets it eject a second proxy of a region.
     pub fn demo(dir: &Path) -> Self {
         let proxy = |kind, region: &str, last: u8, fault| LabProxyConfig {
             kind,
@@ -74,6 +78,7 @@ impl LabConfig {
         let mut simulator = SimulatorSettings::default();
         simulator.binance.geo_restricted_ips = vec![Ipv4Addr::new(127, 0, 0, 3).into()];
         simulator.coinbase.waf_blocked_ips = vec![Ipv4Addr::new(127, 0, 0, 6).into()];
+        let flapping = ProxyFault::Flapping { up_seconds: 20, down_seconds: 20 };
         Self {
             dir: dir.to_owned(),
             inventory_strategy: round_robin(),
@@ -85,9 +90,12 @@ impl LabConfig {
                 proxy(ProxyKind::Socks5, "us-east", 5, ProxyFault::RefuseCredentials),
                 proxy(ProxyKind::Http, "eu-west", 6, ProxyFault::None),
                 proxy(ProxyKind::Socks5, "eu-west", 7, ProxyFault::Slow { delay_ms: 300 }),
-                proxy(ProxyKind::Http, "eu-west", 8, ProxyFault::Dead),
-                proxy(ProxyKind::Socks5, "ap-northeast", 9, ProxyFault::None),
-                proxy(ProxyKind::Http, "ap-northeast", 10, ProxyFault::Flapping { up_seconds: 20, down_seconds: 20 }),
+                proxy(ProxyKind::Http, "eu-west", 8, ProxyFault::None),
+                proxy(ProxyKind::Socks5, "eu-west", 9, ProxyFault::None),
+                proxy(ProxyKind::Http, "ap-northeast", 10, ProxyFault::Dead),
+                proxy(ProxyKind::Socks5, "ap-northeast", 11, ProxyFault::None),
+                proxy(ProxyKind::Http, "ap-northeast", 12, flapping),
+                proxy(ProxyKind::Socks5, "ap-northeast", 13, ProxyFault::None),
             ],
         }
     }

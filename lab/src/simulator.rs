@@ -426,13 +426,14 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-fn binance_symbol(query: Option<&str>) -> Result<(&'static str, f64), Response> {
+/// The known symbol a query names, if any.
+fn binance_symbol(query: Option<&str>) -> Option<(&'static str, f64)> {
     let wanted = query_param(query, "symbol").unwrap_or_default();
-    BINANCE_SYMBOLS
-        .iter()
-        .find(|(s, _)| s.eq_ignore_ascii_case(wanted))
-        .copied()
-        .ok_or_else(|| json(StatusCode::BAD_REQUEST, serde_json::json!({"code": -1121, "msg": "Invalid symbol."})))
+    BINANCE_SYMBOLS.iter().find(|(s, _)| s.eq_ignore_ascii_case(wanted)).copied()
+}
+
+fn invalid_symbol() -> Response {
+    json(StatusCode::BAD_REQUEST, serde_json::json!({"code": -1121, "msg": "Invalid symbol."}))
 }
 
 fn binance_rest(state: &SimState, path: &str, query: Option<&str>) -> Response {
@@ -456,8 +457,8 @@ fn binance_rest(state: &SimState, path: &str, query: Option<&str>) -> Response {
             }),
         ),
         "/api/v3/depth" => match binance_symbol(query) {
-            Err(response) => response,
-            Ok((_, price)) => {
+            None => invalid_symbol(),
+            Some((_, price)) => {
                 let mut side = |sign: f64| {
                     (1..=limit.min(20))
                         .map(|i| {
@@ -473,8 +474,8 @@ fn binance_rest(state: &SimState, path: &str, query: Option<&str>) -> Response {
             }
         },
         "/api/v3/trades" => match binance_symbol(query) {
-            Err(response) => response,
-            Ok((_, price)) => {
+            None => invalid_symbol(),
+            Some((_, price)) => {
                 let trades: Vec<_> = (0..limit.min(50))
                     .map(|_| {
                         let (p, q) = (price * rng.random_range(0.999..1.001), rng.random_range(0.001..1.0));

@@ -294,7 +294,7 @@ async fn the_inventory_lists_every_proxy_with_credentials_and_the_ca_bundle() {
     assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"));
     let manifest = std::fs::read_to_string(lab.manifest_path()).unwrap();
     let json: serde_json::Value = serde_json::from_str(&manifest).unwrap();
-    assert_eq!(json["proxies"].as_array().unwrap().len(), 9);
+    assert_eq!(json["proxies"].as_array().unwrap().len(), 12);
     for proxy in lab.proxies() {
         let password = proxy.url().split(':').nth(2).unwrap().split('@').next().unwrap().to_owned();
         assert!(!manifest.contains(&password), "no password in lab.json");
