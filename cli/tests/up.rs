@@ -340,3 +340,30 @@ async fn demo_feeds_flow_through_the_lab_and_real_refusals_become_bans_and_eject
         assert!(!pid_alive(child), "child {child} outlived proxybus up");
     }
 }
+
+/// `proxybus lab` alone: it writes the inventory, the CA bundle and the manifest,
+/// prints where everything is without a password, and stops by itself.
+#[tokio::test]
+async fn lab_runs_alone_writes_its_files_and_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let output = proxybus(&data, &["lab", "--duration", "1"]).await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout} {}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("proxybus lab is up") && stdout.contains("lab stopped"), "{stdout}");
+    let inventory = std::fs::read_to_string(data.join("lab/inventory.toml")).unwrap();
+    assert_eq!(inventory.matches("url = ").count(), 12, "{inventory}");
+    assert!(std::fs::read_to_string(data.join("lab/ca.pem")).unwrap().contains("BEGIN CERTIFICATE"));
+    let passwords: Vec<String> = inventory
+        .lines()
+        .filter_map(|l| l.split("url = \"").nth(1))
+        .filter_map(|u| {
+            let (_, rest) = u.split_once("://")?;
+            Some(rest.split_once('@')?.0.split_once(':')?.1.to_owned())
+        })
+        .collect();
+    assert_eq!(passwords.len(), 12, "every lab proxy has a login");
+    for password in passwords {
+        assert!(!stdout.contains(&password), "a password was printed");
+    }
+}

@@ -306,3 +306,33 @@ async fn the_inventory_lists_every_proxy_with_credentials_and_the_ca_bundle() {
     let err = Lab::start(bad).await.unwrap_err().to_string();
     assert!(err.contains("proxies[1].source_ip") && err.contains("proxies[2].source_ip"), "{err}");
 }
+
+#[test]
+fn the_lab_file_of_the_docs_is_a_valid_lab() {
+    let doc = include_str!("../../docs/lab.md");
+    let section = &doc[doc.find("## A lab file").expect("the section")..];
+    let start = section.find("```toml\n").expect("a toml block") + "```toml\n".len();
+    let text = &section[start..start + section[start..].find("```").unwrap()];
+    let config: LabConfig = toml::from_str(text).unwrap();
+    config.validate().unwrap();
+    assert_eq!(config.proxies.len(), 3);
+    assert_eq!(config.simulator.binance.geo_restricted_ips, [IpAddr::V4(ip(3))]);
+    assert_eq!(config.proxies[1].fault, ProxyFault::Flapping { up_seconds: 20, down_seconds: 20 });
+    let broken = text.replace("source_ip = \"127.0.0.4\"", "source_ip = \"10.0.0.4\"");
+    let config: LabConfig = toml::from_str(&broken).unwrap();
+    assert!(config.validate().unwrap_err().to_string().contains("proxies[2].source_ip 10.0.0.4"));
+}
+
+#[tokio::test]
+async fn a_client_trusts_the_lab_ca_from_its_file_and_refuses_files_without_certificates() {
+    let (lab, dir) = start(|_| {}).await;
+    let nats = proxybus_shared::nats::NatsSettings::default();
+    let config = proxybus_client::ClientConfig::new(nats.clone(), "t").with_ca_file(lab.ca_path()).unwrap();
+    assert_eq!(config.extra_roots, [lab.ca().der()]);
+    let missing = proxybus_client::ClientConfig::new(nats.clone(), "t").with_ca_file(&dir.path().join("nope.pem"));
+    assert!(missing.unwrap_err().to_string().contains(proxybus_client::TLS_CA_FILE_ENV));
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "not a certificate\n").unwrap();
+    let err = proxybus_client::ClientConfig::new(nats, "t").with_ca_file(&empty).unwrap_err().to_string();
+    assert!(err.contains("holds no certificate"), "{err}");
+}
