@@ -322,24 +322,25 @@ impl Machine {
                 .filter(|s| !s.is_empty())
                 .unwrap_or_else(|| "unknown".to_owned())
         };
-        let nats = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| {
-            ["/usr/sbin/nats-server", "/usr/local/bin/nats-server", "/usr/bin/nats-server"]
-                .into_iter()
-                .find(|p| std::path::Path::new(p).exists())
-                .unwrap_or("nats-server")
-                .to_owned()
-        });
+        // The same server the harness starts (one locator for every part).
+        let nats = match proxybus_shared::nats_server::locate() {
+            Ok(found) => match found.version {
+                Some(version) => format!("nats-server v{version}"),
+                None => format!("nats-server of unknown version ({})", found.binary.display()),
+            },
+            Err(err) => format!("nats-server not found ({err})"),
+        };
         Self {
             nproc: std::thread::available_parallelism().map_or(1, usize::from),
             cpu: field(&read("/proc/cpuinfo"), "model name"),
             memory: field(&read("/proc/meminfo"), "MemTotal"),
             kernel: read("/proc/sys/kernel/osrelease").trim().to_owned(),
-            nats_server: command(&nats, "--version"),
+            nats_server: nats,
             rustc: command("rustc", "--version"),
         }
     }
 
-    /// One line: `2 × Intel …, 24 GiB, Linux 6.18, nats-server v2.9.10, rustc 1.95.0`.
+    /// One line: `2 × Intel …, 24 GiB, Linux 6.18, nats-server v2.15.1, rustc 1.95.0`.
     pub fn line(&self) -> String {
         format!(
             "nproc {} · {} · MemTotal {} · Linux {} · {} · {}",

@@ -22,26 +22,6 @@ pub(crate) struct LocalNats {
     url_file: PathBuf,
 }
 
-/// The nats-server binary: `$NATS_SERVER_BIN`, `nats-server` on `PATH`, or `/usr/sbin/nats-server`.
-pub(crate) fn locate_binary() -> anyhow::Result<PathBuf> {
-    if let Some(explicit) = std::env::var_os("NATS_SERVER_BIN").filter(|v| !v.is_empty()) {
-        return Ok(PathBuf::from(explicit));
-    }
-    let on_path = std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|dir| dir.join("nats-server"))
-        .find(|p| p.is_file());
-    match on_path {
-        Some(path) => Ok(path),
-        None if Path::new("/usr/sbin/nats-server").is_file() => Ok("/usr/sbin/nats-server".into()),
-        None => bail!(
-            "nats-server is not installed: install it with `sudo apt-get install -y nats-server` \
-             (or set NATS_SERVER_BIN, or point NATS_URL at a running server)"
-        ),
-    }
-}
-
 fn free_port(preferred: u16) -> anyhow::Result<u16> {
     if std::net::TcpListener::bind(("127.0.0.1", preferred)).is_ok() {
         return Ok(preferred);
@@ -52,7 +32,10 @@ fn free_port(preferred: u16) -> anyhow::Result<u16> {
 impl LocalNats {
     /// Starts nats-server with JetStream storing in `data_dir/nats` and waits until it greets.
     pub(crate) async fn start(data_dir: &Path) -> anyhow::Result<Self> {
-        let binary = locate_binary()?;
+        let located = proxybus_shared::nats_server::locate()?;
+        let binary = located.binary;
+        let version = located.version.map_or_else(|| "of unknown version".to_owned(), |v| format!("v{v}"));
+        println!("nats-server: {} ({version})", binary.display());
         let store = data_dir.join("nats");
         std::fs::create_dir_all(&store).with_context(|| format!("cannot create {}", store.display()))?;
         let port = free_port(4222)?;

@@ -199,3 +199,13 @@ async fn services_lists_what_answers_srv_stats() {
     let output = proxybus(&server, &["services"]).await;
     assert!(stdout(&output).contains("proxybus-resolver") && stdout(&output).contains("1.2.3"), "{}", stdout(&output));
 }
+
+#[tokio::test]
+async fn an_old_server_is_refused_with_the_minimum_version() {
+    let server = NatsServer::builder().binary(proxybus_tests::old_server_binary()).start().await.unwrap();
+    let output = proxybus(&server, &["request", "binance", "http"]).await;
+    assert!(!output.status.success(), "{}", stdout(&output));
+    let message = stderr(&output);
+    assert!(message.contains("proxybus needs nats-server 2.11.0 or newer"), "{message}");
+    assert!(message.contains("2.9."), "names the version it found: {message}");
+}

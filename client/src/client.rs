@@ -190,7 +190,12 @@ impl ProxyClient {
         )
         .await
         .map_err(|_| format!("no answer within {:?}", inner.config.request_timeout))?
-        .map_err(|err| err.to_string())?;
+        .map_err(|err| match err.kind() {
+            // The server says at once that no resolver listens (here, or in any region the
+            // gateways reach): fall back now rather than wait out the timeout.
+            async_nats::client::RequestErrorKind::NoResponders => "no resolver is running (no responders)".to_owned(),
+            _ => err.to_string(),
+        })?;
         let is_error = reply.headers.as_ref().is_some_and(|h| h.get("Nats-Service-Error-Code").is_some());
         if is_error {
             let reply: ErrorReply =

@@ -206,6 +206,21 @@ async fn the_breaker_stops_asking_a_silent_bus() {
     assert_eq!(seen.load(Ordering::SeqCst), 0);
 }
 
+/// With no resolver anywhere, the server answers "no responders" at once: the client takes its
+/// fallback without waiting out its (here two-minute) request timeout.
+#[tokio::test]
+async fn no_responders_moves_to_the_fallback_without_waiting_for_the_timeout() {
+    let server = NatsServer::start().await.unwrap();
+    let mut cfg = config(&server);
+    cfg.request_timeout = Duration::from_secs(120);
+    let client = ProxyClient::with_nats(cfg, server.connect().await.unwrap());
+    let started = std::time::Instant::now();
+    let lease =
+        tokio::time::timeout(WAIT, client.get_proxy(&binance(), ConnectionType::Http, None)).await.unwrap().unwrap();
+    assert_eq!(lease.source, ResponseSource::Direct);
+    println!("fallback after no responders took {:?} (request timeout 120 s)", started.elapsed());
+}
+
 #[tokio::test]
 async fn a_feed_starts_while_nats_is_down_and_falls_back() {
     let mut server = NatsServer::start().await.unwrap();

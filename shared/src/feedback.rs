@@ -30,7 +30,7 @@ use async_nats::jetstream::{self, context};
 
 use crate::codec::{CONTENT_TYPE, Codec, EncodeError, Encoding};
 use crate::messages::ProxyFeedback;
-use crate::subject::{self, FEEDBACK_STREAM, FEEDBACK_WILDCARD};
+use crate::subject::{self, FEEDBACK_STREAM, FEEDBACK_WILDCARD, Region};
 
 /// Name of the de-duplication header JetStream honours.
 pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
@@ -126,6 +126,10 @@ pub async fn ensure_feedback_stream(
         Ok(mut stream) => {
             let current =
                 stream.info().await.map_err(|err| FeedbackStreamError::Lookup(err.to_string()))?.config.clone();
+            // A fan-in stream (multi-region, see [`ensure_fan_in`]) sources the regional streams and
+            // binds no subjects of its own: keep it so.
+            let fan_in = current.sources.as_ref().is_some_and(|sources| !sources.is_empty());
+            let wanted = if fan_in { StreamConfig { subjects: current.subjects.clone(), ..wanted } } else { wanted };
             let differs = current.max_age != wanted.max_age
                 || current.max_bytes != wanted.max_bytes
                 || current.duplicate_window != wanted.duplicate_window
@@ -153,6 +157,74 @@ pub async fn ensure_feedback_stream(
         }
         Err(err) => Err(FeedbackStreamError::Lookup(err.to_string())),
     }
+}
+
+/// Feedback fan-in for a deployment over several regions (NATS clusters joined by gateways):
+/// each region keeps its own stream `PROXY_FEEDBACK_{REGION}` near its feeds, placed in that
+/// region's cluster, and the global `PROXY_FEEDBACK`, placed in `home`, **sources** every
+/// regional stream with a subject transform back to `proxy.v1.feedback.>` — JetStream copies
+/// the events, with their `Nats-Msg-Id`, and the aggregator folds the global stream as in a
+/// one-region deployment.
+///
+/// Feeds keep publishing to `proxy.v1.feedback.{exchange}.{conn}`; the server configuration
+/// maps those publishes to `proxy.v1.regional_feedback.{region}.…` per cluster
+/// ([`fan_in_mappings`]). Creates what is missing and leaves what exists.
+///
+/// # Errors
+/// [`FeedbackStreamError`] when a stream cannot be looked up or created.
+pub async fn ensure_fan_in(
+    jetstream: &jetstream::Context,
+    config: &FeedbackStreamConfig,
+    regions: &[Region],
+    home: &Region,
+) -> Result<(), FeedbackStreamError> {
+    use async_nats::jetstream::stream::{Placement, Source, SubjectTransform};
+    let placed = |region: &Region| Some(Placement { cluster: Some(region.to_string()), tags: Vec::new() });
+    let mut sources = Vec::with_capacity(regions.len());
+    for region in regions {
+        let name = subject::regional_feedback_stream(region);
+        let regional = StreamConfig {
+            name: name.clone(),
+            description: Some(format!("proxybus feedback of region {region}, sourced by {FEEDBACK_STREAM}")),
+            subjects: vec![subject::regional_feedback_wildcard(region)],
+            placement: placed(region),
+            ..config.stream_config()
+        };
+        jetstream.get_or_create_stream(regional).await.map_err(|err| FeedbackStreamError::Create(err.to_string()))?;
+        sources.push(Source {
+            name,
+            subject_transforms: vec![SubjectTransform {
+                source: subject::regional_feedback_wildcard(region),
+                destination: FEEDBACK_WILDCARD.to_owned(),
+            }],
+            ..Default::default()
+        });
+    }
+    let global = StreamConfig {
+        subjects: Vec::new(),
+        sources: Some(sources),
+        placement: placed(home),
+        ..config.stream_config()
+    };
+    jetstream.get_or_create_stream(global).await.map_err(|err| FeedbackStreamError::Create(err.to_string()))?;
+    Ok(())
+}
+
+/// The `mappings` block (nats-server configuration, inside the account the feeds use) that sends
+/// each region's feedback publishes to its regional subject: cluster-scoped mappings, so a feed
+/// publishes `proxy.v1.feedback.{exchange}.{conn}` wherever it runs (nats-server docs,
+/// "Configuring Subject Mapping", cluster-scoped destinations, 2.10+).
+pub fn fan_in_mappings(regions: &[Region]) -> String {
+    let destinations: Vec<String> = regions
+        .iter()
+        .map(|region| {
+            format!(
+                "    {{ destination: \"{}.{region}.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}\", weight: 100%, cluster: \"{region}\" }}",
+                subject::REGIONAL_FEEDBACK_PREFIX
+            )
+        })
+        .collect();
+    format!("mappings {{\n  \"{}.*.*\": [\n{}\n  ]\n}}\n", subject::FEEDBACK_PREFIX, destinations.join("\n"))
 }
 
 /// Broad class of a failed feedback publish, for matching.

@@ -1,10 +1,8 @@
-//! Opening JetStream key-value buckets on every server proxybus supports.
+//! Opening the JetStream key-value buckets proxybus keeps (`PROXY_HEALTH`), with async-nats'
+//! own key-value API, and reading health records out of them.
 //!
-//! async-nats' `create_key_value` first asks for the account info and cannot
-//! parse the answer of nats-server 2.9 (Debian bookworm's), which lacks
-//! `reserved_memory`. A bucket is only a stream with a known shape, so we create
-//! that stream ourselves (as `create_key_value` would) and open it with
-//! `get_key_value`, which works on 2.9 and later alike.
+//! A bucket made by any other NATS client (`nats kv add`, nats-py's `create_key_value`) is the
+//! same stream shape and opens here unchanged (tested against nats-py in `shared/tests/kv.rs`).
 
 use std::time::Duration;
 
@@ -56,30 +54,32 @@ pub struct BucketError {
     pub message: String,
 }
 
-/// Opens `config.bucket`, creating it when it does not exist.
+/// Opens `config.bucket`, creating it with async-nats' `create_key_value` when it does not
+/// exist. A bucket that exists is opened as it is, whatever its settings.
+///
+/// # Errors
+/// [`BucketError`] with what the server said when the bucket neither opens nor can be made.
 pub async fn open_or_create(js: &jetstream::Context, config: &BucketConfig) -> Result<kv::Store, BucketError> {
     let fail = |message: String| BucketError { bucket: config.bucket.clone(), message };
     if let Ok(store) = js.get_key_value(config.bucket.as_str()).await {
         return Ok(store);
     }
-    let stream_config = stream::Config {
-        name: format!("KV_{}", config.bucket),
-        description: Some(config.description.clone()),
-        subjects: vec![format!("$KV.{}.>", config.bucket)],
-        max_messages_per_subject: config.history.max(1),
-        max_message_size: -1,
-        max_bytes: -1,
-        max_age: config.max_age,
-        storage: config.storage,
-        allow_rollup: true,
-        deny_delete: true,
-        allow_direct: true,
-        num_replicas: config.replicas.max(1),
-        discard: stream::DiscardPolicy::New,
-        ..Default::default()
-    };
-    js.get_or_create_stream(stream_config).await.map_err(|err| fail(err.to_string()))?;
-    js.get_key_value(config.bucket.as_str()).await.map_err(|err| fail(err.to_string()))
+    let created = js
+        .create_key_value(kv::Config {
+            bucket: config.bucket.clone(),
+            description: config.description.clone(),
+            history: config.history.max(1),
+            max_age: config.max_age,
+            storage: config.storage,
+            num_replicas: config.replicas.max(1),
+            ..Default::default()
+        })
+        .await;
+    match created {
+        Ok(store) => Ok(store),
+        // Another process may have made it between our look and our create.
+        Err(err) => js.get_key_value(config.bucket.as_str()).await.map_err(|_| fail(err.to_string())),
+    }
 }
 
 /// Every `HealthStats` in a health bucket, by proxy id. Keys that are not proxy

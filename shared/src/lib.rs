@@ -18,8 +18,10 @@
 //! - [`breaker`]: the circuit breaker every upstream call goes through.
 //! - [`embedded`]: choosing a proxy from the embedded `ProxySettings` (fallback).
 //! - [`http`]: the HTTP client for proxy services (auth headers, TLS, pooling).
-//! - [`kv`]: opening key-value buckets (also on nats-server 2.9).
-//! - [`nats`]: `NatsSettings` from `NATS_URL` and credentials, and `connect`.
+//! - [`kv`]: opening key-value buckets and reading health records from them.
+//! - [`nats`]: `NatsSettings` from `NATS_URL` and credentials, and `connect` (which refuses
+//!   servers older than 2.11).
+//! - [`nats_server`]: finding the `nats-server` binary, and the minimum server version.
 //! - [`schema`]: JSON Schemas of the messages, generated from the types.
 //! - [`shutdown`]: the SIGINT/SIGTERM every binary stops on.
 //! - [`telemetry`]: tracing set-up, plain or JSON.
@@ -33,6 +35,7 @@ pub mod http;
 pub mod kv;
 pub mod messages;
 pub mod nats;
+pub mod nats_server;
 pub mod proxy_url;
 pub mod schema;
 pub mod shutdown;

@@ -19,6 +19,7 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::{ConfigError, EnvSource, Issues};
+use crate::nats_server::{ServerVersion, VersionError, check_version};
 
 /// Default server URL.
 pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
@@ -181,14 +182,22 @@ impl NatsSettings {
         Ok(options.connection_timeout(self.connect_timeout))
     }
 
-    /// Connects to NATS, failing when no server answers; once connected the
-    /// client reconnects by itself.
-    pub async fn connect(&self) -> Result<async_nats::Client, async_nats::ConnectError> {
-        self.connect_options().await?.connect(self.servers()).await
+    /// Connects to NATS, failing when no server answers or the server is older than
+    /// [`MINIMUM_VERSION`](crate::nats_server::MINIMUM_VERSION); once connected the client
+    /// reconnects by itself.
+    ///
+    /// # Errors
+    /// [`ConnectError::Connect`] when no server answers or authentication fails;
+    /// [`ConnectError::UnsupportedServer`] when the server's `INFO` names an older version.
+    pub async fn connect(&self) -> Result<async_nats::Client, ConnectError> {
+        let client = self.connect_options().await?.connect(self.servers()).await?;
+        ensure_supported(&client)?;
+        Ok(client)
     }
 
     /// Connects to NATS and keeps retrying the first connection in the background,
-    /// for services that must start before the bus is up.
+    /// for services that must start before the bus is up. The server's version is not known
+    /// until it answers: call [`ensure_supported`] after the first round trip.
     pub async fn connect_retrying(&self) -> Result<async_nats::Client, async_nats::ConnectError> {
         self.connect_options().await?.retry_on_initial_connect().connect(self.servers()).await
     }
@@ -196,4 +205,38 @@ impl NatsSettings {
     fn servers(&self) -> Vec<async_nats::ServerAddr> {
         self.url.split(',').filter_map(|s| s.trim().parse().ok()).collect()
     }
+}
+
+/// Why [`NatsSettings::connect`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// No server answered, or it refused the credentials.
+    #[error(transparent)]
+    Connect(#[from] async_nats::ConnectError),
+    /// The server is older than proxybus supports (or announced no readable version).
+    #[error(transparent)]
+    UnsupportedServer(#[from] VersionError),
+}
+
+/// Checks the version the connected server announced in its `INFO`.
+///
+/// # Errors
+/// [`VersionError`] when it is older than
+/// [`MINIMUM_VERSION`](crate::nats_server::MINIMUM_VERSION) or unreadable (also when the client
+/// has not connected yet: call this after a round trip).
+pub fn ensure_supported(client: &async_nats::Client) -> Result<ServerVersion, VersionError> {
+    check_version(&client.server_info().version)
+}
+
+/// Waits until `client` (made by [`NatsSettings::connect_retrying`]) has connected, then checks
+/// the server's version as [`ensure_supported`] does. Waits forever while no server answers:
+/// race it against shutdown.
+///
+/// # Errors
+/// As [`ensure_supported`].
+pub async fn ensure_supported_once_connected(client: &async_nats::Client) -> Result<ServerVersion, VersionError> {
+    while client.connection_state() != async_nats::connection::State::Connected {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    ensure_supported(client)
 }

@@ -41,6 +41,11 @@ pub const FEEDBACK_DEAD_WILDCARD: &str = "proxy.v1.feedback_dead.>";
 
 /// Name of the feedback stream.
 pub const FEEDBACK_STREAM: &str = "PROXY_FEEDBACK";
+/// Prefix of the subjects a region's feedback is mapped to in a multi-region deployment
+/// (`proxy.v1.regional_feedback.{region}.{exchange_id}.{connection_type}`): nats-server's
+/// cluster-scoped mappings rewrite each region's `proxy.v1.feedback.…` publishes to it, so each
+/// region's stream captures its own feeds' events (see docs/scaling.md).
+pub const REGIONAL_FEEDBACK_PREFIX: &str = "proxy.v1.regional_feedback";
 /// Name of the aggregator's durable consumer.
 pub const AGGREGATOR_CONSUMER: &str = "proxybus-aggregator";
 /// Name of the health key-value bucket.
@@ -179,6 +184,17 @@ pub fn request(exchange: &ExchangeId, connection_type: ConnectionType) -> String
 /// `proxy.v1.feedback.{exchange}.{connection_type}`.
 pub fn feedback(exchange: &ExchangeId, connection_type: ConnectionType) -> String {
     format!("{FEEDBACK_PREFIX}.{exchange}.{connection_type}")
+}
+
+/// `proxy.v1.regional_feedback.{region}.>`: what region `region`'s feedback stream holds.
+pub fn regional_feedback_wildcard(region: &Region) -> String {
+    format!("{REGIONAL_FEEDBACK_PREFIX}.{region}.>")
+}
+
+/// `PROXY_FEEDBACK_{REGION}` (upper case, `-` as `_`): region `region`'s own feedback stream,
+/// which the global `PROXY_FEEDBACK` sources.
+pub fn regional_feedback_stream(region: &Region) -> String {
+    format!("{FEEDBACK_STREAM}_{}", region.as_str().to_ascii_uppercase().replace('-', "_"))
 }
 
 /// `proxy.v1.health.{region}`.

@@ -1,7 +1,7 @@
 //! `NatsSettings` connects to real, authenticated nats-server processes.
 
 use proxybus_shared::config::EnvSource;
-use proxybus_shared::nats::NatsSettings;
+use proxybus_shared::nats::{ConnectError, NatsSettings};
 use proxybus_tests::NatsServer;
 
 fn env(vars: &[(&str, &str)]) -> EnvSource {
@@ -26,6 +26,7 @@ async fn token_from_the_environment_authenticates() {
 
     let bad = NatsSettings::from_env(&env(&[("NATS_URL", &url), ("NATS_TOKEN", "wrong")])).unwrap();
     let err = bad.connect().await.unwrap_err();
+    let ConnectError::Connect(err) = err else { panic!("expected a connect error, got {err:?}") };
     assert_eq!(err.kind(), async_nats::ConnectErrorKind::AuthorizationViolation, "{err}");
     let none = NatsSettings::from_env(&env(&[("NATS_URL", &url)])).unwrap();
     assert!(none.connect().await.is_err());
@@ -42,5 +43,6 @@ async fn user_and_password_from_the_environment_authenticate() {
     let bad =
         NatsSettings::from_env(&env(&[("NATS_URL", &url), ("NATS_USER", "feed"), ("NATS_PASSWORD", "nope")])).unwrap();
     let err = bad.connect().await.unwrap_err();
+    let ConnectError::Connect(err) = err else { panic!("expected a connect error, got {err:?}") };
     assert_eq!(err.kind(), async_nats::ConnectErrorKind::AuthorizationViolation, "{err}");
 }

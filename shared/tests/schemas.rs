@@ -262,15 +262,15 @@ fn python_msgpack_decodes_what_rust_encodes_and_back() {
     let dir = schemas_dir().join("examples");
     let script = schemas_dir().join("examples/roundtrip.py");
     let out_dir = tempfile::tempdir().unwrap();
-    let output = Command::new("python3")
+    let output = Command::new(proxybus_tests::tools_python())
         .arg(&script)
         .arg(&dir)
         .arg(out_dir.path())
         .output()
-        .expect("python3 must be installed (the README's test command installs it)");
+        .expect("the tools venv's python runs");
     assert!(
         output.status.success(),
-        "python round trip failed (is the `msgpack` package installed? `pip install msgpack`): {}",
+        "python round trip failed (run ./scripts/ensure-deps.sh to install the pinned msgpack): {}",
         String::from_utf8_lossy(&output.stderr)
     );
     let report: BTreeMap<String, bool> = serde_json::from_slice(&output.stdout).unwrap();

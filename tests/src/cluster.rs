@@ -149,24 +149,31 @@ impl NatsCluster {
         self.nodes.get_mut(index).with_context(|| format!("no node {index}: the cluster has {count}"))
     }
 
-    /// Waits until every running node is healthy, all agree on one meta leader and that leader
-    /// sees every other running node as a current peer.
     async fn wait_formed(&self) -> Result<()> {
-        let deadline = Instant::now() + FORMATION_TIMEOUT;
-        loop {
-            let problem = match self.formation_problem().await {
-                Ok(()) => return Ok(()),
-                Err(problem) => problem,
-            };
-            if Instant::now() >= deadline {
-                return Err(problem.context(format!("the cluster did not form within {FORMATION_TIMEOUT:?}")));
-            }
-            sleep(POLL_INTERVAL * 2).await;
-        }
+        wait_formed(&self.nodes.iter().collect::<Vec<_>>(), NODE_COUNT).await
     }
+}
 
-    async fn formation_problem(&self) -> Result<()> {
-        let running: Vec<&NatsServer> = self.nodes.iter().filter(|node| node.pid().is_some()).collect();
+/// Waits until every running node of `nodes` is healthy, all agree on one JetStream meta leader,
+/// the meta group has `meta_size` peers and the leader sees every other running node as a
+/// current peer. Used by [`NatsCluster`] and [`crate::NatsSuperCluster`].
+pub(crate) async fn wait_formed(nodes: &[&NatsServer], meta_size: usize) -> Result<()> {
+    let deadline = Instant::now() + FORMATION_TIMEOUT;
+    loop {
+        let problem = match formation_problem(nodes, meta_size).await {
+            Ok(()) => return Ok(()),
+            Err(problem) => problem,
+        };
+        if Instant::now() >= deadline {
+            return Err(problem.context(format!("the cluster did not form within {FORMATION_TIMEOUT:?}")));
+        }
+        sleep(POLL_INTERVAL * 2).await;
+    }
+}
+
+async fn formation_problem(nodes: &[&NatsServer], meta_size: usize) -> Result<()> {
+    {
+        let running: Vec<&NatsServer> = nodes.iter().copied().filter(|node| node.pid().is_some()).collect();
         for node in &running {
             node.healthz().await.with_context(|| format!("{} is not healthy", node.server_name()))?;
         }
@@ -193,8 +200,8 @@ impl NatsCluster {
         let jsz = leader_node.jsz().await?;
         let meta = &jsz["meta_cluster"];
         let size = meta["cluster_size"].as_u64().unwrap_or_default();
-        if usize::try_from(size).ok() != Some(NODE_COUNT) {
-            bail!("the meta group has {size} peers, expected {NODE_COUNT}: {meta}");
+        if usize::try_from(size).ok() != Some(meta_size) {
+            bail!("the meta group has {size} peers, expected {meta_size}: {meta}");
         }
         let replicas = meta["replicas"].as_array().map(Vec::as_slice).unwrap_or(&[]);
         for node in running.iter().filter(|node| node.server_name() != leader) {
@@ -213,7 +220,7 @@ impl NatsCluster {
 ///
 /// Another process may take one before nats-server binds it; the node then fails with
 /// [`PortInUse`] and [`NatsCluster::start`] tries again with fresh ports.
-fn reserve_ports(count: usize) -> Result<Vec<u16>> {
+pub(crate) fn reserve_ports(count: usize) -> Result<Vec<u16>> {
     let listeners = (0..count)
         .map(|_| TcpListener::bind("127.0.0.1:0"))
         .collect::<std::io::Result<Vec<_>>>()

@@ -3,7 +3,8 @@
 //! Other crates use it as a dev-dependency: each test starts its own `nats-server` process on a
 //! random port with its own JetStream store, and the process is killed and its directory removed
 //! when the handle drops. Tests can therefore run in parallel (`cargo nextest run`). Set
-//! `NATS_SERVER_BIN` to choose the binary; set `TEST_LOG` to print server logs when a handle
+//! `NATS_SERVER_BIN` to choose the binary (by default the locator of
+//! `proxybus_shared::nats_server` picks a current one, 2.11 or newer); set `TEST_LOG` to print server logs when a handle
 //! drops.
 //!
 //! # Layout
@@ -12,6 +13,9 @@
 //!   user/password authentication, extra config and JetStream; stop, kill -9 and restart.
 //! - `cluster.rs`: [`NatsCluster`], three routed JetStream nodes with a meta leader; kill and
 //!   restart single nodes.
+//! - `supercluster.rs`: [`NatsSuperCluster`], clusters named for regions joined by gateways
+//!   (one JetStream meta group), leaf nodes with their own domain; kill or restart a node or a
+//!   whole region.
 //! - `docker.rs` (feature `docker`): `DockerNats`, NATS with JetStream in a container via
 //!   testcontainers.
 //! - `connect.rs`: client options that reconnect quickly and forever, and server credentials.
@@ -44,9 +48,47 @@ mod monitor;
 mod process;
 mod proxies;
 mod server;
+mod supercluster;
 
 pub use cluster::NatsCluster;
 #[cfg(feature = "docker")]
 pub use docker::DockerNats;
 pub use proxies::{ProxyCredentials, ProxyLog, TestProxy, WsEchoServer};
 pub use server::{NatsServer, NatsServerBuilder};
+pub use supercluster::NatsSuperCluster;
+
+/// The Python of the project-local tools venv (`.tools/venv/bin/python`, made by
+/// `scripts/ensure-deps.sh` with msgpack and nats-py pinned by hash), for tests that check
+/// proxybus against another language's client.
+///
+/// # Panics
+/// When the venv is missing: run `./scripts/ensure-deps.sh` first.
+pub fn tools_python() -> std::path::PathBuf {
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace root");
+    let python = workspace.join(".tools/venv/bin/python");
+    assert!(python.is_file(), "{} is missing: run ./scripts/ensure-deps.sh", python.display());
+    python
+}
+
+/// Environment variable naming an old (pre-2.11) nats-server for the tests that prove it is
+/// refused; by default Debian's `/usr/sbin/nats-server` (2.9), which `scripts/ensure-deps.sh`
+/// installs for the tests.
+pub const OLD_SERVER_ENV: &str = "NATS_SERVER_OLD_BIN";
+
+/// An installed nats-server older than proxybus' minimum, to start with
+/// [`NatsServerBuilder::binary`].
+///
+/// # Panics
+/// When none is installed, or the one found is not older than the minimum (the test would prove
+/// nothing).
+pub fn old_server_binary() -> std::path::PathBuf {
+    use proxybus_shared::nats_server::{MINIMUM_VERSION, ServerVersion, binary_version};
+    let binary = std::env::var_os(OLD_SERVER_ENV)
+        .filter(|value| !value.is_empty())
+        .map_or_else(|| std::path::PathBuf::from("/usr/sbin/nats-server"), Into::into);
+    let version = binary_version(&binary)
+        .unwrap_or_else(|| panic!("{} does not run: run ./scripts/ensure-deps.sh", binary.display()));
+    let parsed: ServerVersion = version.parse().expect("a version");
+    assert!(parsed < MINIMUM_VERSION, "{} is {version}, not older than {MINIMUM_VERSION}", binary.display());
+    binary
+}

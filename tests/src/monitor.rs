@@ -50,6 +50,15 @@ pub(crate) async fn jsz(port: u16) -> Result<serde_json::Value> {
     serde_json::from_str(&body).context("parsing /jsz")
 }
 
+/// Any JSON document of the monitoring endpoint (`/varz`, `/gatewayz`, `/leafz` …).
+pub(crate) async fn json(port: u16, path: &str) -> Result<serde_json::Value> {
+    let (status, body) = get(port, path).await?;
+    if status != 200 {
+        bail!("{path} answered {status}: {}", body.trim());
+    }
+    serde_json::from_str(&body).with_context(|| format!("parsing {path}"))
+}
+
 /// `GET path` on the monitoring port; the status code and body.
 async fn get(port: u16, path: &str) -> Result<(u16, String)> {
     timeout(PROBE_TIMEOUT, get_unbounded(port, path)).await.with_context(|| format!("GET {path} timed out"))?

@@ -1,8 +1,6 @@
 //! One `nats-server` child process: finding the binary, spawning it with a config file, learning
 //! the ports it listens on, signalling it and reaping it.
 
-use std::env;
-use std::ffi::OsString;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
@@ -15,46 +13,14 @@ use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 use tokio::time::{Instant, sleep};
 
-/// Environment variable naming the `nats-server` binary to run.
-pub(crate) const BINARY_ENV: &str = "NATS_SERVER_BIN";
-
-/// Where Debian and Ubuntu's `nats-server` package installs the binary.
-const DEBIAN_BINARY: &str = "/usr/sbin/nats-server";
-
 /// How often a waiting loop looks again.
 pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(25);
 
-/// Finds the `nats-server` binary: `$NATS_SERVER_BIN`, else `nats-server` on `PATH`, else
-/// `/usr/sbin/nats-server`.
+/// Finds the `nats-server` binary with the one locator every part uses
+/// ([`proxybus_shared::nats_server::locate`]): `$NATS_SERVER_BIN`, the project-local install,
+/// `PATH`, `/usr/sbin`, skipping servers older than 2.11.
 pub(crate) fn locate_binary() -> Result<PathBuf> {
-    locate_binary_in(env::var_os(BINARY_ENV), env::var_os("PATH"), Path::new(DEBIAN_BINARY))
-}
-
-/// [`locate_binary`] with its inputs injected, so it can be tested without touching the
-/// environment.
-fn locate_binary_in(explicit: Option<OsString>, search_path: Option<OsString>, fallback: &Path) -> Result<PathBuf> {
-    if let Some(explicit) = explicit.filter(|value| !value.is_empty()) {
-        let binary = PathBuf::from(explicit);
-        if !binary.is_file() {
-            bail!("{BINARY_ENV}={} does not name a file; point it at a nats-server binary", binary.display());
-        }
-        return Ok(binary);
-    }
-    let on_path = search_path
-        .iter()
-        .flat_map(env::split_paths)
-        .map(|dir| dir.join("nats-server"))
-        .find(|candidate| candidate.is_file());
-    if let Some(binary) = on_path {
-        return Ok(binary);
-    }
-    if fallback.is_file() {
-        return Ok(fallback.to_path_buf());
-    }
-    bail!(
-        "nats-server not found: set {BINARY_ENV}, put nats-server on PATH, \
-         or install it with `apt-get install -y nats-server`"
-    )
+    Ok(proxybus_shared::nats_server::locate()?.binary)
 }
 
 /// The address of every listener the server reported in its ports file.
@@ -243,39 +209,6 @@ pub(crate) fn tail(log: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn explicit_binary_wins_over_path_and_fallback() {
-        let dir = tempfile::tempdir().unwrap();
-        let explicit = dir.path().join("my-nats");
-        fs::write(&explicit, "").unwrap();
-        let found = locate_binary_in(Some(explicit.clone().into()), Some(dir.path().into()), Path::new("/nonexistent"))
-            .unwrap();
-        assert_eq!(found, explicit);
-    }
-
-    #[test]
-    fn explicit_binary_that_does_not_exist_is_an_error() {
-        let error =
-            locate_binary_in(Some("/nonexistent/nats-server".into()), None, Path::new("/nonexistent")).unwrap_err();
-        assert!(error.to_string().contains(BINARY_ENV), "{error}");
-    }
-
-    #[test]
-    fn binary_on_path_is_found_before_fallback() {
-        let dir = tempfile::tempdir().unwrap();
-        let on_path = dir.path().join("nats-server");
-        fs::write(&on_path, "").unwrap();
-        let search_path = env::join_paths(["/nonexistent", dir.path().to_str().unwrap()]).unwrap();
-        let found = locate_binary_in(None, Some(search_path), Path::new("/nonexistent")).unwrap();
-        assert_eq!(found, on_path);
-    }
-
-    #[test]
-    fn missing_binary_names_the_package_to_install() {
-        let error = locate_binary_in(None, Some("".into()), Path::new("/nonexistent")).unwrap_err();
-        assert!(error.to_string().contains("apt-get install -y nats-server"), "{error}");
-    }
 
     #[test]
     fn ports_file_is_parsed_once_complete() {

@@ -75,6 +75,29 @@ pub(crate) struct Settings {
     pub(crate) jetstream: bool,
     pub(crate) extra_config: String,
     pub(crate) cluster: Option<ClusterMembership>,
+    /// A binary to run instead of the located one (e.g. an old server a test must refuse).
+    pub(crate) binary: Option<PathBuf>,
+    /// Gateways to the other clusters of a supercluster.
+    pub(crate) gateway: Option<GatewayMembership>,
+    /// Port this server accepts leaf node connections on.
+    pub(crate) leafnode_port: Option<u16>,
+    /// Leaf node port of the hub this server connects to as a leaf.
+    pub(crate) leaf_remote: Option<u16>,
+    /// JetStream domain of this server (a leaf node's own).
+    pub(crate) jetstream_domain: Option<String>,
+    /// Config text inside the application account of a supercluster node (e.g. `mappings`).
+    pub(crate) account_config: String,
+}
+
+/// How a cluster's node joins a supercluster: its gateway and the gateways of the other clusters.
+#[derive(Debug, Clone)]
+pub(crate) struct GatewayMembership {
+    /// The gateway name, which is the cluster name.
+    pub(crate) name: String,
+    /// Port this node accepts gateway connections on.
+    pub(crate) port: u16,
+    /// Every other cluster: its name and its nodes' gateway ports.
+    pub(crate) peers: Vec<(String, Vec<u16>)>,
 }
 
 /// How a node joins a cluster.
@@ -101,7 +124,18 @@ enum Readiness {
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { credentials: Credentials::None, jetstream: true, extra_config: String::new(), cluster: None }
+        Self {
+            credentials: Credentials::None,
+            jetstream: true,
+            extra_config: String::new(),
+            cluster: None,
+            binary: None,
+            gateway: None,
+            leafnode_port: None,
+            leaf_remote: None,
+            jetstream_domain: None,
+            account_config: String::new(),
+        }
     }
 }
 
@@ -131,6 +165,13 @@ impl NatsServerBuilder {
         self
     }
 
+    /// Runs `binary` instead of the server the locator finds (which is always 2.11 or newer):
+    /// for tests that prove an older server is refused.
+    pub fn binary(mut self, binary: impl Into<PathBuf>) -> Self {
+        self.settings.binary = Some(binary.into());
+        self
+    }
+
     /// Starts the server and waits until it is ready for clients (and JetStream, if enabled).
     pub async fn start(self) -> Result<NatsServer> {
         NatsServer::launch(self.settings).await
@@ -150,7 +191,10 @@ impl NatsServer {
 
     /// Spawns a server with `settings` in a fresh directory and waits until it is ready.
     pub(crate) async fn launch(settings: Settings) -> Result<Self> {
-        let binary = process::locate_binary()?;
+        let binary = match &settings.binary {
+            Some(binary) => binary.clone(),
+            None => process::locate_binary()?,
+        };
         let dir = tempfile::Builder::new()
             .prefix("proxybus-nats-")
             .tempdir()
@@ -265,7 +309,11 @@ impl NatsServer {
         };
         self.client_port = ports.client;
         self.monitoring_port = ports.monitoring;
-        let readiness = if self.settings.cluster.is_some() { Readiness::Listening } else { Readiness::Healthy };
+        let readiness = if self.settings.cluster.is_some() || self.settings.leaf_remote.is_some() {
+            Readiness::Listening
+        } else {
+            Readiness::Healthy
+        };
         if let Err(error) = self.wait_ready(&mut process, readiness).await {
             let output = process.own_output(&log);
             let tail = process::tail(&output);
@@ -325,6 +373,15 @@ impl NatsServer {
         monitor::healthz(self.monitoring_port).await
     }
 
+    /// A JSON document of this running server's monitoring endpoint (`/varz`, `/gatewayz`,
+    /// `/leafz`, `/connz` …).
+    pub async fn monitoring_json(&self, path: &str) -> Result<serde_json::Value> {
+        if self.process.is_none() {
+            bail!("{} is not running", self.server_name());
+        }
+        monitor::json(self.monitoring_port, path).await
+    }
+
     /// `/jsz` of a running node.
     pub(crate) async fn jsz(&self) -> Result<serde_json::Value> {
         if self.process.is_none() {
@@ -351,7 +408,12 @@ impl NatsServer {
             ports = quote(&path_str(&dir.join("ports"))),
         );
         if self.settings.jetstream {
-            config.push_str(&format!("jetstream {{ store_dir: {} }}\n", quote(&path_str(&self.store_dir))));
+            let domain = self.settings.jetstream_domain.as_deref().map(|d| format!(", domain: {}", quote(d)));
+            config.push_str(&format!(
+                "jetstream {{ store_dir: {}{} }}\n",
+                quote(&path_str(&self.store_dir)),
+                domain.unwrap_or_default()
+            ));
         }
         config.push_str(&self.settings.credentials.config_block());
         if let Some(cluster) = &self.settings.cluster {
@@ -363,6 +425,37 @@ impl NatsServer {
                 port = cluster.route_port,
                 routes = routes.join(", "),
             ));
+        }
+        if let Some(gateway) = &self.settings.gateway {
+            // Gateways with leaf nodes need a system account; clients without credentials then
+            // land in APP (JetStream enabled) through `no_auth_user`.
+            config.push_str(&format!(
+                "accounts {{\n  SYS {{ users: [ {{ user: \"sys\", password: \"sys\" }} ] }}\n  \
+                 APP {{\n    jetstream: enabled\n    users: [ {{ user: \"app\", password: \"app\" }} ]\n{}  }}\n}}\n\
+                 system_account: SYS\nno_auth_user: app\n",
+                self.settings.account_config
+            ));
+            let peers: Vec<String> = gateway
+                .peers
+                .iter()
+                .map(|(name, ports)| {
+                    let urls: Vec<String> =
+                        ports.iter().map(|port| quote(&format!("nats://127.0.0.1:{port}"))).collect();
+                    format!("    {{ name: {}, urls: [{}] }}", quote(name), urls.join(", "))
+                })
+                .collect();
+            config.push_str(&format!(
+                "gateway {{\n  name: {name}\n  listen: \"127.0.0.1:{port}\"\n  gateways: [\n{peers}\n  ]\n}}\n",
+                name = quote(&gateway.name),
+                port = gateway.port,
+                peers = peers.join("\n"),
+            ));
+        }
+        if let Some(port) = self.settings.leafnode_port {
+            config.push_str(&format!("leafnodes {{ listen: \"127.0.0.1:{port}\" }}\n"));
+        }
+        if let Some(port) = self.settings.leaf_remote {
+            config.push_str(&format!("leafnodes {{ remotes: [ {{ url: \"nats-leaf://127.0.0.1:{port}\" }} ] }}\n"));
         }
         config.push_str(&self.settings.extra_config);
         config

@@ -78,6 +78,12 @@ pub async fn run_with_stats(
         crate::metrics::serve(addr)?;
     }
     let client = config.nats.connect_retrying().await.map_err(|err| AggregatorError::Connect(err.to_string()))?;
+    tokio::select! {
+        () = cancel.cancelled() => return Ok(()),
+        supported = proxybus_shared::nats::ensure_supported_once_connected(&client) => {
+            supported.map_err(|err| AggregatorError::Connect(err.to_string()))?;
+        }
+    }
     let jetstream = jetstream::new(client.clone());
     let Some(store) = retry_until_cancelled(&cancel, "opening the stream and buckets", || async {
         ensure_feedback_stream(&jetstream, &settings.stream()).await.map_err(|err| err.to_string())?;

@@ -182,8 +182,19 @@ impl PoolServer {
                 Ok(client) => {
                     let shutdown = cancel.clone().cancelled_owned();
                     let listener_client = client.clone();
+                    let stop_waiting = cancel.clone();
                     let selector = selector.clone();
                     tasks.spawn(async move {
+                        // The pool serves HTTP without the bus; an old server only costs it health updates.
+                        tokio::select! {
+                            () = stop_waiting.cancelled() => return,
+                            supported = proxybus_shared::nats::ensure_supported_once_connected(&listener_client) => {
+                                if let Err(err) = supported {
+                                    tracing::error!(error = %err, "not listening for health on NATS");
+                                    return;
+                                }
+                            }
+                        }
                         if let Err(err) = health::listen_health(listener_client, selector, shutdown).await {
                             tracing::error!(error = %err, "health listener stopped");
                         }

@@ -53,7 +53,7 @@ pub const REQUEST_SUBJECTS: &str = "proxy.v1.request.*.*";
 pub enum RunError {
     /// NATS could not be reached.
     #[error("cannot connect to NATS: {0}")]
-    Connect(#[from] async_nats::ConnectError),
+    Connect(#[from] proxybus_shared::nats::ConnectError),
     /// A subscription or the micro-service registration failed.
     #[error("cannot register on NATS: {0}")]
     Register(String),

@@ -62,3 +62,19 @@ async fn the_binary_survives_sigkill_and_replays_from_the_command_line() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("batch_size"));
 }
+
+#[tokio::test]
+async fn the_binary_refuses_an_old_server_and_exits() {
+    let server = NatsServer::builder().binary(proxybus_tests::old_server_binary()).start().await.unwrap();
+    let mut command = aggregator(&server, &[]);
+    let output = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::from(std::mem::replace(&mut command, Command::new("true"))).output(),
+    )
+    .await
+    .expect("the aggregator exits by itself")
+    .unwrap();
+    assert!(!output.status.success());
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(message.contains("proxybus needs nats-server 2.11.0 or newer"), "{message}");
+}

@@ -109,3 +109,18 @@ async fn sigterm_drains_and_exits_zero_while_the_other_keeps_serving() {
         assert!(ask(&client, i).await, "the remaining resolver serves request {i}");
     }
 }
+
+#[tokio::test]
+async fn the_binary_refuses_an_old_server_and_exits() {
+    let nats = NatsServer::builder().binary(proxybus_tests::old_server_binary()).start().await.unwrap();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_proxybus-resolver"))
+        .env_clear()
+        .env("NATS_URL", nats.client_url())
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .output();
+    let output = tokio::time::timeout(WAIT, output).await.expect("the resolver exits by itself").unwrap();
+    assert!(!output.status.success());
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(message.contains("proxybus needs nats-server 2.11.0 or newer"), "{message}");
+}
