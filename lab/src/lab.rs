@@ -60,7 +60,7 @@ fn round_robin() -> String {
 
 impl LabConfig {
     /// The demo lab: twelve proxies, four in each of three regions, sending from
-    /// `127.0.0.2` up. Binance refuses `127.0.0.3` (451, a restricted location);
+    /// `127.0.0.2` up. Binance refuses `127.0.0.3` and `127.0.0.11` (451, restricted locations);
     /// Coinbase's WAF blocks `127.0.0.6` (403); `127.0.0.5` refuses its
     /// credentials, `127.0.0.7` is slow, `127.0.0.10` is dead and `127.0.0.12`
     /// flaps; the HTTPS proxy (`127.0.0.4`) is listed for REST only (the client
@@ -76,7 +76,8 @@ impl LabConfig {
             connection_types: if kind == ProxyKind::Https { vec!["http".into()] } else { Vec::new() },
         };
         let mut simulator = SimulatorSettings::default();
-        simulator.binance.geo_restricted_ips = vec![Ipv4Addr::new(127, 0, 0, 3).into()];
+        simulator.binance.geo_restricted_ips =
+            vec![Ipv4Addr::new(127, 0, 0, 3).into(), Ipv4Addr::new(127, 0, 0, 11).into()];
         simulator.coinbase.waf_blocked_ips = vec![Ipv4Addr::new(127, 0, 0, 6).into()];
         let flapping = ProxyFault::Flapping { up_seconds: 20, down_seconds: 20 };
         Self {
