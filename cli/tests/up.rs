@@ -223,6 +223,25 @@ source_ip = "127.0.0.5"
 fault = { kind = "dead" }
 "#;
 
+/// Sends SIGINT to `up` and waits up to 10 s for it to stop, so that a failing
+/// test does not SIGKILL it (`kill_on_drop`) and orphan its nats-server.
+struct StopOnDrop(u32);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if !pid_alive(self.0) {
+            return;
+        }
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0 as i32), nix::sys::signal::Signal::SIGINT);
+        for _ in 0..100 {
+            if !pid_alive(self.0) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
 fn exchange<'a>(stats: &'a HealthStats, id: &str) -> Option<&'a proxybus_shared::ExchangeHealth> {
     stats.exchanges.iter().find(|(k, _)| k.as_str() == id).map(|(_, e)| e)
 }
@@ -263,6 +282,8 @@ async fn demo_feeds_flow_through_the_lab_and_real_refusals_become_bans_and_eject
     })
     .await
     .expect("up printed its banner");
+    // Declared after `stdout`, so dropped before it: `up` can still print while it stops.
+    let _stop_on_panic = StopOnDrop(up_pid);
     assert!(banner.contains("proxybus lab is up"), "{banner}");
     assert!(banner.contains("4 proxies in 1 regions"), "the lab's inventory is served: {banner}");
     let nats_children = children(up_pid);
