@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The run command: installs what is missing, builds, and runs the whole pipeline
-# (pool, resolver, aggregator on a local nats-server with the sample inventory)
-# with simulated feeds and a live health table. Ctrl-C stops everything.
+# (pool, resolver, aggregator on a local nats-server) with the exchange lab on
+# loopback (simulator and proxies) and real feeds through it, with a live view.
+# Ctrl-C stops everything.
 # Extra arguments go to `proxybus up` (e.g. --duration 60, --inventory FILE).
 set -euo pipefail
 cd "$(dirname "$0")/.."

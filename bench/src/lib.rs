@@ -28,11 +28,14 @@
 //! - [`load`]: request/reply and HTTP load generators with latency histograms.
 //! - [`resolve`]: `resolve-hit`, `resolve-miss`, `singleflight`, `resolver-memory`.
 //! - [`feedback`]: the feedback data set, `publish`, `fold`, `replay`, `aggregator-memory`.
+//! - [`lab`]: `proxybus-bench lab`, effectiveness against the exchange lab's limits: the full
+//!   proxybus loop vs round robin without feedback vs one IP (not a NATS baseline scenario).
 //! - [`report`]: rows, ratios, targets, the markdown table and JSON.
 //! - `main.rs`: arguments; `benches/`: criterion micro-benchmarks (codec, one fold step).
 
 pub mod bus;
 pub mod feedback;
+pub mod lab;
 pub mod load;
 pub mod pool;
 pub mod report;

@@ -37,6 +37,8 @@ enum Command {
     AggregatorMemory(RunArgs),
     /// Every scenario.
     All(RunArgs),
+    /// M feeds for T seconds against the exchange lab: proxybus vs round robin vs one IP.
+    Lab(LabArgs),
     /// The child side of a measured process (used by the bench itself).
     #[command(hide = true)]
     Subject {
@@ -58,10 +60,46 @@ struct RunArgs {
     out: Option<PathBuf>,
 }
 
+#[derive(Debug, Args)]
+struct LabArgs {
+    /// Feeds per mode (the demo's feeds, repeated).
+    #[arg(long, default_value_t = 12)]
+    feeds: usize,
+    /// Seconds per mode; the busiest proxy dies halfway.
+    #[arg(long, default_value_t = 60)]
+    seconds: u64,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+async fn run_lab(args: &LabArgs) -> anyhow::Result<()> {
+    anyhow::ensure!((1..=200).contains(&args.feeds), "--feeds must be 1..=200");
+    anyhow::ensure!((2..=3600).contains(&args.seconds), "--seconds must be 2..=3600");
+    let bus = Bus::start().await?;
+    let report = proxybus_bench::lab::run(&bus, args.feeds, args.seconds).await?;
+    println!("{} feeds, {} s per mode\n", report.feeds, report.seconds);
+    println!("{}", report.markdown());
+    if let Some(path) = &args.out {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+        eprintln!("proxybus-bench: wrote {}", path.display());
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let (scenarios, args): (Vec<Scenario>, RunArgs) = match cli.command {
+        Command::Lab(args) => {
+            return match run_lab(&args).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("proxybus-bench lab: {err:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Command::Subject { kind } => {
             return match subject::serve(kind).await {
                 Ok(()) => ExitCode::SUCCESS,

@@ -35,3 +35,21 @@ async fn every_scenario_runs_once_at_tiny_size() {
     let json = serde_json::to_value(&report).unwrap();
     assert_eq!(json["rows"].as_array().map(Vec::len), Some(report.rows.len()));
 }
+
+/// `proxybus-bench lab` at a tiny size: every mode runs against a fresh lab, the
+/// proxied modes receive data, and the table has a column per mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lab_benchmark_runs_every_mode_briefly() {
+    let bus = Bus::start().await.expect("a nats-server");
+    let report = proxybus_bench::lab::run(&bus, 3, 4).await.expect("every mode runs");
+    let modes: Vec<_> = report.results.iter().map(|r| r.mode).collect();
+    assert_eq!(modes, proxybus_bench::lab::Mode::ALL);
+    for result in &report.results {
+        assert_eq!(result.feeds.len(), 3);
+        assert!(result.messages > 0, "{:?} received nothing", result.mode);
+        assert!((0.0..=1.0).contains(&result.connected_share), "{:?}", result.mode);
+    }
+    let table = report.markdown();
+    assert!(table.lines().next().unwrap().matches(" | ").count() >= 3, "{table}");
+    assert!(table.contains("418 answers incurred") && table.contains("recovery after"), "{table}");
+}

@@ -1,126 +1,158 @@
-//! Simulated feeds for `proxybus up --demo`: several exchanges, http and
-//! websocket, asking for proxies through the client library and reporting
-//! made-up outcomes in which some proxies time out, one is rate-limited by
-//! binance (429 with `Retry-After`), one is refused by binance (451) and one
-//! recovers after a bad start, so that the health table shows ejections, bans
-//! and recoveries converging.
-//!
-//! Outcomes depend on the proxy's host (the sample inventory's addresses); any
-//! other proxy simply works, with a latency that depends on its region.
+//! The feeds of `proxybus up --demo`: real connections through the exchange lab
+//! (`proxybus-lab`). Each feed — Binance and Coinbase trade streams over
+//! websockets, REST polling of both — is a client-library `ProxyClient` of its
+//! own that leases a lab proxy from the resolver, connects through it to the
+//! simulator by the exchange's real host name, and reports what really happened
+//! (connected, 429 with `Retry-After`, 418, 451, 403, refused, proxy_auth,
+//! ws_closed). A live view shows the feeds, what the exchanges did, and the
+//! proxies' health beside them.
 
 use std::time::Duration;
 
-use proxybus_client::{ProxyClient, ProxyLease};
-use proxybus_shared::{ConnectionType, ErrorKind, ExchangeId, FeedbackPhase, Region};
+use proxybus_client::ProxyClient;
+use proxybus_lab::feeds::{self, FeedBoard, FeedSettings, FeedSpec, FeedStats, ProxyChoice};
+use proxybus_lab::{Lab, LabExchange, SimulatorStats};
 use tokio_util::sync::CancellationToken;
 
-/// What happens when a feed uses a proxy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Outcome {
-    /// It works, with this latency.
-    Ok(u64),
-    /// It fails with this kind; `Retry-After` when the exchange sent one.
-    Fail(ErrorKind, Option<u64>),
+/// Regions the demo's feeds prefer, in turn, so that every region of the lab carries traffic.
+const REGIONS: &[&str] = &["us-east", "eu-west", "ap-northeast"];
+
+/// Starts the demo feeds until `stop`; `client(id, region)` makes a client
+/// named `id` that prefers `region` and trusts the lab CA.
+pub(crate) fn start(
+    lab: &Lab,
+    client: impl Fn(String, Option<&str>) -> ProxyClient,
+    stop: CancellationToken,
+) -> (FeedBoard, tokio::task::JoinHandle<()>) {
+    let specs = FeedSpec::demo();
+    let regions: std::collections::BTreeSet<&str> = lab.config().proxies.iter().map(|p| p.region.as_str()).collect();
+    let choices = (0..specs.len())
+        .map(|i| {
+            let region = REGIONS.get(i % REGIONS.len()).copied().filter(|r| regions.contains(r));
+            std::sync::Arc::new(ProxyChoice::Proxybus(client(format!("demo-feed-{i}"), region)))
+        })
+        .collect();
+    feeds::start(specs, choices, FeedSettings::new(vec![lab.ca().der()]), stop)
 }
 
-/// The simulated fate of a proxy `host` for `exchange`, `elapsed` into the demo, at draw `n`.
-pub(crate) fn fate(host: &str, exchange: &str, elapsed: Duration, n: u64) -> Outcome {
-    match (host, exchange) {
-        // Dead for the first 40 s, then fine: ejected, then back through probation.
-        ("203.0.113.11", _) if elapsed < Duration::from_secs(40) => Outcome::Fail(ErrorKind::Timeout, None),
-        // Binance rate-limits this one; other exchanges are fine.
-        ("203.0.113.31", "binance") => Outcome::Fail(ErrorKind::Http429, Some(20)),
-        // A restricted location for binance only.
-        ("203.0.113.12", "binance") => Outcome::Fail(ErrorKind::Http451, None),
-        // Flaky: one attempt in four times out.
-        ("203.0.113.30", _) if n.is_multiple_of(4) => Outcome::Fail(ErrorKind::Timeout, None),
-        // Always down.
-        ("192.0.2.41", _) => Outcome::Fail(ErrorKind::Refused, None),
-        (host, _) if host.starts_with("203.0.113.") => Outcome::Ok(40 + n % 30),
-        (host, _) if host.starts_with("198.51.100.") => Outcome::Ok(150 + n % 50),
-        _ => Outcome::Ok(90 + n % 40),
+/// The feeds' table: goodput, reconnects and refusals per feed.
+pub(crate) fn render_feeds(feeds: &[FeedStats]) -> String {
+    let mut table = crate::table(&[
+        "feed",
+        "conn",
+        "flowing",
+        "msgs/s",
+        "messages",
+        "reconnects",
+        "429",
+        "418",
+        "451",
+        "403",
+        "other errors",
+        "proxy",
+    ]);
+    for f in feeds {
+        let count = |kind: &str| f.errors.get(kind).copied().unwrap_or(0).to_string();
+        let other: u64 = f
+            .errors
+            .iter()
+            .filter(|(k, _)| !["http_429", "http_418", "http_451", "http_403"].contains(&k.as_str()))
+            .map(|(_, n)| n)
+            .sum();
+        let other_kinds: Vec<&str> = f
+            .errors
+            .keys()
+            .map(String::as_str)
+            .filter(|k| !["http_429", "http_418", "http_451", "http_403"].contains(k))
+            .collect();
+        table.add_row(vec![
+            f.name.clone(),
+            f.connection.clone(),
+            if f.connected { "yes".into() } else { "no".into() },
+            format!("{:.1}", f.messages_per_second),
+            f.messages.to_string(),
+            f.reconnects.to_string(),
+            count("http_429"),
+            count("http_418"),
+            count("http_451"),
+            count("http_403"),
+            if other == 0 { String::new() } else { format!("{other} ({})", other_kinds.join(", ")) },
+            f.proxy.clone().unwrap_or_default(),
+        ]);
     }
+    table.to_string()
 }
 
-/// One simulated feed.
-#[derive(Debug, Clone)]
-struct Feed {
-    exchange: ExchangeId,
-    connection_type: ConnectionType,
-    region: Option<Region>,
-}
-
-fn feeds() -> Vec<Feed> {
-    let feed = |exchange: &str, connection_type, region: Option<&str>| Feed {
-        exchange: exchange.parse().expect("a valid exchange id"),
-        connection_type,
-        region: region.map(|r| r.parse().expect("a valid region")),
-    };
-    vec![
-        feed("binance", ConnectionType::Websocket, None),
-        feed("binance", ConnectionType::Http, None),
-        feed("binance", ConnectionType::Websocket, Some("eu-west")),
-        feed("coinbase", ConnectionType::Websocket, None),
-        feed("coinbase", ConnectionType::Http, Some("eu-west")),
-        feed("kraken", ConnectionType::Websocket, Some("eu-west")),
-        feed("bybit", ConnectionType::Http, Some("ap-northeast")),
-        feed("okx", ConnectionType::Websocket, Some("ap-northeast")),
-    ]
-}
-
-/// Client processes per simulated feed: each has its own `client_id`, so the
-/// pool's sticky sessions spread a feed's connections over several proxies.
-const CLIENTS_PER_FEED: usize = 3;
-/// Ticks (of 250 ms) after which a feed's client processes "restart" with new
-/// ids, as deployments do; new clients are how recovered proxies get traffic again.
-const RESTART_EVERY: u64 = 40;
-
-/// Runs the simulated feeds until `stop`; `client(id)` makes a client named `id`.
-pub(crate) async fn run(client: impl Fn(String) -> ProxyClient + Send + Sync + 'static, stop: CancellationToken) {
-    let started = tokio::time::Instant::now();
-    let client = std::sync::Arc::new(client);
-    let mut tasks = tokio::task::JoinSet::new();
-    for (index, feed) in feeds().into_iter().enumerate() {
-        let stop = stop.clone();
-        let client = client.clone();
-        tasks.spawn(async move {
-            let generation = |g: u64| -> Vec<ProxyClient> {
-                (0..CLIENTS_PER_FEED).map(|k| client(format!("demo-feed{index}-gen{g}-{k}"))).collect()
-            };
-            let mut own = generation(0);
-            let mut n = 0u64;
-            let mut tick = tokio::time::interval(Duration::from_millis(250));
-            while !stop.is_cancelled() {
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tick.tick() => {}
-                }
-                n += 1;
-                if n.is_multiple_of(RESTART_EVERY) {
-                    let retired = std::mem::replace(&mut own, generation(n / RESTART_EVERY));
-                    tokio::spawn(async move {
-                        for old in retired {
-                            old.flush_feedback(Duration::from_secs(5)).await;
-                        }
-                    });
-                }
-                let client = &own[n as usize % own.len()];
-                let Ok(lease) = client.get_proxy(&feed.exchange, feed.connection_type, feed.region.as_ref()).await
-                else {
-                    continue;
-                };
-                simulate(client, &lease, started.elapsed(), n).await;
-            }
-            for client in &own {
-                client.flush_feedback(Duration::from_secs(2)).await;
-            }
-        });
+/// What each exchange did, from the simulator's own counters.
+pub(crate) fn render_exchanges(stats: &SimulatorStats) -> String {
+    let mut table = crate::table(&[
+        "exchange",
+        "source IPs",
+        "REST served",
+        "trades sent",
+        "ws connects",
+        "429",
+        "418",
+        "451",
+        "403",
+        "closed 1008",
+    ]);
+    for exchange in [LabExchange::Binance, LabExchange::Coinbase] {
+        let ips = stats.source_ips(exchange);
+        let mut total = proxybus_lab::IpCounters::default();
+        for ip in &ips {
+            let c = stats.of(exchange, *ip);
+            total.served += c.served;
+            total.messages_sent += c.messages_sent;
+            total.ws_connects += c.ws_connects;
+            total.http_429 += c.http_429;
+            total.http_418 += c.http_418;
+            total.http_451 += c.http_451;
+            total.http_403 += c.http_403;
+            total.ws_closed_1008 += c.ws_closed_1008;
+        }
+        table.add_row(vec![
+            exchange.as_str().to_owned(),
+            ips.len().to_string(),
+            total.served.to_string(),
+            total.messages_sent.to_string(),
+            total.ws_connects.to_string(),
+            total.http_429.to_string(),
+            total.http_418.to_string(),
+            total.http_451.to_string(),
+            total.http_403.to_string(),
+            total.ws_closed_1008.to_string(),
+        ]);
     }
-    while tasks.join_next().await.is_some() {}
+    table.to_string()
 }
 
-/// Prints the health table every 3 s until `stop`.
-pub(crate) async fn print_health(client: async_nats::Client, stop: CancellationToken) {
+/// One line a test (or a human) can read at the end: totals over every feed.
+pub(crate) fn summary(feeds: &[FeedStats]) -> String {
+    let messages: u64 = feeds.iter().map(|f| f.messages).sum();
+    let ws: u64 = feeds.iter().filter(|f| f.connection == "websocket").map(|f| f.messages).sum();
+    let reconnects: u64 = feeds.iter().map(|f| f.reconnects).sum();
+    let errors = |kind: &str| feeds.iter().map(|f| f.errors.get(kind).copied().unwrap_or(0)).sum::<u64>();
+    format!(
+        "demo feeds: {messages} messages ({ws} over websockets, {} by REST), {reconnects} reconnects; \
+         refusals seen: http_429={} http_418={} http_451={} http_403={} proxy_auth={} refused={}",
+        messages - ws,
+        errors("http_429"),
+        errors("http_418"),
+        errors("http_451"),
+        errors("http_403"),
+        errors("proxy_auth"),
+        errors("refused"),
+    )
+}
+
+/// Prints the feeds, the exchanges and the proxies' health every 3 s until `stop`.
+pub(crate) async fn print_live(
+    client: async_nats::Client,
+    board: FeedBoard,
+    exchange_stats: impl Fn() -> SimulatorStats,
+    stop: CancellationToken,
+) {
     let js = async_nats::jetstream::new(client);
     let started = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(3));
@@ -129,6 +161,10 @@ pub(crate) async fn print_health(client: async_nats::Client, stop: CancellationT
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
+        println!("\n-- after {}s: feeds --", started.elapsed().as_secs());
+        println!("{}", render_feeds(&board.snapshot()));
+        println!("-- what the exchanges did (simulator counters) --");
+        println!("{}", render_exchanges(&exchange_stats()));
         let Ok(bucket) = js.get_key_value(proxybus_shared::subject::HEALTH_BUCKET).await else { continue };
         let Ok(stats) = crate::health::load(&bucket).await else { continue };
         if stats.is_empty() {
@@ -136,43 +172,8 @@ pub(crate) async fn print_health(client: async_nats::Client, stop: CancellationT
         }
         let mut shown: Vec<_> = stats.values().collect();
         shown.sort_by(|a, b| (&a.region, &a.proxy_id).cmp(&(&b.region, &b.proxy_id)));
-        println!("\n-- proxy health after {}s --", started.elapsed().as_secs());
+        println!("-- what proxybus did: proxy health --");
         println!("{}", crate::health::render(&shown));
-    }
-}
-
-/// Reports one simulated use of `lease`; a failed proxy is dropped from the
-/// client's cache so the next attempt asks again.
-async fn simulate(client: &ProxyClient, lease: &ProxyLease, elapsed: Duration, n: u64) {
-    let Some(proxy) = &lease.proxy else { return };
-    let host = proxy.host().to_string();
-    let phase = match lease.connection_type {
-        ConnectionType::Http => FeedbackPhase::Request,
-        ConnectionType::Websocket => FeedbackPhase::Connected,
-    };
-    match fate(&host, lease.exchange.as_str(), elapsed, n) {
-        Outcome::Ok(latency) => {
-            if let Some(mut event) = lease.feedback(client.client_id(), phase, true) {
-                event.latency_ms = Some(latency);
-                event.status_code = (lease.connection_type == ConnectionType::Http).then_some(200);
-                client.report(event);
-            }
-        }
-        Outcome::Fail(kind, retry_after) => {
-            if let Some(mut event) = lease.feedback(client.client_id(), FeedbackPhase::Failed, false) {
-                event.error_kind = Some(kind);
-                event.retry_after_seconds = retry_after;
-                event.status_code = match kind {
-                    ErrorKind::Http429 => Some(429),
-                    ErrorKind::Http451 => Some(451),
-                    _ => None,
-                };
-                event.latency_ms = Some(if kind == ErrorKind::Timeout { 10_000 } else { 30 });
-                event.error_details = Some(format!("simulated {kind}"));
-                client.report(event);
-            }
-            client.invalidate(lease).await;
-        }
     }
 }
 
@@ -181,14 +182,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_scripted_fates_cover_ejection_bans_and_recovery() {
-        let early = Duration::from_secs(5);
-        let late = Duration::from_secs(60);
-        assert_eq!(fate("203.0.113.11", "kraken", early, 1), Outcome::Fail(ErrorKind::Timeout, None));
-        assert!(matches!(fate("203.0.113.11", "kraken", late, 1), Outcome::Ok(_)), "recovers");
-        assert_eq!(fate("203.0.113.12", "binance", early, 1), Outcome::Fail(ErrorKind::Http451, None));
-        assert!(matches!(fate("203.0.113.12", "coinbase", early, 1), Outcome::Ok(_)), "451 is for binance only");
-        assert_eq!(fate("203.0.113.31", "binance", early, 1), Outcome::Fail(ErrorKind::Http429, Some(20)));
-        assert!(matches!(fate("10.9.9.9", "binance", early, 1), Outcome::Ok(_)));
+    fn the_summary_adds_up_every_feed() {
+        let mut a = FeedStats::default();
+        (a.connection, a.messages, a.reconnects) = ("websocket".into(), 10, 1);
+        a.errors.insert("http_451".into(), 2);
+        let mut b = FeedStats::default();
+        (b.connection, b.messages) = ("http".into(), 5);
+        b.errors.insert("http_429".into(), 3);
+        b.errors.insert("refused".into(), 1);
+        let line = summary(&[a.clone(), b.clone()]);
+        assert!(line.contains("15 messages (10 over websockets, 5 by REST), 1 reconnects"), "{line}");
+        assert!(line.contains("http_429=3") && line.contains("http_451=2") && line.contains("refused=1"), "{line}");
+        let table = render_feeds(&[a, b]);
+        assert!(table.contains("1 (refused)"), "{table}");
     }
 }

@@ -5,13 +5,14 @@
 //! health the aggregator keeps in KV bucket `PROXY_HEALTH`; `proxybus services`
 //! lists the micro-services that answer `$SRV.INFO` / `$SRV.STATS`;
 //! `proxybus up` runs the whole pipeline in one process; `proxybus replay`
-//! rebuilds health from the stream.
+//! rebuilds health from the stream; `proxybus lab` runs the exchange lab
+//! (`proxybus-lab`) on its own.
 //!
 //! # Layout
 //! - `lib.rs`: the argument tree ([`Cli`]) and [`run`].
 //! - `local_nats.rs`: the nats-server child `proxybus up` starts.
 //! - `request.rs`, `feedback.rs`, `health.rs`, `services.rs`, `up.rs`: one subcommand each.
-//! - `demo.rs`: the simulated feeds of `proxybus up --demo`.
+//! - `demo.rs`: the feeds and live view of `proxybus up --demo`, through the exchange lab.
 
 mod demo;
 mod feedback;
@@ -59,6 +60,8 @@ pub enum Command {
     Up(up::UpArgs),
     /// Rebuild health stats from stream PROXY_FEEDBACK, with a progress bar.
     Replay(proxybus_aggregator::replay::ReplayArgs),
+    /// Run the exchange lab alone: simulator, proxies on 127.0.0.x, inventory and CA bundle.
+    Lab(proxybus_lab::command::LabArgs),
 }
 
 /// Runs a parsed command line; the exit code says whether it succeeded.
@@ -66,6 +69,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let env = EnvSource::from_process();
     let cli = match cli {
         Cli { command: Command::Up(args), nats_url, data_dir } => return up::run(nats_url, &data_dir, args).await,
+        Cli { command: Command::Lab(args), data_dir, .. } => {
+            proxybus_lab::command::run(&args, data_dir.join("lab"), proxybus_shared::shutdown::signal()).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
         Cli { command: Command::Replay(args), nats_url, data_dir } => {
             let mut config = proxybus_aggregator::AggregatorConfig::load(None, None, &env)?;
             if let Some(url) = nats_url.or_else(|| local_nats::running_url(&data_dir)) {
@@ -95,7 +102,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Feedback(args) => feedback::run(&client, args).await?,
         Command::Health(args) => health::run(&client, args).await?,
         Command::Services(args) => services::run(&client, args).await?,
-        Command::Up(_) | Command::Replay(_) => unreachable!("handled before connecting"),
+        Command::Up(_) | Command::Replay(_) | Command::Lab(_) => unreachable!("handled before connecting"),
     };
     client.flush().await.ok();
     Ok(code)

@@ -1,7 +1,10 @@
-//! `proxybus up [--config FILE] [--inventory FILE] [--demo]`: the whole pipeline
-//! in one process — pool service, resolver and aggregator — on a local
-//! nats-server it starts itself (unless `NATS_URL` names one), with the bundled
-//! sample inventory (three regions, a dozen proxies) unless told otherwise.
+//! `proxybus up [--config FILE] [--inventory FILE] [--demo [--lab FILE]]`: the
+//! whole pipeline in one process — pool service, resolver and aggregator — on a
+//! local nats-server it starts itself (unless `NATS_URL` names one), with the
+//! bundled sample inventory (three regions, a dozen proxies) unless told
+//! otherwise. `--demo` also starts the exchange lab (`proxybus-lab`: simulator
+//! and proxies on loopback), serves the lab's inventory, and runs real feeds
+//! through it with a live view (`demo.rs`).
 //!
 //! The optional config file has one section per part, each in that part's own
 //! format (`docs/pool.md`, `docs/resolver.md`, `docs/aggregator.md`):
@@ -44,9 +47,12 @@ pub struct UpArgs {
     /// Inventory of the pool service (default: the bundled sample, three regions and a dozen proxies).
     #[arg(long)]
     pub inventory: Option<PathBuf>,
-    /// Add simulated feeds and a live table of proxy health.
+    /// Start the exchange lab, serve its proxies, run real feeds through them and show a live view.
     #[arg(long)]
     pub demo: bool,
+    /// Lab file for `--demo` (default: the demo lab, `docs/lab.md`).
+    #[arg(long, requires = "demo")]
+    pub lab: Option<PathBuf>,
     /// Stop by itself after this many seconds (default: run until Ctrl-C).
     #[arg(long, value_name = "SECONDS")]
     pub duration: Option<u64>,
@@ -117,8 +123,20 @@ pub(crate) async fn run(nats_url: Option<String>, data_dir: &Path, args: UpArgs)
 async fn run_parts(url: &str, data_dir: &Path, args: &UpArgs, parts: &mut PartSettings) -> anyhow::Result<ExitCode> {
     let stop = CancellationToken::new();
     let nats = NatsSettings::new(url);
+    let lab = match args.demo {
+        false => None,
+        true => {
+            let lab_args = proxybus_lab::command::LabArgs { config: args.lab.clone(), dir: None, duration: None };
+            let mut config = lab_args.config(data_dir.join("lab"))?;
+            if args.lab.is_some() && config.dir.is_relative() {
+                config.dir = data_dir.join("lab");
+            }
+            Some(proxybus_lab::Lab::start(config).await.context("cannot start the exchange lab")?)
+        }
+    };
     let inventory = match args.inventory.clone().or(parts.inventory.clone()) {
         Some(path) => path,
+        None if lab.is_some() => lab.as_ref().map(|lab| lab.inventory_path().to_owned()).unwrap_or_default(),
         None => {
             let path = data_dir.join("inventory.sample.toml");
             std::fs::write(&path, SAMPLE_INVENTORY)?;
@@ -182,6 +200,9 @@ async fn run_parts(url: &str, data_dir: &Path, args: &UpArgs, parts: &mut PartSe
 
     let proxies = selector.proxies(None);
     let regions: std::collections::BTreeSet<String> = proxies.iter().map(|p| p.region.to_string()).collect();
+    if let Some(lab) = &lab {
+        print!("{}", proxybus_lab::command::banner(lab));
+    }
     println!("proxybus is up");
     println!("  nats        {url}");
     println!(
@@ -199,16 +220,23 @@ async fn run_parts(url: &str, data_dir: &Path, args: &UpArgs, parts: &mut PartSe
     println!("try: proxybus request binance websocket | proxybus health --watch | proxybus services");
     println!("Ctrl-C stops everything.");
 
-    let demo = args.demo.then(|| {
-        let (settings, shared) = (nats.clone(), client.clone());
-        let make_client = move |id: String| {
+    let demo = lab.as_ref().map(|lab| {
+        let (settings, shared, roots) = (nats.clone(), client.clone(), vec![lab.ca().der()]);
+        let make_client = move |id: String, region: Option<&str>| {
             let mut config = ClientConfig::new(settings.clone(), id);
             config.request_timeout = Duration::from_secs(3);
+            config.connect_timeout = Duration::from_secs(5);
+            config.region = region.and_then(|r| r.parse().ok());
+            config.extra_roots = roots.clone();
             ProxyClient::with_nats(config, shared.clone())
         };
-        let feeds = tokio::spawn(crate::demo::run(make_client, stop.clone()));
-        let table = tokio::spawn(crate::demo::print_health(client.clone(), stop.clone()));
-        (feeds, table)
+        let (board, feeds) = crate::demo::start(lab, make_client, stop.clone());
+        let simulator_stats = {
+            let lab_stats = lab.simulator().stats_handle();
+            move || lab_stats.stats()
+        };
+        let live = tokio::spawn(crate::demo::print_live(client.clone(), board.clone(), simulator_stats, stop.clone()));
+        (board, feeds, live)
     });
 
     let duration = args.duration.map(Duration::from_secs);
@@ -220,9 +248,14 @@ async fn run_parts(url: &str, data_dir: &Path, args: &UpArgs, parts: &mut PartSe
         result = watch(&resolver_task) => return Err(result),
     }
     stop.cancel();
-    if let Some((feeds, table)) = demo {
+    if let Some((board, feeds, live)) = demo {
         let _ = tokio::time::timeout(Duration::from_secs(5), feeds).await;
-        table.abort();
+        live.abort();
+        println!("{}", crate::demo::summary(&board.snapshot()));
+    }
+    if let Some(lab) = lab {
+        lab.stop().await;
+        println!("exchange lab stopped");
     }
     let grace = Duration::from_secs(15);
     let (pool, resolver, aggregator) = tokio::join!(

@@ -5,7 +5,7 @@
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use proxybus_shared::{HealthState, HealthStats, ProxyResponse, proxy_id};
+use proxybus_shared::{ErrorKind, ExchangeState, HealthState, HealthStats, ProxyResponse, proxy_id};
 
 const BIN: &str = env!("CARGO_BIN_EXE_proxybus");
 
@@ -173,6 +173,220 @@ async fn up_serves_requests_ejects_after_five_failures_and_leaves_nothing_behind
         assert!(!pid_alive(child), "child {child} outlived proxybus up");
     }
     assert!(!data.join("nats.url").exists(), "the URL of a stopped server is removed");
+}
+
+/// A lab of four proxies in one region (`docs/lab.md`).
+const LAB_FILE: &str = r#"
+dir = "lab"
+
+[simulator]
+trades_per_second = 5.0
+
+[simulator.binance]
+request_weight_limit = 10
+request_window_seconds = 60
+ban_base_seconds = 10
+ban_max_seconds = 600
+ws_connect_limit = 10
+ws_connect_window_seconds = 60
+ws_inbound_messages_per_second = 5
+geo_restricted_ips = ["127.0.0.3"]
+
+[simulator.coinbase]
+request_weight_limit = 5
+request_window_seconds = 1
+ban_base_seconds = 0
+ban_max_seconds = 0
+ws_connect_limit = 4
+ws_connect_window_seconds = 1
+ws_inbound_messages_per_second = 20
+
+[[proxies]]
+kind = "http"
+region = "us-east"
+source_ip = "127.0.0.2"
+
+[[proxies]]
+kind = "socks5"
+region = "us-east"
+source_ip = "127.0.0.3"
+
+[[proxies]]
+kind = "http"
+region = "us-east"
+source_ip = "127.0.0.4"
+
+[[proxies]]
+kind = "socks5"
+region = "us-east"
+source_ip = "127.0.0.5"
+fault = { kind = "dead" }
+"#;
+
+/// Sends SIGINT to `up` and waits up to 10 s for it to stop, so that a failing
+/// test does not SIGKILL it (`kill_on_drop`) and orphan its nats-server.
+struct StopOnDrop(u32);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if !pid_alive(self.0) {
+            return;
+        }
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0 as i32), nix::sys::signal::Signal::SIGINT);
+        for _ in 0..100 {
+            if !pid_alive(self.0) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn exchange<'a>(stats: &'a HealthStats, id: &str) -> Option<&'a proxybus_shared::ExchangeHealth> {
+    stats.exchanges.iter().find(|(k, _)| k.as_str() == id).map(|(_, e)| e)
+}
+
+/// `proxybus up --demo --lab FILE`: the lab starts, feeds really connect through its
+/// proxies, a real 451 from the simulated Binance bans the geo-restricted
+/// proxy for binance only, a real 429 puts a proxy in cool-down for binance, real
+/// refusals eject the dead proxy, and on SIGINT the feeds report what flowed and nothing is left.
+#[tokio::test]
+async fn demo_feeds_flow_through_the_lab_and_real_refusals_become_bans_and_ejections() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // One region, so that round robin hands every proxy to the feeds at once: 127.0.0.3 is
+    // geo-restricted by binance, 127.0.0.5 is dead, and two depth polls (weight 5 each) exceed
+    // a weight of 10 per minute within seconds.
+    let lab_file = dir.path().join("lab.toml");
+    std::fs::write(&lab_file, LAB_FILE).unwrap();
+    let mut up = tokio::process::Command::new(BIN)
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["up", "--demo", "--pool-listen", "127.0.0.1:0", "--lab"])
+        .arg(&lab_file)
+        .env_remove("NATS_URL")
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let up_pid = up.id().unwrap();
+    let mut stdout = tokio::io::BufReader::new(up.stdout.take().unwrap());
+    let mut banner = String::new();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        use tokio::io::AsyncBufReadExt;
+        while !banner.contains("Ctrl-C stops everything") {
+            assert!(stdout.read_line(&mut banner).await.unwrap() > 0, "up exited early: {banner}");
+        }
+    })
+    .await
+    .expect("up printed its banner");
+    // Declared after `stdout`, so dropped before it: `up` can still print while it stops.
+    let _stop_on_panic = StopOnDrop(up_pid);
+    assert!(banner.contains("proxybus lab is up"), "{banner}");
+    assert!(banner.contains("4 proxies in 1 regions"), "the lab's inventory is served: {banner}");
+    let nats_children = children(up_pid);
+    assert_eq!(nats_children.len(), 1, "the lab runs in-process; the only child is nats-server: {nats_children:?}");
+
+    // Which proxy sends from the geo-restricted 127.0.0.3, and which are dead or refuse logins.
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data.join("lab/lab.json")).unwrap()).unwrap();
+    let url_of = |source: &str| {
+        manifest["proxies"].as_array().unwrap().iter().find(|p| p["source_ip"] == source).unwrap()["url"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let restricted = url_of("127.0.0.3");
+    let broken = [url_of("127.0.0.5")];
+
+    // Drain stdout meanwhile, so that up never blocks on a full pipe.
+    let reader = tokio::spawn(async move {
+        let mut rest = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut rest).await.unwrap();
+        rest
+    });
+    let (banned, ejected) = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let output = proxybus(&data, &["health", "--json"]).await;
+            if output.status.success() {
+                let stats: Vec<HealthStats> = serde_json::from_slice(&output.stdout).unwrap();
+                let banned = stats.iter().find(|s| {
+                    s.proxy_url == restricted
+                        && exchange(s, "binance").is_some_and(|e| e.state == ExchangeState::Banned)
+                });
+                let ejected = stats.iter().find(|s| broken.contains(&s.proxy_url) && s.state == HealthState::Ejected);
+                let cooled = stats.iter().any(|s| {
+                    exchange(s, "binance").is_some_and(|e| {
+                        e.state == ExchangeState::Cooldown && e.last_error_kind == Some(ErrorKind::Http429)
+                    })
+                });
+                if let (Some(banned), Some(ejected), true) = (banned, ejected, cooled) {
+                    return (banned.clone(), ejected.clone());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
+    .await
+    .expect(
+        "a real 451 banned the restricted proxy for binance, a real 429 cooled one down, a broken proxy was ejected",
+    );
+    assert_eq!(exchange(&banned, "binance").unwrap().last_error_kind, Some(ErrorKind::Http451));
+    assert!(
+        exchange(&banned, "coinbase").is_none_or(|e| e.state == ExchangeState::Healthy),
+        "451 is binance's only: {:?}",
+        banned.exchanges
+    );
+    assert!(ejected.consecutive_failures >= 5, "{ejected:?}");
+    assert_eq!(ejected.last_error_kind, Some(ErrorKind::Refused), "{ejected:?}");
+
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(up_pid as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), up.wait()).await.expect("up stopped").unwrap();
+    assert!(status.success(), "{status}");
+    let rest = reader.await.unwrap();
+    let summary = rest.lines().find(|l| l.starts_with("demo feeds:")).unwrap_or_else(|| panic!("no summary: {rest}"));
+    let number_before = |marker: &str| -> u64 {
+        let before = &summary[..summary.find(marker).unwrap_or_else(|| panic!("{marker} in {summary}"))];
+        before.rsplit(|c: char| !c.is_ascii_digit()).find(|s| !s.is_empty()).unwrap().parse().unwrap()
+    };
+    assert!(number_before(" over websockets") > 0, "trades flowed over websockets: {summary}");
+    assert!(number_before(" by REST") > 0, "REST polls were answered: {summary}");
+    assert!(summary.contains("http_451=") && !summary.contains("http_451=0 "), "{summary}");
+    assert!(!summary.contains("http_429=0 "), "{summary}");
+    assert!(rest.contains("-- what the exchanges did"), "the live view ran");
+    assert!(rest.contains("exchange lab stopped") && rest.contains("nats-server stopped"), "{rest}");
+    for child in nats_children {
+        assert!(!pid_alive(child), "child {child} outlived proxybus up");
+    }
+}
+
+/// `proxybus lab` alone: it writes the inventory, the CA bundle and the manifest,
+/// prints where everything is without a password, and stops by itself.
+#[tokio::test]
+async fn lab_runs_alone_writes_its_files_and_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let output = proxybus(&data, &["lab", "--duration", "1"]).await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout} {}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("proxybus lab is up") && stdout.contains("lab stopped"), "{stdout}");
+    let inventory = std::fs::read_to_string(data.join("lab/inventory.toml")).unwrap();
+    assert_eq!(inventory.matches("url = ").count(), 12, "{inventory}");
+    assert!(std::fs::read_to_string(data.join("lab/ca.pem")).unwrap().contains("BEGIN CERTIFICATE"));
+    let passwords: Vec<String> = inventory
+        .lines()
+        .filter_map(|l| l.split("url = \"").nth(1))
+        .filter_map(|u| {
+            let (_, rest) = u.split_once("://")?;
+            Some(rest.split_once('@')?.0.split_once(':')?.1.to_owned())
+        })
+        .collect();
+    assert_eq!(passwords.len(), 12, "every lab proxy has a login");
+    for password in passwords {
+        assert!(!stdout.contains(&password), "a password was printed");
+    }
 }
 
 /// Issue #11, input a), through the binary: a fresh one-region deployment of three

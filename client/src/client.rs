@@ -119,7 +119,7 @@ impl ProxyClient {
         let breaker = CircuitBreaker::new("proxybus-resolver", config.breaker);
         let cache = Cache::builder().max_capacity(config.cache_capacity).expire_after(LeaseExpiry).build();
         let embedded = EmbeddedSelector::new(config.embedded.clone());
-        let tls = TunnelTls::new(&config.proxy_ca).map_err(|err| err.message);
+        let tls = TunnelTls::new(&config.extra_roots, &config.proxy_ca).map_err(|err| err.message);
         Self {
             inner: Arc::new(Inner { codec: Codec::default(), config, nats, cache, breaker, embedded, reporter, tls }),
         }
@@ -411,6 +411,10 @@ impl ProxyClient {
         let lease = self.get_proxy(exchange, ConnectionType::Http, None).await?;
         proxybus_shared::http::install_crypto_provider();
         let mut builder = reqwest::Client::builder().connect_timeout(self.inner.config.connect_timeout);
+        if !self.inner.config.extra_roots.is_empty() {
+            let roots = self.inner.config.extra_roots.iter().filter_map(|der| reqwest::Certificate::from_der(der).ok());
+            builder = builder.tls_certs_merge(roots);
+        }
         builder = match &lease.proxy {
             None => builder.no_proxy(),
             Some(proxy) => builder.proxy(reqwest_proxy(proxy)?),

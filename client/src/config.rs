@@ -44,6 +44,10 @@ pub struct ClientConfig {
     /// applied to the embedded fallback; empty (the default) means any, as this
     /// library speaks them all.
     pub proxy_schemes: Vec<ProxyScheme>,
+    /// Certificates trusted for TLS to targets and to `https` proxies, besides the
+    /// public web roots (a private CA such as the exchange lab's; default none;
+    /// `PROXYBUS_TLS_CA_FILE`).
+    pub extra_roots: Vec<CertificateDer<'static>>,
 }
 
 impl ClientConfig {
@@ -67,12 +71,30 @@ impl ClientConfig {
             cache_capacity: 10_000,
             proxy_ca: Vec::new(),
             proxy_schemes: Vec::new(),
+            extra_roots: Vec::new(),
         }
+    }
+
+    /// Also trusts the certificates of the PEM bundle at `path` (see [`ClientConfig::extra_roots`]).
+    ///
+    /// # Errors
+    /// The file cannot be read or holds no certificate.
+    pub fn with_ca_file(mut self, path: &Path) -> Result<Self, ConfigError> {
+        let certs = read_pem_certificates(path).map_err(|message| {
+            ConfigError::Invalid(vec![config::ConfigIssue {
+                location: Some(TLS_CA_FILE_ENV.into()),
+                ..config::ConfigIssue::new(TLS_CA_FILE_ENV, message)
+            }])
+        })?;
+        self.extra_roots.extend(certs);
+        Ok(self)
     }
 
     /// From the environment: `NATS_*`, the embedded `CRYPTOFEED_PROXY_*` settings
     /// (overlaying the optional TOML `file`), `PROXYBUS_CLIENT_ID` (default
-    /// `proxybus-{hostname}-{pid}`), `PROXYBUS_REGION` and `PROXYBUS_PROXY_CA_FILE`.
+    /// `proxybus-{hostname}-{pid}`), `PROXYBUS_REGION`, `PROXYBUS_PROXY_CA_FILE` (a PEM bundle
+    /// trusted for TLS to `https` proxies) and `PROXYBUS_TLS_CA_FILE` (a PEM bundle of extra
+    /// roots trusted for TLS to targets and proxies).
     pub fn from_env(env: &EnvSource, file: Option<&Path>) -> Result<Self, ConfigError> {
         let nats = NatsSettings::from_env(env)?;
         let embedded: ProxySettings = config::load(file, env, PROXY_ENV_PREFIX)?;
@@ -94,6 +116,9 @@ impl ClientConfig {
                     ..config::ConfigIssue::new("PROXYBUS_PROXY_CA_FILE", message)
                 }])
             })?;
+        }
+        if let Some(path) = env.non_empty(TLS_CA_FILE_ENV) {
+            config = config.with_ca_file(Path::new(path))?;
         }
         Ok(config)
     }
@@ -121,6 +146,9 @@ pub fn read_pem_certificates_from(pem: &[u8]) -> Result<Vec<CertificateDer<'stat
     }
     Ok(certs)
 }
+
+/// The variable naming a PEM bundle of extra trusted roots.
+pub const TLS_CA_FILE_ENV: &str = "PROXYBUS_TLS_CA_FILE";
 
 /// `proxybus-{hostname}-{pid}`.
 pub(crate) fn default_client_id() -> String {

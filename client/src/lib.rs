@@ -43,6 +43,6 @@ mod reporter;
 pub mod tunnel;
 
 pub use client::{ClientError, ProxiedWebSocket, ProxyClient};
-pub use config::{ClientConfig, read_pem_certificates, read_pem_certificates_from};
+pub use config::{ClientConfig, TLS_CA_FILE_ENV, read_pem_certificates, read_pem_certificates_from};
 pub use lease::ProxyLease;
 pub use reporter::FeedbackStats;

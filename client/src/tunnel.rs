@@ -113,11 +113,16 @@ impl std::fmt::Debug for TunnelTls {
 }
 
 impl TunnelTls {
-    /// Trust for targets (webpki roots) and for `https` proxies (webpki roots and `proxy_ca`).
+    /// Trust for targets (webpki roots and `extra_roots`) and for `https` proxies (webpki roots,
+    /// `proxy_ca` and `extra_roots`). A proxy's private CA is never trusted for the targets: a
+    /// proxy operator holding it could otherwise impersonate an exchange.
     ///
     /// # Errors
-    /// A certificate of `proxy_ca` that rustls cannot use as a root.
-    pub fn new(proxy_ca: &[rustls::pki_types::CertificateDer<'static>]) -> Result<Self, ConnectError> {
+    /// A certificate that rustls cannot use as a root.
+    pub fn new(
+        extra_roots: &[rustls::pki_types::CertificateDer<'static>],
+        proxy_ca: &[rustls::pki_types::CertificateDer<'static>],
+    ) -> Result<Self, ConnectError> {
         proxybus_shared::http::install_crypto_provider();
         let config = |extra: &[rustls::pki_types::CertificateDer<'static>]| {
             let mut roots = rustls::RootCertStore::empty();
@@ -125,13 +130,14 @@ impl TunnelTls {
             for cert in extra {
                 roots
                     .add(cert.clone())
-                    .map_err(|err| ConnectError::new(ErrorKind::Tls, format!("proxy CA certificate: {err}")))?;
+                    .map_err(|err| ConnectError::new(ErrorKind::Tls, format!("trusted root certificate: {err}")))?;
             }
             Ok::<_, ConnectError>(Arc::new(
                 rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth(),
             ))
         };
-        Ok(Self { target: config(&[])?, proxy: config(proxy_ca)? })
+        let proxy_roots: Vec<_> = proxy_ca.iter().chain(extra_roots).cloned().collect();
+        Ok(Self { target: config(extra_roots)?, proxy: config(&proxy_roots)? })
     }
 }
 
