@@ -5,10 +5,19 @@
 //!
 //! | exchange | REST | websocket |
 //! | --- | --- | --- |
-//! | binance (`api.binance.com`, `stream.binance.com` …) | `GET /api/v3/ping` (weight 1), `/api/v3/exchangeInfo` (20), `/api/v3/depth` (5–250 by `limit`), `/api/v3/trades` (25) | `/ws/{symbol}@trade`, `/stream?streams=a/b` |
-//! | coinbase (`api.exchange.coinbase.com`, `ws-feed.exchange.coinbase.com`) | `GET /products/{id}/trades`, `/time` (1 each) | `/` after `{"type":"subscribe","product_ids":[…],"channels":["matches"]}` |
+//! | binance (`api.binance.com`, `stream.binance.com` …) | `GET /api/v3/ping` (weight 1), `/api/v3/exchangeInfo` (20), `/api/v3/depth` (5–250 by `limit`), `/api/v3/trades` (25) | `/ws/{symbol}@trade`, `/ws/{symbol}@aggTrade`, `/stream?streams=a/b` (always wrapped as `{"stream","data"}`) |
+//! | coinbase Exchange (`api.exchange.coinbase.com`, `ws-feed.exchange.coinbase.com`) | `GET /products/{id}/trades`, `/time` (1 each) | `/` after `{"type":"subscribe","product_ids":[…],"channels":["matches"]}` |
+//! | coinbase Advanced Trade (`api.coinbase.com`, `advanced-trade-ws.coinbase.com`) | `GET /api/v3/brokerage/products`, `/api/v3/brokerage/market/products` (1 each) | `/` after `{"type":"subscribe","product_ids":[…],"channel":"market_trades"}` (and `"heartbeats"`) |
 //!
-//! Weights are Binance's published ones (`limits::BINANCE_LIMITS_DOC`).
+//! Weights are Binance's published ones (`limits::BINANCE_LIMITS_DOC`). The
+//! shapes are the exchanges' documented ones, as far as a client reads them:
+//! Binance's <https://developers.binance.com/docs/binance-spot-api-docs/rest-api/general-endpoints>
+//! (`exchangeInfo`, its `PRICE_FILTER`/`LOT_SIZE` filters) and
+//! <https://developers.binance.com/docs/binance-spot-api-docs/web-socket-streams>
+//! (`trade`, `aggTrade`, combined streams); Coinbase Advanced Trade's
+//! <https://docs.cdp.coinbase.com/advanced-trade/reference/retailbrokerageapi_getpublicproducts>
+//! and <https://docs.cdp.coinbase.com/advanced-trade/docs/ws-channels> (`market_trades`,
+//! `heartbeats`). Both Coinbase APIs share one set of per-IP limits.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -61,7 +70,16 @@ pub const EXCHANGE_HOSTS: &[(&str, LabExchange)] = &[
     ("api.exchange.coinbase.com", LabExchange::Coinbase),
     ("ws-feed.exchange.coinbase.com", LabExchange::Coinbase),
     ("ws-direct.exchange.coinbase.com", LabExchange::Coinbase),
+    ("api.coinbase.com", LabExchange::Coinbase),
+    ("advanced-trade-ws.coinbase.com", LabExchange::Coinbase),
 ];
+
+/// The host of Coinbase's Advanced Trade REST API (`/api/v3/brokerage/…`).
+pub const COINBASE_ADVANCED_TRADE_REST_HOST: &str = "api.coinbase.com";
+
+/// The host of Coinbase's Advanced Trade websocket (`market_trades`, `heartbeats`); the
+/// Exchange feed (`ws-feed.exchange.coinbase.com`, `matches`) speaks another protocol.
+pub const COINBASE_ADVANCED_TRADE_WS_HOST: &str = "advanced-trade-ws.coinbase.com";
 
 /// Symbols of the Binance shape, and their starting prices.
 const BINANCE_SYMBOLS: &[(&str, f64)] =
@@ -80,11 +98,15 @@ impl LabExchange {
 
     /// The exchange a `Host` header (port allowed) names.
     pub fn from_host(host: &str) -> Option<Self> {
-        let name = host
-            .rsplit_once(':')
-            .map_or(host, |(name, port)| if port.bytes().all(|b| b.is_ascii_digit()) { name } else { host });
+        let name = host_name(host);
         EXCHANGE_HOSTS.iter().find(|(known, _)| known.eq_ignore_ascii_case(name)).map(|(_, exchange)| *exchange)
     }
+}
+
+/// A `Host` header's name, without its port.
+fn host_name(host: &str) -> &str {
+    host.rsplit_once(':')
+        .map_or(host, |(name, port)| if port.bytes().all(|b| b.is_ascii_digit()) { name } else { host })
 }
 
 /// Settings of the simulator (TOML section `[simulator]` of a lab file).
@@ -400,7 +422,7 @@ async fn serve(
     };
     let ip = peer.ip();
     if is_websocket_upgrade(&request) {
-        return websocket(state, exchange, ip, request);
+        return websocket(state, exchange, &host, ip, request);
     }
     let (path, query) = (request.uri().path().to_owned(), request.uri().query().map(str::to_owned));
     let weight = match exchange {
@@ -414,6 +436,9 @@ async fn serve(
     }
     let response = match exchange {
         LabExchange::Binance => binance_rest(&state, &path, query.as_deref()),
+        LabExchange::Coinbase if host_name(&host).eq_ignore_ascii_case(COINBASE_ADVANCED_TRADE_REST_HOST) => {
+            coinbase_advanced_trade_rest(&path)
+        }
         LabExchange::Coinbase => coinbase_rest(&state, &path),
     };
     if response.status().is_success() {
@@ -436,6 +461,23 @@ fn invalid_symbol() -> Response {
     json(StatusCode::BAD_REQUEST, serde_json::json!({"code": -1121, "msg": "Invalid symbol."}))
 }
 
+/// One entry of `exchangeInfo`'s `symbols`, in Binance's shape: the `PRICE_FILTER`
+/// first (clients such as cryptofeed read `filters[0].tickSize`), then `LOT_SIZE`.
+fn binance_symbol_info(symbol: &str) -> serde_json::Value {
+    serde_json::json!({
+        "symbol": symbol, "status": "TRADING",
+        "baseAsset": &symbol[..symbol.len() - 4], "baseAssetPrecision": 8,
+        "quoteAsset": "USDT", "quotePrecision": 8, "quoteAssetPrecision": 8,
+        "orderTypes": ["LIMIT", "LIMIT_MAKER", "MARKET", "STOP_LOSS_LIMIT", "TAKE_PROFIT_LIMIT"],
+        "isSpotTradingAllowed": true, "isMarginTradingAllowed": false,
+        "permissions": [], "permissionSets": [["SPOT"]],
+        "filters": [
+            {"filterType": "PRICE_FILTER", "minPrice": "0.01000000", "maxPrice": "1000000.00000000", "tickSize": "0.01000000"},
+            {"filterType": "LOT_SIZE", "minQty": "0.00001000", "maxQty": "9000.00000000", "stepSize": "0.00001000"}
+        ]
+    })
+}
+
 fn binance_rest(state: &SimState, path: &str, query: Option<&str>) -> Response {
     let mut rng = rand::rngs::SmallRng::from_os_rng();
     let limit = query_param(query, "limit").and_then(|l| l.parse::<usize>().ok()).unwrap_or(100).clamp(1, 1000);
@@ -451,9 +493,7 @@ fn binance_rest(state: &SimState, path: &str, query: Option<&str>) -> Response {
                     "rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1,
                     "limit": state.settings.binance.request_weight_limit
                 }],
-                "symbols": BINANCE_SYMBOLS.iter().map(|(s, _)| serde_json::json!({
-                    "symbol": s, "status": "TRADING", "baseAsset": &s[..s.len() - 4], "quoteAsset": "USDT"
-                })).collect::<Vec<_>>()
+                "symbols": BINANCE_SYMBOLS.iter().map(|(s, _)| binance_symbol_info(s)).collect::<Vec<_>>()
             }),
         ),
         "/api/v3/depth" => match binance_symbol(query) {
@@ -521,8 +561,54 @@ fn coinbase_rest(state: &SimState, path: &str) -> Response {
     }
 }
 
+/// One Binance stream of a handshake: `{symbol}@trade` or `{symbol}@aggTrade`.
+#[derive(Debug, Clone)]
+struct BinanceStream {
+    /// As the client named it (the `stream` of a combined stream's messages).
+    name: String,
+    /// The symbol, Binance's spelling (`BTCUSDT`).
+    symbol: &'static str,
+    /// The starting price.
+    price: f64,
+    /// `aggTrade` (aggregate trades, `a`/`f`/`l` ids) rather than `trade` (`t`).
+    aggregate: bool,
+}
+
+/// Coinbase Advanced Trade's REST API: the product list (`/api/v3/brokerage/products`, and
+/// the public `/api/v3/brokerage/market/products`; the lab asks for no API key on either).
+fn coinbase_advanced_trade_rest(path: &str) -> Response {
+    match path.trim_end_matches('/') {
+        "/api/v3/brokerage/products" | "/api/v3/brokerage/market/products" => {
+            let products: Vec<_> = COINBASE_PRODUCTS.iter().map(|(id, price)| coinbase_product(id, *price)).collect();
+            json(StatusCode::OK, serde_json::json!({"products": products, "num_products": products.len()}))
+        }
+        _ => json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": "NOT_FOUND", "message": "Not Found", "error_details": "", "details": []}),
+        ),
+    }
+}
+
+/// One product of Advanced Trade's product list, in its shape (`base_currency_id`,
+/// `quote_currency_id`, `quote_increment` are what cryptofeed reads).
+fn coinbase_product(id: &str, price: f64) -> serde_json::Value {
+    let (base, quote) = id.split_once('-').unwrap_or((id, "USD"));
+    serde_json::json!({
+        "product_id": id, "price": format!("{price:.2}"),
+        "price_percentage_change_24h": "0", "volume_24h": "1000", "volume_percentage_change_24h": "0",
+        "base_increment": "0.00000001", "quote_increment": "0.01",
+        "quote_min_size": "1", "quote_max_size": "150000000", "base_min_size": "0.00000001", "base_max_size": "3400",
+        "base_name": base, "quote_name": quote, "watched": false, "is_disabled": false, "new": false,
+        "status": "online", "cancel_only": false, "limit_only": false, "post_only": false,
+        "trading_disabled": false, "auction_mode": false, "product_type": "SPOT",
+        "quote_currency_id": quote, "base_currency_id": base,
+        "base_display_symbol": base, "quote_display_symbol": quote,
+        "display_name": id, "product_venue": "CBE"
+    })
+}
+
 /// The Binance streams a handshake path names: `/ws/{stream}` or `/stream?streams=a/b`.
-fn binance_streams(path: &str, query: Option<&str>) -> Result<Vec<(String, &'static str, f64)>, String> {
+fn binance_streams(path: &str, query: Option<&str>) -> Result<Vec<BinanceStream>, String> {
     let names: Vec<&str> = if let Some(stream) = path.strip_prefix("/ws/") {
         vec![stream]
     } else if path == "/stream" {
@@ -537,22 +623,40 @@ fn binance_streams(path: &str, query: Option<&str>) -> Result<Vec<(String, &'sta
         .into_iter()
         .map(|name| {
             let (symbol, kind) = name.split_once('@').ok_or_else(|| format!("invalid stream {name:?}"))?;
+            let aggregate = match kind {
+                "trade" => false,
+                "aggTrade" => true,
+                _ => return Err(format!("invalid stream {name:?}")),
+            };
             let (known, price) = BINANCE_SYMBOLS
                 .iter()
-                .find(|(s, _)| s.eq_ignore_ascii_case(symbol) && kind == "trade")
+                .find(|(s, _)| s.eq_ignore_ascii_case(symbol))
                 .ok_or_else(|| format!("invalid stream {name:?}"))?;
-            Ok((name.to_owned(), *known, *price))
+            Ok(BinanceStream { name: name.to_owned(), symbol: known, price: *price, aggregate })
         })
         .collect()
 }
 
-fn websocket(state: Arc<SimState>, exchange: LabExchange, ip: IpAddr, mut request: Request) -> Response {
-    let streams = match exchange {
+/// What a websocket speaks, by its host and path.
+enum WsProtocol {
+    /// Binance's trade streams.
+    Binance { streams: Vec<BinanceStream>, combined: bool },
+    /// Coinbase Exchange's feed: `matches`.
+    CoinbaseExchange,
+    /// Coinbase Advanced Trade: `market_trades`, `heartbeats`.
+    CoinbaseAdvancedTrade,
+}
+
+fn websocket(state: Arc<SimState>, exchange: LabExchange, host: &str, ip: IpAddr, mut request: Request) -> Response {
+    let protocol = match exchange {
         LabExchange::Binance => match binance_streams(request.uri().path(), request.uri().query()) {
-            Ok(streams) => Some(streams),
+            Ok(streams) => WsProtocol::Binance { streams, combined: request.uri().path() == "/stream" },
             Err(message) => return json(StatusCode::BAD_REQUEST, serde_json::json!({"code": -1121, "msg": message})),
         },
-        LabExchange::Coinbase => None,
+        LabExchange::Coinbase if host_name(host).eq_ignore_ascii_case(COINBASE_ADVANCED_TRADE_WS_HOST) => {
+            WsProtocol::CoinbaseAdvancedTrade
+        }
+        LabExchange::Coinbase => WsProtocol::CoinbaseExchange,
     };
     let Some(key) = request.headers().get(header::SEC_WEBSOCKET_KEY).map(|k| k.as_bytes().to_vec()) else {
         return (StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key").into_response();
@@ -568,9 +672,10 @@ fn websocket(state: Arc<SimState>, exchange: LabExchange, ip: IpAddr, mut reques
         let Ok(upgraded) = upgrade.await else { return };
         let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
         let session = Session { state: state.clone(), exchange, ip };
-        match streams {
-            Some(streams) => session.binance(ws, streams).await,
-            None => session.coinbase(ws).await,
+        match protocol {
+            WsProtocol::Binance { streams, combined } => session.binance(ws, streams, combined).await,
+            WsProtocol::CoinbaseExchange => session.coinbase(ws).await,
+            WsProtocol::CoinbaseAdvancedTrade => session.coinbase_advanced_trade(ws).await,
         }
     });
     Response::builder()
@@ -613,7 +718,13 @@ impl Session {
         rate: &mut MessageRate,
     ) -> Inbound {
         match message {
-            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => Inbound::Gone,
+            Some(Ok(Message::Close(_))) => {
+                // Echo the close frame (tungstenite queued it) as an exchange's server does,
+                // so the client sees a clean close rather than a dropped connection.
+                let _ = ws.flush().await;
+                Inbound::Gone
+            }
+            None | Some(Err(_)) => Inbound::Gone,
             Some(Ok(message)) => {
                 if !rate.allow(Instant::now()) {
                     let frame = CloseFrame { code: CloseCode::Policy, reason: "Too many messages".into() };
@@ -637,9 +748,10 @@ impl Session {
         true
     }
 
-    async fn binance(self, mut ws: ServerSocket, streams: Vec<(String, &'static str, f64)>) {
-        let combined = streams.len() > 1;
-        let mut prices: Vec<f64> = streams.iter().map(|(_, _, p)| *p).collect();
+    /// Trades of `streams`; a combined stream (`combined`: `/stream?streams=`) wraps each
+    /// as `{"stream": name, "data": trade}`, even when it names one stream, as Binance does.
+    async fn binance(self, mut ws: ServerSocket, streams: Vec<BinanceStream>, combined: bool) {
+        let mut prices: Vec<f64> = streams.iter().map(|s| s.price).collect();
         let mut rng = rand::rngs::SmallRng::from_os_rng();
         let mut rate =
             MessageRate::new(self.state.limiter(self.exchange).rules().ws_inbound_messages_per_second, Instant::now());
@@ -653,17 +765,80 @@ impl Session {
                 },
                 _ = tick.tick() => {
                     let now = now_ms();
-                    let batch = streams.iter().zip(prices.iter_mut()).map(|((name, symbol, _), price)| {
+                    let batch = streams.iter().zip(prices.iter_mut()).map(|(stream, price)| {
                         *price *= rng.random_range(0.9995..1.0005);
-                        let trade = serde_json::json!({
-                            "e": "trade", "E": now, "s": symbol,
-                            "t": self.state.trade_ids.fetch_add(1, Ordering::Relaxed),
-                            "p": format!("{price:.2}"), "q": format!("{:.5}", rng.random_range(0.001..1.0)),
-                            "T": now, "m": rng.random_bool(0.5), "M": true
-                        });
-                        if combined { serde_json::json!({"stream": name, "data": trade}).to_string() } else { trade.to_string() }
+                        let id = self.state.trade_ids.fetch_add(1, Ordering::Relaxed);
+                        let (p, q) = (format!("{price:.2}"), format!("{:.5}", rng.random_range(0.001..1.0)));
+                        let maker = rng.random_bool(0.5);
+                        let trade = if stream.aggregate {
+                            serde_json::json!({
+                                "e": "aggTrade", "E": now, "s": stream.symbol, "a": id, "p": p, "q": q,
+                                "f": id, "l": id, "T": now, "m": maker, "M": true
+                            })
+                        } else {
+                            serde_json::json!({
+                                "e": "trade", "E": now, "s": stream.symbol, "t": id, "p": p, "q": q,
+                                "T": now, "m": maker, "M": true
+                            })
+                        };
+                        if combined { serde_json::json!({"stream": stream.name, "data": trade}).to_string() } else { trade.to_string() }
                     }).collect();
                     if !self.send_trades(&mut ws, batch).await { return }
+                }
+            }
+        }
+    }
+
+    /// Coinbase Advanced Trade: `market_trades` `update` events at the trade rate and
+    /// `heartbeats` once a second, for what the client subscribed to.
+    async fn coinbase_advanced_trade(self, mut ws: ServerSocket) {
+        let mut subscribed = AdvancedTradeSubscriptions::default();
+        let mut sequence_num = 0u64;
+        let mut rng = rand::rngs::SmallRng::from_os_rng();
+        let mut rate =
+            MessageRate::new(self.state.limiter(self.exchange).rules().ws_inbound_messages_per_second, Instant::now());
+        let mut tick = tokio::time::interval(self.period());
+        let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
+        let mut heartbeat_counter = 0u64;
+        loop {
+            tokio::select! {
+                () = self.state.stop.cancelled() => { let _ = ws.close(None).await; return }
+                message = ws.next() => match self.inbound(&mut ws, message, &mut rate).await {
+                    Inbound::Text(Some(text)) => {
+                        let reply = subscribed.apply(&text, sequence_num);
+                        sequence_num += 1;
+                        if ws.send(Message::text(reply.to_string())).await.is_err() { return }
+                    }
+                    Inbound::Text(None) => {}
+                    Inbound::Gone | Inbound::Closed1008 => return,
+                },
+                _ = tick.tick(), if !subscribed.market_trades.is_empty() => {
+                    let time = coinbase_time();
+                    let trades: Vec<_> = subscribed.market_trades.iter_mut().map(|(id, price)| {
+                        *price *= rng.random_range(0.9995..1.0005);
+                        serde_json::json!({
+                            "trade_id": self.state.trade_ids.fetch_add(1, Ordering::Relaxed).to_string(),
+                            "product_id": id, "price": format!("{price:.2}"),
+                            "size": format!("{:.8}", rng.random_range(0.0001..1.0)),
+                            "side": if rng.random_bool(0.5) { "BUY" } else { "SELL" }, "time": time
+                        })
+                    }).collect();
+                    let n = trades.len() as u64;
+                    let message = advanced_trade_message(
+                        "market_trades", sequence_num, serde_json::json!([{"type": "update", "trades": trades}]),
+                    );
+                    sequence_num += 1;
+                    if ws.send(Message::text(message.to_string())).await.is_err() { return }
+                    self.state.count(self.exchange, self.ip, |c| c.messages_sent += n);
+                }
+                _ = heartbeat.tick(), if subscribed.heartbeats => {
+                    heartbeat_counter += 1;
+                    let message = advanced_trade_message(
+                        "heartbeats", sequence_num,
+                        serde_json::json!([{"current_time": coinbase_time(), "heartbeat_counter": heartbeat_counter}]),
+                    );
+                    sequence_num += 1;
+                    if ws.send(Message::text(message.to_string())).await.is_err() { return }
                 }
             }
         }
@@ -707,7 +882,73 @@ impl Session {
     }
 }
 
-/// Coinbase's answer to a client message: `subscriptions` listing what is now
+/// What an Advanced Trade websocket is subscribed to.
+#[derive(Debug, Default)]
+struct AdvancedTradeSubscriptions {
+    /// `market_trades` products, with their current prices.
+    market_trades: Vec<(&'static str, f64)>,
+    /// The `heartbeats` channel.
+    heartbeats: bool,
+}
+
+impl AdvancedTradeSubscriptions {
+    /// Applies one client message; the answer: the `subscriptions` message, or an `error`.
+    /// `sequence_num` numbers every message of the connection.
+    fn apply(&mut self, text: &str, sequence_num: u64) -> serde_json::Value {
+        #[derive(Deserialize)]
+        struct Subscribe {
+            r#type: String,
+            #[serde(default)]
+            product_ids: Vec<String>,
+            channel: Option<String>,
+        }
+        let error = |message: String| serde_json::json!({"type": "error", "message": message});
+        let Ok(request) = serde_json::from_str::<Subscribe>(text) else { return error("malformed JSON".into()) };
+        if request.r#type != "subscribe" {
+            return error(format!("{} is not a valid message type", request.r#type));
+        }
+        match request.channel.as_deref() {
+            Some("market_trades") => {
+                for wanted in &request.product_ids {
+                    match COINBASE_PRODUCTS.iter().find(|(id, _)| id.eq_ignore_ascii_case(wanted)) {
+                        Some(known) if !self.market_trades.iter().any(|(id, _)| id == &known.0) => {
+                            self.market_trades.push(*known)
+                        }
+                        Some(_) => {}
+                        None => return error(format!("Failure to subscribe: {wanted} is not a valid product")),
+                    }
+                }
+            }
+            Some("heartbeats") => self.heartbeats = true,
+            Some(other) => return error(format!("Failure to subscribe: {other} is not a simulated channel")),
+            None => return error("Failure to subscribe: no channel".into()),
+        }
+        let mut subscriptions = serde_json::Map::new();
+        if !self.market_trades.is_empty() {
+            let ids: Vec<&str> = self.market_trades.iter().map(|(id, _)| *id).collect();
+            subscriptions.insert("market_trades".into(), serde_json::json!(ids));
+        }
+        if self.heartbeats {
+            subscriptions.insert("heartbeats".into(), serde_json::json!(["heartbeats"]));
+        }
+        advanced_trade_message("subscriptions", sequence_num, serde_json::json!([{"subscriptions": subscriptions}]))
+    }
+}
+
+/// An Advanced Trade websocket message: `channel`, `client_id`, `timestamp`, `sequence_num`, `events`.
+fn advanced_trade_message(channel: &str, sequence_num: u64, events: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "channel": channel, "client_id": "", "timestamp": coinbase_time(),
+        "sequence_num": sequence_num, "events": events
+    })
+}
+
+/// Now, as Coinbase writes times (RFC 3339, UTC, `Z`).
+fn coinbase_time() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// Coinbase Exchange's answer to a client message: `subscriptions` listing what is now
 /// subscribed, or an `error` for anything else.
 fn coinbase_subscribe(text: &str, products: &mut Vec<(&'static str, f64)>) -> serde_json::Value {
     #[derive(Deserialize)]
@@ -769,7 +1010,10 @@ mod tests {
     fn stream_paths_name_known_trade_streams() {
         assert_eq!(binance_streams("/ws/btcusdt@trade", None).unwrap().len(), 1);
         let both = binance_streams("/stream", Some("streams=btcusdt@trade/ethusdt@trade")).unwrap();
-        assert_eq!(both.iter().map(|(_, s, _)| *s).collect::<Vec<_>>(), ["BTCUSDT", "ETHUSDT"]);
+        assert_eq!(both.iter().map(|s| s.symbol).collect::<Vec<_>>(), ["BTCUSDT", "ETHUSDT"]);
+        let aggregate = binance_streams("/stream", Some("streams=btcusdt@aggTrade")).unwrap();
+        assert!(aggregate[0].aggregate && aggregate[0].symbol == "BTCUSDT");
+        assert!(binance_streams("/ws/btcusdt@aggtrade", None).is_err(), "stream kinds are case-sensitive");
         assert!(binance_streams("/ws/dogeusdt@trade", None).is_err());
         assert!(binance_streams("/ws/btcusdt@depth", None).is_err());
         assert!(binance_streams("/stream", Some("streams=")).is_err());
@@ -791,5 +1035,21 @@ mod tests {
         assert_eq!(reply["type"], "error");
         assert_eq!(coinbase_subscribe("nope", &mut products)["type"], "error");
         assert_eq!(products.len(), 1);
+    }
+
+    #[test]
+    fn advanced_trade_subscribe_answers_subscriptions_or_an_error() {
+        let mut subscribed = AdvancedTradeSubscriptions::default();
+        let reply = subscribed.apply(r#"{"type":"subscribe","product_ids":["BTC-USD"],"channel":"market_trades"}"#, 0);
+        assert_eq!(reply["channel"], "subscriptions");
+        assert_eq!(reply["events"][0]["subscriptions"]["market_trades"][0], "BTC-USD");
+        let reply = subscribed.apply(r#"{"type":"subscribe","product_ids":["BTC-USD"],"channel":"heartbeats"}"#, 1);
+        assert_eq!(reply["events"][0]["subscriptions"]["heartbeats"][0], "heartbeats");
+        assert_eq!(reply["sequence_num"], 1);
+        let reply = subscribed.apply(r#"{"type":"subscribe","product_ids":["XXX-USD"],"channel":"market_trades"}"#, 2);
+        assert_eq!(reply["type"], "error");
+        let reply = subscribed.apply(r#"{"type":"subscribe","product_ids":["BTC-USD"],"channels":["matches"]}"#, 3);
+        assert_eq!(reply["type"], "error", "the Exchange feed's subscribe is not Advanced Trade's");
+        assert!(subscribed.heartbeats && subscribed.market_trades.len() == 1);
     }
 }

@@ -220,6 +220,148 @@ async fn coinbase_feed_sends_matches_after_a_subscribe() {
 }
 
 #[tokio::test]
+async fn binance_exchange_info_lists_each_symbol_with_its_price_filter_first() {
+    let (lab, _dir) = start(|_| {}).await;
+    let info: serde_json::Value =
+        get(&lab, &lab.proxies()[0], "https://api.binance.com/api/v3/exchangeInfo").await.json().await.unwrap();
+    let symbols = info["symbols"].as_array().unwrap();
+    assert_eq!(symbols.len(), 4);
+    for symbol in symbols {
+        // What cryptofeed 2.5.0 reads (Binance._parse_symbol_data): symbol, status, baseAsset, quoteAsset,
+        // filters[0].tickSize.
+        assert_eq!(symbol["status"], "TRADING");
+        assert_eq!(
+            format!("{}{}", symbol["baseAsset"].as_str().unwrap(), symbol["quoteAsset"].as_str().unwrap()),
+            symbol["symbol"].as_str().unwrap()
+        );
+        assert_eq!(symbol["filters"][0]["filterType"], "PRICE_FILTER");
+        assert_eq!(symbol["filters"][0]["tickSize"].as_str().unwrap().parse::<f64>().unwrap(), 0.01);
+        assert_eq!(symbol["filters"][1]["filterType"], "LOT_SIZE");
+        assert!(symbol["filters"][1]["stepSize"].as_str().unwrap().parse::<f64>().unwrap() > 0.0);
+    }
+}
+
+#[tokio::test]
+async fn binance_agg_trade_streams_have_binance_shape_and_combined_streams_are_always_wrapped() {
+    let (lab, _dir) = start(|_| {}).await;
+    let via = &lab.proxies()[0];
+    // One stream on the combined endpoint (as cryptofeed asks): still {"stream", "data"}.
+    let mut combined =
+        websocket(&lab, via, "wss://stream.binance.com:9443/stream?streams=btcusdt@aggTrade").await.unwrap();
+    let message = next_text(&mut combined).await;
+    assert_eq!(message["stream"], "btcusdt@aggTrade");
+    let trade = &message["data"];
+    assert_eq!((trade["e"].as_str(), trade["s"].as_str()), (Some("aggTrade"), Some("BTCUSDT")));
+    assert!(trade["a"].is_u64() && trade["f"].is_u64() && trade["l"].is_u64() && trade["T"].is_u64());
+    assert!(trade["p"].as_str().unwrap().parse::<f64>().unwrap() > 0.0);
+    assert!(trade["q"].as_str().unwrap().parse::<f64>().unwrap() > 0.0);
+    assert!(trade["m"].is_boolean() && trade.get("t").is_none());
+    // The raw endpoint sends the payload alone; trade and aggTrade mix on one combined stream.
+    let mut raw = websocket(&lab, via, "wss://stream.binance.com:9443/ws/ethusdt@aggTrade").await.unwrap();
+    let trade = next_text(&mut raw).await;
+    assert_eq!((trade["e"].as_str(), trade["s"].as_str()), (Some("aggTrade"), Some("ETHUSDT")));
+    let mut mixed =
+        websocket(&lab, &lab.proxies()[1], "wss://stream.binance.com/stream?streams=solusdt@trade/solusdt@aggTrade")
+            .await
+            .unwrap();
+    let mut kinds = std::collections::BTreeSet::new();
+    while kinds.len() < 2 {
+        let message = next_text(&mut mixed).await;
+        kinds.insert((
+            message["stream"].as_str().unwrap().to_owned(),
+            message["data"]["e"].as_str().unwrap().to_owned(),
+        ));
+    }
+    let expected =
+        [("solusdt@aggTrade", "aggTrade"), ("solusdt@trade", "trade")].map(|(a, b)| (a.to_owned(), b.to_owned()));
+    assert_eq!(kinds.into_iter().collect::<Vec<_>>(), expected);
+    let unknown =
+        websocket(&lab, &lab.proxies()[1], "wss://stream.binance.com/ws/btcusdt@aggtrades").await.unwrap_err();
+    assert!(matches!(&unknown, tokio_tungstenite::tungstenite::Error::Http(r) if r.status() == 400), "{unknown}");
+}
+
+#[tokio::test]
+async fn coinbase_advanced_trade_lists_products_under_coinbase_per_ip_limits() {
+    let (lab, _dir) = start(|c| {
+        c.simulator.coinbase.request_weight_limit = 3;
+        c.simulator.coinbase.request_window_seconds = 60;
+    })
+    .await;
+    let via = &lab.proxies()[2];
+    for path in ["/api/v3/brokerage/products", "/api/v3/brokerage/market/products"] {
+        let response = get(&lab, via, &format!("https://api.coinbase.com{path}")).await;
+        assert_eq!(response.status(), 200, "{path}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        let products = body["products"].as_array().unwrap();
+        assert_eq!(body["num_products"], products.len());
+        let btc = products.iter().find(|p| p["product_id"] == "BTC-USD").expect("BTC-USD");
+        // What cryptofeed 2.5.0 reads (Coinbase._parse_symbol_data).
+        assert_eq!((btc["base_currency_id"].as_str(), btc["quote_currency_id"].as_str()), (Some("BTC"), Some("USD")));
+        assert_eq!(btc["quote_increment"].as_str().unwrap().parse::<f64>().unwrap(), 0.01);
+        assert_eq!((btc["product_type"].as_str(), btc["status"].as_str()), (Some("SPOT"), Some("online")));
+    }
+    let unknown = get(&lab, via, "https://api.coinbase.com/api/v3/brokerage/nothing").await;
+    assert_eq!(unknown.status(), 404);
+    // Both Coinbase APIs count against one limit per IP: 3 requests so far.
+    let over = get(&lab, via, "https://api.exchange.coinbase.com/time").await;
+    assert_eq!(over.status(), 429);
+    assert!(over.headers().contains_key("retry-after"));
+    assert_eq!(get(&lab, &lab.proxies()[0], "https://api.coinbase.com/api/v3/brokerage/products").await.status(), 200);
+    let stats = lab.simulator().stats().of(LabExchange::Coinbase, IpAddr::V4(ip(4)));
+    assert_eq!((stats.served, stats.http_429), (2, 1));
+}
+
+#[tokio::test]
+async fn coinbase_advanced_trade_websocket_sends_market_trades_and_heartbeats_after_a_subscribe() {
+    let (lab, _dir) = start(|c| c.simulator.coinbase.ws_connect_limit = 1).await;
+    let via = &lab.proxies()[1];
+    let mut ws = websocket(&lab, via, "wss://advanced-trade-ws.coinbase.com").await.unwrap();
+    // cryptofeed 2.5.0's subscribe: market_trades, then "heartbeat" (singular: not a channel).
+    ws.send(Message::text(r#"{"type":"subscribe","product_ids":["BTC-USD","ETH-USD"],"channel":"market_trades"}"#))
+        .await
+        .unwrap();
+    let subscribed = next_text(&mut ws).await;
+    assert_eq!(subscribed["channel"], "subscriptions");
+    assert_eq!(subscribed["events"][0]["subscriptions"]["market_trades"], serde_json::json!(["BTC-USD", "ETH-USD"]));
+    ws.send(Message::text(r#"{"type":"subscribe","product_ids":["BTC-USD"],"channel":"heartbeat"}"#)).await.unwrap();
+    ws.send(Message::text(r#"{"type":"subscribe","product_ids":["BTC-USD"],"channel":"heartbeats"}"#)).await.unwrap();
+    let (mut error, mut heartbeat, mut products) = (None, None, std::collections::BTreeSet::new());
+    let mut last_sequence = subscribed["sequence_num"].as_u64().unwrap();
+    while error.is_none() || heartbeat.is_none() || products.len() < 2 {
+        let message = next_text(&mut ws).await;
+        if message["type"] == "error" {
+            error = Some(message);
+            continue;
+        }
+        let sequence = message["sequence_num"].as_u64().unwrap();
+        assert!(sequence > last_sequence, "sequence_num grows: {message}");
+        last_sequence = sequence;
+        match message["channel"].as_str().unwrap() {
+            "market_trades" => {
+                let event = &message["events"][0];
+                assert_eq!(event["type"], "update");
+                for trade in event["trades"].as_array().unwrap() {
+                    assert!(["BUY", "SELL"].contains(&trade["side"].as_str().unwrap()), "{trade}");
+                    assert!(trade["trade_id"].is_string() && trade["price"].as_str().unwrap().parse::<f64>().is_ok());
+                    assert!(trade["size"].as_str().unwrap().parse::<f64>().is_ok());
+                    let time = trade["time"].as_str().unwrap();
+                    assert!(chrono::DateTime::parse_from_rfc3339(time).is_ok() && time.ends_with('Z'), "{time}");
+                    products.insert(trade["product_id"].as_str().unwrap().to_owned());
+                }
+            }
+            "heartbeats" => heartbeat = Some(message),
+            "subscriptions" => assert!(message["events"][0]["subscriptions"]["heartbeats"].is_array()),
+            other => panic!("unexpected channel {other}"),
+        }
+    }
+    assert!(error.unwrap()["message"].as_str().unwrap().contains("heartbeat"));
+    assert!(heartbeat.unwrap()["events"][0]["heartbeat_counter"].is_u64());
+    // Handshakes count against Coinbase's per-IP connect limit (1 here), as the Exchange feed's do.
+    let refused = websocket(&lab, via, "wss://ws-feed.exchange.coinbase.com").await.unwrap_err();
+    assert!(matches!(&refused, tokio_tungstenite::tungstenite::Error::Http(r) if r.status() == 429), "{refused}");
+}
+
+#[tokio::test]
 async fn every_proxy_kind_reaches_the_simulator_from_its_own_source_address() {
     let (lab, _dir) = start(|_| {}).await;
     for proxy in lab.proxies() {
