@@ -7,4 +7,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-deps.sh run
-exec cargo run --release --quiet -p proxybus-cli --bin proxybus -- up --demo "$@"
+exec cargo run --release -p proxybus-cli --bin proxybus -- up --demo "$@"

@@ -107,6 +107,15 @@ pub(crate) async fn run(nats_url: Option<String>, data_dir: &Path, args: UpArgs)
     let (local, url) = match nats_url {
         Some(url) => (None, url),
         None => {
+            if args.demo {
+                // The lab's proxies get new ports, so new proxy ids, each run: a demo starts from an
+                // empty store rather than showing the last run's proxies beside this run's.
+                let store = data_dir.join("nats");
+                if store.exists() {
+                    std::fs::remove_dir_all(&store).with_context(|| format!("cannot empty {}", store.display()))?;
+                    println!("demo: starting from an empty store ({} removed)", store.display());
+                }
+            }
             let local = LocalNats::start(data_dir).await?;
             let url = local.url().to_owned();
             (Some(local), url)
