@@ -285,7 +285,7 @@ impl Services {
         }));
         let nats = bus.connect().await?;
         for service in ["proxybus-resolver", "proxybus-aggregator"] {
-            wait_for_service(&nats, service).await?;
+            proxybus_shared::nats::wait_for_service(&nats, service, Duration::from_secs(20)).await?;
         }
         Ok(Self { nats, tasks, stop: services_stop })
     }
@@ -296,24 +296,6 @@ impl Services {
             let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
         }
     }
-}
-
-/// Waits until `name` answers `$SRV.PING` (at most 20 s).
-async fn wait_for_service(client: &async_nats::Client, name: &str) -> anyhow::Result<()> {
-    let subject = format!("$SRV.PING.{name}");
-    tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            if let Ok(Ok(reply)) =
-                tokio::time::timeout(Duration::from_millis(500), client.request(subject.clone(), "".into())).await
-                && !reply.payload.is_empty()
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await
-    .map_err(|_| anyhow::anyhow!("{name} did not register within 20 s"))
 }
 
 fn recovery(result: &ModeResult, seconds: u64) -> String {

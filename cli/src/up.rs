@@ -204,7 +204,7 @@ async fn run_parts(url: &str, data_dir: &Path, args: &UpArgs, parts: &mut PartSe
 
     let client = nats.connect().await.context("cannot connect to NATS")?;
     for service in ["proxybus-resolver", "proxybus-aggregator"] {
-        wait_for_service(&client, service).await?;
+        proxybus_shared::nats::wait_for_service(&client, service, Duration::from_secs(20)).await?;
     }
 
     let proxies = selector.proxies(None);
@@ -306,22 +306,6 @@ fn free_addr(preferred: u16) -> Option<SocketAddr> {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).ok()
 }
 
-async fn wait_for_service(client: &async_nats::Client, name: &str) -> anyhow::Result<()> {
-    let subject = format!("$SRV.PING.{name}");
-    tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            if let Ok(Ok(reply)) =
-                tokio::time::timeout(Duration::from_millis(500), client.request(subject.clone(), "".into())).await
-                && !reply.payload.is_empty()
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await
-    .map_err(|_| anyhow::anyhow!("{name} did not register within 20 s"))
-}
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -240,3 +240,40 @@ pub async fn ensure_supported_once_connected(client: &async_nats::Client) -> Res
     }
     ensure_supported(client)
 }
+
+/// A NATS micro-service that did not answer `$SRV.PING.{name}` in time.
+#[derive(Debug, thiserror::Error)]
+#[error("{name} did not register within {limit:?}")]
+pub struct ServiceNotRegistered {
+    /// The service name.
+    pub name: String,
+    /// How long it was waited for.
+    pub limit: std::time::Duration,
+}
+
+/// Waits until the micro-service `name` answers `$SRV.PING.{name}` (the NATS micro-services
+/// protocol), asking every 100 ms with a 500 ms timeout per ask, for at most `limit`.
+///
+/// # Errors
+/// [`ServiceNotRegistered`] when no instance answered within `limit`.
+pub async fn wait_for_service(
+    client: &async_nats::Client,
+    name: &str,
+    limit: std::time::Duration,
+) -> Result<(), ServiceNotRegistered> {
+    use std::time::Duration;
+    let subject = format!("$SRV.PING.{name}");
+    tokio::time::timeout(limit, async {
+        loop {
+            if let Ok(Ok(reply)) =
+                tokio::time::timeout(Duration::from_millis(500), client.request(subject.clone(), "".into())).await
+                && !reply.payload.is_empty()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .map_err(|_| ServiceNotRegistered { name: name.to_owned(), limit })
+}

@@ -3,45 +3,18 @@
 //! was lost publishes again with the same `Nats-Msg-Id`) and the aggregator folds each exactly
 //! once (issue 16: killing one node of a 3-node cluster loses no feedback).
 
+mod common;
+
 use std::time::Duration;
 
 use async_nats::jetstream;
-use chrono::Utc;
+use common::{event, folded_total};
 use proxybus_shared::feedback::{FeedbackStreamConfig, ensure_feedback_stream, publish_feedback};
-use proxybus_shared::subject::{FEEDBACK_STREAM, HEALTH_BUCKET};
-use proxybus_shared::{ConnectionType, FeedbackPhase, ProxyFeedback, proxy_id, redact_url};
+use proxybus_shared::subject::FEEDBACK_STREAM;
 use proxybus_tests::NatsCluster;
 use tokio_util::sync::CancellationToken;
 
 const EVENTS: usize = 120;
-
-fn event(n: usize) -> ProxyFeedback {
-    let url = format!("http://u:pw@proxy-{}.example:3128", n % 6);
-    ProxyFeedback {
-        schema_version: 1,
-        event_id: uuid::Uuid::new_v4(),
-        proxy_id: proxy_id(&url),
-        proxy_url: redact_url(&url),
-        exchange_id: "binance".parse().unwrap(),
-        connection_type: ConnectionType::Http,
-        region: Some("eu-west".parse().unwrap()),
-        phase: FeedbackPhase::Request,
-        success: true,
-        latency_ms: Some(25),
-        error_kind: None,
-        status_code: Some(200),
-        retry_after_seconds: None,
-        error_details: None,
-        timestamp: Utc::now(),
-        client_id: "feed-cluster".into(),
-        ws_close_code: None,
-    }
-}
-
-async fn folded_total(js: &jetstream::Context) -> u64 {
-    let Ok(bucket) = js.get_key_value(HEALTH_BUCKET).await else { return 0 };
-    proxybus_shared::kv::health_stats(&bucket).await.map(|all| all.values().map(|s| s.total).sum()).unwrap_or(0)
-}
 
 #[tokio::test]
 async fn killing_the_stream_leader_loses_no_feedback_and_folds_each_event_once() {
@@ -59,7 +32,7 @@ async fn killing_the_stream_leader_loses_no_feedback_and_folds_each_event_once()
             cluster.kill_node(cluster.node_index(&leader).unwrap()).unwrap();
             killed = true;
         }
-        let event = event(n);
+        let event = event("eu-west", &format!("proxy-{}", n % 6));
         // What the client library does: the same event again until JetStream acknowledges it.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while publish_feedback(&js, &event).await.is_err() {

@@ -3,46 +3,20 @@
 //! that region's own stream, the global `PROXY_FEEDBACK` sources every regional stream, and one
 //! aggregator folds every event exactly once — also when a feed publishes an event twice.
 
+mod common;
+
 use std::time::Duration;
 
 use async_nats::jetstream;
-use chrono::Utc;
+use common::{event, folded_total};
+use proxybus_shared::Region;
 use proxybus_shared::feedback::{FeedbackStreamConfig, ensure_fan_in, fan_in_mappings, publish_feedback};
-use proxybus_shared::subject::{HEALTH_BUCKET, regional_feedback_stream};
-use proxybus_shared::{ConnectionType, FeedbackPhase, ProxyFeedback, Region, proxy_id, redact_url};
+use proxybus_shared::subject::regional_feedback_stream;
 use proxybus_tests::NatsSuperCluster;
 use tokio_util::sync::CancellationToken;
 
 const REGIONS: [(&str, usize); 3] = [("us-east", 1), ("eu-west", 1), ("ap-northeast", 1)];
 const EVENTS_PER_REGION: usize = 40;
-
-fn event(region: &str, n: usize) -> ProxyFeedback {
-    let url = format!("http://u:pw@{region}-proxy-{}.example:3128", n % 4);
-    ProxyFeedback {
-        schema_version: 1,
-        event_id: uuid::Uuid::new_v4(),
-        proxy_id: proxy_id(&url),
-        proxy_url: redact_url(&url),
-        exchange_id: "binance".parse().unwrap(),
-        connection_type: ConnectionType::Websocket,
-        region: Some(region.parse().unwrap()),
-        phase: FeedbackPhase::Connected,
-        success: true,
-        latency_ms: Some(30),
-        error_kind: None,
-        status_code: None,
-        retry_after_seconds: None,
-        error_details: None,
-        timestamp: Utc::now(),
-        client_id: format!("feed-{region}"),
-        ws_close_code: None,
-    }
-}
-
-async fn folded_total(js: &jetstream::Context) -> u64 {
-    let Ok(bucket) = js.get_key_value(HEALTH_BUCKET).await else { return 0 };
-    proxybus_shared::kv::health_stats(&bucket).await.map(|all| all.values().map(|s| s.total).sum()).unwrap_or(0)
-}
 
 #[tokio::test]
 async fn feedback_of_every_region_is_folded_once_into_the_global_health() {
@@ -55,7 +29,7 @@ async fn feedback_of_every_region_is_folded_once_into_the_global_health() {
     for (region, _) in REGIONS {
         let js = jetstream::new(world.connect(region).await.unwrap());
         for n in 0..EVENTS_PER_REGION {
-            let event = event(region, n);
+            let event = event(region, &format!("{region}-proxy-{}", n % 4));
             let ack = publish_feedback(&js, &event).await.unwrap();
             assert_eq!(ack.stream, regional_feedback_stream(&region.parse().unwrap()), "stored in its own region");
             if n % 10 == 0 {
