@@ -2,7 +2,8 @@
 # Installs what a fresh machine lacks for building, running and testing proxybus, and says which
 # nats-server it will use. Safe to run again: it only installs what is missing.
 #
-#   scripts/ensure-deps.sh        what the tests need (the default)
+#   scripts/ensure-deps.sh        what the tests need (the default; also Debian's chromium and
+#                                 chromium-driver for the dashboard's browser test)
 #   scripts/ensure-deps.sh run    only what running needs: a current nats-server
 #
 # nats-server: proxybus needs 2.11 or newer. The locator (proxybus-shared's nats_server module,
@@ -78,6 +79,14 @@ if [ ! -x /usr/sbin/nats-server ] && [ -z "${NATS_SERVER_OLD_BIN:-}" ]; then
   echo "==> installing Debian's nats-server (2.9, only to test that it is refused)"
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server
+fi
+
+# The dashboard's browser test (cli/tests/dashboard.rs) drives Debian's Chromium, headless,
+# through chromedriver (package chromium-driver).
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  echo "==> installing Debian's chromium and chromium-driver (only for the dashboard's browser test)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver
 fi
 
 if ! cargo nextest --version >/dev/null 2>&1; then

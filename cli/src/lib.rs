@@ -6,14 +6,17 @@
 //! lists the micro-services that answer `$SRV.INFO` / `$SRV.STATS`;
 //! `proxybus up` runs the whole pipeline in one process; `proxybus replay`
 //! rebuilds health from the stream; `proxybus lab` runs the exchange lab
-//! (`proxybus-lab`) on its own.
+//! (`proxybus-lab`) on its own; `proxybus dashboard` serves a live web page
+//! of proxy health (`docs/dashboard.md`).
 //!
 //! # Layout
 //! - `lib.rs`: the argument tree ([`Cli`]) and [`run`].
 //! - `local_nats.rs`: the nats-server child `proxybus up` starts.
 //! - `request.rs`, `feedback.rs`, `health.rs`, `services.rs`, `up.rs`: one subcommand each.
+//! - `dashboard/`: the web dashboard (`proxybus dashboard`, also started by `proxybus up`).
 //! - `demo.rs`: the feeds and live view of `proxybus up --demo`, through the exchange lab.
 
+mod dashboard;
 mod demo;
 mod feedback;
 mod health;
@@ -62,6 +65,8 @@ pub enum Command {
     Replay(proxybus_aggregator::replay::ReplayArgs),
     /// Run the exchange lab alone: simulator, proxies on 127.0.0.x, inventory and CA bundle.
     Lab(proxybus_lab::command::LabArgs),
+    /// Serve a live web page of proxy health (KV PROXY_HEALTH, health subjects, feedback stream).
+    Dashboard(dashboard::DashboardArgs),
 }
 
 /// Runs a parsed command line; the exit code says whether it succeeded.
@@ -102,6 +107,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Feedback(args) => feedback::run(&client, args).await?,
         Command::Health(args) => health::run(&client, args).await?,
         Command::Services(args) => services::run(&client, args).await?,
+        Command::Dashboard(args) => dashboard::run(&client, args).await?,
         Command::Up(_) | Command::Replay(_) | Command::Lab(_) => unreachable!("handled before connecting"),
     };
     client.flush().await.ok();

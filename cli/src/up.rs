@@ -59,6 +59,10 @@ pub struct UpArgs {
     /// Address of the pool's HTTP API (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub pool_listen: SocketAddr,
+    /// Address of the web dashboard (`docs/dashboard.md`), loopback only; when taken, any free
+    /// port.
+    #[arg(long, default_value = crate::dashboard::DEFAULT_LISTEN)]
+    pub dashboard_listen: SocketAddr,
 }
 
 /// Settings of the three parts, from `--config` or defaults.
@@ -207,6 +211,12 @@ async fn run_parts(url: &str, data_dir: &Path, args: &UpArgs, parts: &mut PartSe
         proxybus_shared::nats::wait_for_service(&client, service, Duration::from_secs(20)).await?;
     }
 
+    let dashboard = crate::dashboard::bind_loopback_or_any(args.dashboard_listen)
+        .await
+        .with_context(|| format!("cannot serve the dashboard on {}", args.dashboard_listen))?;
+    let dashboard_addr = dashboard.local_addr()?;
+    tokio::spawn(crate::dashboard::serve(client.clone(), dashboard, None, stop.clone()));
+
     let proxies = selector.proxies(None);
     let regions: std::collections::BTreeSet<String> = proxies.iter().map(|p| p.region.to_string()).collect();
     if let Some(lab) = &lab {
@@ -226,6 +236,7 @@ async fn run_parts(url: &str, data_dir: &Path, args: &UpArgs, parts: &mut PartSe
     if let Some(addr) = metrics_addr {
         println!("  metrics     http://{addr}/metrics");
     }
+    println!("  dashboard   http://{dashboard_addr}/");
     println!("try: proxybus request binance websocket | proxybus health --watch | proxybus services");
     println!("Ctrl-C stops everything.");
 
@@ -244,6 +255,7 @@ async fn run_parts(url: &str, data_dir: &Path, args: &UpArgs, parts: &mut PartSe
             let lab_stats = lab.simulator().stats_handle();
             move || lab_stats.stats()
         };
+        tokio::spawn(crate::dashboard::publish_feeds(client.clone(), board.clone(), stop.clone()));
         let live = tokio::spawn(crate::demo::print_live(client.clone(), board.clone(), simulator_stats, stop.clone()));
         (board, feeds, live)
     });

@@ -38,6 +38,10 @@ pub const FEEDBACK_WILDCARD: &str = "proxy.v1.feedback.>";
 pub const HEALTH_WILDCARD: &str = "proxy.v1.health.>";
 /// Every dead-letter subject.
 pub const FEEDBACK_DEAD_WILDCARD: &str = "proxy.v1.feedback_dead.>";
+/// Where `proxybus up --demo` publishes its lab feeds' counters every few seconds (JSON array of
+/// `proxybus_lab::feeds::FeedStats`; core NATS, not stored) for dashboards (extension of the
+/// contract, docs/contract.md).
+pub const LAB_FEEDS: &str = "proxy.v1.lab.feeds";
 
 /// Name of the feedback stream.
 pub const FEEDBACK_STREAM: &str = "PROXY_FEEDBACK";
