@@ -76,6 +76,12 @@ async fn publish_raw(js: &jetstream::Context, event: &ProxyFeedback) {
     js.publish_with_headers(subject, headers, payload).await.unwrap().await.unwrap();
 }
 
+/// A plain HTTP client (reqwest wants a rustls provider even for `http://`).
+fn http() -> reqwest::Client {
+    proxybus_shared::http::install_crypto_provider();
+    reqwest::Client::new()
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -118,7 +124,7 @@ async fn browser(profile: &std::path::Path) -> (tokio::process::Child, Client) {
             "binary": chromium,
             "args": [
                 "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--no-first-run", "--disable-extensions", "--window-size=1440,1100",
+                "--no-first-run", "--disable-extensions", "--window-size=1440,1500",
                 format!("--user-data-dir={}", profile.display()),
             ],
         }),
@@ -173,7 +179,7 @@ async fn the_page_lists_the_proxies_turns_one_ejected_live_and_shows_no_password
 
     // Its event stream, read as a second client would, from the start.
     let seen_events = Arc::new(Mutex::new(String::new()));
-    let mut sse = reqwest::Client::new().get(format!("{page}events")).send().await.unwrap();
+    let mut sse = http().get(format!("{page}events")).send().await.unwrap();
     assert_eq!(sse.headers()["content-type"], "text/event-stream");
     tokio::spawn({
         let seen = seen_events.clone();
@@ -194,7 +200,8 @@ async fn the_page_lists_the_proxies_turns_one_ejected_live_and_shows_no_password
     publish_raw(&js, &event("127.0.0.22", "us-east", "binance", Err(ErrorKind::Http429))).await;
     // A health message of a proxy no one else tells of, URL unredacted.
     let rogue = url_of(HEALTH_ONLY_HOST);
-    let mut stats = HealthStats::new(proxy_id(&rogue), rogue, Some("ap-northeast".parse().unwrap()), chrono::Utc::now());
+    let mut stats =
+        HealthStats::new(proxy_id(&rogue), rogue, Some("ap-northeast".parse().unwrap()), chrono::Utc::now());
     stats.state = HealthState::Degraded;
     stats.total = 4;
     stats.successes = 3;
@@ -226,8 +233,10 @@ async fn the_page_lists_the_proxies_turns_one_ejected_live_and_shows_no_password
     let checked = async {
         browser.goto(&page).await.unwrap();
         let all = PROXIES.len() + 1;
-        until(&format!("{all} proxies are listed"), || async { rows(&browser, "#proxies tbody tr.proxy").await == all })
-            .await;
+        until(&format!("{all} proxies are listed"), || async {
+            rows(&browser, "#proxies tbody tr.proxy").await == all
+        })
+        .await;
         until("the status says live", || async {
             browser.find(Locator::Css("#status")).await.unwrap().text().await.unwrap() == "live"
         })
@@ -279,7 +288,11 @@ async fn the_page_lists_the_proxies_turns_one_ejected_live_and_shows_no_password
     result.expect("the browser checks finished in time");
 
     let events = seen_events.lock().unwrap().clone();
-    assert!(events.starts_with("event: snapshot"), "the stream starts with a snapshot: {}", &events[..80.min(events.len())]);
+    assert!(
+        events.starts_with("event: snapshot"),
+        "the stream starts with a snapshot: {}",
+        &events[..80.min(events.len())]
+    );
     assert!(events.contains("event: proxy") && events.contains("\"ejected\""), "the stream carried the ejection");
     assert!(events.contains("event: feeds") && events.contains("127.0.0.11"), "the stream carried the feeds");
     assert!(!events.contains(PASSWORD), "the password is in the event stream");
@@ -311,7 +324,7 @@ async fn with_a_token_the_data_needs_it_and_no_token_refuses_a_public_address() 
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let http = reqwest::Client::new();
+    let http = http();
     let base = format!("http://127.0.0.1:{port}");
     let mut page = None;
     for _ in 0..100 {
@@ -349,7 +362,7 @@ async fn the_assets_are_served_from_the_binary() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let http = reqwest::Client::new();
+    let http = http();
     let base = format!("http://127.0.0.1:{port}");
     let mut answered = false;
     for _ in 0..100 {

@@ -61,6 +61,13 @@ async fn up_serves_requests_ejects_after_five_failures_and_leaves_nothing_behind
     .await
     .expect("up printed its banner");
     assert!(banner.contains("12 proxies in 3 regions"), "{banner}");
+    // The dashboard (issue 20) is served on loopback, and its address printed.
+    let dashboard = banner
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("dashboard").map(str::trim))
+        .expect("up prints the dashboard's address")
+        .to_owned();
+    assert!(dashboard.starts_with("http://127.0.0.1:"), "{dashboard}");
     let nats_children = children(up_pid);
     assert_eq!(nats_children.len(), 1, "up runs exactly one child, nats-server: {nats_children:?}");
 
@@ -141,6 +148,22 @@ async fn up_serves_requests_ejects_after_five_failures_and_leaves_nothing_behind
     .expect("health --json shows the proxy ejected");
     assert_eq!(ejected.consecutive_failures, 5);
     assert!(!serde_json::to_string(&ejected).unwrap().contains("demo-secret"), "no password in KV");
+    // The dashboard's data shows it ejected too, redacted.
+    proxybus_shared::http::install_crypto_provider();
+    let shown = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            let snapshot = reqwest::get(format!("{dashboard}api/snapshot")).await.unwrap().text().await.unwrap();
+            let parsed: serde_json::Value = serde_json::from_str(&snapshot).unwrap();
+            let proxies = parsed["proxies"].as_array().cloned().unwrap_or_default();
+            if proxies.iter().any(|p| p["proxy_id"] == chosen.as_str() && p["state"] == "ejected") {
+                return snapshot;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("the dashboard shows the proxy ejected");
+    assert!(!shown.contains("demo-secret"), "no password on the dashboard");
 
     // The same client and new ones no longer get it.
     tokio::time::timeout(Duration::from_secs(10), async {
@@ -341,6 +364,26 @@ async fn demo_feeds_flow_through_the_lab_and_real_refusals_become_bans_and_eject
     );
     assert!(ejected.consecutive_failures >= 5, "{ejected:?}");
     assert_eq!(ejected.last_error_kind, Some(ErrorKind::Refused), "{ejected:?}");
+    // The dashboard has the demo feeds' counters (issue 20).
+    let dashboard = banner
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("dashboard").map(str::trim))
+        .expect("up --demo prints the dashboard's address")
+        .to_owned();
+    proxybus_shared::http::install_crypto_provider();
+    let feeds = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            let snapshot: serde_json::Value =
+                reqwest::get(format!("{dashboard}api/snapshot")).await.unwrap().json().await.unwrap();
+            if let Some(feeds) = snapshot["feeds"].as_array().filter(|f| !f.is_empty()) {
+                return feeds.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    })
+    .await
+    .expect("the dashboard got the demo feeds' counters");
+    assert!(feeds.iter().any(|f| f["messages"].as_u64() > Some(0)), "messages flowed: {feeds:?}");
 
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(up_pid as i32), nix::sys::signal::Signal::SIGINT).unwrap();
     let status = tokio::time::timeout(Duration::from_secs(30), up.wait()).await.expect("up stopped").unwrap();

@@ -161,13 +161,17 @@
     return xs;
   }
 
-  function chart(name, box, series, data) {
+  function chart(name, box, series, data, perMinute = true) {
     if (!window.uPlot) return;
     const width = Math.max(300, box.clientWidth || 500);
     if (!charts[name]) {
       charts[name] = new uPlot({
         width, height: 170, legend: { show: true }, cursor: { drag: { x: false, y: false } },
-        scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(1, max)] } },
+        // Each minute's bars stand beside its start; the scale leaves room for the last minute's.
+        scales: {
+          x: perMinute ? { time: true, range: (u, min, max) => [min - 30, max + 60] } : { time: true },
+          y: { range: (u, min, max) => [0, Math.max(1, max)] },
+        },
         axes: [{}, { size: 40 }],
         series: [{}, ...series],
       }, data, box);
@@ -240,7 +244,7 @@
     charts.feedsNames = names;
     const samples = model.feedSamples.filter((s) => s[1].length === feeds.length);
     const data = [samples.map((s) => s[0]), ...feeds.map((_, i) => samples.map((s) => s[1][i]))];
-    chart('feeds', $('feeds-chart'), feeds.map((f, i) => ({ label: `${f.name} msgs/s`, stroke: PALETTE[i % PALETTE.length], width: 1.5 })), data);
+    chart('feeds', $('feeds-chart'), feeds.map((f, i) => ({ label: `${f.name} msgs/s`, stroke: PALETTE[i % PALETTE.length], width: 1.5 })), data, false);
   }
 
   // ---- the event stream ----

@@ -285,7 +285,8 @@ async fn follow_feedback(client: async_nats::Client, hub: Arc<Hub>, stop: Cancel
     let codec = Codec::default();
     let mut from = chrono::Utc::now() - model::WINDOW;
     while !stop.is_cancelled() {
-        let start_time = time::OffsetDateTime::from_unix_timestamp(from.timestamp()).unwrap_or(time::OffsetDateTime::now_utc());
+        let start_time =
+            time::OffsetDateTime::from_unix_timestamp(from.timestamp()).unwrap_or(time::OffsetDateTime::now_utc());
         let messages = async {
             let stream = js.get_stream(subject::FEEDBACK_STREAM).await.map_err(|e| e.to_string())?;
             let ordered = stream

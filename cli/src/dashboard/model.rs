@@ -152,7 +152,8 @@ impl Model {
         let id = stats.proxy_id.clone();
         let changed = self.stored.get(&id) != Some(&stats);
         let mut history = self.views.get(&id).map(|v| v.history.clone()).unwrap_or_default();
-        if changed && history.last().is_none_or(|&(at, rate)| (at, rate) != (stats.updated_at.timestamp(), stats.success_rate))
+        if changed
+            && history.last().is_none_or(|&(at, rate)| (at, rate) != (stats.updated_at.timestamp(), stats.success_rate))
         {
             history.push((stats.updated_at.timestamp(), stats.success_rate));
             if history.len() > HISTORY {
@@ -216,13 +217,13 @@ impl Model {
         vec![Update::of("feedback", &view)]
     }
 
-    /// Keeps the lab feeds' counters (a JSON array; its text is redacted before it is kept).
+    /// Keeps the lab feeds' counters (a JSON array; every string in it is redacted before it is kept).
     pub(crate) fn feeds(&mut self, payload: &[u8]) -> Vec<Update> {
-        let Ok(text) = std::str::from_utf8(payload) else { return Vec::new() };
-        let Ok(value) = serde_json::from_str::<serde_json::Value>(&redact_text(text)) else { return Vec::new() };
+        let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(payload) else { return Vec::new() };
         if !value.is_array() {
             return Vec::new();
         }
+        redact_strings(&mut value);
         self.feeds = Some(value.clone());
         vec![Update::of("feeds", &value)]
     }
@@ -241,7 +242,13 @@ impl Model {
 
     /// Recomputes the view of `id` as of `now`; a change becomes an update, and what it
     /// started or ended becomes timeline entries dated `at`.
-    fn refresh(&mut self, id: &ProxyId, now: DateTime<Utc>, at: DateTime<Utc>, history: Vec<(i64, f64)>) -> Vec<Update> {
+    fn refresh(
+        &mut self,
+        id: &ProxyId,
+        now: DateTime<Utc>,
+        at: DateTime<Utc>,
+        history: Vec<(i64, f64)>,
+    ) -> Vec<Update> {
         let Some(stored) = self.stored.get(id) else { return Vec::new() };
         let view = view_of(stored, now, history);
         let before = self.views.get(id);
@@ -256,6 +263,16 @@ impl Model {
         updates.push(Update::of("proxy", &view));
         self.views.insert(id.clone(), view);
         updates
+    }
+}
+
+/// Every string in `value` through [`redact_text`].
+fn redact_strings(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::String(text) => *text = redact_text(text),
+        serde_json::Value::Array(items) => items.iter_mut().for_each(redact_strings),
+        serde_json::Value::Object(fields) => fields.values_mut().for_each(redact_strings),
+        _ => {}
     }
 }
 
