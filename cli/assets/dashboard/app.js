@@ -170,7 +170,7 @@
         // Each minute's bars stand beside its start; the scale leaves room for the last minute's.
         scales: {
           x: perMinute ? { time: true, range: (u, min, max) => [min - 30, max + 60] } : { time: true },
-          y: { range: (u, min, max) => [0, Math.max(1, max)] },
+          y: { range: (u, min, max) => [0, Math.max(1, Math.ceil(max * 1.15))] },
         },
         axes: [{}, { size: 40 }],
         series: [{}, ...series],

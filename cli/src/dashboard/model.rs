@@ -266,10 +266,11 @@ impl Model {
     }
 }
 
-/// Every string in `value` through [`redact_text`].
+/// Every string in `value` that holds a URL through [`redact_text`]. Strings without `://` are
+/// names (`binance btcusdt@trade`), which the text redactor would take for `user@host`.
 fn redact_strings(value: &mut serde_json::Value) {
     match value {
-        serde_json::Value::String(text) => *text = redact_text(text),
+        serde_json::Value::String(text) if text.contains("://") => *text = redact_text(text),
         serde_json::Value::Array(items) => items.iter_mut().for_each(redact_strings),
         serde_json::Value::Object(fields) => fields.values_mut().for_each(redact_strings),
         _ => {}
@@ -440,7 +441,8 @@ mod tests {
     fn feed_counters_are_redacted_and_anything_but_an_array_is_ignored() {
         let mut model = Model::default();
         assert!(model.feeds(b"{\"not\": \"an array\"}").is_empty());
-        let updates = model.feeds(format!("[{{\"name\":\"f\",\"proxy\":\"{URL}\"}}]").as_bytes());
+        let updates = model.feeds(format!("[{{\"name\":\"binance btcusdt@trade\",\"proxy\":\"{URL}\"}}]").as_bytes());
         assert!(!updates[0].data.contains("s3cret-pw") && updates[0].data.contains("198.51.100.7"), "{updates:?}");
+        assert!(updates[0].data.contains("binance btcusdt@trade"), "names stay as they are: {updates:?}");
     }
 }
