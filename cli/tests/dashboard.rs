@@ -352,7 +352,7 @@ async fn with_a_token_the_data_needs_it_and_no_token_refuses_a_public_address() 
 }
 
 #[tokio::test]
-async fn the_assets_are_served_from_the_binary() {
+async fn the_assets_are_served_from_the_binary_and_ctrl_c_stops_it_with_a_browser_connected() {
     let server = NatsServer::start().await.unwrap();
     let port = free_port();
     let mut dashboard = tokio::process::Command::new(env!("CARGO_BIN_EXE_proxybus"))
@@ -380,5 +380,13 @@ async fn the_assets_are_served_from_the_binary() {
         assert_eq!(response.status(), 200, "{asset}");
         assert!(response.text().await.unwrap().len() > 500, "{asset} has content");
     }
-    let _ = dashboard.kill().await;
+    // Ctrl-C stops it promptly even while a browser holds its event stream open.
+    let mut open_stream = http.get(format!("{base}/events")).send().await.unwrap();
+    assert!(open_stream.chunk().await.unwrap().is_some(), "the snapshot came");
+    let pid = nix::unistd::Pid::from_raw(dashboard.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let status =
+        tokio::time::timeout(Duration::from_secs(8), dashboard.wait()).await.expect("stopped in time").unwrap();
+    assert!(status.success(), "{status}");
+    drop(open_stream);
 }

@@ -86,7 +86,10 @@ pub(crate) async fn run(client: &async_nats::Client, args: DashboardArgs) -> any
     println!("Ctrl-C stops it.");
     proxybus_shared::shutdown::signal().await;
     stop.cancel();
-    served.await??;
+    match tokio::time::timeout(Duration::from_secs(10), served).await {
+        Ok(served) => served??,
+        Err(_) => eprintln!("the dashboard did not stop within 10 s"),
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -112,6 +115,8 @@ struct Hub {
     model: Mutex<Model>,
     updates: broadcast::Sender<Update>,
     token: Option<[u8; 32]>,
+    /// Ends the event streams too, so that a graceful shutdown does not wait for browsers.
+    stop: CancellationToken,
 }
 
 impl Hub {
@@ -153,6 +158,7 @@ pub(crate) async fn serve(
         model: Mutex::new(Model::default()),
         updates: broadcast::channel(1024).0,
         token: token.map(|t| Sha256::digest(t.expose_secret().as_bytes()).into()),
+        stop: stop.clone(),
     });
     let followers = [
         tokio::spawn(follow_bucket(client.clone(), hub.clone(), stop.clone())),
@@ -223,6 +229,7 @@ async fn events(State(hub): State<Arc<Hub>>, headers: HeaderMap, Query(query): Q
         return unauthorized();
     }
     let (first, updates) = hub.subscribe();
+    let stop = hub.stop.clone().cancelled_owned();
     let snapshot_event = |snapshot: &model::Snapshot| {
         Event::default().event("snapshot").data(serde_json::to_string(snapshot).unwrap_or_default())
     };
@@ -239,7 +246,7 @@ async fn events(State(hub): State<Arc<Hub>>, headers: HeaderMap, Query(query): Q
         };
         Some((Ok(event), (hub, updates)))
     });
-    let mut response = Sse::new(start.chain(rest)).keep_alive(KeepAlive::default()).into_response();
+    let mut response = Sse::new(start.chain(rest).take_until(stop)).keep_alive(KeepAlive::default()).into_response();
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
@@ -283,17 +290,20 @@ async fn follow_health_subjects(client: async_nats::Client, hub: Arc<Hub>, stop:
 async fn follow_feedback(client: async_nats::Client, hub: Arc<Hub>, stop: CancellationToken) {
     let js = jetstream::new(client);
     let codec = Codec::default();
-    let mut from = chrono::Utc::now() - model::WINDOW;
+    // From an hour ago at first; after a failure, from the sequence after the last one seen.
+    let from = chrono::Utc::now() - model::WINDOW;
+    let start_time =
+        time::OffsetDateTime::from_unix_timestamp(from.timestamp()).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let mut next_sequence: Option<u64> = None;
     while !stop.is_cancelled() {
-        let start_time =
-            time::OffsetDateTime::from_unix_timestamp(from.timestamp()).unwrap_or(time::OffsetDateTime::now_utc());
+        let deliver_policy = match next_sequence {
+            Some(start_sequence) => consumer::DeliverPolicy::ByStartSequence { start_sequence },
+            None => consumer::DeliverPolicy::ByStartTime { start_time },
+        };
         let messages = async {
             let stream = js.get_stream(subject::FEEDBACK_STREAM).await.map_err(|e| e.to_string())?;
             let ordered = stream
-                .create_consumer(consumer::pull::OrderedConfig {
-                    deliver_policy: consumer::DeliverPolicy::ByStartTime { start_time },
-                    ..Default::default()
-                })
+                .create_consumer(consumer::pull::OrderedConfig { deliver_policy, ..Default::default() })
                 .await
                 .map_err(|e| e.to_string())?;
             ordered.messages().await.map_err(|e| e.to_string())
@@ -314,8 +324,10 @@ async fn follow_feedback(client: async_nats::Client, hub: Arc<Hub>, stop: Cancel
                 message = messages.next() => message,
             };
             let Some(Ok(message)) = message else { break };
+            if let Ok(info) = message.info() {
+                next_sequence = Some(info.stream_sequence + 1);
+            }
             if let Ok(event) = codec.decode::<ProxyFeedback>(message.headers.as_ref(), &message.payload) {
-                from = from.max(event.timestamp);
                 hub.apply(|m| m.feedback(&event, chrono::Utc::now()));
             }
         }
