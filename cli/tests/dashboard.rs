@@ -390,3 +390,109 @@ async fn the_assets_are_served_from_the_binary_and_ctrl_c_stops_it_with_a_browse
     assert!(status.success(), "{status}");
     drop(open_stream);
 }
+
+/// `deploy/nats/permissions.conf`'s `DASHBOARD_PERMISSIONS`: a dashboard user sees health and
+/// feedback, and may write nothing.
+#[tokio::test]
+async fn a_dashboard_user_of_the_deploy_permissions_follows_everything_and_writes_nothing() {
+    let permissions =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/nats/permissions.conf")).unwrap();
+    let config = format!(
+        r#"{permissions}
+authorization {{
+  users: [
+    {{ user: feed, password: feed-pw, permissions: $FEED_PERMISSIONS }}
+    {{ user: resolver, password: resolver-pw, permissions: $RESOLVER_PERMISSIONS }}
+    {{ user: aggregator, password: aggregator-pw, permissions: $AGGREGATOR_PERMISSIONS }}
+    {{ user: pool, password: pool-pw, permissions: $POOL_PERMISSIONS }}
+    {{ user: dashboard, password: dashboard-pw, permissions: $DASHBOARD_PERMISSIONS }}
+  ]
+}}"#
+    );
+    let server = NatsServer::builder().extra_config(config).start().await.unwrap();
+    let url = server.client_url();
+    let env = |user: &str| -> proxybus_shared::config::EnvSource {
+        [("NATS_URL", url.clone()), ("NATS_USER", user.to_owned()), ("NATS_PASSWORD", format!("{user}-pw"))]
+            .into_iter()
+            .collect()
+    };
+    let stop = CancellationToken::new();
+    let mut aggregator = proxybus_aggregator::AggregatorConfig::for_url(url.clone());
+    aggregator.nats = proxybus_shared::nats::NatsSettings::from_env(&env("aggregator")).unwrap();
+    tokio::spawn(proxybus_aggregator::run(aggregator, stop.clone().cancelled_owned()));
+    let feed = proxybus_shared::nats::NatsSettings::from_env(&env("feed")).unwrap().connect().await.unwrap();
+    let feed_js = jetstream::new(feed.clone());
+
+    let port = free_port();
+    let mut dashboard = tokio::process::Command::new(env!("CARGO_BIN_EXE_proxybus"))
+        .args(["dashboard", "--listen", &format!("127.0.0.1:{port}")])
+        .env("NATS_URL", &url)
+        .env("NATS_USER", "dashboard")
+        .env("NATS_PASSWORD", "dashboard-pw")
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+
+    // The feed reports until the aggregator (which makes the stream) has stored it.
+    let host = PROXIES[1].1;
+    let id = proxy_id(&url_of(host));
+    let http = http();
+    let snapshot = tokio::time::timeout(WAIT, async {
+        loop {
+            let _ =
+                proxybus_shared::feedback::publish_feedback(&feed_js, &event(host, "eu-west", "binance", Ok(50))).await;
+            if let Ok(response) = http.get(format!("http://127.0.0.1:{port}/api/snapshot")).send().await {
+                let snapshot: serde_json::Value = response.json().await.unwrap();
+                let listed =
+                    snapshot["proxies"].as_array().is_some_and(|p| p.iter().any(|p| p["proxy_id"] == id.as_str()));
+                let counted = snapshot["feedback"].as_array().is_some_and(|f| !f.is_empty());
+                if listed && counted {
+                    return snapshot;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    })
+    .await
+    .expect("the dashboard user follows PROXY_HEALTH and reads PROXY_FEEDBACK");
+    assert!(snapshot["minutes"].as_array().is_some_and(|m| !m.is_empty()), "{snapshot}");
+
+    // What it may not do.
+    let errors = Arc::new(Mutex::new(Vec::<String>::new()));
+    let seen = errors.clone();
+    let viewer = async_nats::ConnectOptions::with_user_and_password("dashboard".into(), "dashboard-pw".into())
+        .request_timeout(Some(Duration::from_secs(1)))
+        .event_callback(move |event| {
+            let seen = seen.clone();
+            async move {
+                if let async_nats::Event::ServerError(err) = event {
+                    seen.lock().unwrap().push(err.to_string());
+                }
+            }
+        })
+        .connect(&url)
+        .await
+        .unwrap();
+    let viewer_js = jetstream::new(viewer.clone());
+    let bucket = viewer_js.get_key_value(subject::HEALTH_BUCKET).await.expect("it may open the bucket");
+    assert!(bucket.put(id.as_str(), "x".into()).await.is_err(), "it may not write PROXY_HEALTH");
+    let stream = viewer_js.get_stream(subject::FEEDBACK_STREAM).await.expect("it may look at the stream");
+    assert!(
+        stream.delete_consumer(subject::AGGREGATOR_CONSUMER).await.is_err(),
+        "it may not delete the aggregator's consumer"
+    );
+    assert!(viewer_js.delete_stream(subject::FEEDBACK_STREAM).await.is_err(), "it may not delete the stream");
+    viewer.publish(subject::LAB_FEEDS, "[]".into()).await.unwrap();
+    viewer.flush().await.unwrap();
+    tokio::time::timeout(WAIT, async {
+        while !errors.lock().unwrap().iter().any(|e| e.to_lowercase().contains("permissions violation")) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("publishing is a permissions violation");
+
+    stop.cancel();
+    let _ = dashboard.kill().await;
+}

@@ -39,6 +39,7 @@ authorization {{
     {{ user: resolver, password: resolver-pw, permissions: $RESOLVER_PERMISSIONS }}
     {{ user: aggregator, password: aggregator-pw, permissions: $AGGREGATOR_PERMISSIONS }}
     {{ user: pool, password: pool-pw, permissions: $POOL_PERMISSIONS }}
+    {{ user: dashboard, password: dashboard-pw, permissions: $DASHBOARD_PERMISSIONS }}
     {{ user: operator, password: operator-pw }}
   ]
 }}"#
@@ -100,7 +101,10 @@ fn the_example_server_config_is_valid_for_nats_server() {
     let output = std::process::Command::new(binary)
         .args(["-t", "-c"])
         .arg(deploy_dir().join("nats-server.conf"))
-        .envs(["FEED", "RESOLVER", "AGGREGATOR", "POOL", "OPERATOR"].map(|u| (format!("PROXYBUS_{u}_PASSWORD"), "x")))
+        .envs(
+            ["FEED", "RESOLVER", "AGGREGATOR", "POOL", "DASHBOARD", "OPERATOR"]
+                .map(|u| (format!("PROXYBUS_{u}_PASSWORD"), "x")),
+        )
         .output()
         .expect("nats-server runs");
     assert!(
