@@ -50,6 +50,7 @@ async fn spawn_resolver(client: async_nats::Client) {
                 region: request.region,
                 request_id: request.request_id.unwrap_or_default(),
                 metadata: Default::default(),
+                resolver_region: None,
             };
             let body = codec.encode(Encoding::MsgPack, &response).unwrap();
             client.publish_with_headers(msg.reply.unwrap(), Encoding::MsgPack.headers(), body).await.unwrap();

@@ -14,7 +14,7 @@ use chrono::Utc;
 use futures::StreamExt;
 use proxybus_shared::kv::KeyChange;
 use proxybus_shared::subject::HEALTH_BUCKET;
-use proxybus_shared::{Codec, ExchangeId, HealthStats, ProxyId, health};
+use proxybus_shared::{Codec, ExchangeId, HealthState, HealthStats, ProxyId, health};
 use tokio_util::sync::CancellationToken;
 
 /// Subject pattern of health updates.
@@ -47,6 +47,12 @@ impl HealthBook {
     pub fn usable(&self, proxy: &ProxyId, exchange: &ExchangeId) -> bool {
         let book = self.stats.read().unwrap_or_else(|p| p.into_inner());
         book.get(proxy).is_none_or(|stats| health::usable_for(stats, exchange, Utc::now()))
+    }
+
+    /// The health state and latency EWMA (ms) of `proxy`, when known.
+    pub fn condition(&self, proxy: &ProxyId) -> Option<(HealthState, Option<f64>)> {
+        let book = self.stats.read().unwrap_or_else(|p| p.into_inner());
+        book.get(proxy).map(|stats| (stats.state, stats.latency_ewma_ms))
     }
 
     /// Number of proxies known.
