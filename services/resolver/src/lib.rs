@@ -123,7 +123,9 @@ pub async fn run_with_client(
     }
     let resolver = Arc::new(resolver);
 
-    health::follow(client.clone(), health, settings.region.clone(), stop.clone()).await.map_err(|e| RunError::Register(e.to_string()))?;
+    health::follow(client.clone(), health, settings.region.clone(), stop.clone())
+        .await
+        .map_err(|e| RunError::Register(e.to_string()))?;
     if let Some(addr) = settings.metrics_listen {
         serve_metrics(addr, prometheus, stop.clone()).await?;
     }
