@@ -47,6 +47,7 @@ fn codec(c: &mut Criterion) {
         region: Some("us-east".parse().unwrap()),
         request_id: uuid::Uuid::new_v4().to_string(),
         metadata: Default::default(),
+        resolver_region: None,
     };
     messages(c, "ProxyResponse", &response);
 

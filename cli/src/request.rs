@@ -61,6 +61,9 @@ pub(crate) async fn run(client: &async_nats::Client, args: RequestArgs) -> anyho
     table.add_row(vec!["proxy".to_owned(), proxy]);
     table.add_row(vec!["proxy_id".to_owned(), response.proxy_id.map(|id| id.to_string()).unwrap_or_default()]);
     table.add_row(vec!["region".to_owned(), response.region.map(|r| r.to_string()).unwrap_or_default()]);
+    if let Some(answered_in) = response.resolver_region {
+        table.add_row(vec!["resolver_region".to_owned(), answered_in.to_string()]);
+    }
     table.add_row(vec!["strategy".to_owned(), response.strategy]);
     table.add_row(vec!["source".to_owned(), serde_plain(&response.source)]);
     table.add_row(vec!["ttl_seconds".to_owned(), response.ttl_seconds.to_string()]);

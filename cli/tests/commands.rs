@@ -50,6 +50,8 @@ async fn spawn_resolver(client: async_nats::Client) {
                 region: request.region,
                 request_id: request.request_id.unwrap_or_default(),
                 metadata: Default::default(),
+                // A failed-over answer: given by a resolver of another region.
+                resolver_region: Some("ap-northeast".parse().unwrap()),
             };
             let body = codec.encode(Encoding::MsgPack, &response).unwrap();
             client.publish_with_headers(msg.reply.unwrap(), Encoding::MsgPack.headers(), body).await.unwrap();
@@ -67,6 +69,7 @@ async fn request_prints_the_proxy_redacted_or_as_json() {
     assert!(text.contains("socks5://alice:***@10.0.0.7:1080"), "{text}");
     assert!(!text.contains("s3cret"), "the table never shows a password: {text}");
     assert!(text.contains(proxy_id(PROXY).as_str()) && text.contains("eu-west"), "{text}");
+    assert!(text.contains("resolver_region") && text.contains("ap-northeast"), "who answered is shown: {text}");
 
     let output = proxybus(&server, &["request", "binance", "http", "--json", "--client-id", "feed-7"]).await;
     let response: ProxyResponse = serde_json::from_slice(&output.stdout).unwrap();

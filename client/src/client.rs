@@ -227,6 +227,7 @@ impl ProxyClient {
             fallback_policy: response.fallback_policy,
             ttl: Duration::from_secs(response.ttl_seconds),
             request_id: Some(response.request_id),
+            resolver_region: response.resolver_region,
         }))
     }
 
@@ -254,6 +255,7 @@ impl ProxyClient {
                 fallback_policy: FallbackPolicy::DirectConnection,
                 ttl,
                 request_id: None,
+                resolver_region: None,
             });
         }
         match self.inner.config.fallback_policy {
@@ -275,6 +277,7 @@ impl ProxyClient {
                     fallback_policy: FallbackPolicy::DirectConnection,
                     ttl,
                     request_id: None,
+                    resolver_region: None,
                 })
             }
         }

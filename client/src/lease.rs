@@ -30,6 +30,10 @@ pub struct ProxyLease {
     pub ttl: Duration,
     /// The resolver's request id, when it came from the resolver.
     pub request_id: Option<String>,
+    /// Region of the resolver that answered (`ProxyResponse.resolver_region`); `None` for a
+    /// fallback answer or a resolver without a region. Another region than the feed's own
+    /// means the request was failed over (docs/scaling.md).
+    pub resolver_region: Option<Region>,
 }
 
 impl ProxyLease {

@@ -33,6 +33,7 @@ fn lease() -> ProxyLease {
         fallback_policy: FallbackPolicy::DirectConnection,
         ttl: Duration::from_secs(60),
         request_id: None,
+        resolver_region: None,
     }
 }
 
@@ -75,6 +76,7 @@ async fn spawn_resolver(nats: async_nats::Client, answer: Result<Option<String>,
                         region: Some("eu-west".parse().unwrap()),
                         request_id: request.request_id.unwrap_or_default(),
                         metadata: Default::default(),
+                        resolver_region: None,
                     };
                     let body = codec.encode(Encoding::MsgPack, &response).unwrap();
                     nats.publish_with_headers(reply_to, Encoding::MsgPack.headers(), body).await.unwrap();
@@ -528,6 +530,7 @@ async fn spawn_resolver_per_client(
                 region: None,
                 request_id: request.request_id.unwrap_or_default(),
                 metadata: Default::default(),
+                resolver_region: None,
             };
             let body = codec.encode(Encoding::MsgPack, &response).unwrap();
             nats.publish_with_headers(msg.reply.unwrap(), Encoding::MsgPack.headers(), body).await.unwrap();

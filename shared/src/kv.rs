@@ -259,3 +259,64 @@ pub async fn follow_health(
     })
     .await;
 }
+
+/// Creates (when missing) region `region`'s mirror of `PROXY_HEALTH` — bucket
+/// `PROXY_HEALTH_{REGION}` ([`regional_health_bucket`](crate::subject::regional_health_bucket)),
+/// a JetStream mirror placed in the NATS cluster named `region`, with `replicas` replicas — and
+/// opens it for local reads ([`open_health_mirror`]). The server keeps it in step with
+/// `PROXY_HEALTH`; as a mirror with direct gets (`mirror_direct`) it also answers direct gets
+/// of `PROXY_HEALTH` itself from its region. Make `PROXY_HEALTH` first (the aggregator does).
+///
+/// # Errors
+/// [`BucketError`] with what the server said when the mirror neither exists nor can be made
+/// (no cluster of that name, no JetStream).
+pub async fn ensure_health_mirror(
+    js: &jetstream::Context,
+    region: &crate::Region,
+    replicas: usize,
+) -> Result<kv::Store, BucketError> {
+    let bucket = crate::subject::regional_health_bucket(region);
+    if js.get_key_value(bucket.as_str()).await.is_err() {
+        let created = js
+            .create_key_value(kv::Config {
+                bucket: bucket.clone(),
+                description: format!("read-only mirror of {} in region {region}", crate::subject::HEALTH_BUCKET),
+                history: 1,
+                num_replicas: replicas.max(1),
+                mirror: Some(stream::Source { name: crate::subject::HEALTH_BUCKET.to_owned(), ..Default::default() }),
+                placement: Some(stream::Placement { cluster: Some(region.to_string()), tags: Vec::new() }),
+                ..Default::default()
+            })
+            .await;
+        if let Err(err) = created
+            && js.get_key_value(bucket.as_str()).await.is_err()
+        {
+            return Err(BucketError { bucket, message: err.to_string() });
+        }
+    }
+    open_health_mirror(js, region).await
+}
+
+/// Opens region `region`'s mirror of `PROXY_HEALTH` as a bucket with `PROXY_HEALTH`'s keys,
+/// read from the mirror's own servers: [`health_stats`], [`follow_health`] and `get` work on it
+/// unchanged and keep working while the region holding `PROXY_HEALTH` is unreachable; a `put`
+/// goes to `PROXY_HEALTH` (readers never write). async-nats opens a mirror bucket under its own
+/// key prefix, where a mirror holds none, so the store is assembled here as nats.go opens one.
+///
+/// # Errors
+/// [`BucketError`] when the mirror does not exist or is not reachable.
+pub async fn open_health_mirror(js: &jetstream::Context, region: &crate::Region) -> Result<kv::Store, BucketError> {
+    let bucket = crate::subject::regional_health_bucket(region);
+    let stream_name = format!("KV_{bucket}");
+    let stream =
+        js.get_stream(stream_name.as_str()).await.map_err(|err| BucketError { bucket, message: err.to_string() })?;
+    let prefix = format!("$KV.{}.", crate::subject::HEALTH_BUCKET);
+    Ok(kv::Store {
+        name: crate::subject::HEALTH_BUCKET.to_owned(),
+        stream_name,
+        prefix: prefix.clone(),
+        put_prefix: Some(prefix),
+        use_jetstream_prefix: false,
+        stream,
+    })
+}

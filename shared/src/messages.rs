@@ -102,7 +102,9 @@ pub struct ProxyRequest {
     pub exchange_id: ExchangeId,
     /// Connection type; must equal the subject's token.
     pub connection_type: ConnectionType,
-    /// Preferred region; null means the resolver's own.
+    /// Preferred region; null means the resolver's own. `"any"` (an extension of contract v1)
+    /// asks for the best proxy of every region: the resolver scatters the request to each
+    /// region's resolvers and answers the healthiest, fastest reply (docs/scaling.md).
     #[serde(default)]
     pub region: Option<Region>,
     /// Who asks, e.g. `cryptofeed-{hostname}-{pid}`.
@@ -182,6 +184,12 @@ pub struct ProxyResponse {
     /// Free-form metadata.
     #[serde(default)]
     pub metadata: Metadata,
+    /// Region of the resolver that answered (its `PROXYBUS_RESOLVER_REGION`); absent when that
+    /// resolver has no region set, and in a proxy service's own answers. Next to `region` (the
+    /// proxy's) it says whether a request was failed over to another region, and where its
+    /// proxy came from (docs/scaling.md). An extension of contract v1: old clients ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolver_region: Option<Region>,
 }
 
 /// Machine-readable class of an error reply.

@@ -24,6 +24,15 @@ use crate::messages::ConnectionType;
 
 /// Prefix of request subjects.
 pub const REQUEST_PREFIX: &str = "proxy.v1.request";
+/// Prefix of the region-addressed request subjects
+/// (`proxy.v1.request_region.{region}.{exchange_id}.{connection_type}`): each resolver with a
+/// region also answers its own region's subject, so a request can be sent to one region's
+/// resolvers wherever the sender is. A resolver asked for `region: "any"` scatters the request
+/// to every region on these subjects and answers the best reply (docs/scaling.md).
+pub const REGIONAL_REQUEST_PREFIX: &str = "proxy.v1.request_region";
+/// The `region` of a [`ProxyRequest`](crate::ProxyRequest) that asks for the best proxy of
+/// any region; never the name of a region.
+pub const ANY_REGION: &str = "any";
 /// Prefix of feedback subjects.
 pub const FEEDBACK_PREFIX: &str = "proxy.v1.feedback";
 /// Prefix of health subjects.
@@ -183,6 +192,25 @@ subject_token!(
     "region"
 );
 
+impl Region {
+    /// Whether this is [`ANY_REGION`] (`"any"`): the best proxy of any region is wanted.
+    pub fn is_any(&self) -> bool {
+        self.0 == ANY_REGION
+    }
+}
+
+/// `proxy.v1.request_region.{region}.{exchange}.{connection_type}`: a request for `region`'s
+/// resolvers only.
+pub fn regional_request(region: &Region, exchange: &ExchangeId, connection_type: ConnectionType) -> String {
+    format!("{REGIONAL_REQUEST_PREFIX}.{region}.{exchange}.{connection_type}")
+}
+
+/// `proxy.v1.request_region.{region}.*.*`: what a resolver of `region` answers besides
+/// [`REQUEST_WILDCARD`].
+pub fn regional_request_wildcard(region: &Region) -> String {
+    format!("{REGIONAL_REQUEST_PREFIX}.{region}.*.*")
+}
+
 /// `proxy.v1.request.{exchange}.{connection_type}`.
 pub fn request(exchange: &ExchangeId, connection_type: ConnectionType) -> String {
     format!("{REQUEST_PREFIX}.{exchange}.{connection_type}")
@@ -204,6 +232,12 @@ pub fn regional_feedback_stream(region: &Region) -> String {
     format!("{FEEDBACK_STREAM}_{}", region.as_str().to_ascii_uppercase().replace('-', "_"))
 }
 
+/// `PROXY_HEALTH_{REGION}` (upper case, `-` as `_`): region `region`'s read-only mirror of
+/// `PROXY_HEALTH`, placed in its cluster so that its readers read locally.
+pub fn regional_health_bucket(region: &Region) -> String {
+    format!("{HEALTH_BUCKET}_{}", region.as_str().to_ascii_uppercase().replace('-', "_"))
+}
+
 /// `proxy.v1.health.{region}`.
 pub fn health(region: &Region) -> String {
     format!("{HEALTH_PREFIX}.{region}")
@@ -221,6 +255,12 @@ pub fn feedback_dead(original_subject: &str) -> String {
 /// Parses `proxy.v1.request.{exchange}.{connection_type}`.
 pub fn parse_request(subject: &str) -> Result<(ExchangeId, ConnectionType), SubjectError> {
     parse_exchange_connection(subject, REQUEST_PREFIX)
+}
+
+/// Parses `proxy.v1.request_region.{region}.{exchange}.{connection_type}`.
+pub fn parse_regional_request(subject: &str) -> Result<(Region, ExchangeId, ConnectionType), SubjectError> {
+    let tokens = tokens_after(subject, REGIONAL_REQUEST_PREFIX, 3)?;
+    Ok((tokens[0].parse()?, tokens[1].parse()?, tokens[2].parse()?))
 }
 
 /// Parses `proxy.v1.feedback.{exchange}.{connection_type}`.
@@ -265,8 +305,23 @@ mod tests {
         assert_eq!(request(&kraken, ConnectionType::Http), "proxy.v1.request.kraken.http");
         assert_eq!(feedback(&kraken, ConnectionType::Websocket), "proxy.v1.feedback.kraken.websocket");
         assert_eq!(health(&region), "proxy.v1.health.eu-west");
-        assert_eq!(parse_feedback("proxy.v1.feedback.kraken.websocket").unwrap(), (kraken, ConnectionType::Websocket));
+        assert_eq!(
+            parse_feedback("proxy.v1.feedback.kraken.websocket").unwrap(),
+            (kraken.clone(), ConnectionType::Websocket)
+        );
         assert_eq!(parse_health("proxy.v1.health.eu-west").unwrap(), region);
+        let regional = regional_request(&region, &kraken, ConnectionType::Http);
+        assert_eq!(regional, "proxy.v1.request_region.eu-west.kraken.http");
+        assert_eq!(parse_regional_request(&regional).unwrap(), (region.clone(), kraken, ConnectionType::Http));
+        assert_eq!(regional_request_wildcard(&region), "proxy.v1.request_region.eu-west.*.*");
+        assert!(parse_request(&regional).is_err(), "a regional subject is not a plain request subject");
+        assert!(matches!(
+            parse_regional_request("proxy.v1.request_region.eu-west.kraken"),
+            Err(SubjectError::WrongTokenCount { .. })
+        ));
+        assert!(parse_regional_request("proxy.v1.request_region.eu.west.kraken.http").is_err());
+        assert!(ANY_REGION.parse::<Region>().unwrap().is_any() && !region.is_any());
+        assert_eq!(regional_health_bucket(&region), "PROXY_HEALTH_EU_WEST");
     }
 
     #[test]

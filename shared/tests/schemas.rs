@@ -47,6 +47,8 @@ fn examples() -> BTreeMap<&'static str, Value> {
         region: Some(region.clone()),
         request_id: "0b8a4c52-1f0e-4f4e-9d3a-7c2f1a9e6b10".into(),
         metadata: Metadata::new(),
+        // Answered by a us-east resolver for a feed in eu-west (failed over), with an eu-west proxy.
+        resolver_region: Some("us-east".parse().unwrap()),
     };
     let error =
         ErrorReply::new(ErrorCode::BadRequest, "exchange_id \"kraken\" does not match subject token \"binance\"", None);
@@ -353,6 +355,7 @@ fn asyncapi_describes_every_subject_stream_and_bucket() {
         doc["channels"].as_object().unwrap().values().filter_map(|c| c["address"].as_str()).collect();
     for subject in [
         "proxy.v1.request.{exchange_id}.{connection_type}",
+        "proxy.v1.request_region.{region}.{exchange_id}.{connection_type}",
         "proxy.v1.feedback.{exchange_id}.{connection_type}",
         "proxy.v1.health.{region}",
         "proxy.v1.feedback_dead.{exchange_id}.{connection_type}",

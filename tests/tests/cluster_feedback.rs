@@ -1,7 +1,10 @@
-//! Feedback on a three-node cluster with a replicated (R3) `PROXY_FEEDBACK`: the node leading
-//! the stream is killed while feeds publish; every event is stored once (a publisher whose ack
-//! was lost publishes again with the same `Nats-Msg-Id`) and the aggregator folds each exactly
-//! once (issue 16: killing one node of a 3-node cluster loses no feedback).
+//! Feedback and requests on a three-node cluster with a replicated (R3) `PROXY_FEEDBACK`: the
+//! node leading the stream — which also serves one of two resolvers — is killed while feeds
+//! publish and ask for proxies. Every event is stored once (a publisher whose ack was lost
+//! publishes again with the same `Nats-Msg-Id`) and the aggregator folds each exactly once; no
+//! request is lost beyond those in flight at the kill, and the killed node's resolver reconnects
+//! and serves again (issue 16: killing one node of a 3-node cluster loses no feedback and no
+//! request beyond those in flight).
 
 mod common;
 
@@ -9,28 +12,118 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use common::{event, folded_total};
+use futures::StreamExt;
 use proxybus_shared::feedback::{FeedbackStreamConfig, ensure_feedback_stream, publish_feedback};
 use proxybus_shared::subject::FEEDBACK_STREAM;
+use proxybus_shared::{Codec, ConnectionType, Encoding, ProxyRequest, subject};
 use proxybus_tests::NatsCluster;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 const EVENTS: usize = 120;
+/// Feeds asking for proxies, each one request at a time.
+const FEEDS: usize = 4;
+/// How long a feed waits for an answer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One request's fate: when it was sent, and whether a resolver answered it.
+type Outcome = (Instant, bool);
+
+/// A resolver (proxying off: it answers `direct` in place) on a connection to `url`, that
+/// reconnects to the other nodes it learns of.
+fn start_resolver(cluster: &NatsCluster, url: String, stop: &CancellationToken) {
+    let options = cluster.connect_options().name(format!("resolver-{url}"));
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        let client = options.connect(url.clone()).await.unwrap();
+        let config = proxybus_resolver::Config {
+            proxy: Default::default(),
+            resolver: Default::default(),
+            nats: proxybus_shared::nats::NatsSettings::new(url.clone()),
+        };
+        proxybus_resolver::run_with_client(client, config, stop.cancelled_owned()).await.unwrap();
+    });
+}
+
+/// How many resolvers answer `$SRV.PING.proxybus-resolver` within 300 ms.
+async fn resolvers_serving(client: &async_nats::Client) -> usize {
+    let inbox = client.new_inbox();
+    let mut pongs = client.subscribe(inbox.clone()).await.unwrap();
+    let ping = format!("$SRV.PING.{}", subject::RESOLVER_SERVICE);
+    if client.publish_with_reply(ping, inbox, "".into()).await.is_err() {
+        return 0;
+    }
+    let mut serving = 0;
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(300), pongs.next()).await {
+        serving += 1;
+    }
+    serving
+}
+
+/// A feed asking one request at a time on a connection to `url` until `stop`.
+fn start_feed(
+    cluster: &NatsCluster,
+    url: String,
+    n: usize,
+    stop: &CancellationToken,
+) -> tokio::task::JoinHandle<Vec<Outcome>> {
+    let options = cluster.connect_options();
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        let client = options.connect(url).await.unwrap();
+        let request = ProxyRequest::new("binance".parse().unwrap(), ConnectionType::Websocket, format!("feed-{n}"));
+        let body = Codec::default().encode(Encoding::MsgPack, &request).unwrap();
+        let subject = subject::request(&request.exchange_id, request.connection_type);
+        let mut outcomes = Vec::new();
+        while !stop.is_cancelled() {
+            let sent = Instant::now();
+            let reply = tokio::time::timeout(REQUEST_TIMEOUT, client.request(subject.clone(), body.clone())).await;
+            let answered = matches!(reply, Ok(Ok(ref message)) if !message.payload.is_empty());
+            outcomes.push((sent, answered));
+            if !answered {
+                // No responders while the node's interest is re-learned: do not spin.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        outcomes
+    })
+}
 
 #[tokio::test]
-async fn killing_the_stream_leader_loses_no_feedback_and_folds_each_event_once() {
+async fn killing_the_stream_leader_loses_no_feedback_and_no_request_beyond_those_in_flight() {
     let mut cluster = NatsCluster::start().await.unwrap();
     let js = jetstream::new(cluster.connect().await.unwrap());
     let config = FeedbackStreamConfig { replicas: 3, ..FeedbackStreamConfig::default() };
     ensure_feedback_stream(&js, &config).await.unwrap();
+    let mut stream = js.get_stream(FEEDBACK_STREAM).await.unwrap();
+    let info = stream.info().await.unwrap();
+    let leader = info.cluster.as_ref().and_then(|c| c.leader.clone()).expect("an R3 stream has a leader");
+    let doomed = cluster.node_index(&leader).unwrap();
+    let url = |i: usize| cluster.nodes()[i].client_url();
 
-    let mut killed = false;
+    // One resolver on the node to be killed, one on the next; feeds on the two that live.
+    let stop = CancellationToken::new();
+    let _stop = stop.clone().drop_guard();
+    start_resolver(&cluster, url(doomed), &stop);
+    start_resolver(&cluster, url((doomed + 1) % 3), &stop);
+    let ready = cluster.connect().await.unwrap();
+    let probe = Codec::default()
+        .encode(Encoding::MsgPack, &ProxyRequest::new("binance".parse().unwrap(), ConnectionType::Http, "probe"))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while resolvers_serving(&ready).await < 2
+        || ready.request("proxy.v1.request.binance.http", probe.clone()).await.is_err()
+    {
+        assert!(Instant::now() < deadline, "the two resolvers did not start");
+    }
+    let feeds: Vec<_> = (0..FEEDS).map(|n| start_feed(&cluster, url((doomed + 1 + n % 2) % 3), n, &stop)).collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut killed_at = None;
     for n in 0..EVENTS {
         if n == EVENTS / 2 {
-            let mut stream = js.get_stream(FEEDBACK_STREAM).await.unwrap();
-            let info = stream.info().await.unwrap();
-            let leader = info.cluster.as_ref().and_then(|c| c.leader.clone()).expect("an R3 stream has a leader");
-            cluster.kill_node(cluster.node_index(&leader).unwrap()).unwrap();
-            killed = true;
+            cluster.kill_node(doomed).unwrap();
+            killed_at = Some(Instant::now());
         }
         let event = event("eu-west", &format!("proxy-{}", n % 6));
         // What the client library does: the same event again until JetStream acknowledges it.
@@ -40,7 +133,39 @@ async fn killing_the_stream_leader_loses_no_feedback_and_folds_each_event_once()
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    assert!(killed);
+    let killed_at = killed_at.expect("the leader was killed");
+    // Requests go on past the kill for longer than a request's timeout.
+    tokio::time::sleep((killed_at + REQUEST_TIMEOUT * 2).saturating_duration_since(Instant::now())).await;
+    // The killed node's resolver reconnected to a node that lives and serves again.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while resolvers_serving(&ready).await < 2 {
+        assert!(Instant::now() < deadline, "the killed node's resolver did not come back");
+    }
+    stop.cancel();
+    let mut answered_after = 0;
+    for feed in feeds {
+        let outcomes = feed.await.unwrap();
+        let lost: Vec<&Outcome> = outcomes.iter().filter(|(_, answered)| !answered).collect();
+        // A feed has one request in flight: at most that one is lost, and only at the kill.
+        assert!(
+            lost.len() <= 1,
+            "a feed lost {} requests: {:?}",
+            lost.len(),
+            lost.iter().map(|(at, _)| at.saturating_duration_since(killed_at)).collect::<Vec<_>>()
+        );
+        for (sent, _) in lost {
+            assert!(
+                *sent + REQUEST_TIMEOUT >= killed_at && *sent <= killed_at + Duration::from_millis(500),
+                "a request lost away from the kill"
+            );
+        }
+        answered_after += outcomes.iter().filter(|(sent, answered)| *answered && *sent > killed_at).count();
+        assert!(
+            outcomes.iter().any(|(sent, answered)| *answered && *sent < killed_at),
+            "the feed was answered before the kill"
+        );
+    }
+    assert!(answered_after > FEEDS, "feeds kept being answered after the kill");
     let mut stream = js.get_stream(FEEDBACK_STREAM).await.unwrap();
     assert_eq!(stream.info().await.unwrap().state.messages, EVENTS as u64, "each event stored once");
 

@@ -101,6 +101,7 @@ impl Selection {
             region: self.region,
             request_id,
             metadata,
+            resolver_region: None,
         }
     }
 }

@@ -298,6 +298,7 @@ mod tests {
             region: None,
             request_id: "req-1".into(),
             metadata: Default::default(),
+            resolver_region: None,
         }
     }
 

@@ -14,7 +14,7 @@ use chrono::Utc;
 use futures::StreamExt;
 use proxybus_shared::kv::KeyChange;
 use proxybus_shared::subject::HEALTH_BUCKET;
-use proxybus_shared::{Codec, ExchangeId, HealthStats, ProxyId, health};
+use proxybus_shared::{Codec, ExchangeId, HealthState, HealthStats, ProxyId, Region, health};
 use tokio_util::sync::CancellationToken;
 
 /// Subject pattern of health updates.
@@ -49,6 +49,12 @@ impl HealthBook {
         book.get(proxy).is_none_or(|stats| health::usable_for(stats, exchange, Utc::now()))
     }
 
+    /// The health state and latency EWMA (ms) of `proxy`, when known.
+    pub fn condition(&self, proxy: &ProxyId) -> Option<(HealthState, Option<f64>)> {
+        let book = self.stats.read().unwrap_or_else(|p| p.into_inner());
+        book.get(proxy).map(|stats| (stats.state, stats.latency_ewma_ms))
+    }
+
     /// Number of proxies known.
     pub fn len(&self) -> usize {
         self.stats.read().unwrap_or_else(|p| p.into_inner()).len()
@@ -62,9 +68,14 @@ impl HealthBook {
 
 /// Loads `PROXY_HEALTH` into `book` (waiting at most [`LOAD_TIMEOUT`] for it), then
 /// follows the bucket and `proxy.v1.health.>` in the background until `shutdown`.
+///
+/// A resolver with a `region` whose mirror `PROXY_HEALTH_{REGION}` exists at start
+/// (`proxybus_shared::kv::ensure_health_mirror`) reads the mirror instead: from its own
+/// region's servers, and on while the region holding `PROXY_HEALTH` is unreachable.
 pub async fn follow(
     client: async_nats::Client,
     book: Arc<HealthBook>,
+    region: Option<Region>,
     shutdown: CancellationToken,
 ) -> Result<(), async_nats::SubscribeError> {
     let mut updates = client.subscribe(HEALTH_SUBJECTS).await?;
@@ -75,15 +86,27 @@ pub async fn follow(
         let js = async_nats::jetstream::new(client.clone());
         tokio::spawn(async move {
             let mut loaded_tx = Some(loaded_tx);
-            // Nothing stored yet while the aggregator has not made the bucket: answer meanwhile.
-            let wait = proxybus_shared::kv::wait_for_bucket(&js, HEALTH_BUCKET, || {
-                if let Some(tx) = loaded_tx.take() {
-                    let _ = tx.send(());
+            let mirror = match &region {
+                Some(region) => proxybus_shared::kv::open_health_mirror(&js, region).await.ok(),
+                None => None,
+            };
+            let bucket = match mirror {
+                Some(mirror) => {
+                    tracing::info!(stream = %mirror.stream_name, "reading health from this region's mirror");
+                    mirror
                 }
-            });
-            let bucket = tokio::select! {
-                () = shutdown.cancelled() => return,
-                bucket = wait => bucket,
+                None => {
+                    // Nothing stored yet while the aggregator has not made the bucket: answer meanwhile.
+                    let wait = proxybus_shared::kv::wait_for_bucket(&js, HEALTH_BUCKET, || {
+                        if let Some(tx) = loaded_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    });
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        bucket = wait => bucket,
+                    }
+                }
             };
             proxybus_shared::kv::follow_health(&bucket, shutdown.cancelled_owned(), |change| match change {
                 KeyChange::Put { value, .. } => book.record(value),

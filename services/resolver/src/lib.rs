@@ -14,6 +14,7 @@
 //! - [`service`]: request validation, replies and error replies on NATS.
 //! - [`resolver`]: the decision: cache, single-flight upstream, fallback chain.
 //! - [`cache`]: the bounded answer cache keyed per client, and the single-flight gate.
+//! - [`scatter`]: `region: "any"` sent to every region's resolvers, the best answer taken.
 //! - [`upstream`]: endpoints, their breakers, hedged HTTP calls, answer validation.
 //! - [`discovery`]: static endpoints or DNS SRV discovery, and `/healthz` probes.
 //! - [`health`]: the health book fed by `proxy.v1.health.>`.
@@ -25,6 +26,7 @@ pub mod discovery;
 pub mod health;
 pub mod metrics;
 pub mod resolver;
+pub mod scatter;
 pub mod service;
 pub mod settings;
 pub mod upstream;
@@ -36,9 +38,9 @@ use std::time::Duration;
 
 use async_nats::service::ServiceExt;
 use futures::StreamExt;
-use proxybus_shared::Codec;
 use proxybus_shared::breaker::BreakerConfig;
 use proxybus_shared::http::{HttpClientError, TlsFiles, proxy_service_client};
+use proxybus_shared::{Codec, subject};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -113,9 +115,17 @@ pub async fn run_with_client(
     } else {
         None
     };
-    let resolver = Arc::new(Resolver::new(proxy.clone(), settings.clone(), upstream, health.clone(), metrics.clone()));
+    let mut resolver = Resolver::new(proxy.clone(), settings.clone(), upstream, health.clone(), metrics.clone());
+    if !settings.regions.is_empty() {
+        let scatter =
+            scatter::RegionScatter::new(client.clone(), settings.regions.clone(), settings.any_region_deadline());
+        resolver = resolver.with_scatter(scatter);
+    }
+    let resolver = Arc::new(resolver);
 
-    health::follow(client.clone(), health, stop.clone()).await.map_err(|e| RunError::Register(e.to_string()))?;
+    health::follow(client.clone(), health, settings.region.clone(), stop.clone())
+        .await
+        .map_err(|e| RunError::Register(e.to_string()))?;
     if let Some(addr) = settings.metrics_listen {
         serve_metrics(addr, prometheus, stop.clone()).await?;
     }
@@ -132,13 +142,28 @@ pub async fn run_with_client(
         .start(SERVICE_NAME, env!("CARGO_PKG_VERSION"))
         .await
         .map_err(|e| RunError::Register(e.to_string()))?;
-    let mut endpoint = service
-        .endpoint_builder()
-        .name("request")
-        .add(REQUEST_SUBJECTS)
-        .await
-        .map_err(|e| RunError::Register(e.to_string()))?;
-    tracing::info!(subject = REQUEST_SUBJECTS, queue_group = SERVICE_NAME, "resolver serving");
+    let mut endpoints = vec![
+        service
+            .endpoint_builder()
+            .name("request")
+            .add(REQUEST_SUBJECTS)
+            .await
+            .map_err(|e| RunError::Register(e.to_string()))?,
+    ];
+    tracing::info!(subject = REQUEST_SUBJECTS, queue_group = SERVICE_NAME, region = ?settings.region, "resolver serving");
+    if let Some(region) = &settings.region {
+        // This region's own subject, for requests sent to one region (the scatter of `any`).
+        let regional = subject::regional_request_wildcard(region);
+        endpoints.push(
+            service
+                .endpoint_builder()
+                .name("request_region")
+                .add(regional.as_str())
+                .await
+                .map_err(|e| RunError::Register(e.to_string()))?,
+        );
+        tracing::info!(subject = %regional, queue_group = SERVICE_NAME, "resolver serving its region's subject");
+    }
 
     // Answers that need no upstream call are given in place, in this loop; a
     // request that needs upstream gets a task (and a slot of `max_in_flight`).
@@ -153,11 +178,12 @@ pub async fn run_with_client(
         });
     };
     tokio::pin!(shutdown);
+    let mut requests = futures::stream::select_all(endpoints.iter_mut());
     loop {
         tokio::select! {
             biased;
             () = &mut shutdown => break,
-            request = endpoint.next() => match request {
+            request = requests.next() => match request {
                 Some(request) => {
                     if let Some(deferred) = responder.answer_now(request).await {
                         // Bound the work in flight: wait for a slot before reading on.
@@ -170,16 +196,21 @@ pub async fn run_with_client(
         }
     }
 
+    drop(requests);
     tracing::info!("shutting down: no new requests; finishing those in flight");
-    if let Err(err) = endpoint.stop().await {
-        tracing::warn!(error = %err, "cannot unsubscribe");
+    for endpoint in &mut endpoints {
+        if let Err(err) = endpoint.stop().await {
+            tracing::warn!(error = %err, "cannot unsubscribe");
+        }
     }
     // Requests already delivered to this process are still answered.
-    while let Ok(Some(request)) = tokio::time::timeout(Duration::from_millis(200), endpoint.next()).await {
+    let mut delivered = futures::stream::select_all(endpoints.iter_mut());
+    while let Ok(Some(request)) = tokio::time::timeout(Duration::from_millis(200), delivered.next()).await {
         if let Some(deferred) = responder.answer_now(request).await {
             spawn(deferred, None);
         }
     }
+    drop(delivered);
     tracker.close();
     let grace = Duration::from_secs(settings.shutdown_grace_seconds);
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {

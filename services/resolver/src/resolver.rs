@@ -10,12 +10,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proxybus_shared::config::ProxySettings;
-use proxybus_shared::{ErrorCode, ExchangeId, FallbackPolicy, Metadata, ProxyRequest, ProxyResponse, ResponseSource};
+use proxybus_shared::{
+    ErrorCode, ExchangeId, FallbackPolicy, Metadata, ProxyRequest, ProxyResponse, Region, ResponseSource,
+};
 use tokio::time::Instant;
 
 use crate::cache::{AnswerCache, CacheKey, CachedAnswer, SingleFlight};
 use crate::health::HealthBook;
 use crate::metrics::ResolverMetrics;
+use crate::scatter::{RegionScatter, rank};
 use crate::settings::ResolverSettings;
 use crate::upstream::{Upstream, UpstreamError};
 use proxybus_shared::embedded::{EmbeddedChoice, EmbeddedSelector};
@@ -53,6 +56,7 @@ pub struct Resolver {
     cache: AnswerCache,
     flights: SingleFlight<Result<ProxyResponse, UpstreamError>>,
     upstream: Option<Arc<Upstream>>,
+    scatter: Option<Arc<RegionScatter>>,
     embedded: EmbeddedSelector,
     health: Arc<HealthBook>,
     metrics: Arc<ResolverMetrics>,
@@ -74,9 +78,18 @@ impl Resolver {
             proxy,
             settings,
             upstream,
+            scatter: None,
             health,
             metrics,
         }
+    }
+
+    /// This resolver answering requests for region `any` by scattering them with `scatter`
+    /// and taking the best answer ([`crate::scatter`]). Without it, `any` means this
+    /// resolver's own region.
+    pub fn with_scatter(mut self, scatter: RegionScatter) -> Self {
+        self.scatter = Some(Arc::new(scatter));
+        self
     }
 
     /// The counters of this resolver.
@@ -103,13 +116,44 @@ impl Resolver {
     /// off, a fresh and usable cache entry, or an exchange the upstream services do
     /// not handle (embedded settings). `None` when [`resolve`](Self::resolve) has
     /// to ask upstream. Never waits: the service calls it in place, without a task.
+    /// Every answer names this resolver's region in `resolver_region`.
     pub fn resolve_now(&self, request: &ProxyRequest) -> Option<ProxyResponse> {
+        self.decide_now(request).map(|answer| self.signed(answer))
+    }
+
+    /// Answers a validated request (its `request_id` is set). The upstream proxy
+    /// services are asked for the request's `region` (this resolver's own when null);
+    /// a service that has no proxy there answers from its own regions, and the
+    /// answer's `region` says which. Every answer names this resolver's region in
+    /// `resolver_region`.
+    pub async fn resolve(&self, request: &ProxyRequest) -> Result<ProxyResponse, ResolveError> {
+        self.decide(request).await.map(|answer| self.signed(answer))
+    }
+
+    /// `answer` with `resolver_region` set to this resolver's region.
+    fn signed(&self, mut answer: ProxyResponse) -> ProxyResponse {
+        answer.resolver_region = self.settings.region.clone();
+        answer
+    }
+
+    /// The region a request is answered for: its own, or this resolver's when it names none
+    /// (or `any` while this resolver does not scatter).
+    fn region_of<'a>(&'a self, request: &'a ProxyRequest) -> Option<&'a Region> {
+        request
+            .region
+            .as_ref()
+            .filter(|region| !region.is_any() || self.scatter.is_some())
+            .or(self.settings.region.as_ref())
+    }
+
+    fn decide_now(&self, request: &ProxyRequest) -> Option<ProxyResponse> {
         let exchange = &request.exchange_id;
-        let region = request.region.as_ref().or(self.settings.region.as_ref());
+        let region = self.region_of(request);
+        let scattered = region.is_some_and(Region::is_any);
         let request_id = || request.request_id.clone().unwrap_or_default();
 
         if !self.proxy.enabled {
-            return Some(self.direct(request_id(), region.cloned()));
+            return Some(self.direct(request_id(), region.filter(|r| !r.is_any()).cloned()));
         }
         let key = CacheKey::new(&request.client_id, exchange, request.connection_type, region)
             .accepting(&request.proxy_schemes);
@@ -126,25 +170,33 @@ impl Resolver {
                 ));
             }
         }
-        let delegated = self.upstream.is_some() && self.proxy.external_service.delegates(exchange.as_str());
+        let delegated =
+            scattered || (self.upstream.is_some() && self.proxy.external_service.delegates(exchange.as_str()));
         if !delegated {
             return Some(self.embedded_first(key, request, request_id(), region.cloned()));
         }
         None
     }
 
-    /// Answers a validated request (its `request_id` is set).
-    pub async fn resolve(&self, request: &ProxyRequest) -> Result<ProxyResponse, ResolveError> {
-        if let Some(answer) = self.resolve_now(request) {
+    async fn decide(&self, request: &ProxyRequest) -> Result<ProxyResponse, ResolveError> {
+        if let Some(answer) = self.decide_now(request) {
             return Ok(answer);
         }
         let exchange = &request.exchange_id;
-        let region = request.region.clone().or_else(|| self.settings.region.clone());
+        let region = self.region_of(request).cloned();
         let key = CacheKey::new(&request.client_id, exchange, request.connection_type, region.as_ref())
             .accepting(&request.proxy_schemes);
         let request_id = request.request_id.clone().unwrap_or_default();
+        let scattered = region.as_ref().is_some_and(Region::is_any);
+        // `any` names no region an answer could be in.
+        let region = region.filter(|region| !region.is_any());
 
-        let upstream_error = match self.ask_upstream(&key, request, region.clone()).await {
+        let answer = if scattered {
+            self.ask_regions(&key, request).await
+        } else {
+            self.ask_upstream(&key, request, region.clone()).await
+        };
+        let upstream_error = match answer {
             Ok(mut response) => {
                 response.source = ResponseSource::Service;
                 response.request_id = request_id;
@@ -215,7 +267,7 @@ impl Resolver {
         &self,
         key: &CacheKey,
         request: &ProxyRequest,
-        region: Option<proxybus_shared::Region>,
+        region: Option<Region>,
     ) -> Result<ProxyResponse, UpstreamError> {
         let Some(upstream) = self.upstream.clone() else {
             return Err(UpstreamError::NoEndpoints);
@@ -241,12 +293,49 @@ impl Resolver {
         result
     }
 
+    /// One scatter per key at a time ([`crate::scatter`]); the best usable answer goes into the
+    /// cache.
+    async fn ask_regions(&self, key: &CacheKey, request: &ProxyRequest) -> Result<ProxyResponse, UpstreamError> {
+        let Some(scatter) = self.scatter.clone() else {
+            return Err(UpstreamError::NoEndpoints);
+        };
+        let health = self.health.clone();
+        let cache = self.cache.clone();
+        let owned_key = key.clone();
+        let request = request.clone();
+        let default_ttl = self.proxy.external_service.cache_ttl_seconds;
+        let (result, _leader) = self
+            .flights
+            .run(key, move || async move {
+                let answers = scatter.gather(&request).await;
+                let exchange = &request.exchange_id;
+                let best = answers
+                    .into_iter()
+                    .filter(|answer| answer.response.proxy_id.as_ref().is_none_or(|id| health.usable(id, exchange)))
+                    .min_by_key(|answer| rank(answer, answer.response.proxy_id.as_ref().and_then(|id| health.condition(id))));
+                let Some(best) = best else {
+                    return Err(UpstreamError::NoRegionAnswered {
+                        deadline_ms: u64::try_from(scatter.deadline().as_millis()).unwrap_or(u64::MAX),
+                    });
+                };
+                tracing::debug!(request_id = request.request_id.as_deref().unwrap_or_default(), region = %best.region, "best region for any");
+                let mut response = best.response;
+                if response.ttl_seconds == 0 {
+                    response.ttl_seconds = default_ttl;
+                }
+                cache.insert(owned_key, response.clone(), Duration::from_secs(response.ttl_seconds));
+                Ok(response)
+            })
+            .await;
+        result
+    }
+
     fn embedded_first(
         &self,
         key: CacheKey,
         request: &ProxyRequest,
         request_id: String,
-        region: Option<proxybus_shared::Region>,
+        region: Option<Region>,
     ) -> ProxyResponse {
         match self.embedded.select_accepting(
             request.exchange_id.as_str(),
@@ -259,7 +348,7 @@ impl Resolver {
                 self.cache.insert(key, answer.clone(), Duration::from_secs(answer.ttl_seconds));
                 answer
             }
-            None => self.direct(request_id, region),
+            None => self.direct(request_id, region.filter(|r| !r.is_any())),
         }
     }
 
@@ -293,10 +382,11 @@ impl Resolver {
             region: None,
             request_id,
             metadata: Metadata::new(),
+            resolver_region: None,
         }
     }
 
-    fn direct(&self, request_id: String, region: Option<proxybus_shared::Region>) -> ProxyResponse {
+    fn direct(&self, request_id: String, region: Option<Region>) -> ProxyResponse {
         ProxyResponse {
             schema_version: proxybus_shared::SCHEMA_VERSION,
             proxy_url: None,
@@ -308,6 +398,7 @@ impl Resolver {
             region,
             request_id,
             metadata: Metadata::new(),
+            resolver_region: None,
         }
     }
 }

@@ -107,8 +107,21 @@ pub fn validate(
         Refusal::bad(message, None)
     })?;
     let request_id = request.request_id.clone();
-    let (exchange, connection_type) =
-        subject::parse_request(subject).map_err(|err| Refusal::bad(shorten(&err.to_string()), request_id.clone()))?;
+    let bad_subject = |err: subject::SubjectError| Refusal::bad(shorten(&err.to_string()), request_id.clone());
+    let (exchange, connection_type) = if is_regional(subject) {
+        // Sent to one region's resolvers: the body asks for that region, or for none.
+        let (region, exchange, connection_type) = subject::parse_regional_request(subject).map_err(bad_subject)?;
+        match &request.region {
+            None => request.region = Some(region),
+            Some(asked) if *asked == region => {}
+            Some(asked) => {
+                return Err(Refusal::bad(format!("region {asked} does not match the subject's {region}"), request_id));
+            }
+        }
+        (exchange, connection_type)
+    } else {
+        subject::parse_request(subject).map_err(bad_subject)?
+    };
     if exchange != request.exchange_id {
         return Err(Refusal::bad(
             format!("exchange_id {} does not match the subject's {exchange}", request.exchange_id),
@@ -132,6 +145,11 @@ pub fn validate(
         None => request.request_id = Some(ids.next_id()),
     }
     Ok(request)
+}
+
+/// Whether `subject` is a region-addressed request subject (`proxy.v1.request_region.…`).
+fn is_regional(subject: &str) -> bool {
+    subject.strip_prefix(subject::REGIONAL_REQUEST_PREFIX).is_some_and(|rest| rest.starts_with('.'))
 }
 
 fn shorten(text: &str) -> String {
@@ -311,6 +329,24 @@ mod tests {
         assert!(err.message.contains("connection_type"), "{}", err.message);
         let err = validate("proxy.v1.request.binance.ftp", &body("binance", ConnectionType::Http)).unwrap_err();
         assert_eq!(err.code, ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn a_regional_subject_sets_or_checks_the_region() {
+        let codec = Codec::default();
+        let ids = RequestIds::default();
+        let validate = |subject: &str, payload: &[u8]| validate(&codec, &ids, subject, None, payload);
+        let subject = "proxy.v1.request_region.eu-west.binance.http";
+        let ok = validate(subject, &body("binance", ConnectionType::Http)).unwrap();
+        assert_eq!(ok.region.as_ref().map(|r| r.as_str()), Some("eu-west"), "no region in the body: the subject's");
+        let mut request = ProxyRequest::new("binance".parse().unwrap(), ConnectionType::Http, "feed-1");
+        request.region = Some("any".parse().unwrap());
+        let any = Codec::default().encode(Encoding::MsgPack, &request).unwrap();
+        let err = validate(subject, &any).unwrap_err();
+        assert!(err.message.contains("does not match the subject's eu-west"), "{}", err.message);
+        let err = validate("proxy.v1.request_region.eu-west.kraken.http", &body("binance", ConnectionType::Http));
+        assert!(err.unwrap_err().message.contains("kraken"));
+        assert!(validate("proxy.v1.request_region.binance.http", &body("binance", ConnectionType::Http)).is_err());
     }
 
     #[test]

@@ -25,8 +25,15 @@ pub const SERVICE_NAME: &str = "proxybus-resolver";
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ResolverSettings {
-    /// The resolver's own region, used for requests whose `region` is null.
+    /// The resolver's own region, used for requests whose `region` is null; it also answers
+    /// `proxy.v1.request_region.{region}.*.*` and names it in every answer's `resolver_region`.
+    /// Its upstream proxy services are its region's (docs/scaling.md).
     pub region: Option<Region>,
+    /// Every region of the deployment (this one included): a request for region `any` is
+    /// scattered to their resolvers and the best answer taken. Empty: `any` means `region`.
+    pub regions: Vec<Region>,
+    /// How long a request for region `any` waits for the regions' answers, in milliseconds.
+    pub any_region_deadline_ms: u64,
     /// Most cached answers kept (LRU-like eviction beyond it).
     pub cache_max_entries: u64,
     /// How long after its TTL an answer may still be served as `stale_cache` while upstream fails.
@@ -65,6 +72,8 @@ impl Default for ResolverSettings {
     fn default() -> Self {
         Self {
             region: None,
+            regions: Vec::new(),
+            any_region_deadline_ms: 500,
             cache_max_entries: 100_000,
             max_staleness_seconds: 600,
             hedge_delay_ms: 150,
@@ -115,6 +124,11 @@ impl ResolverSettings {
         Duration::from_millis(self.hedge_delay_ms)
     }
 
+    /// How long a request for region `any` waits for the regions' answers.
+    pub fn any_region_deadline(&self) -> Duration {
+        Duration::from_millis(self.any_region_deadline_ms)
+    }
+
     /// The maximum staleness of a cached answer.
     pub fn max_staleness(&self) -> Duration {
         Duration::from_secs(self.max_staleness_seconds)
@@ -135,6 +149,15 @@ impl Validate for ResolverSettings {
         issues.check_range(key(prefix, "health_probe_interval_seconds"), self.health_probe_interval_seconds, 0..=3_600);
         issues.check_range(key(prefix, "shutdown_grace_seconds"), self.shutdown_grace_seconds, 0..=600);
         issues.check_range(key(prefix, "max_in_flight"), self.max_in_flight, 1..=1_000_000);
+        issues.check_range(key(prefix, "any_region_deadline_ms"), self.any_region_deadline_ms, 10..=60_000);
+        if self.region.as_ref().is_some_and(Region::is_any) {
+            issues.push(key(prefix, "region"), "\"any\" asks for any region; it cannot be a resolver's region");
+        }
+        for (i, region) in self.regions.iter().enumerate() {
+            if region.is_any() {
+                issues.push(key(prefix, &format!("regions[{i}]")), "\"any\" is not a region");
+            }
+        }
         if !matches!(self.srv_scheme.as_str(), "http" | "https") {
             issues.push(key(prefix, "srv_scheme"), format!("{:?} is not http or https", self.srv_scheme));
         }
@@ -233,6 +256,24 @@ mod tests {
         assert_eq!(config.resolver.warm_up[0].connection_type, ConnectionType::Websocket);
         assert_eq!(config.resolver.dns_servers[0].port(), 5353);
         assert_eq!(config.resolver.fallback_policy, FallbackPolicy::Fail);
+        assert!(config.resolver.regions.is_empty() && config.resolver.any_region_deadline_ms == 500);
+        let env: EnvSource = [
+            ("PROXYBUS_RESOLVER_REGION", "eu-west"),
+            ("PROXYBUS_RESOLVER_REGIONS", r#"["us-east","eu-west"]"#),
+            ("PROXYBUS_RESOLVER_ANY_REGION_DEADLINE_MS", "300"),
+        ]
+        .into_iter()
+        .collect();
+        let config = Config::load(None, None, &env).unwrap();
+        assert_eq!(config.resolver.regions.len(), 2);
+        assert_eq!(config.resolver.any_region_deadline(), Duration::from_millis(300));
+        let env: EnvSource =
+            [("PROXYBUS_RESOLVER_REGION", "any"), ("PROXYBUS_RESOLVER_REGIONS", r#"["us-east","any"]"#)]
+                .into_iter()
+                .collect();
+        let keys: Vec<String> =
+            Config::load(None, None, &env).unwrap_err().issues().iter().map(|i| i.key.clone()).collect();
+        assert_eq!(keys, ["region", "regions[1]"]);
         assert_eq!(config.resolver.max_payload_bytes, 64 * 1024);
         assert_eq!(config.resolver.breaker().failure_threshold, 5);
         assert_eq!(config.resolver.breaker().recovery_timeout, Duration::from_secs(30));

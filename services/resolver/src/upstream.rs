@@ -34,6 +34,13 @@ pub enum UpstreamError {
     /// Every endpoint's breaker is open.
     #[error("every upstream endpoint's circuit breaker is open")]
     AllBreakersOpen,
+    /// A request for region `any`: no region's resolvers answered with a usable proxy within
+    /// the deadline.
+    #[error("no region answered with a usable proxy within {deadline_ms} ms")]
+    NoRegionAnswered {
+        /// The deadline (`any_region_deadline_ms`).
+        deadline_ms: u64,
+    },
     /// Every endpoint tried failed; the reasons, redacted.
     #[error("every upstream endpoint failed: {}", .0.join("; "))]
     AllFailed(Vec<String>),

@@ -90,7 +90,13 @@ class ProxyRequest(WireModel):
 
 
 class ProxyResponse(WireModel):
-    """The resolver's answer. ``proxy_url`` None means "connect directly"; it carries credentials."""
+    """The resolver's answer. ``proxy_url`` None means "connect directly"; it carries credentials.
+
+    ``resolver_region`` (an extension of contract v1) names the region of the resolver that
+    answered; next to ``region`` (the proxy's) it says whether the request was failed over.
+    """
+
+    extensions: ClassVar[frozenset[str]] = frozenset({"resolver_region"})
 
     proxy_url: str | None = None
     proxy_id: str | None = None
@@ -101,6 +107,12 @@ class ProxyResponse(WireModel):
     region: str | None = None
     request_id: str = ""
     metadata: dict[str, Any] = Field(default_factory=dict)
+    resolver_region: str | None = None
+
+    @field_validator("resolver_region")
+    @classmethod
+    def _resolver_region(cls, value: str | None) -> str | None:
+        return _check_token(value, "region")
 
     def __repr__(self) -> str:  # never the password
         url = redact_url(self.proxy_url) if self.proxy_url else None

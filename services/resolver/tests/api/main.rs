@@ -8,6 +8,7 @@ mod fallback;
 mod health;
 mod helpers;
 mod processes;
+mod regions;
 mod schemes;
 mod serving;
 mod tls;
