@@ -68,6 +68,7 @@ fn examples() -> BTreeMap<&'static str, Value> {
         ws_close_code: None,
         timestamp: at,
         client_id: "cryptofeed-host-4242".into(),
+        probe: false,
     };
     let mut health = HealthStats::new(proxy_id(url), redact_url(url), Some(region), at);
     health.total = 10;

@@ -119,9 +119,9 @@ pub async fn replay(
             if seq > target {
                 break;
             }
-            match intake::read_feedback(message.subject.as_str(), message.headers.as_ref(), &message.payload) {
+            match intake::read_event(message.subject.as_str(), message.headers.as_ref(), &message.payload) {
                 Ok(event) => {
-                    folder.fold(&event, seq, offset_to_chrono(info.published));
+                    folder.fold_event(&event, seq, offset_to_chrono(info.published));
                     report.events += 1;
                 }
                 Err(_) => report.dead += 1,
