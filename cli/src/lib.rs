@@ -5,19 +5,23 @@
 //! health the aggregator keeps in KV bucket `PROXY_HEALTH`; `proxybus services`
 //! lists the micro-services that answer `$SRV.INFO` / `$SRV.STATS`;
 //! `proxybus up` runs the whole pipeline in one process; `proxybus replay`
-//! rebuilds health from the stream; `proxybus lab` runs the exchange lab
+//! rebuilds health from the stream (or, with `--what-if`, compares a candidate
+//! policy with the live one); `proxybus ban|unban|drain|undrain|disable|enable`
+//! are an operator's controls; `proxybus lab` runs the exchange lab
 //! (`proxybus-lab`) on its own.
 //!
 //! # Layout
 //! - `lib.rs`: the argument tree ([`Cli`]) and [`run`].
 //! - `local_nats.rs`: the nats-server child `proxybus up` starts.
 //! - `request.rs`, `feedback.rs`, `health.rs`, `services.rs`, `up.rs`: one subcommand each.
+//! - `operator.rs`: the operator's controls (`ban`, `unban`, `drain`, `undrain`, `disable`, `enable`).
 //! - `demo.rs`: the feeds and live view of `proxybus up --demo`, through the exchange lab.
 
 mod demo;
 mod feedback;
 mod health;
 mod local_nats;
+mod operator;
 mod request;
 mod services;
 mod up;
@@ -26,6 +30,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use proxybus_shared::OperatorAction;
 use proxybus_shared::config::EnvSource;
 use proxybus_shared::nats::NatsSettings;
 
@@ -62,6 +67,18 @@ pub enum Command {
     Replay(proxybus_aggregator::replay::ReplayArgs),
     /// Run the exchange lab alone: simulator, proxies on 127.0.0.x, inventory and CA bundle.
     Lab(proxybus_lab::command::LabArgs),
+    /// Bar a proxy (for one exchange or all), until lifted or `--for` a while.
+    Ban(operator::ControlArgs),
+    /// Lift an operator's bans of a proxy (of one exchange, or all).
+    Unban(operator::ControlArgs),
+    /// No new leases on a proxy (for one exchange or all); existing leases finish.
+    Drain(operator::ControlArgs),
+    /// Lift an operator's drains of a proxy (of one exchange, or all).
+    Undrain(operator::ControlArgs),
+    /// Take a proxy out everywhere until enabled.
+    Disable(operator::ToggleArgs),
+    /// Lift a disable.
+    Enable(operator::ToggleArgs),
 }
 
 /// Runs a parsed command line; the exit code says whether it succeeded.
@@ -102,6 +119,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Feedback(args) => feedback::run(&client, args).await?,
         Command::Health(args) => health::run(&client, args).await?,
         Command::Services(args) => services::run(&client, args).await?,
+        Command::Ban(args) => operator::run(&client, args.event(OperatorAction::Ban, &env)).await?,
+        Command::Unban(args) => operator::run(&client, args.event(OperatorAction::Unban, &env)).await?,
+        Command::Drain(args) => operator::run(&client, args.event(OperatorAction::Drain, &env)).await?,
+        Command::Undrain(args) => operator::run(&client, args.event(OperatorAction::Undrain, &env)).await?,
+        Command::Disable(args) => operator::run(&client, args.event(OperatorAction::Disable, &env)).await?,
+        Command::Enable(args) => operator::run(&client, args.event(OperatorAction::Enable, &env)).await?,
         Command::Up(_) | Command::Replay(_) | Command::Lab(_) => unreachable!("handled before connecting"),
     };
     client.flush().await.ok();

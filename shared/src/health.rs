@@ -43,8 +43,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Issues, Validate, key};
 use crate::messages::{
-    ErrorKind, ExchangeHealth, ExchangeState, FeedbackPhase, HealthState, HealthStats, OperatorAction,
-    OperatorControl, OperatorEvent, ProxyFeedback,
+    ErrorKind, ExchangeHealth, ExchangeState, FeedbackPhase, HealthState, HealthStats, OperatorAction, OperatorControl,
+    OperatorEvent, ProxyFeedback,
 };
 use crate::subject::ExchangeId;
 
@@ -704,14 +704,20 @@ mod tests {
     #[test]
     fn operator_events_are_checked() {
         let mut event = operator_event(OperatorAction::Disable, Some("binance"), None);
-        assert_eq!(validate_operator_event(&event), Err(OperatorEventError::ExchangeNotAllowed(OperatorAction::Disable)));
+        assert_eq!(
+            validate_operator_event(&event),
+            Err(OperatorEventError::ExchangeNotAllowed(OperatorAction::Disable))
+        );
         event.exchange_id = None;
         assert_eq!(validate_operator_event(&event), Ok(()));
         event.reason = "  ".into();
         assert_eq!(validate_operator_event(&event), Err(OperatorEventError::Reason));
         let unban = operator_event(OperatorAction::Unban, None, Some(60));
         assert_eq!(validate_operator_event(&unban), Err(OperatorEventError::DurationNotAllowed(OperatorAction::Unban)));
-        assert_eq!(validate_operator_event(&operator_event(OperatorAction::Ban, None, Some(0))), Err(OperatorEventError::ZeroDuration));
+        assert_eq!(
+            validate_operator_event(&operator_event(OperatorAction::Ban, None, Some(0))),
+            Err(OperatorEventError::ZeroDuration)
+        );
     }
 
     #[test]

@@ -474,10 +474,9 @@ impl std::str::FromStr for OperatorAction {
     type Err = crate::SubjectError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        OperatorAction::ALL
-            .into_iter()
-            .find(|action| action.as_str() == s)
-            .ok_or_else(|| crate::SubjectError::InvalidToken { what: "operator action", token: s.chars().take(64).collect() })
+        OperatorAction::ALL.into_iter().find(|action| action.as_str() == s).ok_or_else(|| {
+            crate::SubjectError::InvalidToken { what: "operator action", token: s.chars().take(64).collect() }
+        })
     }
 }
 

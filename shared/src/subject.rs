@@ -207,9 +207,10 @@ pub fn operator(action: crate::OperatorAction, proxy: &crate::ProxyId) -> String
 /// Parses `proxy.v1.feedback.operator.{action}.{proxy_id}`.
 pub fn parse_operator(subject: &str) -> Result<(crate::OperatorAction, crate::ProxyId), SubjectError> {
     let tokens = tokens_after(subject, OPERATOR_PREFIX, 2)?;
-    let proxy = tokens[1]
-        .parse()
-        .map_err(|_| SubjectError::InvalidToken { what: "proxy_id", token: tokens[1].chars().take(MAX_TOKEN_LEN).collect() })?;
+    let proxy = tokens[1].parse().map_err(|_| SubjectError::InvalidToken {
+        what: "proxy_id",
+        token: tokens[1].chars().take(MAX_TOKEN_LEN).collect(),
+    })?;
     Ok((tokens[0].parse()?, proxy))
 }
 

@@ -301,7 +301,10 @@ impl FeedbackFolder {
         }
         if !self.proxies.contains_key(id) {
             let stats = HealthStats::new(id.clone(), String::new(), None, at);
-            self.insert(ProxyHealth { stats, fold: FoldState { decayed_at_ms: at.timestamp_millis(), ..FoldState::default() } });
+            self.insert(ProxyHealth {
+                stats,
+                fold: FoldState { decayed_at_ms: at.timestamp_millis(), ..FoldState::default() },
+            });
         }
         let policy = self.policy.clone();
         let proxy = self.proxies.get_mut(id).expect("placed above");

@@ -49,6 +49,14 @@ impl HealthBook {
         book.get(proxy).is_none_or(|stats| health::usable_for(stats, exchange, Utc::now()))
     }
 
+    /// Whether a lease already given out on `proxy` for `exchange` (a cached answer)
+    /// may be served again now: as [`usable`](Self::usable), but a drain does not end
+    /// it (`health::may_keep`: a drained proxy gets no new leases, existing ones finish).
+    pub fn keepable(&self, proxy: &ProxyId, exchange: &ExchangeId) -> bool {
+        let book = self.stats.read().unwrap_or_else(|p| p.into_inner());
+        book.get(proxy).is_none_or(|stats| health::may_keep(stats, exchange, Utc::now()))
+    }
+
     /// Number of proxies known.
     pub fn len(&self) -> usize {
         self.stats.read().unwrap_or_else(|p| p.into_inner()).len()
