@@ -95,7 +95,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(url) = nats_url.or_else(|| local_nats::running_url(&data_dir)) {
                 config.nats.url = url;
             }
-            proxybus_aggregator::replay::replay_with_progress_bar(&config, &args).await?;
+            proxybus_aggregator::replay::run_command(&config, &args).await?;
             return Ok(ExitCode::SUCCESS);
         }
         other => other,

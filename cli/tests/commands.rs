@@ -279,3 +279,35 @@ async fn operator_commands_are_stored_folded_and_shown_with_who_and_why() {
     let output = proxybus(&server, &["unban", id.as_str(), "--reason", "maintenance over", "--by", "bob"]).await;
     assert!(output.status.success(), "{}", stderr(&output));
 }
+
+#[tokio::test]
+async fn replay_what_if_reports_both_policies_and_writes_nothing() {
+    let server = NatsServer::start().await.unwrap();
+    let js = jetstream::new(server.connect().await.unwrap());
+    proxybus_shared::feedback::ensure_feedback_stream(&js, &Default::default()).await.unwrap();
+    let id = proxy_id(PROXY);
+    for _ in 0..2 {
+        let output = proxybus(
+            &server,
+            &["feedback", id.as_str(), "--exchange", "binance", "--conn", "http", "--fail", "timeout"],
+        )
+        .await;
+        assert!(output.status.success(), "{}", stderr(&output));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("strict.toml");
+    std::fs::write(&policy, "consecutive_failures = 2\n").unwrap();
+    let output = proxybus(&server, &["replay", "--what-if", policy.to_str().unwrap(), "--json"]).await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["live"]["ejections"].as_array().unwrap().len(), 0, "{report}");
+    assert_eq!(report["candidate"]["ejections"][0]["proxy_id"], id.as_str(), "{report}");
+    let output = proxybus(&server, &["replay", "--what-if", policy.to_str().unwrap()]).await;
+    assert!(stdout(&output).contains("candidate 1 ejections"), "{}", stdout(&output));
+    assert!(js.get_key_value("PROXY_HEALTH_REPLAY").await.is_err() && js.get_key_value("PROXY_HEALTH").await.is_err());
+    let output = proxybus(&server, &["replay", "--what-if", policy.to_str().unwrap(), "--into", "PROXY_HEALTH"]).await;
+    assert!(!output.status.success(), "--what-if never writes a bucket");
+    std::fs::write(&policy, "consecutive_falures = 2\n").unwrap();
+    let output = proxybus(&server, &["replay", "--what-if", policy.to_str().unwrap()]).await;
+    assert!(!output.status.success() && stderr(&output).contains("consecutive_falures"), "{}", stderr(&output));
+}
