@@ -128,7 +128,7 @@ async fn a_stricter_what_if_policy_ejects_more_and_leaves_live_state_alone() {
     let live = records(&js, HEALTH_BUCKET).await;
     assert!(live.values().all(|r| r.stats.ejections == 0), "the live policy ejects nobody");
     let before = snapshot(&js, HEALTH_BUCKET).await;
-    let mut feedback = js.get_stream(proxybus_shared::subject::FEEDBACK_STREAM).await.unwrap();
+    let feedback = js.get_stream(proxybus_shared::subject::FEEDBACK_STREAM).await.unwrap();
     let mut durable: async_nats::jetstream::consumer::PullConsumer =
         feedback.get_consumer(proxybus_shared::subject::AGGREGATOR_CONSUMER).await.unwrap();
     let delivered_before = durable.info().await.unwrap().delivered.stream_sequence;
