@@ -170,4 +170,30 @@ mod tests {
         book.record(stats);
         assert!(!book.usable(&id, &kraken), "an older update does not undo a newer one");
     }
+
+    #[test]
+    fn a_drained_proxy_keeps_cached_answers_but_gets_no_new_ones() {
+        let book = HealthBook::default();
+        let binance: ExchangeId = "binance".parse().unwrap();
+        let id = proxy_id("http://p2:1");
+        let mut stats = HealthStats::new(id.clone(), "http://p2:1".into(), None, Utc::now());
+        let control = |action| proxybus_shared::OperatorControl {
+            action,
+            exchange_id: None,
+            until: None,
+            reason: "maintenance".into(),
+            operator: "alice".into(),
+            at: Utc::now(),
+            seq: 1,
+        };
+        stats.operator_controls.push(control(proxybus_shared::OperatorAction::Drain));
+        stats.last_seq = 1;
+        book.record(stats.clone());
+        assert!(!book.usable(&id, &binance), "no new answer (embedded settings) with a drained proxy");
+        assert!(book.keepable(&id, &binance), "a cached answer on it is served until it ends");
+        stats.operator_controls = vec![control(proxybus_shared::OperatorAction::Ban)];
+        stats.last_seq = 2;
+        book.record(stats);
+        assert!(!book.keepable(&id, &binance), "a ban ends cached answers too");
+    }
 }
