@@ -105,6 +105,7 @@ pub fn event(i: u64, proxies: &[ProxyFixture]) -> ProxyFeedback {
         ws_close_code: None,
         timestamp: Utc::now(),
         client_id: format!("bench-feed-{}", i % 16),
+        probe: false,
     }
 }
 

@@ -93,6 +93,7 @@ pub(crate) async fn run(client: &async_nats::Client, args: FeedbackArgs) -> anyh
         ws_close_code: args.close_code,
         timestamp: chrono::Utc::now(),
         client_id: args.client_id,
+        probe: false,
     };
     let ack = proxybus_shared::feedback::publish_feedback(&js, &event).await.map_err(|err| {
         anyhow::anyhow!("stream {} did not store the event: {err} (is the aggregator up?)", subject::FEEDBACK_STREAM)

@@ -76,6 +76,20 @@ fn print(stats: &BTreeMap<ProxyId, HealthStats>, args: &HealthArgs) -> anyhow::R
     Ok(())
 }
 
+/// Who did what, when and why: the operator's controls in force, else the last one issued.
+fn operator_column(stats: &HealthStats) -> String {
+    let describe = |c: &proxybus_shared::OperatorControl| {
+        let scope = c.exchange_id.as_ref().map_or_else(String::new, |e| format!(" {e}"));
+        let until = c.until.map_or_else(String::new, |u| format!(" until {}", u.format("%Y-%m-%d %H:%M:%S")));
+        format!("{}{scope}{until} by {} at {}: {}", c.action, c.operator, c.at.format("%Y-%m-%d %H:%M:%S"), c.reason)
+    };
+    if stats.operator_controls.is_empty() {
+        stats.last_operator_action.as_ref().map(|c| format!("(last) {}", describe(c))).unwrap_or_default()
+    } else {
+        stats.operator_controls.iter().map(describe).collect::<Vec<_>>().join("\n")
+    }
+}
+
 /// The health table of `shown`, with a count under it.
 pub(crate) fn render(shown: &[&HealthStats]) -> String {
     let mut table = crate::table(&[
@@ -90,6 +104,7 @@ pub(crate) fn render(shown: &[&HealthStats]) -> String {
         "fails in a row",
         "ejections",
         "exchange bans",
+        "operator",
     ]);
     let now = chrono::Utc::now();
     for stored in shown {
@@ -117,6 +132,7 @@ pub(crate) fn render(shown: &[&HealthStats]) -> String {
             s.consecutive_failures.to_string(),
             s.ejections.to_string(),
             bans.join(" "),
+            operator_column(s),
         ]);
     }
     format!("{table}\n{} proxies", shown.len())

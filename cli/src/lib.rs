@@ -5,7 +5,9 @@
 //! health the aggregator keeps in KV bucket `PROXY_HEALTH`; `proxybus services`
 //! lists the micro-services that answer `$SRV.INFO` / `$SRV.STATS`;
 //! `proxybus up` runs the whole pipeline in one process; `proxybus replay`
-//! rebuilds health from the stream; `proxybus lab` runs the exchange lab
+//! rebuilds health from the stream (or, with `--what-if`, compares a candidate
+//! policy with the live one); `proxybus ban|unban|drain|undrain|disable|enable`
+//! are an operator's controls; `proxybus lab` runs the exchange lab
 //! (`proxybus-lab`) on its own; `proxybus dashboard` serves a live web page
 //! of proxy health (`docs/dashboard.md`).
 //!
@@ -14,6 +16,7 @@
 //! - `local_nats.rs`: the nats-server child `proxybus up` starts.
 //! - `request.rs`, `feedback.rs`, `health.rs`, `services.rs`, `up.rs`: one subcommand each.
 //! - `dashboard/`: the web dashboard (`proxybus dashboard`, also started by `proxybus up`).
+//! - `operator.rs`: the operator's controls (`ban`, `unban`, `drain`, `undrain`, `disable`, `enable`).
 //! - `demo.rs`: the feeds and live view of `proxybus up --demo`, through the exchange lab.
 
 mod dashboard;
@@ -21,6 +24,7 @@ mod demo;
 mod feedback;
 mod health;
 mod local_nats;
+mod operator;
 mod request;
 mod services;
 mod up;
@@ -29,6 +33,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use proxybus_shared::OperatorAction;
 use proxybus_shared::config::EnvSource;
 use proxybus_shared::nats::NatsSettings;
 
@@ -67,6 +72,18 @@ pub enum Command {
     Lab(proxybus_lab::command::LabArgs),
     /// Serve a live web page of proxy health (KV PROXY_HEALTH, health subjects, feedback stream).
     Dashboard(dashboard::DashboardArgs),
+    /// Bar a proxy (for one exchange or all), until lifted or `--for` a while.
+    Ban(operator::ControlArgs),
+    /// Lift an operator's bans of a proxy (of one exchange, or all).
+    Unban(operator::ControlArgs),
+    /// No new leases on a proxy (for one exchange or all); existing leases finish.
+    Drain(operator::ControlArgs),
+    /// Lift an operator's drains of a proxy (of one exchange, or all).
+    Undrain(operator::ControlArgs),
+    /// Take a proxy out everywhere until enabled.
+    Disable(operator::ToggleArgs),
+    /// Lift a disable.
+    Enable(operator::ToggleArgs),
 }
 
 /// Runs a parsed command line; the exit code says whether it succeeded.
@@ -83,7 +100,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(url) = nats_url.or_else(|| local_nats::running_url(&data_dir)) {
                 config.nats.url = url;
             }
-            proxybus_aggregator::replay::replay_with_progress_bar(&config, &args).await?;
+            proxybus_aggregator::replay::run_command(&config, &args).await?;
             return Ok(ExitCode::SUCCESS);
         }
         other => other,
@@ -108,6 +125,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Health(args) => health::run(&client, args).await?,
         Command::Services(args) => services::run(&client, args).await?,
         Command::Dashboard(args) => dashboard::run(&client, args).await?,
+        Command::Ban(args) => operator::run(&client, args.event(OperatorAction::Ban, &env)).await?,
+        Command::Unban(args) => operator::run(&client, args.event(OperatorAction::Unban, &env)).await?,
+        Command::Drain(args) => operator::run(&client, args.event(OperatorAction::Drain, &env)).await?,
+        Command::Undrain(args) => operator::run(&client, args.event(OperatorAction::Undrain, &env)).await?,
+        Command::Disable(args) => operator::run(&client, args.event(OperatorAction::Disable, &env)).await?,
+        Command::Enable(args) => operator::run(&client, args.event(OperatorAction::Enable, &env)).await?,
         Command::Up(_) | Command::Replay(_) | Command::Lab(_) => unreachable!("handled before connecting"),
     };
     client.flush().await.ok();

@@ -212,3 +212,105 @@ async fn an_old_server_is_refused_with_the_minimum_version() {
     assert!(message.contains("proxybus needs nats-server 2.11.0 or newer"), "{message}");
     assert!(message.contains("2.9."), "names the version it found: {message}");
 }
+
+#[tokio::test]
+async fn operator_commands_are_stored_folded_and_shown_with_who_and_why() {
+    let server = NatsServer::start().await.unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let _stop = stop.clone().drop_guard();
+    let mut config = proxybus_aggregator::AggregatorConfig::for_url(server.client_url());
+    config.settings.fetch_wait_ms = 100;
+    tokio::spawn(proxybus_aggregator::run(config, stop.clone().cancelled_owned()));
+    let js = jetstream::new(server.connect().await.unwrap());
+    let id = proxy_id(PROXY);
+    let ban = ["ban", id.as_str(), "--exchange", "binance", "--for", "2h", "--reason", "provider maintenance"];
+    let output = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            // Until the aggregator has made the stream, the ban has nowhere to go (and says so).
+            let output = proxybus(&server, &[&ban[..], &["--by", "alice"]].concat()).await;
+            if output.status.success() {
+                return output;
+            }
+            assert!(stderr(&output).contains("did not store"), "{}", stderr(&output));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the ban was stored");
+    assert!(stdout(&output).contains(&format!("ban {id} (binance) for 2h by alice")), "{}", stdout(&output));
+    let mut stream = js.get_stream(subject::FEEDBACK_STREAM).await.unwrap();
+    let state = stream.info().await.unwrap().state.clone();
+    let stored = state.messages;
+    let msg = stream.get_raw_message(state.last_sequence).await.unwrap();
+    assert_eq!(msg.subject.as_str(), format!("proxy.v1.feedback.operator.ban.{id}"));
+
+    for refused in [
+        vec!["ban", id.as_str(), "--reason", ""],
+        vec!["ban", id.as_str(), "--for", "0s", "--reason", "x"],
+        vec!["ban", id.as_str(), "--for", "soon", "--reason", "x"],
+        vec!["ban", id.as_str()],
+        vec!["unban", id.as_str(), "--for", "1h", "--reason", "x"],
+        vec!["disable", id.as_str(), "--exchange", "binance", "--reason", "x"],
+        vec!["drain", "not-a-proxy-id", "--reason", "x"],
+    ] {
+        let output = proxybus(&server, &refused).await;
+        assert!(!output.status.success(), "{refused:?} was accepted");
+        assert!(!stderr(&output).is_empty(), "{refused:?} says why");
+    }
+    assert_eq!(stream.info().await.unwrap().state.messages, stored, "refused commands publish nothing");
+
+    let shown = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            let output = proxybus(&server, &["health"]).await;
+            let text = stdout(&output);
+            if text.contains("by alice") {
+                return text;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("proxybus health shows the ban");
+    assert!(shown.contains("ban binance until") && shown.contains("provider maintenance"), "{shown}");
+    let output = proxybus(&server, &["health", "--json"]).await;
+    let all: Vec<HealthStats> = serde_json::from_slice(&output.stdout).unwrap();
+    let control = &all.iter().find(|s| s.proxy_id == id).unwrap().operator_controls[0];
+    assert_eq!((control.operator.as_str(), control.reason.as_str()), ("alice", "provider maintenance"));
+    let until = control.until.unwrap() - control.at;
+    assert_eq!(until.num_seconds(), 7200, "--for 2h from when the stream stored it");
+
+    let output = proxybus(&server, &["unban", id.as_str(), "--reason", "maintenance over", "--by", "bob"]).await;
+    assert!(output.status.success(), "{}", stderr(&output));
+}
+
+#[tokio::test]
+async fn replay_what_if_reports_both_policies_and_writes_nothing() {
+    let server = NatsServer::start().await.unwrap();
+    let js = jetstream::new(server.connect().await.unwrap());
+    proxybus_shared::feedback::ensure_feedback_stream(&js, &Default::default()).await.unwrap();
+    let id = proxy_id(PROXY);
+    for _ in 0..2 {
+        let output = proxybus(
+            &server,
+            &["feedback", id.as_str(), "--exchange", "binance", "--conn", "http", "--fail", "timeout"],
+        )
+        .await;
+        assert!(output.status.success(), "{}", stderr(&output));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("strict.toml");
+    std::fs::write(&policy, "consecutive_failures = 2\n").unwrap();
+    let output = proxybus(&server, &["replay", "--what-if", policy.to_str().unwrap(), "--json"]).await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["live"]["ejections"].as_array().unwrap().len(), 0, "{report}");
+    assert_eq!(report["candidate"]["ejections"][0]["proxy_id"], id.as_str(), "{report}");
+    let output = proxybus(&server, &["replay", "--what-if", policy.to_str().unwrap()]).await;
+    assert!(stdout(&output).contains("candidate 1 ejections"), "{}", stdout(&output));
+    assert!(js.get_key_value("PROXY_HEALTH_REPLAY").await.is_err() && js.get_key_value("PROXY_HEALTH").await.is_err());
+    let output = proxybus(&server, &["replay", "--what-if", policy.to_str().unwrap(), "--into", "PROXY_HEALTH"]).await;
+    assert!(!output.status.success(), "--what-if never writes a bucket");
+    std::fs::write(&policy, "consecutive_falures = 2\n").unwrap();
+    let output = proxybus(&server, &["replay", "--what-if", policy.to_str().unwrap()]).await;
+    assert!(!output.status.success() && stderr(&output).contains("consecutive_falures"), "{}", stderr(&output));
+}

@@ -63,6 +63,7 @@ fn event(host: &str, region: &str, exchange: &str, outcome: Result<u64, ErrorKin
         retry_after_seconds: None,
         error_details: Some(format!("through {url}")),
         ws_close_code: None,
+        probe: false,
         timestamp: chrono::Utc::now(),
         client_id: "dashboard-test".into(),
     }

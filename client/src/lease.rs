@@ -64,6 +64,7 @@ impl ProxyLease {
             ws_close_code: None,
             timestamp: chrono::Utc::now(),
             client_id: client_id.to_owned(),
+            probe: false,
         })
     }
 

@@ -224,7 +224,23 @@ pub fn fan_in_mappings(regions: &[Region]) -> String {
             )
         })
         .collect();
-    format!("mappings {{\n  \"{}.*.*\": [\n{}\n  ]\n}}\n", subject::FEEDBACK_PREFIX, destinations.join("\n"))
+    // Operator events (three tokens after `proxy.v1.feedback`) travel the same way.
+    let operator: Vec<String> = regions
+        .iter()
+        .map(|region| {
+            format!(
+                "    {{ destination: \"{}.{region}.operator.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}\", weight: 100%, cluster: \"{region}\" }}",
+                subject::REGIONAL_FEEDBACK_PREFIX
+            )
+        })
+        .collect();
+    format!(
+        "mappings {{\n  \"{}.*.*\": [\n{}\n  ]\n  \"{}.*.*\": [\n{}\n  ]\n}}\n",
+        subject::FEEDBACK_PREFIX,
+        destinations.join("\n"),
+        subject::OPERATOR_PREFIX,
+        operator.join("\n")
+    )
 }
 
 /// Broad class of a failed feedback publish, for matching.
@@ -317,6 +333,39 @@ pub async fn publish_feedback(
     feedback: &ProxyFeedback,
 ) -> Result<PublishAck, PublishFeedbackError> {
     send_feedback(jetstream, feedback).await?.await.map_err(PublishFeedbackError::Ack)
+}
+
+/// Why an operator event could not be published.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishOperatorError {
+    /// The event breaks a rule (no reason, an exchange on `disable` …); nothing was sent.
+    #[error(transparent)]
+    Invalid(#[from] crate::health::OperatorEventError),
+    /// Encoding, sending or the JetStream ack failed; publishing the same event again is safe.
+    #[error(transparent)]
+    Publish(#[from] PublishFeedbackError),
+}
+
+/// Publishes an operator's `event` on `proxy.v1.feedback.operator.{action}.{proxy_id}`
+/// (MessagePack, `Nats-Msg-Id: {event_id}`) into stream `PROXY_FEEDBACK` and waits for
+/// the JetStream ack. The event is checked first
+/// ([`validate_operator_event`](crate::health::validate_operator_event)); its reason is redacted.
+pub async fn publish_operator_event(
+    jetstream: &jetstream::Context,
+    event: &crate::OperatorEvent,
+) -> Result<PublishAck, PublishOperatorError> {
+    crate::health::validate_operator_event(event)?;
+    let mut event = event.clone();
+    event.reason = crate::redact_text(&event.reason);
+    let payload = Codec::default().encode(Encoding::MsgPack, &event).map_err(PublishFeedbackError::from)?;
+    let mut headers = HeaderMap::new();
+    headers.insert(MSG_ID_HEADER, event.event_id.hyphenated().to_string().as_str());
+    headers.insert(CONTENT_TYPE, Encoding::MsgPack.content_type());
+    let ack = jetstream
+        .publish_with_headers(subject::operator(event.action, &event.proxy_id), headers, payload)
+        .await
+        .map_err(PublishFeedbackError::Publish)?;
+    Ok(ack.await.map_err(PublishFeedbackError::Ack)?)
 }
 
 #[cfg(test)]

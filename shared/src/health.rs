@@ -43,7 +43,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Issues, Validate, key};
 use crate::messages::{
-    ErrorKind, ExchangeHealth, ExchangeState, FeedbackPhase, HealthState, HealthStats, ProxyFeedback,
+    ErrorKind, ExchangeHealth, ExchangeState, FeedbackPhase, HealthState, HealthStats, OperatorAction, OperatorControl,
+    OperatorEvent, ProxyFeedback,
 };
 use crate::subject::ExchangeId;
 
@@ -132,6 +133,11 @@ pub struct HealthPolicy {
     pub ban_403_ms: u64,
     /// Weight of a new latency sample in the latency EWMA (default 0.3).
     pub latency_ewma_alpha: f64,
+    /// Passing probes (`ProxyFeedback::probe`) in a row that end an ejection before
+    /// its time; the proxy then serves on probation (default 1: Envoy's
+    /// `successful_active_health_check_uneject_host`, true by default, unejects a
+    /// host on its first passing active health check).
+    pub probe_readmit_successes: u32,
 }
 
 impl Default for HealthPolicy {
@@ -155,6 +161,7 @@ impl Default for HealthPolicy {
             refusals_to_bar: 3,
             ban_403_ms: 30 * MINUTE_MS,
             latency_ewma_alpha: 0.3,
+            probe_readmit_successes: 1,
         }
     }
 }
@@ -359,12 +366,14 @@ pub struct Expired {
     pub ejection: bool,
     /// Some exchange's cool-down or ban ended.
     pub bars: bool,
+    /// An operator's ban or drain with a duration ran out.
+    pub controls: bool,
 }
 
 impl Expired {
     /// Whether anything ended.
     pub fn any(self) -> bool {
-        self.ejection || self.bars
+        self.ejection || self.bars || self.controls
     }
 }
 
@@ -385,6 +394,9 @@ pub fn expire(stats: &mut HealthStats, now: DateTime<Utc>) -> Expired {
             expired.bars = true;
         }
     }
+    let controls = stats.operator_controls.len();
+    stats.operator_controls.retain(|control| control.until.is_none_or(|until| until > now));
+    expired.controls = stats.operator_controls.len() != controls;
     expired
 }
 
@@ -395,6 +407,7 @@ pub fn has_expired(stats: &HealthStats, now: DateTime<Utc>) -> bool {
         || stats.exchanges.values().any(|exchange| {
             exchange.state != ExchangeState::Healthy && exchange.banned_until.is_some_and(|until| until <= now)
         })
+        || stats.operator_controls.iter().any(|control| control.until.is_some_and(|until| until <= now))
 }
 
 /// `stats` as they stand at `now` (see [`expire`]).
@@ -419,10 +432,125 @@ pub fn is_exchange_barred(exchange: &ExchangeHealth, now: DateTime<Utc>) -> bool
     exchange.state != ExchangeState::Healthy && exchange.banned_until.is_none_or(|until| until > now)
 }
 
-/// Whether the proxy of `stats` may be handed out for `exchange` at `now`: not
-/// ejected and not barred for that exchange. `degraded` proxies may.
+/// Whether the proxy of `stats` may be handed out anew for `exchange` at `now`: not
+/// ejected, not barred for that exchange, and no operator's ban, disable or drain
+/// covers it ([`operator_control`]). `degraded` proxies may.
 pub fn usable_for(stats: &HealthStats, exchange: &ExchangeId, now: DateTime<Utc>) -> bool {
-    !is_ejected(stats, now) && !is_barred(stats, exchange, now)
+    may_keep(stats, exchange, now) && operator_control(stats, OperatorAction::Drain, exchange, now).is_none()
+}
+
+/// Whether a lease already held on the proxy of `stats` for `exchange` may go on
+/// (be renewed, or served again from a cache) at `now`: as [`usable_for`], except
+/// that a drain does not end it — a drain stops new leases while existing ones finish.
+pub fn may_keep(stats: &HealthStats, exchange: &ExchangeId, now: DateTime<Utc>) -> bool {
+    !is_ejected(stats, now)
+        && !is_barred(stats, exchange, now)
+        && operator_control(stats, OperatorAction::Ban, exchange, now).is_none()
+        && operator_control(stats, OperatorAction::Disable, exchange, now).is_none()
+}
+
+/// The operator's control of kind `action` (`ban`, `drain` or `disable`) in force on
+/// the proxy of `stats` for `exchange` at `now`: one about that exchange or about every
+/// exchange, whose `until` is later (or none).
+pub fn operator_control<'a>(
+    stats: &'a HealthStats,
+    action: OperatorAction,
+    exchange: &ExchangeId,
+    now: DateTime<Utc>,
+) -> Option<&'a OperatorControl> {
+    stats.operator_controls.iter().find(|control| {
+        control.action == action
+            && control.exchange_id.as_ref().is_none_or(|only| only == exchange)
+            && control.until.is_none_or(|until| until > now)
+    })
+}
+
+/// Whether an operator's ban or disable of every exchange holds the proxy of `stats` out at `now`.
+pub fn is_operator_excluded(stats: &HealthStats, now: DateTime<Utc>) -> bool {
+    stats.operator_controls.iter().any(|control| {
+        matches!(control.action, OperatorAction::Ban | OperatorAction::Disable)
+            && control.exchange_id.is_none()
+            && control.until.is_none_or(|until| until > now)
+    })
+}
+
+/// Why an operator event was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OperatorEventError {
+    /// The reason is empty or too long.
+    #[error("an operator event needs a reason of 1 to {MAX_REASON_LEN} characters")]
+    Reason,
+    /// The operator's name is empty or too long.
+    #[error("an operator event needs an operator name of 1 to {MAX_OPERATOR_LEN} characters")]
+    Operator,
+    /// `disable`/`enable` named an exchange.
+    #[error("{0} is about the whole proxy: it takes no exchange")]
+    ExchangeNotAllowed(OperatorAction),
+    /// A duration was given to an action that does not last (`unban`, `undrain`, `disable`, `enable`).
+    #[error("{0} takes no duration (only ban and drain do)")]
+    DurationNotAllowed(OperatorAction),
+    /// A duration of zero.
+    #[error("a duration must be at least one second")]
+    ZeroDuration,
+}
+
+/// Longest operator reason, in characters.
+pub const MAX_REASON_LEN: usize = 512;
+/// Longest operator name, in characters.
+pub const MAX_OPERATOR_LEN: usize = 128;
+
+/// Checks an operator event before it is published or folded.
+pub fn validate_operator_event(event: &OperatorEvent) -> Result<(), OperatorEventError> {
+    let reason = event.reason.trim();
+    if reason.is_empty() || event.reason.chars().count() > MAX_REASON_LEN {
+        return Err(OperatorEventError::Reason);
+    }
+    if event.operator.trim().is_empty() || event.operator.chars().count() > MAX_OPERATOR_LEN {
+        return Err(OperatorEventError::Operator);
+    }
+    if event.exchange_id.is_some() && !event.action.takes_exchange() {
+        return Err(OperatorEventError::ExchangeNotAllowed(event.action));
+    }
+    match event.duration_seconds {
+        Some(_) if !event.action.takes_duration() => Err(OperatorEventError::DurationNotAllowed(event.action)),
+        Some(0) => Err(OperatorEventError::ZeroDuration),
+        _ => Ok(()),
+    }
+}
+
+/// Applies an operator's event, stored at stream sequence `seq` at stream time `at`,
+/// to the proxy's record: `ban`/`drain`/`disable` put a control in force (replacing
+/// one of the same kind and exchange), lasting `duration_seconds` from `at` or until
+/// lifted; `unban`/`undrain` lift that kind's controls of the exchange named, or all
+/// of them when none is named; `enable` lifts a disable. The event becomes
+/// `last_operator_action` either way.
+pub fn apply_operator(stats: &mut HealthStats, event: &OperatorEvent, seq: u64, at: DateTime<Utc>) {
+    let control = OperatorControl {
+        action: event.action,
+        exchange_id: event.exchange_id.clone(),
+        until: event.duration_seconds.map(|seconds| at + delta(Duration::from_secs(seconds))),
+        reason: crate::redact_text(&event.reason),
+        operator: crate::redact_text(&event.operator),
+        at,
+        seq,
+    };
+    let lifts = |kind: OperatorAction| {
+        move |held: &OperatorControl| {
+            held.action == kind && (event.exchange_id.is_none() || held.exchange_id == event.exchange_id)
+        }
+    };
+    match event.action {
+        OperatorAction::Ban | OperatorAction::Drain | OperatorAction::Disable => {
+            stats
+                .operator_controls
+                .retain(|held| !(held.action == control.action && held.exchange_id == control.exchange_id));
+            stats.operator_controls.push(control.clone());
+        }
+        OperatorAction::Unban => stats.operator_controls.retain(|held| !lifts(OperatorAction::Ban)(held)),
+        OperatorAction::Undrain => stats.operator_controls.retain(|held| !lifts(OperatorAction::Drain)(held)),
+        OperatorAction::Enable => stats.operator_controls.retain(|held| held.action != OperatorAction::Disable),
+    }
+    stats.last_operator_action = Some(control);
 }
 
 /// Whether `candidate` should replace `held`, two records of one proxy: the one
@@ -465,6 +593,7 @@ impl Validate for HealthPolicy {
         issues.check_range(key(prefix, "refusals_to_bar"), self.refusals_to_bar, 1..=1_000);
         issues.check_range(key(prefix, "ban_403_ms"), self.ban_403_ms, 1..=365 * DAY_MS);
         issues.check_range(key(prefix, "latency_ewma_alpha"), self.latency_ewma_alpha, 0.001..=1.0);
+        issues.check_range(key(prefix, "probe_readmit_successes"), self.probe_readmit_successes, 1..=1_000);
         if self.degraded_success_rate < self.ejection_success_rate {
             issues.push(key(prefix, "degraded_success_rate"), "must not be below ejection_success_rate");
         }
@@ -527,6 +656,68 @@ mod tests {
         assert_eq!(policy.judge(&mut exchange, Verdict::Refused, None), None);
         let bar = policy.judge(&mut exchange, Verdict::Refused, None).unwrap();
         assert_eq!(bar, Bar { state: ExchangeState::Banned, duration: Duration::from_secs(1800) });
+    }
+
+    fn operator_event(action: OperatorAction, exchange: Option<&str>, seconds: Option<u64>) -> OperatorEvent {
+        OperatorEvent {
+            schema_version: 1,
+            event_id: uuid::Uuid::new_v4(),
+            proxy_id: crate::proxy_id("http://10.0.0.1:3128"),
+            action,
+            exchange_id: exchange.map(|e| e.parse().unwrap()),
+            duration_seconds: seconds,
+            reason: "maintenance at the provider".into(),
+            operator: "alice".into(),
+            timestamp: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn operator_controls_bar_drain_and_lift() {
+        let at = DateTime::parse_from_rfc3339("2026-12-01T10:00:00Z").unwrap().with_timezone(&Utc);
+        let (binance, coinbase): (ExchangeId, ExchangeId) = ("binance".parse().unwrap(), "coinbase".parse().unwrap());
+        let mut stats = HealthStats::new(crate::proxy_id("http://10.0.0.1:3128"), String::new(), None, at);
+        apply_operator(&mut stats, &operator_event(OperatorAction::Ban, Some("binance"), Some(7200)), 1, at);
+        assert!(!usable_for(&stats, &binance, at) && !may_keep(&stats, &binance, at), "a ban ends leases too");
+        assert!(usable_for(&stats, &coinbase, at), "only binance");
+        let later = at + TimeDelta::hours(2);
+        assert!(usable_for(&stats, &binance, later), "a ban with a duration ends by itself");
+        assert!(has_expired(&stats, later));
+        assert!(expire(&mut stats, later).controls && stats.operator_controls.is_empty());
+
+        apply_operator(&mut stats, &operator_event(OperatorAction::Drain, None, None), 2, at);
+        assert!(!usable_for(&stats, &coinbase, later), "no new lease on a drained proxy");
+        assert!(may_keep(&stats, &coinbase, later), "existing leases go on");
+        apply_operator(&mut stats, &operator_event(OperatorAction::Undrain, Some("binance"), None), 3, at);
+        assert!(!usable_for(&stats, &coinbase, later), "undraining one exchange does not lift a drain of all");
+        apply_operator(&mut stats, &operator_event(OperatorAction::Undrain, None, None), 4, at);
+        assert!(usable_for(&stats, &coinbase, later));
+
+        apply_operator(&mut stats, &operator_event(OperatorAction::Disable, None, None), 5, at);
+        assert!(!may_keep(&stats, &coinbase, later) && is_operator_excluded(&stats, later));
+        assert_eq!(stats.last_operator_action.as_ref().map(|c| (c.action, c.seq)), Some((OperatorAction::Disable, 5)));
+        apply_operator(&mut stats, &operator_event(OperatorAction::Enable, None, None), 6, at);
+        assert!(usable_for(&stats, &coinbase, later) && stats.operator_controls.is_empty());
+        assert_eq!(stats.last_operator_action.as_ref().unwrap().operator, "alice");
+    }
+
+    #[test]
+    fn operator_events_are_checked() {
+        let mut event = operator_event(OperatorAction::Disable, Some("binance"), None);
+        assert_eq!(
+            validate_operator_event(&event),
+            Err(OperatorEventError::ExchangeNotAllowed(OperatorAction::Disable))
+        );
+        event.exchange_id = None;
+        assert_eq!(validate_operator_event(&event), Ok(()));
+        event.reason = "  ".into();
+        assert_eq!(validate_operator_event(&event), Err(OperatorEventError::Reason));
+        let unban = operator_event(OperatorAction::Unban, None, Some(60));
+        assert_eq!(validate_operator_event(&unban), Err(OperatorEventError::DurationNotAllowed(OperatorAction::Unban)));
+        assert_eq!(
+            validate_operator_event(&operator_event(OperatorAction::Ban, None, Some(0))),
+            Err(OperatorEventError::ZeroDuration)
+        );
     }
 
     #[test]

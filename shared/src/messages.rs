@@ -406,6 +406,141 @@ pub struct ProxyFeedback {
     pub timestamp: DateTime<Utc>,
     /// Who reports.
     pub client_id: String,
+    /// Whether an active probe (a pool service's TCP connect, `CONNECT` or
+    /// `GET /api/v3/ping` through the proxy) reported this, not a feed's traffic.
+    /// Extension of the contract (default false): a passing probe can re-admit an
+    /// ejected proxy ([`crate::health::HealthPolicy::probe_readmit_successes`], docs/health.md).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub probe: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
+/// What an operator does to a proxy (`proxybus ban|unban|drain|undrain|disable|enable`).
+/// Extension of the contract: the `action` of an [`OperatorEvent`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OperatorAction {
+    /// Bar the proxy (for one exchange, or all), until lifted or for a while.
+    Ban,
+    /// Lift bans (of one exchange, or all).
+    Unban,
+    /// No new leases (for one exchange, or all); existing ones finish.
+    Drain,
+    /// Lift drains (of one exchange, or all).
+    Undrain,
+    /// Take the proxy out everywhere until enabled again.
+    Disable,
+    /// Lift a disable.
+    Enable,
+}
+
+impl OperatorAction {
+    /// Every action, in contract order.
+    pub const ALL: [OperatorAction; 6] = [
+        OperatorAction::Ban,
+        OperatorAction::Unban,
+        OperatorAction::Drain,
+        OperatorAction::Undrain,
+        OperatorAction::Disable,
+        OperatorAction::Enable,
+    ];
+
+    /// The contract's name of this action (`ban`, `unban` …), also a token of its subject.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OperatorAction::Ban => "ban",
+            OperatorAction::Unban => "unban",
+            OperatorAction::Drain => "drain",
+            OperatorAction::Undrain => "undrain",
+            OperatorAction::Disable => "disable",
+            OperatorAction::Enable => "enable",
+        }
+    }
+
+    /// Whether the action may name an exchange and a duration (`ban` and `drain`;
+    /// `unban`/`undrain` may name an exchange only).
+    pub fn takes_exchange(self) -> bool {
+        matches!(self, OperatorAction::Ban | OperatorAction::Unban | OperatorAction::Drain | OperatorAction::Undrain)
+    }
+
+    /// Whether the action may last a while (`ban`, `drain`).
+    pub fn takes_duration(self) -> bool {
+        matches!(self, OperatorAction::Ban | OperatorAction::Drain)
+    }
+}
+
+impl fmt::Display for OperatorAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for OperatorAction {
+    type Err = crate::SubjectError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        OperatorAction::ALL.into_iter().find(|action| action.as_str() == s).ok_or_else(|| {
+            crate::SubjectError::InvalidToken { what: "operator action", token: s.chars().take(64).collect() }
+        })
+    }
+}
+
+/// An operator's control of one proxy, published into stream `PROXY_FEEDBACK` on
+/// `proxy.v1.feedback.operator.{action}.{proxy_id}` with `Nats-Msg-Id: {event_id}`
+/// (extension of the contract). Folded by the aggregator into the proxy's
+/// [`HealthStats::operator_controls`]; the stream is the audit trail and a replay
+/// rebuilds them. Feeds' credentials may not publish it (`deploy/nats/permissions.conf`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct OperatorEvent {
+    /// Contract version; a missing one is 1.
+    #[serde(default = "schema_version")]
+    pub schema_version: u32,
+    /// Unique id of the event, also its `Nats-Msg-Id` header.
+    #[serde(with = "uuid_as_string")]
+    #[schemars(with = "Uuid")]
+    pub event_id: Uuid,
+    /// The proxy; must equal the subject's last token.
+    pub proxy_id: ProxyId,
+    /// What is done; must equal the subject's action token.
+    pub action: OperatorAction,
+    /// The one exchange a `ban`/`drain` (or its lifting) is about; null means every exchange.
+    #[serde(default)]
+    pub exchange_id: Option<ExchangeId>,
+    /// How long a `ban` or `drain` lasts, in seconds from when the stream stored it;
+    /// null means until lifted.
+    #[serde(default)]
+    pub duration_seconds: Option<u64>,
+    /// Why (free text, redacted; required, at most 512 characters).
+    pub reason: String,
+    /// Who: the operator's name (`--by`, else `$USER`, else the NATS user).
+    pub operator: String,
+    /// When the operator issued it.
+    pub timestamp: DateTime<Utc>,
+}
+
+/// An operator's control in force on a proxy, or the last one issued (part of
+/// [`HealthStats`], extension of the contract).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct OperatorControl {
+    /// `ban`, `drain` or `disable` when in force; any action as the last one issued.
+    pub action: OperatorAction,
+    /// The one exchange it is about; null means every exchange.
+    #[serde(default)]
+    pub exchange_id: Option<ExchangeId>,
+    /// When it ends by itself; null means until lifted.
+    #[serde(default)]
+    pub until: Option<DateTime<Utc>>,
+    /// Why.
+    pub reason: String,
+    /// Who.
+    pub operator: String,
+    /// When it took effect (the stream's time of the event).
+    pub at: DateTime<Utc>,
+    /// Stream sequence of the event: where the audit trail holds it.
+    pub seq: u64,
 }
 
 /// Health of a proxy as the aggregator classifies it.
@@ -515,6 +650,13 @@ pub struct HealthStats {
     pub updated_at: DateTime<Utc>,
     /// Stream sequence of the last folded event.
     pub last_seq: u64,
+    /// Operators' bans, drains and disables in force, oldest first (extension of the
+    /// contract; `proxybus_shared::health::apply_operator`, docs/health.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub operator_controls: Vec<OperatorControl>,
+    /// The last operator event folded for this proxy, whatever it did (extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_operator_action: Option<OperatorControl>,
 }
 
 impl HealthStats {
@@ -541,6 +683,8 @@ impl HealthStats {
             exchanges: BTreeMap::new(),
             updated_at: now,
             last_seq: 0,
+            operator_controls: Vec::new(),
+            last_operator_action: None,
         }
     }
 

@@ -7,7 +7,9 @@
 use schemars::{JsonSchema, generate::SchemaSettings};
 use serde_json::Value;
 
-use crate::messages::{ErrorReply, HealthStats, ProxyFeedback, ProxyInventory, ProxyRequest, ProxyResponse};
+use crate::messages::{
+    ErrorReply, HealthStats, OperatorEvent, ProxyFeedback, ProxyInventory, ProxyRequest, ProxyResponse,
+};
 
 /// One generated schema: the file it lives in under `schemas/`, and its content.
 #[derive(Debug, Clone)]
@@ -38,6 +40,7 @@ pub fn message_schemas() -> Vec<MessageSchema> {
         generate::<ProxyFeedback>("ProxyFeedback", "proxy_feedback.schema.json"),
         generate::<HealthStats>("HealthStats", "health_stats.schema.json"),
         generate::<ProxyInventory>("ProxyInventory", "proxy_inventory.schema.json"),
+        generate::<OperatorEvent>("OperatorEvent", "operator_event.schema.json"),
     ]
 }
 

@@ -39,6 +39,16 @@ pub const FEEDBACK_PREFIX: &str = "proxy.v1.feedback";
 pub const HEALTH_PREFIX: &str = "proxy.v1.health";
 /// Prefix of the dead-letter subjects of feedback the aggregator could not fold.
 pub const FEEDBACK_DEAD_PREFIX: &str = "proxy.v1.feedback_dead";
+/// Prefix of operator events (`proxy.v1.feedback.operator.{action}.{proxy_id}`): under the
+/// feedback stream's subjects, so the stream keeps them with the feedback, but with three
+/// tokens after `proxy.v1.feedback` where a feed's subjects have two, so NATS permissions can
+/// allow feeds `proxy.v1.feedback.*.*` and keep this to operators (extension of the contract).
+pub const OPERATOR_PREFIX: &str = "proxy.v1.feedback.operator";
+/// Every operator event subject.
+pub const OPERATOR_WILDCARD: &str = "proxy.v1.feedback.operator.>";
+/// What feeds publish feedback on (exactly two tokens after `proxy.v1.feedback`): the
+/// permission feeds are given, which never covers an operator subject.
+pub const FEED_FEEDBACK_WILDCARD: &str = "proxy.v1.feedback.*.*";
 /// What the resolver subscribes to.
 pub const REQUEST_WILDCARD: &str = "proxy.v1.request.*.*";
 /// What stream `PROXY_FEEDBACK` captures.
@@ -221,6 +231,27 @@ pub fn feedback(exchange: &ExchangeId, connection_type: ConnectionType) -> Strin
     format!("{FEEDBACK_PREFIX}.{exchange}.{connection_type}")
 }
 
+/// `proxy.v1.feedback.operator.{action}.{proxy_id}`: where an operator's event about `proxy` goes.
+pub fn operator(action: crate::OperatorAction, proxy: &crate::ProxyId) -> String {
+    format!("{OPERATOR_PREFIX}.{action}.{proxy}")
+}
+
+/// Parses `proxy.v1.feedback.operator.{action}.{proxy_id}`.
+pub fn parse_operator(subject: &str) -> Result<(crate::OperatorAction, crate::ProxyId), SubjectError> {
+    let tokens = tokens_after(subject, OPERATOR_PREFIX, 2)?;
+    let proxy = tokens[1].parse().map_err(|_| SubjectError::InvalidToken {
+        what: "proxy_id",
+        token: tokens[1].chars().take(MAX_TOKEN_LEN).collect(),
+    })?;
+    Ok((tokens[0].parse()?, proxy))
+}
+
+/// Whether `subject` is an operator event's (`proxy.v1.feedback.operator.…` with
+/// three tokens after `proxy.v1.feedback`), not a feed's feedback.
+pub fn is_operator(subject: &str) -> bool {
+    subject.strip_prefix(OPERATOR_PREFIX).is_some_and(|rest| rest.starts_with('.') && rest.matches('.').count() == 2)
+}
+
 /// `proxy.v1.regional_feedback.{region}.>`: what region `region`'s feedback stream holds.
 pub fn regional_feedback_wildcard(region: &Region) -> String {
     format!("{REGIONAL_FEEDBACK_PREFIX}.{region}.>")
@@ -248,6 +279,7 @@ pub fn health(region: &Region) -> String {
 pub fn feedback_dead(original_subject: &str) -> String {
     match parse_exchange_connection(original_subject, FEEDBACK_PREFIX) {
         Ok((exchange, connection_type)) => format!("{FEEDBACK_DEAD_PREFIX}.{exchange}.{connection_type}"),
+        Err(_) if is_operator(original_subject) => format!("{FEEDBACK_DEAD_PREFIX}._operator"),
         Err(_) => format!("{FEEDBACK_DEAD_PREFIX}._invalid"),
     }
 }
@@ -355,6 +387,19 @@ mod tests {
         assert!(matches!(parse_request("proxy.v1.request.a.http.extra"), Err(SubjectError::WrongTokenCount { .. })));
         assert!(matches!(parse_request("proxy.v1.request"), Err(SubjectError::WrongPrefix { .. })));
         assert!(matches!(parse_health("proxy.v1.health.us.east"), Err(SubjectError::WrongTokenCount { .. })));
+    }
+
+    #[test]
+    fn operator_subjects_have_one_token_more_than_feedback() {
+        let id = crate::proxy_id("http://10.0.0.1:3128");
+        let s = operator(crate::OperatorAction::Drain, &id);
+        assert_eq!(s, format!("proxy.v1.feedback.operator.drain.{id}"));
+        assert_eq!(parse_operator(&s).unwrap(), (crate::OperatorAction::Drain, id));
+        assert!(is_operator(&s));
+        assert!(!is_operator("proxy.v1.feedback.operator.http"), "a feed's feedback for an exchange named operator");
+        assert!(parse_feedback(&s).is_err(), "never read as a feed's feedback");
+        assert!(parse_operator("proxy.v1.feedback.operator.nuke.0011223344556677").is_err());
+        assert!(parse_operator("proxy.v1.feedback.operator.ban.not-an-id").is_err());
     }
 
     #[test]

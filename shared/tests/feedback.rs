@@ -31,6 +31,7 @@ fn feedback() -> ProxyFeedback {
         ws_close_code: None,
         timestamp: Utc::now(),
         client_id: "feed-1".into(),
+        probe: false,
     }
 }
 

@@ -70,6 +70,7 @@ fn examples() -> BTreeMap<&'static str, Value> {
         ws_close_code: None,
         timestamp: at,
         client_id: "cryptofeed-host-4242".into(),
+        probe: false,
     };
     let mut health = HealthStats::new(proxy_id(url), redact_url(url), Some(region), at);
     health.total = 10;
@@ -115,7 +116,41 @@ fn examples() -> BTreeMap<&'static str, Value> {
     closed.retry_after_seconds = None;
     closed.error_details = Some("closed by the exchange: 1008 policy violation".into());
     closed.ws_close_code = Some(1008);
+    let operator = OperatorEvent {
+        schema_version: 1,
+        event_id: "9b2e4f60-7a1c-4d3e-8f5a-1b2c3d4e5f60".parse().unwrap(),
+        proxy_id: proxy_id(url),
+        action: OperatorAction::Ban,
+        exchange_id: Some("binance".parse().unwrap()),
+        duration_seconds: Some(7200),
+        reason: "provider maintenance".into(),
+        operator: "alice".into(),
+        timestamp: at,
+    };
+    let mut probe = feedback.clone();
+    probe.event_id = "3c4d5e6f-7081-4a2b-9c3d-4e5f60718293".parse().unwrap();
+    probe.phase = FeedbackPhase::Request;
+    probe.success = true;
+    probe.latency_ms = Some(35);
+    probe.error_kind = None;
+    probe.status_code = Some(200);
+    probe.retry_after_seconds = None;
+    probe.error_details = None;
+    probe.client_id = "proxybus-pool-probe".into();
+    probe.probe = true;
+    health.operator_controls.push(OperatorControl {
+        action: OperatorAction::Ban,
+        exchange_id: Some("binance".parse().unwrap()),
+        until: Some(at + chrono::Duration::hours(2)),
+        reason: "provider maintenance".into(),
+        operator: "alice".into(),
+        at,
+        seq: 4710,
+    });
+    health.last_operator_action = health.operator_controls.first().cloned();
     BTreeMap::from([
+        ("operator_event", serde_json::to_value(&operator).unwrap()),
+        ("proxy_feedback_probe", serde_json::to_value(&probe).unwrap()),
         ("proxy_inventory", serde_json::to_value(&inventory).unwrap()),
         ("proxy_request", serde_json::to_value(&request).unwrap()),
         ("proxy_response", serde_json::to_value(&response).unwrap()),
@@ -130,7 +165,7 @@ fn examples() -> BTreeMap<&'static str, Value> {
 /// (`proxy_feedback_ws_close` is a `proxy_feedback`).
 fn message_of(stem: &str) -> &str {
     match stem {
-        "proxy_feedback_ws_close" => "proxy_feedback",
+        "proxy_feedback_ws_close" | "proxy_feedback_probe" => "proxy_feedback",
         other => other,
     }
 }
@@ -148,6 +183,7 @@ fn encode_msgpack(stem: &str, example: &Value) -> Vec<u8> {
         "proxy_feedback" => enc::<ProxyFeedback>(example),
         "health_stats" => enc::<HealthStats>(example),
         "proxy_inventory" => enc::<ProxyInventory>(example),
+        "operator_event" => enc::<OperatorEvent>(example),
         other => panic!("no type for {other}"),
     }
 }
@@ -177,7 +213,11 @@ fn committed_schemas_equal_the_generated_ones() {
 #[test]
 fn schemas_name_every_contract_field() {
     // Renaming a field of the contract must fail here even after regenerating.
-    let required: [(&str, &[&str]); 6] = [
+    let required: [(&str, &[&str]); 7] = [
+        (
+            "operator_event.schema.json",
+            &["event_id", "proxy_id", "action", "exchange_id", "duration_seconds", "reason", "operator", "timestamp"],
+        ),
         (
             "proxy_request.schema.json",
             &["exchange_id", "connection_type", "region", "client_id", "request_id", "metadata"],
@@ -338,6 +378,9 @@ fn python_msgpack_decodes_what_rust_encodes_and_back() {
             "health_stats" => serde_json::to_value(Codec::default().decode::<HealthStats>(None, &from_python).unwrap()),
             "proxy_inventory" => {
                 serde_json::to_value(Codec::default().decode::<ProxyInventory>(None, &from_python).unwrap())
+            }
+            "operator_event" => {
+                serde_json::to_value(Codec::default().decode::<OperatorEvent>(None, &from_python).unwrap())
             }
             other => panic!("no type for {other}"),
         }

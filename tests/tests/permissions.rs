@@ -209,6 +209,29 @@ async fn each_role_may_do_its_part_and_a_feed_nothing_more() {
     let first = tokio::time::timeout(WAIT, health_watch.next()).await.unwrap().unwrap();
     assert_eq!(first.subject.as_str(), "proxy.v1.health.control", "the forged message never arrived");
 
+    // Denied: a feed issuing an operator's ban (`proxybus ban`'s subject); an operator may.
+    let forged_ban = proxybus_shared::OperatorEvent {
+        schema_version: 1,
+        event_id: uuid::Uuid::new_v4(),
+        proxy_id: proxy.id(),
+        action: proxybus_shared::OperatorAction::Ban,
+        exchange_id: None,
+        duration_seconds: None,
+        reason: "forged by a feed".into(),
+        operator: "feed".into(),
+        timestamp: chrono::Utc::now(),
+    };
+    let operator_subject = proxybus_shared::subject::operator(forged_ban.action, &forged_ban.proxy_id);
+    let refused = proxybus_shared::feedback::publish_operator_event(&feed_js, &forged_ban).await;
+    assert!(refused.is_err(), "a feed's operator event is not stored");
+    wait_for_violation(&feed_errors, &operator_subject).await;
+    let mut feedback_stream = operator_js.get_stream(FEEDBACK_STREAM).await.unwrap();
+    let last = feedback_stream.info().await.unwrap().state.last_sequence;
+    let stored_last = feedback_stream.get_raw_message(last).await.unwrap();
+    assert!(!proxybus_shared::subject::is_operator(&stored_last.subject), "no operator event in the stream");
+    let ban = proxybus_shared::OperatorEvent { event_id: uuid::Uuid::new_v4(), operator: "ops".into(), ..forged_ban };
+    proxybus_shared::feedback::publish_operator_event(&operator_js, &ban).await.expect("an operator may ban");
+
     // Denied: a feed reading PROXY_HEALTH (bucket, direct get, or watching its subjects).
     assert!(feed_js.get_key_value(HEALTH_BUCKET).await.is_err(), "a feed may not open PROXY_HEALTH");
     let direct = format!("$JS.API.DIRECT.GET.KV_{HEALTH_BUCKET}.$KV.{HEALTH_BUCKET}.{}", proxy.id());

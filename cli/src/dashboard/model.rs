@@ -424,6 +424,7 @@ mod tests {
             retry_after_seconds: None,
             error_details: Some(format!("via {URL}")),
             ws_close_code: None,
+            probe: false,
             timestamp: t0,
             client_id: "t".into(),
         };

@@ -23,15 +23,21 @@
 //!   1008/1013) bars the proxy for that exchange only (`HealthPolicy::judge`) and
 //!   leaves the proxy's own health alone; the **exchange's own trouble** (5xx,
 //!   close 1001/1011/1012/1014) and inconclusive failures cost nothing.
-//! - An ejection ends by time. The proxy is then `degraded` and on probation: one
-//!   proxy fault ejects it again; `probation_successes` successes in a row end the
-//!   probation and, if nothing else is wrong, make it `healthy` again.
+//! - An ejection ends by time, or earlier when `probe_readmit_successes` probes
+//!   (events with `probe: true`, from a pool service's active checks) pass in a row.
+//!   The proxy is then `degraded` and on probation: one proxy fault ejects it again;
+//!   `probation_successes` successes in a row (probes count) end the probation and,
+//!   if nothing else is wrong, make it `healthy` again.
+//! - An **operator event** (`proxybus ban|unban|drain|undrain|disable|enable`, subject
+//!   `proxy.v1.feedback.operator.{action}.{proxy_id}`) changes the proxy's
+//!   `operator_controls` (`health::apply_operator`) and nothing else; it is not an
+//!   outcome and does not count in `total`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use proxybus_shared::health::{self, Attribution, HealthPolicy, delta};
-use proxybus_shared::{HealthState, HealthStats, ProxyFeedback, ProxyId, redact_url};
+use proxybus_shared::{HealthState, HealthStats, OperatorEvent, ProxyFeedback, ProxyId, redact_url};
 use serde::{Deserialize, Serialize};
 
 use crate::event_ids::EventIds;
@@ -57,6 +63,9 @@ pub struct FoldState {
     pub probation_successes: u32,
     /// Latency distribution of successful outcomes.
     pub latency: LatencySketch,
+    /// Passing probes in a row while ejected (`HealthPolicy::probe_readmit_successes`).
+    #[serde(default)]
+    pub probe_passes: u32,
 }
 
 impl Default for FoldState {
@@ -68,6 +77,7 @@ impl Default for FoldState {
             on_probation: false,
             probation_successes: 0,
             latency: LatencySketch::new(),
+            probe_passes: 0,
         }
     }
 }
@@ -113,6 +123,8 @@ pub struct FoldOutcome {
     pub ejection_suppressed: bool,
     /// The proxy was put in cool-down or banned for the event's exchange.
     pub exchange_barred: bool,
+    /// Passing probes ended the proxy's ejection before its time (it is on probation).
+    pub readmitted: bool,
 }
 
 /// Per-proxy health of every proxy feedback was folded for.
@@ -255,6 +267,7 @@ impl FeedbackFolder {
                 stats.ejected_until = Some(at + delta(policy.ejection_time(stats.ejections)));
                 proxy.fold.on_probation = false;
                 proxy.fold.probation_successes = 0;
+                proxy.fold.probe_passes = 0;
                 outcome.ejected = true;
             } else {
                 outcome.ejection_suppressed = true;
@@ -265,6 +278,44 @@ impl FeedbackFolder {
             proxy.stats.state = classify(&policy, proxy);
         }
         outcome
+    }
+
+    /// Folds one message of the stream, feedback or operator event.
+    pub fn fold_event(&mut self, event: &crate::intake::StreamEvent, seq: u64, at: DateTime<Utc>) -> FoldOutcome {
+        match event {
+            crate::intake::StreamEvent::Feedback(event) => self.fold(event, seq, at),
+            crate::intake::StreamEvent::Operator(event) => self.fold_operator(event, seq, at),
+        }
+    }
+
+    /// Folds an operator's `event`, stored at stream sequence `seq` at stream time `at`
+    /// (`health::apply_operator`). A proxy no feedback was heard of yet gets a record
+    /// (without URL or region until its first feedback).
+    pub fn fold_operator(&mut self, event: &OperatorEvent, seq: u64, at: DateTime<Utc>) -> FoldOutcome {
+        let id = &event.proxy_id;
+        if self.proxies.get(id).is_some_and(|p| seq <= p.stats.last_seq) {
+            return FoldOutcome { skipped: true, ..FoldOutcome::default() };
+        }
+        if !self.event_ids.first_time(event.event_id, seq, at.timestamp_millis()) {
+            return FoldOutcome { duplicate: true, ..FoldOutcome::default() };
+        }
+        if !self.proxies.contains_key(id) {
+            let stats = HealthStats::new(id.clone(), String::new(), None, at);
+            self.insert(ProxyHealth {
+                stats,
+                fold: FoldState { decayed_at_ms: at.timestamp_millis(), ..FoldState::default() },
+            });
+        }
+        let policy = self.policy.clone();
+        let proxy = self.proxies.get_mut(id).expect("placed above");
+        expire(&mut proxy.stats, &mut proxy.fold, at);
+        health::apply_operator(&mut proxy.stats, event, seq, at);
+        proxy.stats.last_seq = seq;
+        proxy.stats.updated_at = at;
+        if proxy.stats.state != HealthState::Ejected {
+            proxy.stats.state = classify(&policy, proxy);
+        }
+        FoldOutcome::default()
     }
 
     /// Makes sure the proxy of `event` exists, with its region, URL (redacted) and region index.
@@ -324,7 +375,19 @@ fn apply(
             stats.latency_p50_ms = fold.latency.quantile(0.5);
             stats.latency_p99_ms = fold.latency.quantile(0.99);
         }
-        if fold.on_probation {
+        if event.probe && stats.state == HealthState::Ejected {
+            fold.probe_passes = fold.probe_passes.saturating_add(1);
+            if fold.probe_passes >= policy.probe_readmit_successes {
+                // Passing probes end the ejection early (Envoy's
+                // `successful_active_health_check_uneject_host`); the proxy serves on probation.
+                stats.state = HealthState::Degraded;
+                stats.ejected_until = None;
+                fold.on_probation = true;
+                fold.probation_successes = 0;
+                fold.probe_passes = 0;
+                outcome.readmitted = true;
+            }
+        } else if fold.on_probation {
             fold.probation_successes += 1;
             if fold.probation_successes >= policy.probation_successes {
                 fold.on_probation = false;
@@ -349,6 +412,7 @@ fn apply(
             false
         }
         Attribution::ProxyFault => {
+            fold.probe_passes = 0;
             stats.consecutive_failures = stats.consecutive_failures.saturating_add(1);
             decay(policy, fold, at, false);
             stats.success_rate = success_rate(fold);

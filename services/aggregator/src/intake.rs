@@ -4,7 +4,56 @@
 //! never block the consumer.
 
 use async_nats::{Client, HeaderMap};
-use proxybus_shared::{Codec, ProxyFeedback, subject};
+use proxybus_shared::{Codec, OperatorEvent, ProxyFeedback, subject};
+
+/// One message of stream `PROXY_FEEDBACK`: a feed's (or a probe's) feedback, or an operator's event.
+#[derive(Debug, Clone)]
+pub enum StreamEvent {
+    /// `proxy.v1.feedback.{exchange}.{conn}`.
+    Feedback(ProxyFeedback),
+    /// `proxy.v1.feedback.operator.{action}.{proxy_id}`.
+    Operator(OperatorEvent),
+}
+
+impl StreamEvent {
+    /// The event's id (its `Nats-Msg-Id`).
+    pub fn event_id(&self) -> uuid::Uuid {
+        match self {
+            StreamEvent::Feedback(event) => event.event_id,
+            StreamEvent::Operator(event) => event.event_id,
+        }
+    }
+
+    /// The proxy it is about.
+    pub fn proxy_id(&self) -> &proxybus_shared::ProxyId {
+        match self {
+            StreamEvent::Feedback(event) => &event.proxy_id,
+            StreamEvent::Operator(event) => &event.proxy_id,
+        }
+    }
+}
+
+/// Decodes and checks one message of the stream, feedback or operator event by its
+/// subject; the error is the reason to dead-letter it.
+pub fn read_event(subject: &str, headers: Option<&HeaderMap>, payload: &[u8]) -> Result<StreamEvent, String> {
+    if subject::is_operator(subject) {
+        read_operator(subject, headers, payload).map(StreamEvent::Operator)
+    } else {
+        read_feedback(subject, headers, payload).map(StreamEvent::Feedback)
+    }
+}
+
+/// Decodes and checks one operator event: its action and proxy must be the subject's,
+/// and it must pass `health::validate_operator_event`.
+pub fn read_operator(subject: &str, headers: Option<&HeaderMap>, payload: &[u8]) -> Result<OperatorEvent, String> {
+    let (action, proxy) = subject::parse_operator(subject).map_err(|err| format!("bad subject: {err}"))?;
+    let event: OperatorEvent = Codec::default().decode(headers, payload).map_err(|err| err.to_string())?;
+    if event.action != action || event.proxy_id != proxy {
+        return Err(format!("action {} / proxy_id {} do not match the subject", event.action, event.proxy_id));
+    }
+    proxybus_shared::health::validate_operator_event(&event).map_err(|err| err.to_string())?;
+    Ok(event)
+}
 
 /// Header that carries why a message was dead-lettered.
 pub const DEAD_REASON_HEADER: &str = "Proxybus-Dead-Reason";

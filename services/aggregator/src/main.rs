@@ -49,10 +49,9 @@ async fn main() -> ExitCode {
         Command::Run => {
             proxybus_aggregator::run(config, proxybus_shared::shutdown::signal()).await.map_err(anyhow::Error::from)
         }
-        Command::Replay(args) => proxybus_aggregator::replay::replay_with_progress_bar(&config, &args)
-            .await
-            .map(|_| ())
-            .map_err(anyhow::Error::from),
+        Command::Replay(args) => {
+            proxybus_aggregator::replay::run_command(&config, &args).await.map(|_| ()).map_err(anyhow::Error::from)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

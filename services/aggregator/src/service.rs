@@ -377,22 +377,33 @@ impl Live {
                 window.last = Some(message);
                 continue;
             }
-            match intake::read_feedback(message.subject.as_str(), message.headers.as_ref(), &message.payload) {
+            match intake::read_event(message.subject.as_str(), message.headers.as_ref(), &message.payload) {
                 Ok(event) => {
-                    let outcome = self.folder.fold(&event, seq, published);
+                    let outcome = self.folder.fold_event(&event, seq, published);
                     if outcome.skipped {
                         window.skipped += 1;
                     } else if outcome.duplicate {
                         window.deduplicated += 1;
                         tracing::info!(
-                            event_id = %event.event_id,
+                            event_id = %event.event_id(),
                             seq,
-                            proxy_id = %event.proxy_id,
+                            proxy_id = %event.proxy_id(),
                             "dropped a repeat of an event already folded"
                         );
                     } else {
                         window.folded += 1;
-                        window.changed.insert(event.proxy_id);
+                        if let intake::StreamEvent::Operator(op) = &event {
+                            tracing::info!(
+                                seq,
+                                proxy_id = %op.proxy_id,
+                                action = %op.action,
+                                exchange = ?op.exchange_id.as_ref().map(|e| e.as_str()),
+                                operator = %op.operator,
+                                reason = %proxybus_shared::redact_text(&op.reason),
+                                "operator event folded"
+                            );
+                        }
+                        window.changed.insert(event.proxy_id().clone());
                     }
                     window.ejected += u64::from(outcome.ejected);
                     window.suppressed += u64::from(outcome.ejection_suppressed);

@@ -1,17 +1,29 @@
-//! Optional active checks: every `interval_seconds`, a TCP connect to each
-//! enabled proxy and, for `http` proxies when a `connect_target` is configured,
+//! Active checks, also called probes: every `interval_seconds`, a TCP connect to
+//! each enabled proxy and, for `http` proxies when a `connect_target` is configured,
 //! an HTTP `CONNECT` through it (with the proxy's credentials) that must answer
-//! 2xx. Results feed the same health state as feedback: `unhealthy_threshold`
-//! failures in a row take a proxy out, `healthy_threshold` passes bring it back.
+//! 2xx, then optionally `GET {ping_path}` over TLS to that target through the
+//! tunnel (`/api/v3/ping` for Binance), which must answer 2xx.
+//!
+//! Results feed this service's own health state (`unhealthy_threshold` failures in
+//! a row take a proxy out, `healthy_threshold` passes bring it back) and, when the
+//! pool is on NATS and `publish` is on, go into stream `PROXY_FEEDBACK` as feedback
+//! with `probe: true` for `exchange`, so the aggregator judges them by the one
+//! health model: a proxy that carries no traffic still has health, and an ejected
+//! proxy whose probes pass comes back through probation (docs/health.md, "Probes").
+//!
+//! Probes of one proxy for one exchange never run more often than
+//! `max_per_minute` ([`ProbeBudget`]), whatever the interval says.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
 use futures::StreamExt;
-use proxybus_shared::ProxyScheme;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use proxybus_shared::{ConnectionType, ErrorKind, ExchangeId, FeedbackPhase, ProxyFeedback, ProxyId, ProxyScheme};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::inventory::Proxy;
@@ -25,7 +37,7 @@ const CONCURRENCY: usize = 16;
 /// Why a check failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
-    /// Connect or CONNECT took longer than the timeout.
+    /// Connect, CONNECT or the ping took longer than the timeout.
     #[error("timed out")]
     Timeout,
     /// The TCP connection failed.
@@ -34,20 +46,87 @@ pub enum CheckError {
     /// The proxy answered CONNECT with something other than 2xx.
     #[error("CONNECT answered {0:?}")]
     Refused(String),
+    /// TLS to the target through the tunnel failed.
+    #[error("TLS to the target failed: {0}")]
+    Tls(String),
+    /// The target answered the ping with a status other than 2xx.
+    #[error("ping answered {status}")]
+    Status {
+        /// The HTTP status.
+        status: u16,
+        /// Its `Retry-After` seconds, if any.
+        retry_after_seconds: Option<u64>,
+    },
 }
 
-/// Checks one proxy once.
-pub async fn check(proxy: &Proxy, connect_target: Option<&str>, timeout: Duration) -> Result<(), CheckError> {
-    tokio::time::timeout(timeout, check_inner(proxy, connect_target)).await.map_err(|_| CheckError::Timeout)?
+impl CheckError {
+    /// The contract's error kind and HTTP status of this failure, as a feedback event reports them.
+    pub fn kind(&self) -> (ErrorKind, Option<u16>) {
+        match self {
+            CheckError::Timeout => (ErrorKind::Timeout, None),
+            CheckError::Io(err) if err.kind() == std::io::ErrorKind::TimedOut => (ErrorKind::Timeout, None),
+            CheckError::Io(_) | CheckError::Refused(_) => (ErrorKind::Refused, None),
+            CheckError::Tls(_) => (ErrorKind::Tls, None),
+            CheckError::Status { status, .. } => {
+                (ErrorKind::from_status(*status).unwrap_or(ErrorKind::Other), Some(*status))
+            }
+        }
+    }
 }
 
-async fn check_inner(proxy: &Proxy, connect_target: Option<&str>) -> Result<(), CheckError> {
+/// Where a probe goes through the proxy, and how it asks.
+#[derive(Debug, Clone, Default)]
+pub struct ProbeTarget {
+    /// `host:port` to `CONNECT` to (http proxies); none: TCP connect only.
+    pub connect_target: Option<String>,
+    /// Path to `GET` over TLS through the tunnel; none: no ping.
+    pub ping_path: Option<String>,
+    /// Trust for that TLS: the public web roots plus the configured CA file.
+    pub tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
+}
+
+impl ProbeTarget {
+    /// The target these settings describe; errors name an unreadable CA file.
+    pub fn from_settings(settings: &ActiveCheckSettings) -> Result<Self, String> {
+        let tls = match &settings.ping_path {
+            None => None,
+            Some(_) => Some(Arc::new(client_tls(settings.ca_file.as_deref())?)),
+        };
+        Ok(Self { connect_target: settings.connect_target.clone(), ping_path: settings.ping_path.clone(), tls })
+    }
+}
+
+/// TLS to exchanges: the public web roots (webpki-roots) plus the certificates of `ca_file`.
+fn client_tls(ca_file: Option<&std::path::Path>) -> Result<tokio_rustls::rustls::ClientConfig, String> {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::CertificateDer;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        for cert in CertificateDer::pem_file_iter(path).map_err(|err| format!("{}: {err}", path.display()))? {
+            let cert = cert.map_err(|err| format!("{}: {err}", path.display()))?;
+            roots.add(cert).map_err(|err| format!("{}: {err}", path.display()))?;
+        }
+    }
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|err| err.to_string())
+        .map(|builder| builder.with_root_certificates(roots).with_no_client_auth())
+}
+
+/// Checks one proxy once (TCP connect, `CONNECT`, ping), within `timeout`.
+pub async fn check(proxy: &Proxy, target: &ProbeTarget, timeout: Duration) -> Result<(), CheckError> {
+    tokio::time::timeout(timeout, check_inner(proxy, target)).await.map_err(|_| CheckError::Timeout)?
+}
+
+async fn check_inner(proxy: &Proxy, target: &ProbeTarget) -> Result<(), CheckError> {
     let url = proxy.url();
     let mut stream = TcpStream::connect((url.host().to_string(), url.port())).await?;
-    let Some(target) = connect_target.filter(|_| url.scheme() == ProxyScheme::Http) else {
+    let Some(connect_target) = target.connect_target.as_deref().filter(|_| url.scheme() == ProxyScheme::Http) else {
         return Ok(());
     };
-    let mut head = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n");
+    let mut head = format!("CONNECT {connect_target} HTTP/1.1\r\nHost: {connect_target}\r\n");
     if let Some((user, password)) = url.credentials() {
         head.push_str(&format!(
             "Proxy-Authorization: Basic {}\r\n",
@@ -56,7 +135,48 @@ async fn check_inner(proxy: &Proxy, connect_target: Option<&str>) -> Result<(), 
     }
     head.push_str("\r\n");
     stream.write_all(head.as_bytes()).await?;
-    let mut buffer = [0_u8; 256];
+    let answer = read_head(&mut stream).await?;
+    let status_line = answer.lines().next().unwrap_or_default().to_owned();
+    if !status_line.split_whitespace().nth(1).is_some_and(|code| code.starts_with('2')) {
+        return Err(CheckError::Refused(status_line.chars().take(64).collect()));
+    }
+    let (Some(path), Some(tls)) = (&target.ping_path, &target.tls) else { return Ok(()) };
+    let host = connect_target.rsplit_once(':').map_or(connect_target, |(host, _)| host);
+    ping(stream, host, path, tls.clone()).await
+}
+
+/// `GET path` over TLS to `host` through the open tunnel: 2xx passes.
+async fn ping(
+    stream: TcpStream,
+    host: &str,
+    path: &str,
+    tls: Arc<tokio_rustls::rustls::ClientConfig>,
+) -> Result<(), CheckError> {
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|err| CheckError::Tls(err.to_string()))?;
+    let mut tls_stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, stream)
+        .await
+        .map_err(|err| CheckError::Tls(err.to_string()))?;
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: proxybus-probe\r\nConnection: close\r\n\r\n");
+    tls_stream.write_all(request.as_bytes()).await?;
+    let head = read_head(&mut tls_stream).await?;
+    let mut lines = head.lines();
+    let status: u16 = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|c| c.parse().ok()).unwrap_or(0);
+    if (200..300).contains(&status) {
+        return Ok(());
+    }
+    let retry_after_seconds = lines
+        .filter_map(|line| line.split_once(':'))
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case("retry-after"))
+        .and_then(|(_, value)| value.trim().parse().ok());
+    Err(CheckError::Status { status, retry_after_seconds })
+}
+
+/// Reads an HTTP answer's head (up to 4 KiB or the blank line).
+async fn read_head<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) -> Result<String, CheckError> {
+    let mut buffer = vec![0_u8; 4096];
     let mut read = 0;
     while read < buffer.len() {
         let n = stream.read(&mut buffer[read..]).await?;
@@ -64,19 +184,116 @@ async fn check_inner(proxy: &Proxy, connect_target: Option<&str>) -> Result<(), 
             break;
         }
         read += n;
-        if buffer[..read].contains(&b'\n') {
+        if buffer[..read].windows(4).any(|w| w == b"\r\n\r\n") {
             break;
         }
     }
-    let status_line = String::from_utf8_lossy(&buffer[..read]).lines().next().unwrap_or_default().to_owned();
-    let ok = status_line.split_whitespace().nth(1).is_some_and(|code| code.starts_with('2'));
-    if ok { Ok(()) } else { Err(CheckError::Refused(status_line.chars().take(64).collect())) }
+    Ok(String::from_utf8_lossy(&buffer[..read]).into_owned())
 }
 
-/// Checks every enabled proxy every `interval_seconds` until `shutdown`.
-pub async fn run(selector: Arc<Selector>, settings: ActiveCheckSettings, shutdown: CancellationToken) {
+/// At most `max_per_minute` probes per proxy and exchange: a probe is allowed when
+/// `60 s / max_per_minute` have passed since the last allowed one of that pair.
+#[derive(Debug)]
+pub struct ProbeBudget {
+    spacing: Duration,
+    last: Mutex<HashMap<(ProxyId, ExchangeId), Instant>>,
+}
+
+impl ProbeBudget {
+    /// A budget of `max_per_minute` probes (at least 1) per proxy and exchange.
+    pub fn per_minute(max_per_minute: u32) -> Self {
+        Self { spacing: Duration::from_secs(60) / max_per_minute.max(1), last: Mutex::new(HashMap::new()) }
+    }
+
+    /// Whether a probe of `proxy` for `exchange` may run at `now`; if so, it is counted.
+    pub fn try_take(&self, proxy: &ProxyId, exchange: &ExchangeId, now: Instant) -> bool {
+        let mut last = self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let key = (proxy.clone(), exchange.clone());
+        match last.get(&key) {
+            Some(at) if now.saturating_duration_since(*at) < self.spacing => false,
+            _ => {
+                last.insert(key, now);
+                true
+            }
+        }
+    }
+}
+
+/// Where probe results go besides this service's own health.
+#[derive(Debug, Clone)]
+pub struct ProbePublisher {
+    jetstream: async_nats::jetstream::Context,
+    client_id: String,
+}
+
+impl ProbePublisher {
+    /// Publishes into `PROXY_FEEDBACK` through `client`, as `proxybus-pool-probe-{inventory_id}`.
+    pub fn new(client: async_nats::Client, inventory_id: &str) -> Self {
+        Self { jetstream: async_nats::jetstream::new(client), client_id: format!("proxybus-pool-probe-{inventory_id}") }
+    }
+}
+
+/// The feedback event of one probe of `proxy` for `exchange` (`probe: true`; `request`
+/// phase, over `http`): a success with its latency, or the failure's kind and status.
+pub fn probe_feedback(
+    proxy: &Proxy,
+    exchange: &ExchangeId,
+    result: &Result<(), CheckError>,
+    latency: Duration,
+    client_id: &str,
+) -> ProxyFeedback {
+    let (error_kind, status_code, retry_after_seconds, error_details) = match result {
+        Ok(()) => (None, None, None, None),
+        Err(err) => {
+            let (kind, status) = err.kind();
+            let retry = match err {
+                CheckError::Status { retry_after_seconds, .. } => *retry_after_seconds,
+                _ => None,
+            };
+            (Some(kind), status, retry, Some(proxybus_shared::redact_text(&format!("probe: {err}"))))
+        }
+    };
+    ProxyFeedback {
+        schema_version: proxybus_shared::SCHEMA_VERSION,
+        event_id: uuid::Uuid::new_v4(),
+        proxy_id: proxy.id().clone(),
+        proxy_url: proxy.redacted_url().to_owned(),
+        exchange_id: exchange.clone(),
+        connection_type: ConnectionType::Http,
+        region: Some(proxy.region().clone()),
+        phase: if result.is_ok() { FeedbackPhase::Request } else { FeedbackPhase::Failed },
+        success: result.is_ok(),
+        latency_ms: result.is_ok().then(|| u64::try_from(latency.as_millis()).unwrap_or(u64::MAX)),
+        error_kind,
+        status_code,
+        retry_after_seconds,
+        error_details,
+        ws_close_code: None,
+        timestamp: chrono::Utc::now(),
+        client_id: client_id.to_owned(),
+        probe: true,
+    }
+}
+
+/// Checks every enabled proxy every `interval_seconds` until `shutdown`, within the
+/// budget, publishing each result when `publisher` is given.
+pub async fn run(
+    selector: Arc<Selector>,
+    settings: ActiveCheckSettings,
+    publisher: Option<ProbePublisher>,
+    shutdown: CancellationToken,
+) {
     let interval = Duration::from_secs(settings.interval_seconds);
     let timeout = Duration::from_secs(settings.timeout_seconds);
+    let target = match ProbeTarget::from_settings(&settings) {
+        Ok(target) => target,
+        Err(err) => {
+            tracing::error!(error = %err, "active checks off: cannot build their TLS trust");
+            return;
+        }
+    };
+    let budget = ProbeBudget::per_minute(settings.max_per_minute);
+    let publisher = publisher.filter(|_| settings.publish);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -85,7 +302,7 @@ pub async fn run(selector: Arc<Selector>, settings: ActiveCheckSettings, shutdow
             () = shutdown.cancelled() => break,
             _ = ticker.tick() => {}
         }
-        let round = check_round(&selector, settings.connect_target.as_deref(), timeout);
+        let round = probe_round(&selector, &target, &settings.exchange, &budget, publisher.as_ref(), timeout);
         tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
@@ -94,26 +311,77 @@ pub async fn run(selector: Arc<Selector>, settings: ActiveCheckSettings, shutdow
     }
 }
 
-/// Checks every enabled proxy of the current inventory once and records the results.
+/// Checks every enabled proxy of the current inventory once, `CONNECT`ing to
+/// `connect_target`, and records the results here (no budget, nothing published).
 pub async fn check_round(selector: &Selector, connect_target: Option<&str>, timeout: Duration) {
+    let target = ProbeTarget { connect_target: connect_target.map(str::to_owned), ..ProbeTarget::default() };
+    let unlimited = ProbeBudget { spacing: Duration::ZERO, last: Mutex::new(HashMap::new()) };
+    let exchange: ExchangeId = crate::settings::DEFAULT_PROBE_EXCHANGE.parse().expect("a valid exchange id");
+    probe_round(selector, &target, &exchange, &unlimited, None, timeout).await;
+}
+
+/// One round: every enabled proxy the budget allows, checked, recorded and published.
+async fn probe_round(
+    selector: &Selector,
+    target: &ProbeTarget,
+    exchange: &ExchangeId,
+    budget: &ProbeBudget,
+    publisher: Option<&ProbePublisher>,
+    timeout: Duration,
+) {
     let inventory = selector.inventory();
-    let proxies: Vec<Arc<Proxy>> = inventory.proxies().filter(|p| p.enabled()).cloned().collect();
-    futures::stream::iter(proxies)
+    let now = Instant::now();
+    let proxies: Vec<Arc<Proxy>> =
+        inventory.proxies().filter(|p| p.enabled() && budget.try_take(p.id(), exchange, now)).cloned().collect();
+    let results: Vec<(Arc<Proxy>, Result<(), CheckError>, Duration)> = futures::stream::iter(proxies)
         .map(|proxy| async move {
-            let result = check(&proxy, connect_target, timeout).await;
-            (proxy, result)
+            let started = Instant::now();
+            let result = check(&proxy, target, timeout).await;
+            (proxy, result, started.elapsed())
         })
         .buffer_unordered(CONCURRENCY)
-        .for_each(|(proxy, result)| {
-            match &result {
-                Ok(()) => metrics::counter!(m::ACTIVE_CHECKS, "result" => "pass").increment(1),
-                Err(err) => {
-                    metrics::counter!(m::ACTIVE_CHECKS, "result" => "fail").increment(1);
-                    tracing::debug!(proxy_id = %proxy.id(), proxy_url = %proxy.redacted_url(), error = %err, "active check failed");
-                }
-            }
-            selector.record_check(proxy.id(), result.is_ok());
-            async {}
-        })
+        .collect()
         .await;
+    for (proxy, result, latency) in results {
+        match &result {
+            Ok(()) => metrics::counter!(m::ACTIVE_CHECKS, "result" => "pass").increment(1),
+            Err(err) => {
+                metrics::counter!(m::ACTIVE_CHECKS, "result" => "fail").increment(1);
+                tracing::debug!(proxy_id = %proxy.id(), proxy_url = %proxy.redacted_url(), error = %err, "active check failed");
+            }
+        }
+        selector.record_check(proxy.id(), result.is_ok());
+        if let Some(publisher) = publisher {
+            let event = probe_feedback(&proxy, exchange, &result, latency, &publisher.client_id);
+            if let Err(err) = proxybus_shared::feedback::publish_feedback(&publisher.jetstream, &event).await {
+                tracing::warn!(proxy_id = %proxy.id(), error = %err, "probe result not stored");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn probes_never_exceed_their_rate_per_proxy_and_exchange() {
+        let budget = ProbeBudget::per_minute(2);
+        let (a, b) = (proxybus_shared::proxy_id("http://10.0.0.1:1"), proxybus_shared::proxy_id("http://10.0.0.2:1"));
+        let (binance, coinbase): (ExchangeId, ExchangeId) = ("binance".parse().unwrap(), "coinbase".parse().unwrap());
+        assert!(budget.try_take(&a, &binance, Instant::now()));
+        assert!(!budget.try_take(&a, &binance, Instant::now()), "a second probe at once is refused");
+        assert!(budget.try_take(&b, &binance, Instant::now()), "another proxy has its own budget");
+        assert!(budget.try_take(&a, &coinbase, Instant::now()), "another exchange too");
+        tokio::time::advance(Duration::from_secs(29)).await;
+        assert!(!budget.try_take(&a, &binance, Instant::now()), "two a minute: 30 s apart");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(budget.try_take(&a, &binance, Instant::now()));
+        let mut allowed = 0;
+        for _ in 0..600 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            allowed += u32::from(budget.try_take(&a, &binance, Instant::now()));
+        }
+        assert_eq!(allowed, 20, "ten minutes of one-second ticks allow twenty");
+    }
 }

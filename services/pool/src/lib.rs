@@ -175,9 +175,6 @@ impl PoolServer {
         if let Some(reloader) = reloader {
             tasks.spawn(reloader.run(settings.watch_inventory, cancel.clone()));
         }
-        if settings.active_checks.enabled {
-            tasks.spawn(active_check::run(selector.clone(), settings.active_checks.clone(), cancel.clone()));
-        }
         let mut nats_client = None;
         if let Some(nats) = &settings.nats {
             match nats.connect_retrying().await {
@@ -211,6 +208,14 @@ impl PoolServer {
                 }
                 Err(err) => tracing::error!(error = %err, "cannot connect to NATS; health comes from HTTP only"),
             }
+        }
+
+        if settings.active_checks.enabled {
+            // Probe results go into PROXY_FEEDBACK too when the pool is on the bus.
+            let publisher = nats_client
+                .clone()
+                .map(|client| active_check::ProbePublisher::new(client, &settings.health.inventory_id));
+            tasks.spawn(active_check::run(selector.clone(), settings.active_checks.clone(), publisher, cancel.clone()));
         }
 
         let app = router(state).into_make_service_with_connect_info::<SocketAddr>();

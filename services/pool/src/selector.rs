@@ -183,6 +183,24 @@ impl State {
             && self.local.get(proxy.id()).is_none_or(|local| local.usable_for(exchange, now))
     }
 
+    /// Whether `session`'s lease on `proxy` may be renewed: as [`usable`](Self::usable),
+    /// except that an operator's drain lets existing leases go on (`health::may_keep`).
+    fn keepable(&self, proxy: &Proxy, exchange: &ExchangeId, now: Instant, wall: DateTime<Utc>) -> bool {
+        self.pushed.get(proxy.id()).is_none_or(|stats| proxybus_shared::health::may_keep(stats, exchange, wall))
+            && self.local.get(proxy.id()).is_none_or(|local| local.usable_for(exchange, now))
+    }
+
+    /// Whether an operator's ban, drain or disable keeps `proxy` from `exchange`: such a
+    /// proxy is never handed out anew, not even in panic mode.
+    fn operator_excluded(&self, proxy: &Proxy, exchange: &ExchangeId, wall: DateTime<Utc>) -> bool {
+        use proxybus_shared::OperatorAction::{Ban, Disable, Drain};
+        self.pushed.get(proxy.id()).is_some_and(|stats| {
+            [Ban, Drain, Disable]
+                .into_iter()
+                .any(|action| proxybus_shared::health::operator_control(stats, action, exchange, wall).is_some())
+        })
+    }
+
     fn has_room(&self, proxy: &Proxy, session: &Session) -> bool {
         let Some(max) = proxy.max_leases() else { return true };
         let own = u32::from(self.leases.held_by(session) == Some(proxy.id()));
@@ -337,6 +355,20 @@ impl Selector {
             return Ok(self.grant(&mut state, session, home, pool, proxy, "sticky", requested_region, now));
         }
 
+        // A session that holds a lease on a drained proxy keeps it: a drain stops new
+        // leases while existing ones finish (docs/health.md, "Operator controls").
+        if let Some(id) = state.leases.held_by(&session)
+            && let Some(proxy) = inventory.proxy(id)
+            && chain.iter().any(|pool| pool.region() == proxy.region())
+            && serves(proxy)
+            && !state.usable(proxy, exchange, now, wall)
+            && state.keepable(proxy, exchange, now, wall)
+        {
+            let proxy = proxy.clone();
+            let pool = inventory.pool(proxy.region()).expect("a proxy's region has a pool");
+            return Ok(self.grant(&mut state, session, home, pool, proxy, "sticky", requested_region, now));
+        }
+
         for pool in &chain {
             let healthy: Vec<&Arc<Proxy>> = pool.proxies().iter().filter(|p| chosen(&state, p)).collect();
             if healthy.is_empty() {
@@ -394,10 +426,12 @@ impl Selector {
             }
             WhenAllEjected::Panic => {
                 let least_bad = chain.iter().find_map(|pool| {
-                    pool.proxies().iter().filter(|p| serves(p)).min_by(|a, b| {
-                        let (a, b) = (state.badness(a, exchange, now, wall), state.badness(b, exchange, now, wall));
-                        a.partial_cmp(&b).unwrap_or(std::cmp::Ordering::Equal)
-                    })
+                    pool.proxies().iter().filter(|p| serves(p) && !state.operator_excluded(p, exchange, wall)).min_by(
+                        |a, b| {
+                            let (a, b) = (state.badness(a, exchange, now, wall), state.badness(b, exchange, now, wall));
+                            a.partial_cmp(&b).unwrap_or(std::cmp::Ordering::Equal)
+                        },
+                    )
                 });
                 let Some(proxy) = least_bad.cloned() else {
                     metrics::counter!(m::NO_PROXY, "region" => home.region().to_string()).increment(1);

@@ -32,6 +32,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use proxybus_shared::ExchangeId;
 use proxybus_shared::config::{self, ConfigError, EnvSource, Issues, Validate, key};
 use proxybus_shared::nats::NatsSettings;
 use secrecy::{ExposeSecret, SecretString};
@@ -338,7 +339,23 @@ pub struct ActiveCheckSettings {
     pub unhealthy_threshold: u32,
     /// Passed checks in a row that bring it back.
     pub healthy_threshold: u32,
+    /// Publish each result into `PROXY_FEEDBACK` as feedback with `probe: true` when the
+    /// pool is on NATS (default true), so the aggregator's health model judges it.
+    pub publish: bool,
+    /// The exchange the probes' feedback is about, the owner of `connect_target` (default `binance`).
+    pub exchange: ExchangeId,
+    /// Path to `GET` over TLS through the tunnel to `connect_target`, e.g. `/api/v3/ping`
+    /// (Binance's "Test connectivity", weight 1); none: no ping (default).
+    pub ping_path: Option<String>,
+    /// PEM file of extra CAs the ping trusts besides the public web roots (e.g. the lab's `ca.pem`).
+    pub ca_file: Option<PathBuf>,
+    /// Most probes per proxy and exchange per minute, whatever `interval_seconds` says
+    /// (default 2: two pings a minute cost 2 of Binance's 6 000 request weight a minute per IP).
+    pub max_per_minute: u32,
 }
+
+/// The exchange probes are about when none is configured.
+pub const DEFAULT_PROBE_EXCHANGE: &str = "binance";
 
 impl Default for ActiveCheckSettings {
     fn default() -> Self {
@@ -349,6 +366,11 @@ impl Default for ActiveCheckSettings {
             connect_target: None,
             unhealthy_threshold: 2,
             healthy_threshold: 1,
+            publish: true,
+            exchange: DEFAULT_PROBE_EXCHANGE.parse().expect("a valid exchange id"),
+            ping_path: None,
+            ca_file: None,
+            max_per_minute: 2,
         }
     }
 }
@@ -359,6 +381,15 @@ impl Validate for ActiveCheckSettings {
         issues.check_range(key(prefix, "timeout_seconds"), self.timeout_seconds, 1..=60);
         issues.check_range(key(prefix, "unhealthy_threshold"), self.unhealthy_threshold, 1..=100);
         issues.check_range(key(prefix, "healthy_threshold"), self.healthy_threshold, 1..=100);
+        issues.check_range(key(prefix, "max_per_minute"), self.max_per_minute, 1..=600);
+        if let Some(path) = &self.ping_path {
+            if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                issues.push(key(prefix, "ping_path"), format!("{path:?} is not a path starting with '/'"));
+            }
+            if self.connect_target.is_none() {
+                issues.push(key(prefix, "ping_path"), "needs connect_target (the host the ping goes to)");
+            }
+        }
         if let Some(target) = &self.connect_target
             && target.rsplit_once(':').is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
         {

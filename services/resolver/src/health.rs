@@ -55,6 +55,14 @@ impl HealthBook {
         book.get(proxy).map(|stats| (stats.state, stats.latency_ewma_ms))
     }
 
+    /// Whether a lease already given out on `proxy` for `exchange` (a cached answer)
+    /// may be served again now: as [`usable`](Self::usable), but a drain does not end
+    /// it (`health::may_keep`: a drained proxy gets no new leases, existing ones finish).
+    pub fn keepable(&self, proxy: &ProxyId, exchange: &ExchangeId) -> bool {
+        let book = self.stats.read().unwrap_or_else(|p| p.into_inner());
+        book.get(proxy).is_none_or(|stats| health::may_keep(stats, exchange, Utc::now()))
+    }
+
     /// Number of proxies known.
     pub fn len(&self) -> usize {
         self.stats.read().unwrap_or_else(|p| p.into_inner()).len()
@@ -184,5 +192,31 @@ mod tests {
         assert!(!book.usable(&id, &kraken));
         book.record(stats);
         assert!(!book.usable(&id, &kraken), "an older update does not undo a newer one");
+    }
+
+    #[test]
+    fn a_drained_proxy_keeps_cached_answers_but_gets_no_new_ones() {
+        let book = HealthBook::default();
+        let binance: ExchangeId = "binance".parse().unwrap();
+        let id = proxy_id("http://p2:1");
+        let mut stats = HealthStats::new(id.clone(), "http://p2:1".into(), None, Utc::now());
+        let control = |action| proxybus_shared::OperatorControl {
+            action,
+            exchange_id: None,
+            until: None,
+            reason: "maintenance".into(),
+            operator: "alice".into(),
+            at: Utc::now(),
+            seq: 1,
+        };
+        stats.operator_controls.push(control(proxybus_shared::OperatorAction::Drain));
+        stats.last_seq = 1;
+        book.record(stats.clone());
+        assert!(!book.usable(&id, &binance), "no new answer (embedded settings) with a drained proxy");
+        assert!(book.keepable(&id, &binance), "a cached answer on it is served until it ends");
+        stats.operator_controls = vec![control(proxybus_shared::OperatorAction::Ban)];
+        stats.last_seq = 2;
+        book.record(stats);
+        assert!(!book.keepable(&id, &binance), "a ban ends cached answers too");
     }
 }

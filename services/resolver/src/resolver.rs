@@ -158,7 +158,7 @@ impl Resolver {
         let key = CacheKey::new(&request.client_id, exchange, request.connection_type, region)
             .accepting(&request.proxy_schemes);
         if let Some(entry) = self.cache.get(&key) {
-            if !self.usable(&entry.response, exchange) {
+            if !self.keepable(&entry.response, exchange) {
                 tracing::info!(request_id = request.request_id.as_deref().unwrap_or_default(), cache_key = %key, "cached proxy is ejected or banned; resolving again");
                 self.cache.invalidate(&key);
             } else if let Some(remaining) = entry.remaining(Instant::now()) {
@@ -210,7 +210,7 @@ impl Resolver {
 
         if let Some(entry) = self.cache.get(&key)
             && entry.servable_stale(Instant::now(), self.settings.max_staleness())
-            && self.usable(&entry.response, exchange)
+            && self.keepable(&entry.response, exchange)
         {
             self.metrics.fallback("stale_cache");
             tracing::warn!(%request_id, %exchange, error = %upstream_error, "upstream unavailable; serving a stale cache entry");
@@ -352,8 +352,9 @@ impl Resolver {
         }
     }
 
-    fn usable(&self, response: &ProxyResponse, exchange: &ExchangeId) -> bool {
-        response.proxy_id.as_ref().is_none_or(|id| self.health.usable(id, exchange))
+    /// Whether a cached answer may be served again (a drained proxy's may: leases finish).
+    fn keepable(&self, response: &ProxyResponse, exchange: &ExchangeId) -> bool {
+        response.proxy_id.as_ref().is_none_or(|id| self.health.keepable(id, exchange))
     }
 
     fn cached_answer(

@@ -255,3 +255,58 @@ fn stored_state_never_holds_a_password() {
     assert!(!String::from_utf8_lossy(&bytes).contains("secret-pw"));
     assert!(record.stats.proxy_url.contains("***"), "{}", record.stats.proxy_url);
 }
+
+#[test]
+fn passing_probes_end_an_ejection_early_and_feed_successes_do_not() {
+    let policy = HealthPolicy { probe_readmit_successes: 2, consecutive_failures: 2, ..HealthPolicy::default() };
+    let mut folder = FeedbackFolder::new(policy);
+    let mut seq = 0;
+    fail(&mut folder, 0, &mut seq, 0);
+    assert!(fail(&mut folder, 0, &mut seq, 1).ejected);
+    // A feed's success while ejected (panic mode) does not end the ejection.
+    succeed(&mut folder, 0, &mut seq, 100);
+    assert_eq!(folder.get(&pid(0)).unwrap().stats.state, HealthState::Ejected);
+    let probe = |n| {
+        let mut e = event(n, "binance", true, None);
+        e.probe = true;
+        e
+    };
+    seq += 1;
+    assert!(!folder.fold(&probe(0), seq, at(200)).readmitted, "one of the two probes needed");
+    seq += 1;
+    assert!(folder.fold(&probe(0), seq, at(300)).readmitted);
+    let stats = &folder.get(&pid(0)).unwrap().stats;
+    assert_eq!((stats.state, stats.ejected_until), (HealthState::Degraded, None), "on probation");
+    // On probation one proxy fault ejects it again, for longer.
+    assert!(fail(&mut folder, 0, &mut seq, 400).ejected);
+    assert_eq!(folder.get(&pid(0)).unwrap().stats.ejections, 2);
+}
+
+#[test]
+fn operator_events_fold_once_and_count_as_no_outcome() {
+    use proxybus_shared::{OperatorAction, OperatorEvent};
+    let mut folder = FeedbackFolder::new(HealthPolicy::default());
+    let mut seq = 0;
+    succeed(&mut folder, 0, &mut seq, 0);
+    let ban = OperatorEvent {
+        schema_version: 1,
+        event_id: uuid::Uuid::new_v4(),
+        proxy_id: pid(0),
+        action: OperatorAction::Ban,
+        exchange_id: None,
+        duration_seconds: Some(60),
+        reason: "test".into(),
+        operator: "alice".into(),
+        timestamp: at(0),
+    };
+    folder.fold_operator(&ban, 2, at(1_000));
+    let stats = &folder.get(&pid(0)).unwrap().stats;
+    assert_eq!((stats.total, stats.last_seq, stats.operator_controls.len()), (1, 2, 1), "not an outcome");
+    assert_eq!(stats.operator_controls[0].until, Some(at(61_000)), "a minute from the stream's time");
+    assert!(folder.fold_operator(&ban, 3, at(2_000)).duplicate, "the same event id folds once");
+    assert!(folder.fold_operator(&ban, 2, at(2_000)).skipped, "a sequence already folded is skipped");
+    // An operator event about a proxy nobody reported yet makes its record.
+    let other = OperatorEvent { event_id: uuid::Uuid::new_v4(), proxy_id: pid(7), ..ban };
+    folder.fold_operator(&other, 4, at(3_000));
+    assert_eq!(folder.get(&pid(7)).unwrap().stats.operator_controls.len(), 1);
+}

@@ -43,6 +43,7 @@ pub(crate) fn event(n: usize, exchange: &str, success: bool, error_kind: Option<
         ws_close_code: None,
         timestamp: Utc::now(),
         client_id: "test-feed".into(),
+        probe: false,
     }
 }
 

@@ -60,17 +60,18 @@ async fn failed_checks_take_a_proxy_out_and_passing_ones_bring_it_back() {
     let dead_url = format!("socks5://127.0.0.1:{dead}");
     let selector = selector(&inventory(&[good_url.clone(), refusing_url.clone(), dead_url.clone()]));
     let target = Some("stream.binance.com:9443");
+    let probe = active_check::ProbeTarget { connect_target: target.map(str::to_owned), ..Default::default() };
     let timeout = Duration::from_secs(5);
 
     let inventory = selector.inventory();
     let proxy = |url: &str| inventory.proxy(&proxybus_shared::proxy_id(url)).unwrap().clone();
-    active_check::check(&proxy(&good_url), target, timeout).await.expect("CONNECT answered 200");
+    active_check::check(&proxy(&good_url), &probe, timeout).await.expect("CONNECT answered 200");
     let head = heads.lock().unwrap()[0].clone();
     assert!(head.starts_with("CONNECT stream.binance.com:9443 HTTP/1.1\r\n"), "{head}");
     assert!(head.contains("Proxy-Authorization: Basic ZmVlZDpwQHNz\r\n"), "decoded credentials, base64: {head}");
-    let refused = active_check::check(&proxy(&refusing_url), target, timeout).await.unwrap_err();
+    let refused = active_check::check(&proxy(&refusing_url), &probe, timeout).await.unwrap_err();
     assert!(matches!(refused, CheckError::Refused(ref line) if line.contains("407")), "{refused:?}");
-    let dead_err = active_check::check(&proxy(&dead_url), target, timeout).await.unwrap_err();
+    let dead_err = active_check::check(&proxy(&dead_url), &probe, timeout).await.unwrap_err();
     assert!(matches!(dead_err, CheckError::Io(_)), "{dead_err:?}");
 
     // One failed round is not enough (unhealthy_threshold = 2); two are.

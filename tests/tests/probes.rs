@@ -1,0 +1,169 @@
+//! Probes in the stream (issue #14 item 3), against the exchange lab: the real pool
+//! service probes real lab proxies on 127.0.0.x (TCP connect, `CONNECT
+//! api.binance.com:443`, `GET /api/v3/ping` over TLS to the simulator through the
+//! tunnel), publishes the results into `PROXY_FEEDBACK` with `probe: true`, and the
+//! real aggregator re-admits an ejected proxy on its probes alone.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use proxybus_lab::{Lab, LabConfig, LabProxyConfig, ProxyFault, ProxyKind};
+use proxybus_shared::feedback::publish_feedback;
+use proxybus_shared::nats::NatsSettings;
+use proxybus_shared::subject::HEALTH_BUCKET;
+use proxybus_shared::{
+    ConnectionType, ErrorKind, FeedbackPhase, HealthState, HealthStats, ProxyFeedback, ProxyId, ProxyRequest,
+};
+use proxybus_tests::NatsServer;
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn lab_proxy(last: u8, fault: ProxyFault) -> LabProxyConfig {
+    LabProxyConfig {
+        kind: ProxyKind::Http,
+        region: "us-east".into(),
+        source_ip: Ipv4Addr::new(127, 0, 0, last),
+        fault,
+        connection_types: Vec::new(),
+    }
+}
+
+/// A feed's failure through `proxy`: a proxy fault.
+fn timeout(proxy: &ProxyId, url: &str) -> ProxyFeedback {
+    ProxyFeedback {
+        schema_version: 1,
+        event_id: uuid::Uuid::new_v4(),
+        proxy_id: proxy.clone(),
+        proxy_url: proxybus_shared::redact_url(url),
+        exchange_id: "binance".parse().unwrap(),
+        connection_type: ConnectionType::Http,
+        region: Some("us-east".parse().unwrap()),
+        phase: FeedbackPhase::Failed,
+        success: false,
+        latency_ms: None,
+        error_kind: Some(ErrorKind::Timeout),
+        status_code: None,
+        retry_after_seconds: None,
+        error_details: None,
+        ws_close_code: None,
+        timestamp: chrono::Utc::now(),
+        client_id: "feed-probes".into(),
+        probe: false,
+    }
+}
+
+async fn record(js: &jetstream::Context, proxy: &ProxyId) -> Option<HealthStats> {
+    let bucket = js.get_key_value(HEALTH_BUCKET).await.ok()?;
+    proxybus_shared::kv::health_stats(&bucket).await.ok()?.remove(proxy)
+}
+
+async fn wait_for(
+    js: &jetstream::Context,
+    proxy: &ProxyId,
+    what: &str,
+    done: impl Fn(&HealthStats) -> bool,
+) -> HealthStats {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(stats) = record(js, proxy).await
+                && done(&stats)
+            {
+                return stats;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what}: {:?}", futures::executor::block_on(record(js, proxy))))
+}
+
+#[tokio::test]
+async fn an_ejected_proxy_is_readmitted_by_probes_alone_and_an_idle_one_has_health() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LabConfig {
+        dir: dir.path().to_owned(),
+        simulator: Default::default(),
+        proxies: vec![lab_proxy(2, ProxyFault::None), lab_proxy(3, ProxyFault::Dead)],
+        inventory_strategy: "round_robin".into(),
+    };
+    let lab = Lab::start(config).await.unwrap();
+    let (good_url, dead_url) = (lab.proxies()[0].url(), lab.proxies()[1].url());
+    let (good, dead) = (proxybus_shared::proxy_id(&good_url), proxybus_shared::proxy_id(&dead_url));
+
+    let server = NatsServer::start().await.unwrap();
+    let stop = CancellationToken::new();
+    let _stop = stop.clone().drop_guard();
+    let mut aggregator = proxybus_aggregator::AggregatorConfig::for_url(server.client_url());
+    aggregator.settings.fetch_wait_ms = 100;
+    aggregator.settings.health.consecutive_failures = 2;
+    // An hour: only the probes can end this ejection within the test.
+    aggregator.settings.health.base_ejection_time_ms = 3_600_000;
+    aggregator.settings.health.max_ejection_time_ms = 3_600_000;
+    tokio::spawn(proxybus_aggregator::run(aggregator, stop.clone().cancelled_owned()));
+    let js = jetstream::new(server.connect().await.unwrap());
+
+    // A feed's two timeouts eject the good proxy.
+    for _ in 0..2 {
+        tokio::time::timeout(WAIT, async {
+            let event = timeout(&good, &good_url);
+            while publish_feedback(&js, &event).await.is_err() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .expect("the aggregator made PROXY_FEEDBACK");
+    }
+    let ejected = wait_for(&js, &good, "ejected by the feed", |s| s.state == HealthState::Ejected).await;
+    assert!(ejected.ejected_until.unwrap() > chrono::Utc::now() + chrono::Duration::minutes(50));
+    assert!(record(&js, &dead).await.is_none(), "no feed ever used the dead proxy");
+
+    // The pool probes both through the lab, on its schedule, and publishes what it saw.
+    let mut settings = proxybus_pool::Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        inventory: lab.inventory_path().to_owned(),
+        watch_inventory: false,
+        auth: proxybus_pool::settings::AuthSettings { tokens: vec!["probe-test-token".into()], ..Default::default() },
+        nats: Some(NatsSettings::new(server.client_url())),
+        ..Default::default()
+    };
+    let checks = &mut settings.active_checks;
+    checks.enabled = true;
+    checks.interval_seconds = 1;
+    checks.connect_target = Some("api.binance.com:443".into());
+    checks.ping_path = Some("/api/v3/ping".into());
+    checks.ca_file = Some(lab.ca_path().to_owned());
+    checks.max_per_minute = 60;
+    let pool = proxybus_pool::PoolServer::bind(settings).await.unwrap();
+    let selector = pool.selector();
+    tokio::spawn(pool.serve(stop.clone().cancelled_owned()));
+
+    let readmitted = wait_for(&js, &good, "readmitted by probes", |s| s.state != HealthState::Ejected).await;
+    assert_eq!((readmitted.ejections, readmitted.ejected_until), (1, None), "the ejection ended early, on probes");
+    assert_eq!(readmitted.state, HealthState::Degraded, "back through probation");
+    let healthy = wait_for(&js, &good, "probation passed", |s| s.state == HealthState::Healthy).await;
+    assert!(healthy.successes >= 4, "one probe readmits, three end the probation: {healthy:?}");
+    assert_eq!(healthy.failures, 2, "only the feed's two timeouts failed");
+    let request = ProxyRequest::new("binance".parse().unwrap(), ConnectionType::Http, "feed-after");
+    let answer = tokio::time::timeout(WAIT, async {
+        loop {
+            let answer = selector.select(&request).unwrap();
+            if answer.strategy != "panic" {
+                return answer;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the pool serves the readmitted proxy again");
+    assert_eq!(answer.proxy.unwrap().id(), &good);
+
+    // The dead proxy carried no traffic, yet it has health: its probes' failures.
+    let idle = wait_for(&js, &dead, "the dead proxy's probes", |s| s.failures >= 1).await;
+    assert_eq!(idle.successes, 0);
+    assert_eq!(idle.last_error_kind, Some(ErrorKind::Refused), "{idle:?}");
+    let parsed = proxybus_shared::ProxyUrl::parse(&dead_url).unwrap();
+    let (_, password) = parsed.credentials().expect("lab http proxies have a login");
+    assert!(!idle.proxy_url.contains(password), "the probe's feedback carries no password");
+}
