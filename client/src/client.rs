@@ -12,7 +12,7 @@ use proxybus_shared::breaker::CircuitBreaker;
 use proxybus_shared::embedded::EmbeddedSelector;
 use proxybus_shared::health::{self, Attribution};
 use proxybus_shared::{
-    Codec, ConnectionType, ErrorKind, ErrorReply, ExchangeId, FallbackPolicy, FeedbackPhase, ProxyFeedback,
+    Codec, ConnectionType, ErrorKind, ErrorReply, ExchangeId, FallbackPolicy, FeedbackPhase, ProxyFeedback, ProxyId,
     ProxyRequest, ProxyResponse, ProxyScheme, ProxyUrl, Region, ResponseSource, subject,
 };
 use tokio_tungstenite::WebSocketStream;
@@ -48,6 +48,17 @@ pub enum ClientError {
     /// The HTTP client could not be built.
     #[error("http client: {0}")]
     Http(String),
+}
+
+/// What a lease is asked for beyond its exchange and connection type.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeaseOptions {
+    /// Preferred region; `None`: the client's `ClientConfig::region`, else the resolver's.
+    pub region: Option<Region>,
+    /// Proxies not to be given (`ProxyRequest.exclude_proxy_ids`): a retry through
+    /// another proxy. Such a request skips the local cache; its answer replaces the
+    /// cached lease. At most `ProxyRequest::MAX_EXCLUDED`.
+    pub exclude_proxy_ids: Vec<ProxyId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -144,18 +155,48 @@ impl ProxyClient {
         connection_type: ConnectionType,
         region: Option<&Region>,
     ) -> Result<ProxyLease, ClientError> {
-        let region = region.cloned().or_else(|| self.inner.config.region.clone());
+        let options = LeaseOptions { region: region.cloned(), ..LeaseOptions::default() };
+        self.get_proxy_with(exchange, connection_type, &options).await
+    }
+
+    /// As [`get_proxy`](Self::get_proxy), with [`LeaseOptions`]: a lease that is none
+    /// of `options.exclude_proxy_ids` (from the resolver, never the local cache, or
+    /// from the embedded settings without them), or the fallback policy's answer
+    /// when none is left (a direct connection, or an error when the policy is `fail`
+    /// or the resolver says `no_proxy_available`). A resolver older than
+    /// `exclude_proxy_ids` may still answer an excluded proxy: that lease is
+    /// returned uncached, and the retries of `connect_websocket` / `send_http` stop at it.
+    ///
+    /// # Errors
+    /// [`ClientError::Resolver`] when the resolver refuses, [`ClientError::Unavailable`]
+    /// when nothing is left and the policy forbids a direct connection.
+    pub async fn get_proxy_with(
+        &self,
+        exchange: &ExchangeId,
+        connection_type: ConnectionType,
+        options: &LeaseOptions,
+    ) -> Result<ProxyLease, ClientError> {
+        let region = options.region.clone().or_else(|| self.inner.config.region.clone());
         let key = CacheKey { exchange: exchange.clone(), connection_type, region: region.clone() };
-        if let Some(mut lease) = self.inner.cache.get(&key).await {
+        let excluded = &options.exclude_proxy_ids;
+        if excluded.is_empty()
+            && let Some(mut lease) = self.inner.cache.get(&key).await
+        {
             lease.source = ResponseSource::Cache;
             metrics::counter!("proxybus_client_requests_total", "source" => "cache").increment(1);
             return Ok(lease);
         }
         let resolver_error = match self.inner.breaker.try_acquire() {
             Err(open) => open.to_string(),
-            Ok(permit) => match self.ask_resolver(exchange, connection_type, region.as_ref()).await {
+            Ok(permit) => match self.ask_resolver(exchange, connection_type, region.as_ref(), excluded).await {
                 Ok(Ok(lease)) => {
                     permit.success();
+                    if lease.proxy_id.as_ref().is_some_and(|id| excluded.contains(id)) {
+                        // A resolver older than `exclude_proxy_ids` ignores it. Its answer
+                        // is returned (the caller stops retrying) but not cached.
+                        tracing::warn!(%exchange, proxy_id = ?lease.proxy_id, "the resolver answered an excluded proxy (older than exclude_proxy_ids?)");
+                        return Ok(lease);
+                    }
                     self.inner.cache.insert(key, lease.clone()).await;
                     metrics::counter!("proxybus_client_requests_total", "source" => "resolver").increment(1);
                     return Ok(lease);
@@ -172,7 +213,7 @@ impl ProxyClient {
             },
         };
         tracing::warn!(exchange = %exchange, connection_type = %connection_type, reason = %resolver_error, "resolver unavailable; using fallback");
-        self.fallback(exchange, connection_type, region, &resolver_error)
+        self.fallback(exchange, connection_type, region, excluded, &resolver_error)
     }
 
     /// Ok(Ok) a lease, Ok(Err) the resolver's error reply, Err why the resolver could not be asked.
@@ -181,12 +222,14 @@ impl ProxyClient {
         exchange: &ExchangeId,
         connection_type: ConnectionType,
         region: Option<&Region>,
+        excluded: &[ProxyId],
     ) -> Result<Result<ProxyLease, ErrorReply>, String> {
         let inner = &self.inner;
         let mut request = ProxyRequest::new(exchange.clone(), connection_type, inner.config.client_id.clone());
         request.region = region.cloned();
         request.request_id = Some(uuid::Uuid::new_v4().to_string());
         request.proxy_schemes = inner.config.proxy_schemes.clone();
+        request.exclude_proxy_ids = excluded.to_vec();
         let encoding = inner.config.encoding;
         let payload = inner.codec.encode(encoding, &request).map_err(|err| err.to_string())?;
         let subject = subject::request(exchange, connection_type);
@@ -216,6 +259,7 @@ impl ProxyClient {
                 format!("resolver handed out an unusable proxy ({err}): {}", proxybus_shared::redact_url(url))
             })?),
         };
+
         Ok(Ok(ProxyLease {
             proxy_id: proxy.as_ref().map(ProxyUrl::id),
             proxy,
@@ -235,12 +279,15 @@ impl ProxyClient {
         exchange: &ExchangeId,
         connection_type: ConnectionType,
         region: Option<Region>,
+        excluded: &[ProxyId],
         reason: &str,
     ) -> Result<ProxyLease, ClientError> {
         let ttl = Duration::from_secs(30);
         let accepted = &self.inner.config.proxy_schemes;
-        if let Some(choice) =
-            self.inner.embedded.select_accepting(exchange.as_str(), connection_type, accepted, |_| true)
+        if let Some(choice) = self
+            .inner
+            .embedded
+            .select_accepting(exchange.as_str(), connection_type, accepted, |id| !excluded.contains(id))
         {
             metrics::counter!("proxybus_client_requests_total", "source" => "embedded").increment(1);
             return Ok(ProxyLease {
@@ -317,11 +364,50 @@ impl ProxyClient {
     /// reports `connect_start`, then `connected` with the latency or `failed`
     /// with the classified `error_kind`. A lease the failure is about (the proxy's
     /// fault or the exchange's verdict on its IP, `proxybus_shared::health`) is also
-    /// dropped from the cache; the exchange's own trouble (a 5xx) keeps it.
+    /// dropped from the cache and, up to `ClientConfig::verdict_retries` times, the
+    /// connection is tried again through a different proxy (the failed ones sent as
+    /// `exclude_proxy_ids`); the exchange's own trouble (a 5xx) keeps the lease and
+    /// is not retried.
+    ///
+    /// # Errors
+    /// The last attempt's [`ClientError::Connect`], or the lease's error when no
+    /// further proxy could be had (nothing left and the policy forbids a direct
+    /// connection).
     pub async fn connect_websocket(&self, url: &str, exchange: &ExchangeId) -> Result<ProxiedWebSocket, ClientError> {
         let target_url: url::Url = url.parse().map_err(|err| ClientError::InvalidUrl(format!("{err}")))?;
         let target = Target::from_url(&target_url)?;
-        let lease = self.get_proxy(exchange, ConnectionType::Websocket, None).await?;
+        let mut options = LeaseOptions::default();
+        let mut retries_left = self.inner.config.verdict_retries;
+        let mut last_error = None;
+        loop {
+            let lease = self.get_proxy_with(exchange, ConnectionType::Websocket, &options).await?;
+            if let Some(err) = last_error.take()
+                && lease.proxy_id.as_ref().is_some_and(|id| options.exclude_proxy_ids.contains(id))
+            {
+                return Err(err);
+            }
+            match self.open_websocket(url, &target, lease).await {
+                Ok(ws) => return Ok(ws),
+                Err((err, failed)) => {
+                    let Some(failed) = failed.filter(|_| retries_left > 0) else { return Err(err) };
+                    retries_left -= 1;
+                    tracing::info!(%exchange, proxy_id = %failed, error = %err, "retrying through another proxy");
+                    metrics::counter!("proxybus_client_retries_total", "connection_type" => "websocket").increment(1);
+                    options.exclude_proxy_ids.push(failed);
+                    last_error = Some(err);
+                }
+            }
+        }
+    }
+
+    /// One websocket attempt through `lease`. On failure: the error, and the
+    /// lease's proxy when the failure is about it (worth another proxy).
+    async fn open_websocket(
+        &self,
+        url: &str,
+        target: &Target,
+        lease: ProxyLease,
+    ) -> Result<ProxiedWebSocket, (ClientError, Option<ProxyId>)> {
         let client_id = self.client_id().to_owned();
         if let Some(event) = lease.feedback(&client_id, FeedbackPhase::ConnectStart, true) {
             self.report(event);
@@ -329,7 +415,7 @@ impl ProxyClient {
         let started = Instant::now();
         let result = async {
             let tls = self.inner.tls.as_ref().map_err(|err| ConnectError::new(ErrorKind::Tls, err.clone()))?;
-            let stream = tunnel::open(lease.proxy.as_ref(), &target, tls, self.inner.config.connect_timeout).await?;
+            let stream = tunnel::open(lease.proxy.as_ref(), target, tls, self.inner.config.connect_timeout).await?;
             let handshake = tokio_tungstenite::client_async_with_config(url, stream, None);
             match tokio::time::timeout(self.inner.config.connect_timeout, handshake).await {
                 Err(_) => Err(ConnectError::new(ErrorKind::Timeout, "websocket handshake timed out")),
@@ -355,17 +441,16 @@ impl ProxyClient {
                 }
                 // Drop the lease when the failure is about it (docs/health.md): the
                 // exchange's own trouble says nothing against this proxy.
-                let about_the_lease = matches!(
-                    health::attribute_failure(Some(err.kind), err.status_code, None),
-                    Attribution::ProxyFault | Attribution::ExchangeVerdict(_)
-                );
+                let about_the_lease = is_about_the_proxy(err.kind, err.status_code);
                 if about_the_lease {
                     self.invalidate(&lease).await;
                 }
-                Err(ClientError::Connect(ConnectError {
+                let failed = lease.proxy_id.clone().filter(|_| about_the_lease);
+                let err = ClientError::Connect(ConnectError {
                     message: redact_details(&err.message, lease.proxy.as_ref()),
                     ..err
-                }))
+                });
+                Err((err, failed))
             }
         }
     }
@@ -444,15 +529,20 @@ impl ProxyClient {
     /// [`report_response`](Self::report_response), or a `failed` event when no
     /// response came), and a failed lease is dropped from the cache.
     ///
+    /// An idempotent request (`GET`, `HEAD`, `OPTIONS`, `PUT`, `DELETE`; RFC 9110
+    /// §9.2.2) that failed through the proxy's fault or got the exchange's verdict
+    /// on the proxy's IP (403, 418, 429, 451) is sent again through a different
+    /// proxy, up to `ClientConfig::verdict_retries` times; the last answer is
+    /// returned. Other methods are sent once.
+    ///
     /// # Errors
     /// [`ClientError::InvalidUrl`] for a URI that is not absolute http(s),
     /// [`ClientError::Connect`] when the tunnel or the exchange failed.
     pub async fn send_http(
         &self,
         exchange: &ExchangeId,
-        mut request: http::Request<bytes::Bytes>,
+        request: http::Request<bytes::Bytes>,
     ) -> Result<(http::Response<bytes::Bytes>, ProxyLease), ClientError> {
-        use http_body_util::BodyExt;
         let target_url: url::Url =
             request.uri().to_string().parse().map_err(|err| ClientError::InvalidUrl(format!("{err}")))?;
         let target = Target::from_url(&target_url)?;
@@ -464,18 +554,56 @@ impl ProxyClient {
             None => target_url.path().to_owned(),
         };
         let host = request.uri().authority().map(|a| a.as_str().to_owned()).unwrap_or_else(|| target.host.clone());
-        *request.uri_mut() =
+        let (mut parts, body) = request.into_parts();
+        parts.uri =
             origin_form.parse().map_err(|err: http::uri::InvalidUri| ClientError::InvalidUrl(err.to_string()))?;
-        let headers = request.headers_mut();
-        headers.insert(http::header::HOST, host.parse().map_err(|_| ClientError::InvalidUrl("bad host".into()))?);
-        headers.insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+        parts.headers.insert(http::header::HOST, host.parse().map_err(|_| ClientError::InvalidUrl("bad host".into()))?);
+        parts.headers.insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+        let idempotent = parts.method.is_idempotent();
 
-        let lease = self.get_proxy(exchange, ConnectionType::Http, None).await?;
+        let mut options = LeaseOptions::default();
+        let mut retries_left = if idempotent { self.inner.config.verdict_retries } else { 0 };
+        let mut last_outcome = None;
+        loop {
+            let mut request = http::Request::new(body.clone());
+            *request.method_mut() = parts.method.clone();
+            *request.uri_mut() = parts.uri.clone();
+            *request.version_mut() = parts.version;
+            *request.headers_mut() = parts.headers.clone();
+            let lease = self.get_proxy_with(exchange, ConnectionType::Http, &options).await?;
+            if let Some(outcome) = last_outcome.take()
+                && lease.proxy_id.as_ref().is_some_and(|id| options.exclude_proxy_ids.contains(id))
+            {
+                return outcome;
+            }
+            let (outcome, failed) = self.exchange_http(&target, request, lease).await;
+            match failed.filter(|_| retries_left > 0) {
+                None => return outcome,
+                Some(failed) => {
+                    last_outcome = Some(outcome);
+                    retries_left -= 1;
+                    tracing::info!(%exchange, proxy_id = %failed, "retrying the request through another proxy");
+                    metrics::counter!("proxybus_client_retries_total", "connection_type" => "http").increment(1);
+                    options.exclude_proxy_ids.push(failed);
+                }
+            }
+        }
+    }
+
+    /// One HTTP exchange through `lease`, reported; with the lease's proxy when
+    /// the outcome is about it (its fault or the exchange's verdict on its IP).
+    async fn exchange_http(
+        &self,
+        target: &Target,
+        request: http::Request<bytes::Bytes>,
+        lease: ProxyLease,
+    ) -> (Result<(http::Response<bytes::Bytes>, ProxyLease), ClientError>, Option<ProxyId>) {
+        use http_body_util::BodyExt;
         let started = Instant::now();
         let timeout = self.inner.config.connect_timeout;
         let exchanged = async {
             let tls = self.inner.tls.as_ref().map_err(|err| ConnectError::new(ErrorKind::Tls, err.clone()))?;
-            let stream = tunnel::open(lease.proxy.as_ref(), &target, tls, timeout).await?;
+            let stream = tunnel::open(lease.proxy.as_ref(), target, tls, timeout).await?;
             let io = hyper_util::rt::TokioIo::new(stream);
             let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
                 .await
@@ -495,8 +623,14 @@ impl ProxyClient {
         };
         match tokio::time::timeout(timeout * 3, exchanged).await {
             Ok(Ok(response)) => {
-                self.report_response(&lease, response.status().as_u16(), response.headers(), started.elapsed());
-                Ok((response, lease))
+                let status = response.status().as_u16();
+                self.report_response(&lease, status, response.headers(), started.elapsed());
+                let verdict = status >= 400 && is_about_the_proxy(ErrorKind::Other, Some(status));
+                if verdict {
+                    self.invalidate(&lease).await;
+                }
+                let failed = lease.proxy_id.clone().filter(|_| verdict);
+                (Ok((response, lease)), failed)
             }
             outcome => {
                 let err = match outcome {
@@ -507,10 +641,12 @@ impl ProxyClient {
                     self.report(event);
                 }
                 self.invalidate(&lease).await;
-                Err(ClientError::Connect(ConnectError {
+                let failed = lease.proxy_id.clone().filter(|_| is_about_the_proxy(err.kind, err.status_code));
+                let err = ClientError::Connect(ConnectError {
                     message: redact_details(&err.message, lease.proxy.as_ref()),
                     ..err
-                }))
+                });
+                (Err(err), failed)
             }
         }
     }
@@ -549,6 +685,16 @@ impl ProxyClient {
             self.report(event);
         }
     }
+}
+
+/// Whether a failure is about the proxy used (its fault, or the exchange's
+/// verdict on its IP), by the one rule of `proxybus_shared::health`: then the
+/// lease is dropped and another proxy is worth a try.
+fn is_about_the_proxy(kind: ErrorKind, status_code: Option<u16>) -> bool {
+    matches!(
+        health::attribute_failure(Some(kind), status_code, None),
+        Attribution::ProxyFault | Attribution::ExchangeVerdict(_)
+    )
 }
 
 /// reqwest's proxy for `proxy`: the URL without credentials, which are given

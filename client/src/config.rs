@@ -48,6 +48,12 @@ pub struct ClientConfig {
     /// public web roots (a private CA such as the exchange lab's; default none;
     /// `PROXYBUS_TLS_CA_FILE`).
     pub extra_roots: Vec<CertificateDer<'static>>,
+    /// How many times `connect_websocket` and `send_http` try again through a
+    /// *different* proxy (`ProxyRequest.exclude_proxy_ids`) after the proxy failed
+    /// or the exchange refused its IP (403, 418, 429, 451, a refused handshake;
+    /// `proxybus_shared::health::attribute_failure`); default 2, 0 turns retries off.
+    /// The exchange's own trouble (5xx) is not retried: another IP would not help.
+    pub verdict_retries: u32,
 }
 
 impl ClientConfig {
@@ -72,6 +78,7 @@ impl ClientConfig {
             proxy_ca: Vec::new(),
             proxy_schemes: Vec::new(),
             extra_roots: Vec::new(),
+            verdict_retries: 2,
         }
     }
 

@@ -124,6 +124,17 @@ pub struct ProxyRequest {
     #[serde(default, deserialize_with = "null_as_empty", skip_serializing_if = "Vec::is_empty")]
     #[schemars(with = "Option<Vec<crate::ProxyScheme>>")]
     pub proxy_schemes: Vec<crate::ProxyScheme>,
+    /// Proxies the caller must not be given, e.g. the one an exchange just refused
+    /// (a retry through another proxy); absent, null or empty excludes none. The
+    /// resolver answers such a request without its cache (and does not cache the
+    /// answer), and the pool and embedded selection never return a listed proxy;
+    /// with none left, the request falls back as when no proxy is available
+    /// (`fallback_policy`, or the pool's `when_all_ejected`). At most
+    /// [`ProxyRequest::MAX_EXCLUDED`] ids. An extension of contract v1: old
+    /// resolvers ignore it.
+    #[serde(default, deserialize_with = "null_as_empty", skip_serializing_if = "Vec::is_empty")]
+    #[schemars(with = "Option<Vec<ProxyId>>")]
+    pub exclude_proxy_ids: Vec<ProxyId>,
 }
 
 /// A list that may be sent as null.
@@ -147,7 +158,18 @@ impl ProxyRequest {
             request_id: None,
             metadata: Metadata::new(),
             proxy_schemes: Vec::new(),
+            exclude_proxy_ids: Vec::new(),
         }
+    }
+
+    /// Most `exclude_proxy_ids` a request may carry (a bad request above it):
+    /// enough to retry through every proxy of a large region, small enough that a
+    /// request stays a few kilobytes.
+    pub const MAX_EXCLUDED: usize = 256;
+
+    /// Whether `id` is one of the request's `exclude_proxy_ids`.
+    pub fn excludes(&self, id: &ProxyId) -> bool {
+        self.exclude_proxy_ids.contains(id)
     }
 }
 

@@ -3,7 +3,8 @@
 //!
 //! A request is answered in this order:
 //! 0. only proxies that serve the exchange and the connection type, with a
-//!    scheme the request's `proxy_schemes` accepts (all when it names none), count;
+//!    scheme the request's `proxy_schemes` accepts (all when it names none), and
+//!    not listed in its `exclude_proxy_ids` (a retry through another proxy), count;
 //! 1. **sticky**: the session's proxy from an earlier answer, if it is still in
 //!    the inventory, serves the exchange, is healthy and has room;
 //! 2. the requested region's pool (the default region's when the request names
@@ -317,9 +318,13 @@ impl Selector {
         let mut state = self.state();
         state.leases.expire(now);
 
-        // A proxy whose scheme the caller cannot use (`proxy_schemes`) is as one that does not serve it.
+        // A proxy whose scheme the caller cannot use (`proxy_schemes`), or one the
+        // caller excludes (`exclude_proxy_ids`, a retry), is as one that does not serve it:
+        // never chosen, not even in panic mode.
         let serves = |p: &Arc<Proxy>| {
-            p.serves(exchange, connection_type) && p.url().scheme().accepted_by(&request.proxy_schemes)
+            p.serves(exchange, connection_type)
+                && p.url().scheme().accepted_by(&request.proxy_schemes)
+                && !request.excludes(p.id())
         };
         let chosen = |state: &State, p: &Arc<Proxy>| {
             serves(p) && state.usable(p, exchange, now, wall) && state.has_room(p, &session)

@@ -7,6 +7,7 @@ mod helpers;
 mod http;
 mod nats_health;
 mod reload;
+mod retry;
 mod schemas;
 mod selection;
 mod tls;
