@@ -95,6 +95,8 @@ struct Inner {
     embedded: EmbeddedSelector,
     reporter: Reporter,
     tls: Result<TunnelTls, String>,
+    /// Proxies whose IP is near an exchange's limit, until the end of that window.
+    near_limit: std::sync::Mutex<std::collections::HashMap<(ExchangeId, ProxyId), Instant>>,
 }
 
 /// The proxybus client a feed links; cheap to clone.
@@ -132,7 +134,17 @@ impl ProxyClient {
         let embedded = EmbeddedSelector::new(config.embedded.clone());
         let tls = TunnelTls::new(&config.extra_roots, &config.proxy_ca).map_err(|err| err.message);
         Self {
-            inner: Arc::new(Inner { codec: Codec::default(), config, nats, cache, breaker, embedded, reporter, tls }),
+            inner: Arc::new(Inner {
+                codec: Codec::default(),
+                config,
+                nats,
+                cache,
+                breaker,
+                embedded,
+                reporter,
+                tls,
+                near_limit: std::sync::Mutex::default(),
+            }),
         }
     }
 
@@ -178,20 +190,26 @@ impl ProxyClient {
     ) -> Result<ProxyLease, ClientError> {
         let region = options.region.clone().or_else(|| self.inner.config.region.clone());
         let key = CacheKey { exchange: exchange.clone(), connection_type, region: region.clone() };
-        let excluded = &options.exclude_proxy_ids;
-        if excluded.is_empty()
+        let near_limit = self.near_limit(exchange);
+        if options.exclude_proxy_ids.is_empty()
             && let Some(mut lease) = self.inner.cache.get(&key).await
+            && !lease.proxy_id.as_ref().is_some_and(|id| near_limit.contains(id))
         {
             lease.source = ResponseSource::Cache;
             metrics::counter!("proxybus_client_requests_total", "source" => "cache").increment(1);
             return Ok(lease);
         }
+        // Proxies near the exchange's limit are excluded like refused ones; the
+        // answer is cached all the same (it is an ordinary lease of this feed).
+        let mut excluded = options.exclude_proxy_ids.clone();
+        excluded.extend(near_limit.into_iter().filter(|id| !options.exclude_proxy_ids.contains(id)));
+        let excluded = &excluded;
         let resolver_error = match self.inner.breaker.try_acquire() {
             Err(open) => open.to_string(),
             Ok(permit) => match self.ask_resolver(exchange, connection_type, region.as_ref(), excluded).await {
                 Ok(Ok(lease)) => {
                     permit.success();
-                    if lease.proxy_id.as_ref().is_some_and(|id| excluded.contains(id)) {
+                    if lease.proxy_id.as_ref().is_some_and(|id| options.exclude_proxy_ids.contains(id)) {
                         // A resolver older than `exclude_proxy_ids` ignores it. Its answer
                         // is returned (the caller stops retrying) but not cached.
                         tracing::warn!(%exchange, proxy_id = ?lease.proxy_id, "the resolver answered an excluded proxy (older than exclude_proxy_ids?)");
@@ -214,6 +232,15 @@ impl ProxyClient {
         };
         tracing::warn!(exchange = %exchange, connection_type = %connection_type, reason = %resolver_error, "resolver unavailable; using fallback");
         self.fallback(exchange, connection_type, region, excluded, &resolver_error)
+    }
+
+    /// The proxies of `exchange` whose IP a usage header put near the limit, in a
+    /// window that still runs.
+    fn near_limit(&self, exchange: &ExchangeId) -> Vec<ProxyId> {
+        let mut near = self.inner.near_limit.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        near.retain(|_, until| *until > now);
+        near.keys().filter(|(ex, _)| ex == exchange).map(|(_, id)| id.clone()).collect()
     }
 
     /// Ok(Ok) a lease, Ok(Err) the resolver's error reply, Err why the resolver could not be asked.
@@ -652,7 +679,11 @@ impl ProxyClient {
     }
 
     /// Reports the outcome of an HTTP response received through `lease`:
-    /// success below 400, else the status's `error_kind` and `Retry-After`.
+    /// success below 400, else the status's `error_kind` and `Retry-After`; the
+    /// exchange's usage headers (`X-MBX-USED-WEIGHT-1M` …) go along in
+    /// `usage_headers`. A used weight past the headroom of the exchange's limit
+    /// (`ClientConfig::budgets`) makes this feed's next leases avoid the proxy for
+    /// the rest of the window.
     pub fn report_response(
         &self,
         lease: &ProxyLease,
@@ -664,6 +695,23 @@ impl ProxyClient {
         let Some(mut event) = lease.feedback(self.client_id(), FeedbackPhase::Request, success) else { return };
         event.status_code = Some(status);
         event.latency_ms = Some(latency.as_millis() as u64);
+        event.usage_headers = proxybus_shared::budget::usage_headers(
+            headers.iter().filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?))),
+        );
+        if let Some(limits) = self.inner.config.budgets.limits(&lease.exchange)
+            && let Some(used) = limits.reported_weight(&event.usage_headers)
+            && limits.weight_near_limit(used)
+            && let Some(id) = &lease.proxy_id
+        {
+            // Move before the exchange answers 429: until the window ends, this
+            // proxy is excluded from this feed's next leases (the pool learns it
+            // from the feedback, for every other feed).
+            let window = Duration::from_secs(limits.request_window_seconds);
+            tracing::info!(exchange = %lease.exchange, proxy_id = %id, used, limit = limits.request_weight_limit, "proxy near the exchange's weight limit; moving to another");
+            metrics::counter!("proxybus_client_budget_moves_total").increment(1);
+            let mut near = self.inner.near_limit.lock().unwrap_or_else(|p| p.into_inner());
+            near.insert((lease.exchange.clone(), id.clone()), Instant::now() + window);
+        }
         if !success {
             event.error_kind = ErrorKind::from_status(status);
             event.retry_after_seconds =

@@ -54,6 +54,12 @@ pub struct ClientConfig {
     /// `proxybus_shared::health::attribute_failure`); default 2, 0 turns retries off.
     /// The exchange's own trouble (5xx) is not retried: another IP would not help.
     pub verdict_retries: u32,
+    /// The exchanges' per-IP limits (`proxybus_shared::budget`; default: Binance's
+    /// published ones). When a REST answer's usage header (Binance's
+    /// `X-MBX-USED-WEIGHT-1M`) says the proxy's IP is past the limit's headroom, the
+    /// feed moves to another proxy at once, for the rest of the window, before the
+    /// pool's shared budget has caught up. Keep them equal to the pool's `budgets`.
+    pub budgets: proxybus_shared::budget::BudgetSettings,
 }
 
 impl ClientConfig {
@@ -79,6 +85,7 @@ impl ClientConfig {
             proxy_schemes: Vec::new(),
             extra_roots: Vec::new(),
             verdict_retries: 2,
+            budgets: proxybus_shared::budget::BudgetSettings::default(),
         }
     }
 

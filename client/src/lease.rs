@@ -58,6 +58,8 @@ impl ProxyLease {
             retry_after_seconds: None,
             error_details: None,
             ws_close_code: None,
+            usage_headers: Default::default(),
+            connect_count: None,
             timestamp: chrono::Utc::now(),
             client_id: client_id.to_owned(),
         })

@@ -146,6 +146,14 @@ where
     Ok(Option::<Vec<T>>::deserialize(deserializer)?.unwrap_or_default())
 }
 
+/// A map that may be sent as null.
+fn null_as_empty_map<'de, D>(deserializer: D) -> Result<BTreeMap<String, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    Ok(Option::<BTreeMap<String, String>>::deserialize(deserializer)?.unwrap_or_default())
+}
+
 impl ProxyRequest {
     /// A request with no region, no request id and empty metadata.
     pub fn new(exchange_id: ExchangeId, connection_type: ConnectionType, client_id: impl Into<String>) -> Self {
@@ -416,6 +424,20 @@ pub struct ProxyFeedback {
     /// close is about depends on it (`proxybus_shared::health::attribute_close`).
     #[serde(default)]
     pub ws_close_code: Option<u16>,
+    /// The exchange's usage headers seen on the response this event reports, name
+    /// (lowercase) → value, e.g. `x-mbx-used-weight-1m: "1180"` (Binance's request
+    /// weight used by this IP in the current minute). Extension of the contract:
+    /// folded into the proxy's rate budget (`proxybus_shared::budget`, KV bucket
+    /// `PROXY_BUDGETS`); absent or empty when none were seen.
+    #[serde(default, deserialize_with = "null_as_empty_map", skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(with = "Option<BTreeMap<String, String>>")]
+    pub usage_headers: BTreeMap<String, String>,
+    /// Websocket connects this event stands for (extension of the contract);
+    /// absent: one for a websocket `connect_start`, none otherwise
+    /// (`proxybus_shared::budget::connects_of`). Counted against the exchange's
+    /// per-IP connect limit in the proxy's rate budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_count: Option<u32>,
     /// When it happened at the feed.
     pub timestamp: DateTime<Utc>,
     /// Who reports.

@@ -38,6 +38,7 @@ pub fn message_schemas() -> Vec<MessageSchema> {
         generate::<ProxyFeedback>("ProxyFeedback", "proxy_feedback.schema.json"),
         generate::<HealthStats>("HealthStats", "health_stats.schema.json"),
         generate::<ProxyInventory>("ProxyInventory", "proxy_inventory.schema.json"),
+        generate::<crate::budget::RateBudget>("RateBudget", "rate_budget.schema.json"),
     ]
 }
 

@@ -40,13 +40,27 @@ impl Drop for Pipeline {
 
 async fn start_pipeline(
     inventory: &Path,
+    proxy: ProxySettings,
+    resolver: proxybus_resolver::ResolverSettings,
+) -> Pipeline {
+    start_pipeline_with(inventory, proxy, resolver, |_| {}).await
+}
+
+async fn start_pipeline_with(
+    inventory: &Path,
     mut proxy: ProxySettings,
     resolver: proxybus_resolver::ResolverSettings,
+    pool: impl FnOnce(&mut proxybus_pool::Settings),
 ) -> Pipeline {
     proxybus_shared::telemetry::init_for_tests();
     let server = NatsServer::start().await.unwrap();
+    let client = server.connect().await.unwrap();
+    // The stream first (the aggregator makes it in a deployment), so the pool's
+    // budget keeper sees every report from the start.
+    let js = async_nats::jetstream::new(client.clone());
+    proxybus_shared::feedback::ensure_feedback_stream(&js, &Default::default()).await.unwrap();
     let (stop_pool, stop_all) = (CancellationToken::new(), CancellationToken::new());
-    let pool_settings = proxybus_pool::Settings {
+    let mut pool_settings = proxybus_pool::Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
         inventory: inventory.to_owned(),
         watch_inventory: false,
@@ -54,6 +68,7 @@ async fn start_pipeline(
         nats: Some(NatsSettings::new(server.client_url())),
         ..Default::default()
     };
+    pool(&mut pool_settings);
     let pool = proxybus_pool::PoolServer::bind(pool_settings).await.unwrap();
     let pool_addr = pool.local_addr();
     let selector = pool.selector();
@@ -69,9 +84,6 @@ async fn start_pipeline(
     };
     let config = proxybus_resolver::Config { proxy, resolver, nats: NatsSettings::new(server.client_url()) };
     tokio::spawn(proxybus_resolver::run(config, stop_all.clone().cancelled_owned()));
-    let client = server.connect().await.unwrap();
-    let js = async_nats::jetstream::new(client.clone());
-    proxybus_shared::feedback::ensure_feedback_stream(&js, &Default::default()).await.unwrap();
     proxybus_shared::nats::wait_for_service(
         &client,
         proxybus_shared::subject::RESOLVER_SERVICE,
@@ -299,6 +311,87 @@ async fn the_client_retries_a_refused_connection_through_another_proxy_of_the_po
         reported_451 += u64::from(event.status_code == Some(451) && !event.success);
     }
     assert_eq!(reported_451, restricted_451s());
+    drop(pipeline);
+    lab.stop().await;
+}
+
+#[tokio::test]
+async fn a_feed_past_the_weight_limit_through_one_proxy_is_steered_to_others_before_a_429() {
+    // Binance's weight limit scaled down to 120 per window (an hour here, so no
+    // window ends during the test); 40 depth polls of weight 5 need 200: one proxy
+    // alone would get 429 after 24 polls, then 418 for continuing.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = LabConfig::demo(dir.path());
+    config.simulator.binance.geo_restricted_ips.clear();
+    config.simulator.coinbase.waf_blocked_ips.clear();
+    config.simulator.binance.request_window_seconds = 3_600;
+    config.proxies =
+        vec![lab_proxy(ProxyKind::Http, 2), lab_proxy(ProxyKind::Socks5, 3), lab_proxy(ProxyKind::Http, 4)];
+    let lab = Lab::start(config).await.unwrap();
+    let budgets = lab.config().simulator.budget_settings();
+    let limits = budgets.exchanges[&binance()].clone();
+    assert_eq!((limits.request_weight_limit, limits.request_window_seconds), (120, 3_600));
+    let pool_budgets = budgets.clone();
+    let pipeline = start_pipeline_with(lab.inventory_path(), ProxySettings::default(), Default::default(), |pool| {
+        pool.budgets = pool_budgets
+    })
+    .await;
+    let client = feed(&pipeline, |c| {
+        c.extra_roots = vec![lab.ca().der()];
+        c.budgets = budgets.clone();
+    })
+    .await;
+
+    let mut used_by = std::collections::BTreeMap::<ProxyId, u32>::new();
+    for i in 0..40 {
+        let request = http::Request::get("https://api.binance.com/api/v3/depth?symbol=BTCUSDT&limit=100")
+            .body(bytes::Bytes::new())
+            .unwrap();
+        let (response, lease) = client.send_http(&binance(), request).await.unwrap();
+        assert_eq!(response.status(), 200, "poll {i} through {:?}", lease.proxy_id);
+        let used: u32 = response.headers()["x-mbx-used-weight-1m"].to_str().unwrap().parse().unwrap();
+        used_by.insert(lease.proxy_id.clone().unwrap(), used);
+    }
+    // Nobody was told 429 or 418, and the weight was spread over more than one IP.
+    let stats = lab.simulator().stats();
+    for last in [2u8, 3, 4] {
+        let ip = Ipv4Addr::new(127, 0, 0, last).into();
+        let of = stats.of(LabExchange::Binance, ip);
+        assert_eq!((of.http_429, of.http_418), (0, 0), "{ip} was rate-limited: {of:?}");
+    }
+    assert!(used_by.len() >= 2, "one proxy took it all: {used_by:?}");
+    assert!(used_by.values().all(|used| *used <= limits.request_weight_limit), "{used_by:?}");
+    let near: Vec<ProxyId> =
+        used_by.iter().filter(|(_, used)| limits.weight_near_limit(**used)).map(|(id, _)| id.clone()).collect();
+    assert!(!near.is_empty(), "the feed moved because a proxy came near the limit: {used_by:?}");
+
+    // The shared budget: the pool folded the reported weight into PROXY_BUDGETS
+    // (compare-and-set), and a new feed, which saw none of it, is not given a
+    // proxy near the limit.
+    let js = async_nats::jetstream::new(pipeline.server.connect().await.unwrap());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    for id in &near {
+        loop {
+            let held = pipeline.pool.budget(id, &binance());
+            if held.as_ref().is_some_and(|b| limits.weight_near_limit(b.weight_used)) {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the pool never learned {id}'s budget: {held:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let bucket = js.get_key_value(proxybus_shared::subject::BUDGET_BUCKET).await.unwrap();
+        let stored = bucket.get(proxybus_shared::budget::budget_key(id, &binance())).await.unwrap().expect("stored");
+        let budget: proxybus_shared::budget::RateBudget =
+            proxybus_shared::Codec::default().decode_as(proxybus_shared::Encoding::MsgPack, &stored).unwrap();
+        assert_eq!(budget.weight_limit, 120);
+        assert!(!budget.has_room(chrono::Utc::now(), limits.headroom), "{budget:?}");
+    }
+    for i in 0..6 {
+        let fresh = feed(&pipeline, |c| c.client_id = format!("feed-fresh-{i}")).await;
+        let lease = fresh.get_proxy(&binance(), ConnectionType::Http, None).await.unwrap();
+        let id = lease.proxy_id.expect("a proxy");
+        assert!(!near.contains(&id), "a fresh feed got {id}, near its limit");
+    }
     drop(pipeline);
     lab.stop().await;
 }

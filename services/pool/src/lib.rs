@@ -20,6 +20,8 @@
 //! - [`leases`]: leases per session (TTL, release on `disconnected`) and sticky bindings.
 //! - [`health`]: local outlier detection and per-exchange bars by the shared
 //!   rules (`proxybus_shared::health`); `PROXY_HEALTH` and `proxy.v1.health.>` followed.
+//! - [`budgets`]: rate budgets per (proxy, exchange): usage reports folded into
+//!   `PROXY_BUDGETS` with compare-and-set, and the bucket followed for selection.
 //! - [`publish`]: the inventory (ids and regions only) into KV bucket `PROXY_INVENTORY`.
 //! - [`active_check`]: TCP connect and HTTP CONNECT checks.
 //! - [`api`]: routes, JSON errors, timeouts, body limit; [`auth`]: tokens and allowlist.
@@ -42,6 +44,7 @@
 pub mod active_check;
 pub mod api;
 pub mod auth;
+pub mod budgets;
 pub mod health;
 pub mod inventory;
 pub mod leases;
@@ -201,6 +204,18 @@ impl PoolServer {
                             tracing::error!(error = %err, "health listener stopped");
                         }
                     });
+                    if settings.budgets.enabled {
+                        tasks.spawn(budgets::keep_budgets(
+                            client.clone(),
+                            settings.budgets.clone(),
+                            cancel.clone().cancelled_owned(),
+                        ));
+                        tasks.spawn(budgets::follow_budgets(
+                            client.clone(),
+                            selector.clone(),
+                            cancel.clone().cancelled_owned(),
+                        ));
+                    }
                     tasks.spawn(publish::run(
                         client.clone(),
                         selector.clone(),

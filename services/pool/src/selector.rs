@@ -9,7 +9,8 @@
 //!    the inventory, serves the exchange, is healthy and has room;
 //! 2. the requested region's pool (the default region's when the request names
 //!    none, or one the inventory lacks), by the pool's strategy over its healthy
-//!    proxies that serve the exchange and have room;
+//!    proxies that serve the exchange, have room (`max_leases`) and are not near
+//!    the exchange's per-IP limits (their rate budget, `proxybus_shared::budget`);
 //! 3. **region fallback**: each of that pool's `fallback_regions`, nearest first
 //!    (the answer's `region` says where it came from);
 //! 4. nothing healthy anywhere: the requested pool's `when_all_ejected` —
@@ -24,6 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use proxybus_shared::budget::{RateBudget, budget_key};
 use proxybus_shared::{
     ExchangeId, FallbackPolicy, FeedbackPhase, HealthState, HealthStats, Metadata, ProxyFeedback, ProxyId,
     ProxyRequest, ProxyResponse, Region, ResponseSource,
@@ -50,6 +52,8 @@ pub struct SelectorOptions {
     pub ewma_decay: Duration,
     /// Seed of the random choices (`None`: from the OS); tests fix it.
     pub seed: Option<u64>,
+    /// Rate budgets: which exchanges are budgeted and each one's headroom.
+    pub budgets: proxybus_shared::budget::BudgetSettings,
 }
 
 impl Default for SelectorOptions {
@@ -59,6 +63,7 @@ impl Default for SelectorOptions {
             default_latency_ms: 100.0,
             ewma_decay: Duration::from_secs(60),
             seed: None,
+            budgets: proxybus_shared::budget::BudgetSettings::default(),
         }
     }
 }
@@ -175,9 +180,28 @@ struct State {
     latency: HashMap<ProxyId, PeakEwma>,
     leases: LeaseTable,
     sticky: StickyTable,
+    /// Rate budgets from `PROXY_BUDGETS`, by key `{proxy_id}.{exchange_id}`.
+    budgets: HashMap<String, RateBudget>,
 }
 
 impl State {
+    /// Whether `proxy`'s budget at `exchange` leaves room (`headroom`: the
+    /// exchange's, `None` when it is not budgeted).
+    fn has_budget_room(
+        &self,
+        proxy: &Proxy,
+        exchange: &ExchangeId,
+        headroom: Option<f64>,
+        wall: DateTime<Utc>,
+    ) -> bool {
+        let Some(headroom) = headroom else { return true };
+        self.budgets.get(&budget_key(proxy.id(), exchange)).is_none_or(|budget| budget.has_room(wall, headroom))
+    }
+
+    fn budget_load(&self, proxy: &Proxy, exchange: &ExchangeId, wall: DateTime<Utc>) -> f64 {
+        self.budgets.get(&budget_key(proxy.id(), exchange)).map_or(0.0, |budget| budget.load(wall))
+    }
+
     fn usable(&self, proxy: &Proxy, exchange: &ExchangeId, now: Instant, wall: DateTime<Utc>) -> bool {
         self.pushed.get(proxy.id()).is_none_or(|stats| stats.usable_for(exchange, wall))
             && self.local.get(proxy.id()).is_none_or(|local| local.usable_for(exchange, now))
@@ -198,7 +222,13 @@ impl State {
     }
 
     /// How bad a proxy is for panic mode; lower is better.
-    fn badness(&self, proxy: &Proxy, exchange: &ExchangeId, now: Instant, wall: DateTime<Utc>) -> (u8, f64, f64, u32) {
+    fn badness(
+        &self,
+        proxy: &Proxy,
+        exchange: &ExchangeId,
+        now: Instant,
+        wall: DateTime<Utc>,
+    ) -> (u8, f64, f64, f64, u32) {
         let pushed = self.pushed.get(proxy.id());
         let local = self.local.get(proxy.id());
         let barred = pushed.is_some_and(|s| proxybus_shared::health::is_barred(s, exchange, wall))
@@ -211,7 +241,8 @@ impl State {
         let check_down = local.is_some_and(|l| l.check_down);
         let ejected_left = pushed_left.max(local_left) + if check_down { 1e9 } else { 0.0 };
         let failure_rate = 1.0 - pushed.map_or(1.0, |s| s.success_rate);
-        (u8::from(barred), ejected_left, failure_rate, self.leases.active(proxy.id()))
+        let load = self.budget_load(proxy, exchange, wall);
+        (u8::from(barred), ejected_left, load, failure_rate, self.leases.active(proxy.id()))
     }
 }
 
@@ -263,6 +294,7 @@ impl Selector {
                 latency: HashMap::new(),
                 leases: LeaseTable::default(),
                 sticky: StickyTable::default(),
+                budgets: HashMap::new(),
             }),
             options,
         }
@@ -326,8 +358,14 @@ impl Selector {
                 && p.url().scheme().accepted_by(&request.proxy_schemes)
                 && !request.excludes(p.id())
         };
+        // A proxy near the exchange's per-IP limit (its rate budget) is skipped while
+        // others have room; when none has, panic mode answers the least loaded.
+        let headroom = self.options.budgets.limits(exchange).map(|limits| limits.headroom);
         let chosen = |state: &State, p: &Arc<Proxy>| {
-            serves(p) && state.usable(p, exchange, now, wall) && state.has_room(p, &session)
+            serves(p)
+                && state.usable(p, exchange, now, wall)
+                && state.has_room(p, &session)
+                && state.has_budget_room(p, exchange, headroom, wall)
         };
 
         if home.sticky()
@@ -500,6 +538,25 @@ impl Selector {
             state.pushed.insert(stats.proxy_id.clone(), stats);
         }
         newer
+    }
+
+    /// Applies a rate budget from `PROXY_BUDGETS` (an older one than held is ignored).
+    pub fn apply_budget(&self, budget: RateBudget) {
+        let mut state = self.state();
+        let key = budget.key();
+        if state.budgets.get(&key).is_none_or(|held| held.updated_at <= budget.updated_at) {
+            state.budgets.insert(key, budget);
+        }
+    }
+
+    /// Forgets the budget under `key` (`{proxy_id}.{exchange_id}`, deleted or expired).
+    pub fn forget_budget(&self, key: &str) {
+        self.state().budgets.remove(key);
+    }
+
+    /// The budget held for `proxy` at `exchange`.
+    pub fn budget(&self, proxy: &ProxyId, exchange: &ExchangeId) -> Option<RateBudget> {
+        self.state().budgets.get(&budget_key(proxy, exchange)).cloned()
     }
 
     /// Folds the result of one active check of `proxy`.

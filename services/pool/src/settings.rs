@@ -27,6 +27,13 @@
 //! | `active_checks.timeout_seconds` | `…__TIMEOUT_SECONDS` | `3` | per check |
 //! | `active_checks.connect_target` | `…__CONNECT_TARGET` | — | `host:port` to ask http proxies to CONNECT to; none: TCP only |
 //! | `active_checks.unhealthy_threshold` / `healthy_threshold` | … | `2` / `1` | checks in a row that take a proxy out / bring it back |
+//! | `budgets.enabled` | `…_BUDGETS__ENABLED` | `true` | keep rate budgets per (proxy, exchange) in `PROXY_BUDGETS` and skip proxies near a limit |
+//! | `budgets.exchanges.{id}.request_weight_limit` | `…_BUDGETS__EXCHANGES__BINANCE__REQUEST_WEIGHT_LIMIT` | binance `6000` | request weight per IP and window (0: not budgeted) |
+//! | `budgets.exchanges.{id}.request_window_seconds` | … | binance `60` | the weight window |
+//! | `budgets.exchanges.{id}.weight_header` | … | binance `x-mbx-used-weight-1m` | response header with the IP's used weight |
+//! | `budgets.exchanges.{id}.ws_connect_limit` | … | binance `300` | websocket connects per IP and window (0: not budgeted) |
+//! | `budgets.exchanges.{id}.ws_connect_window_seconds` | … | binance `300` | the connect window |
+//! | `budgets.exchanges.{id}.headroom` | … | `0.8` | fraction of a limit past which a proxy is skipped while others have room |
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -67,6 +74,8 @@ pub struct Settings {
     pub health: HealthSettings,
     /// Active checks.
     pub active_checks: ActiveCheckSettings,
+    /// Rate budgets per (proxy, exchange): the exchanges' per-IP limits.
+    pub budgets: proxybus_shared::budget::BudgetSettings,
     /// NATS for `proxy.v1.health.>`; from `NATS_*`, not from the file (`None`: no subscription).
     #[serde(skip)]
     pub nats: Option<NatsSettings>,
@@ -84,6 +93,7 @@ impl Default for Settings {
             tls: None,
             health: HealthSettings::default(),
             active_checks: ActiveCheckSettings::default(),
+            budgets: proxybus_shared::budget::BudgetSettings::default(),
             nats: None,
         }
     }
@@ -119,6 +129,7 @@ impl Settings {
             default_latency_ms: h.default_latency_ms,
             ewma_decay: Duration::from_secs(h.ewma_decay_seconds),
             seed: None,
+            budgets: self.budgets.clone(),
         }
     }
 
@@ -144,6 +155,11 @@ impl Validate for Settings {
         }
         self.health.validate(&key(prefix, "health"), issues);
         self.active_checks.validate(&key(prefix, "active_checks"), issues);
+        for (exchange, limits) in &self.budgets.exchanges {
+            for (field, problem) in limits.problems() {
+                issues.push(key(prefix, &format!("budgets.exchanges.{exchange}.{field}")), problem);
+            }
+        }
     }
 }
 

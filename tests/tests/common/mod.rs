@@ -28,6 +28,8 @@ pub(crate) fn event(region: &str, proxy: &str) -> ProxyFeedback {
         timestamp: Utc::now(),
         client_id: format!("feed-{region}"),
         ws_close_code: None,
+        usage_headers: Default::default(),
+        connect_count: None,
     }
 }
 
