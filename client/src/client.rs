@@ -59,6 +59,10 @@ pub struct LeaseOptions {
     /// another proxy. Such a request skips the local cache; its answer replaces the
     /// cached lease. At most `ProxyRequest::MAX_EXCLUDED`.
     pub exclude_proxy_ids: Vec<ProxyId>,
+    /// A logical session that keeps its proxy while it stays healthy, until the
+    /// pool's rotation plan moves it (`ProxyRequest.session_key`); cached apart
+    /// from the feed's other leases. 1 to 128 printable characters.
+    pub session_key: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -66,6 +70,7 @@ struct CacheKey {
     exchange: ExchangeId,
     connection_type: ConnectionType,
     region: Option<Region>,
+    session_key: Option<String>,
 }
 
 /// Each cached lease lives for its own TTL.
@@ -189,7 +194,12 @@ impl ProxyClient {
         options: &LeaseOptions,
     ) -> Result<ProxyLease, ClientError> {
         let region = options.region.clone().or_else(|| self.inner.config.region.clone());
-        let key = CacheKey { exchange: exchange.clone(), connection_type, region: region.clone() };
+        let key = CacheKey {
+            exchange: exchange.clone(),
+            connection_type,
+            region: region.clone(),
+            session_key: options.session_key.clone(),
+        };
         let near_limit = self.near_limit(exchange);
         if options.exclude_proxy_ids.is_empty()
             && let Some(mut lease) = self.inner.cache.get(&key).await
@@ -206,32 +216,35 @@ impl ProxyClient {
         let excluded = &excluded;
         let resolver_error = match self.inner.breaker.try_acquire() {
             Err(open) => open.to_string(),
-            Ok(permit) => match self.ask_resolver(exchange, connection_type, region.as_ref(), excluded).await {
-                Ok(Ok(lease)) => {
-                    permit.success();
-                    if lease.proxy_id.as_ref().is_some_and(|id| options.exclude_proxy_ids.contains(id)) {
-                        // A resolver older than `exclude_proxy_ids` ignores it. Its answer
-                        // is returned (the caller stops retrying) but not cached.
-                        tracing::warn!(%exchange, proxy_id = ?lease.proxy_id, "the resolver answered an excluded proxy (older than exclude_proxy_ids?)");
+            Ok(permit) => {
+                match self.ask_resolver(exchange, connection_type, region.as_ref(), excluded, options).await {
+                    Ok(Ok(lease)) => {
+                        permit.success();
+                        if lease.proxy_id.as_ref().is_some_and(|id| options.exclude_proxy_ids.contains(id)) {
+                            // A resolver older than `exclude_proxy_ids` ignores it. Its answer
+                            // is returned (the caller stops retrying) but not cached.
+                            tracing::warn!(%exchange, proxy_id = ?lease.proxy_id, "the resolver answered an excluded proxy (older than exclude_proxy_ids?)");
+                            return Ok(lease);
+                        }
+                        self.inner.cache.insert(key, lease.clone()).await;
+                        metrics::counter!("proxybus_client_requests_total", "source" => "resolver").increment(1);
                         return Ok(lease);
                     }
-                    self.inner.cache.insert(key, lease.clone()).await;
-                    metrics::counter!("proxybus_client_requests_total", "source" => "resolver").increment(1);
-                    return Ok(lease);
+                    Ok(Err(reply)) => {
+                        // The resolver is up and said no: not a fault of the bus.
+                        permit.success();
+                        return Err(ClientError::Resolver(reply));
+                    }
+                    Err(reason) => {
+                        permit.failure();
+                        reason
+                    }
                 }
-                Ok(Err(reply)) => {
-                    // The resolver is up and said no: not a fault of the bus.
-                    permit.success();
-                    return Err(ClientError::Resolver(reply));
-                }
-                Err(reason) => {
-                    permit.failure();
-                    reason
-                }
-            },
+            }
         };
         tracing::warn!(exchange = %exchange, connection_type = %connection_type, reason = %resolver_error, "resolver unavailable; using fallback");
         self.fallback(exchange, connection_type, region, excluded, &resolver_error)
+            .map(|lease| ProxyLease { session_key: options.session_key.clone(), ..lease })
     }
 
     /// The proxies of `exchange` whose IP a usage header put near the limit, in a
@@ -250,6 +263,7 @@ impl ProxyClient {
         connection_type: ConnectionType,
         region: Option<&Region>,
         excluded: &[ProxyId],
+        options: &LeaseOptions,
     ) -> Result<Result<ProxyLease, ErrorReply>, String> {
         let inner = &self.inner;
         let mut request = ProxyRequest::new(exchange.clone(), connection_type, inner.config.client_id.clone());
@@ -257,6 +271,7 @@ impl ProxyClient {
         request.request_id = Some(uuid::Uuid::new_v4().to_string());
         request.proxy_schemes = inner.config.proxy_schemes.clone();
         request.exclude_proxy_ids = excluded.to_vec();
+        request.session_key = options.session_key.clone();
         let encoding = inner.config.encoding;
         let payload = inner.codec.encode(encoding, &request).map_err(|err| err.to_string())?;
         let subject = subject::request(exchange, connection_type);
@@ -298,6 +313,7 @@ impl ProxyClient {
             fallback_policy: response.fallback_policy,
             ttl: Duration::from_secs(response.ttl_seconds),
             request_id: Some(response.request_id),
+            session_key: options.session_key.clone(),
         }))
     }
 
@@ -328,6 +344,7 @@ impl ProxyClient {
                 fallback_policy: FallbackPolicy::DirectConnection,
                 ttl,
                 request_id: None,
+                session_key: None,
             });
         }
         match self.inner.config.fallback_policy {
@@ -349,6 +366,7 @@ impl ProxyClient {
                     fallback_policy: FallbackPolicy::DirectConnection,
                     ttl,
                     request_id: None,
+                    session_key: None,
                 })
             }
         }
@@ -377,12 +395,14 @@ impl ProxyClient {
             exchange: lease.exchange.clone(),
             connection_type: lease.connection_type,
             region: lease.region.clone(),
+            session_key: lease.session_key.clone(),
         };
         self.inner.cache.invalidate(&key).await;
         let requested = CacheKey {
             exchange: lease.exchange.clone(),
             connection_type: lease.connection_type,
             region: self.inner.config.region.clone(),
+            session_key: lease.session_key.clone(),
         };
         self.inner.cache.invalidate(&requested).await;
     }

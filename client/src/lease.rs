@@ -30,6 +30,8 @@ pub struct ProxyLease {
     pub ttl: Duration,
     /// The resolver's request id, when it came from the resolver.
     pub request_id: Option<String>,
+    /// The `session_key` session it was leased for, if any.
+    pub session_key: Option<String>,
 }
 
 impl ProxyLease {

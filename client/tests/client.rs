@@ -33,6 +33,7 @@ fn lease() -> ProxyLease {
         fallback_policy: FallbackPolicy::DirectConnection,
         ttl: Duration::from_secs(60),
         request_id: None,
+        session_key: None,
     }
 }
 

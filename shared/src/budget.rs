@@ -214,9 +214,10 @@ fn window_start(at: DateTime<Utc>, seconds: u64) -> DateTime<Utc> {
 
 /// Response header name prefixes that carry an exchange's usage (compared
 /// lowercase): Binance's `X-MBX-USED-WEIGHT-*`, `X-MBX-ORDER-COUNT-*` and
-/// `X-SAPI-USED-*`, and the common `X-RateLimit-*` / IETF `RateLimit-*` families.
-pub const USAGE_HEADER_PREFIXES: [&str; 5] =
-    ["x-mbx-used-weight", "x-mbx-order-count", "x-sapi-used-", "x-ratelimit-", "ratelimit-"];
+/// `X-SAPI-USED-*`, Bybit's `X-Bapi-Limit-*`, and the common `X-RateLimit-*` /
+/// IETF `RateLimit-*` families (the Python client's list, plus `X-SAPI-USED-*`).
+pub const USAGE_HEADER_PREFIXES: [&str; 6] =
+    ["x-mbx-used-weight", "x-mbx-order-count", "x-sapi-used-", "x-bapi-limit", "x-ratelimit-", "ratelimit-"];
 
 /// Most usage headers one feedback event carries (the rest are dropped).
 pub const MAX_USAGE_HEADERS: usize = 16;

@@ -135,6 +135,14 @@ pub struct ProxyRequest {
     #[serde(default, deserialize_with = "null_as_empty", skip_serializing_if = "Vec::is_empty")]
     #[schemars(with = "Option<Vec<ProxyId>>")]
     pub exclude_proxy_ids: Vec<ProxyId>,
+    /// One logical session (a feed's stream set, a user's connection) that keeps
+    /// its proxy while it stays healthy, whichever client asks and across its
+    /// reconnects, until the pool's rotation plan (`rotate_after_uses`,
+    /// `rotate_after_seconds` per exchange, with jitter) moves it; 1 to
+    /// [`ProxyRequest::MAX_SESSION_KEY`] printable characters. Absent: the pool's
+    /// per-client stickiness. An extension of contract v1: old services ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_key: Option<String>,
 }
 
 /// A list that may be sent as null.
@@ -167,7 +175,19 @@ impl ProxyRequest {
             metadata: Metadata::new(),
             proxy_schemes: Vec::new(),
             exclude_proxy_ids: Vec::new(),
+            session_key: None,
         }
+    }
+
+    /// Longest `session_key`, in bytes.
+    pub const MAX_SESSION_KEY: usize = 128;
+
+    /// Why the request's `session_key` is unusable, if it is: empty, longer than
+    /// [`ProxyRequest::MAX_SESSION_KEY`] bytes, or with control characters.
+    pub fn session_key_problem(&self) -> Option<String> {
+        let key = self.session_key.as_deref()?;
+        (key.is_empty() || key.len() > Self::MAX_SESSION_KEY || key.chars().any(char::is_control))
+            .then(|| format!("session_key must be 1 to {} printable characters", Self::MAX_SESSION_KEY))
     }
 
     /// Most `exclude_proxy_ids` a request may carry (a bad request above it):

@@ -395,3 +395,42 @@ async fn a_feed_past_the_weight_limit_through_one_proxy_is_steered_to_others_bef
     drop(pipeline);
     lab.stop().await;
 }
+
+#[tokio::test]
+async fn a_session_key_keeps_one_proxy_for_every_feed_of_the_session_through_the_resolver() {
+    let dir = tempfile::tempdir().unwrap();
+    let inventory = dir.path().join("inventory.toml");
+    let entries: String =
+        (1..=3).map(|n| format!("[[regions.us-east.proxies]]\nurl = \"http://u:pw@10.2.0.{n}:3128\"\n")).collect();
+    std::fs::write(
+        &inventory,
+        format!("default_region = \"us-east\"\n[defaults]\nstrategy = \"round_robin\"\n[regions.us-east]\n{entries}"),
+    )
+    .unwrap();
+    let pipeline = start_pipeline(&inventory, ProxySettings::default(), Default::default()).await;
+    let session = |key: &str| LeaseOptions { session_key: Some(key.into()), ..LeaseOptions::default() };
+    let a = feed(&pipeline, |c| c.client_id = "feed-a".into()).await;
+    let b = feed(&pipeline, |c| c.client_id = "feed-b".into()).await;
+
+    let first = a.get_proxy_with(&binance(), ConnectionType::Websocket, &session("btc-book")).await.unwrap();
+    assert_eq!(first.source, ResponseSource::Service);
+    let shared = b.get_proxy_with(&binance(), ConnectionType::Websocket, &session("btc-book")).await.unwrap();
+    assert_eq!(shared.proxy_id, first.proxy_id, "another feed continues the session on its proxy");
+    assert_eq!(shared.strategy, "session");
+    let other = a.get_proxy_with(&binance(), ConnectionType::Websocket, &session("eth-book")).await.unwrap();
+    assert_ne!(other.proxy_id, first.proxy_id, "another session of the same feed is its own");
+    let cached = a.get_proxy_with(&binance(), ConnectionType::Websocket, &session("btc-book")).await.unwrap();
+    assert_eq!((cached.source, cached.proxy_id), (ResponseSource::Cache, first.proxy_id.clone()));
+    // Through the resolver without the client's cache: the resolver keeps each session's answer apart too.
+    let nats = pipeline.server.connect().await.unwrap();
+    for (key, expected) in [("btc-book", &first.proxy_id), ("eth-book", &other.proxy_id)] {
+        let mut request = ProxyRequest::new(binance(), ConnectionType::Websocket, "feed-a");
+        request.session_key = Some(key.into());
+        let codec = proxybus_shared::Codec::default();
+        let body = codec.encode(proxybus_shared::Encoding::MsgPack, &request).unwrap();
+        let reply =
+            nats.request(proxybus_shared::subject::request(&binance(), ConnectionType::Websocket), body).await.unwrap();
+        let answer: proxybus_shared::ProxyResponse = codec.decode(reply.headers.as_ref(), &reply.payload).unwrap();
+        assert_eq!((&answer.proxy_id, answer.source), (expected, ResponseSource::Cache), "{key}");
+    }
+}

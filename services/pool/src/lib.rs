@@ -17,7 +17,9 @@
 //!   `least_connections`, `p2c_ewma`) and the peak-EWMA latency estimate.
 //! - [`selector`]: [`Selector`], the choice (sticky → region → fallback regions →
 //!   panic), feedback and health folding, the inventory view.
-//! - [`leases`]: leases per session (TTL, release on `disconnected`) and sticky bindings.
+//! - [`leases`]: leases per session (TTL, release on `disconnected`), sticky
+//!   bindings and `session_key` sessions.
+//! - [`sessions`]: rotation plans of `session_key` sessions (per exchange, with jitter).
 //! - [`health`]: local outlier detection and per-exchange bars by the shared
 //!   rules (`proxybus_shared::health`); `PROXY_HEALTH` and `proxy.v1.health.>` followed.
 //! - [`budgets`]: rate budgets per (proxy, exchange): usage reports folded into
@@ -52,6 +54,7 @@ pub mod metrics;
 pub mod publish;
 pub mod reload;
 pub mod selector;
+pub mod sessions;
 pub mod settings;
 pub mod strategy;
 pub mod tls;
@@ -65,7 +68,7 @@ pub use api::{ApiError, AppState, router};
 pub use auth::Auth;
 pub use inventory::{Inventory, InventoryError, Pool, Proxy, WhenAllEjected};
 pub use reload::InventoryReloader;
-pub use selector::{ProxyView, SelectError, Selection, Selector, SelectorOptions};
+pub use selector::{ProxyView, SelectError, Selection, Selector, SelectorOptions, SessionInfo};
 pub use settings::Settings;
 pub use strategy::Strategy;
 use tokio_util::sync::CancellationToken;

@@ -113,7 +113,8 @@ impl Resolver {
             return Some(self.direct(request_id(), region.cloned()));
         }
         let key = CacheKey::new(&request.client_id, exchange, request.connection_type, region)
-            .accepting(&request.proxy_schemes);
+            .accepting(&request.proxy_schemes)
+            .for_session(request.session_key.as_deref());
         // A retry through another proxy (`exclude_proxy_ids`) is answered afresh:
         // the cached answer is likely the very proxy it excludes.
         let cached = if request.exclude_proxy_ids.is_empty() { self.cache.get(&key) } else { None };
@@ -154,7 +155,8 @@ impl Resolver {
         }
         let region = request.region.clone().or_else(|| self.settings.region.clone());
         let key = CacheKey::new(&request.client_id, exchange, request.connection_type, region.as_ref())
-            .accepting(&request.proxy_schemes);
+            .accepting(&request.proxy_schemes)
+            .for_session(request.session_key.as_deref());
         let request_id = request.request_id.clone().unwrap_or_default();
 
         let upstream_error = match self.ask_upstream(&key, request, region.clone()).await {

@@ -10,4 +10,5 @@ mod reload;
 mod retry;
 mod schemas;
 mod selection;
+mod sessions;
 mod tls;
