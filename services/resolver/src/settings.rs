@@ -59,6 +59,10 @@ pub struct ResolverSettings {
     pub shutdown_grace_seconds: u64,
     /// Requests handled at once; beyond it the subscription is not read.
     pub max_in_flight: usize,
+    /// Rate budgets (`PROXY_BUDGETS`): which exchanges are budgeted and each one's
+    /// headroom; a cached or embedded proxy near a limit is not served for that
+    /// exchange. Keep equal to the pools' `budgets`.
+    pub budgets: proxybus_shared::budget::BudgetSettings,
 }
 
 impl Default for ResolverSettings {
@@ -81,6 +85,7 @@ impl Default for ResolverSettings {
             health_probe_interval_seconds: 10,
             shutdown_grace_seconds: 10,
             max_in_flight: 4096,
+            budgets: proxybus_shared::budget::BudgetSettings::default(),
         }
     }
 }
@@ -135,6 +140,11 @@ impl Validate for ResolverSettings {
         issues.check_range(key(prefix, "health_probe_interval_seconds"), self.health_probe_interval_seconds, 0..=3_600);
         issues.check_range(key(prefix, "shutdown_grace_seconds"), self.shutdown_grace_seconds, 0..=600);
         issues.check_range(key(prefix, "max_in_flight"), self.max_in_flight, 1..=1_000_000);
+        for (exchange, limits) in &self.budgets.exchanges {
+            for (field, problem) in limits.problems() {
+                issues.push(key(prefix, &format!("budgets.exchanges.{exchange}.{field}")), problem);
+            }
+        }
         if !matches!(self.srv_scheme.as_str(), "http" | "https") {
             issues.push(key(prefix, "srv_scheme"), format!("{:?} is not http or https", self.srv_scheme));
         }
