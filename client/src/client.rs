@@ -102,6 +102,8 @@ struct Inner {
     tls: Result<TunnelTls, String>,
     /// Proxies whose IP is near an exchange's limit, until the end of that window.
     near_limit: std::sync::Mutex<std::collections::HashMap<(ExchangeId, ProxyId), Instant>>,
+    /// Failures retried through another proxy, by kind.
+    retried: std::sync::Mutex<std::collections::BTreeMap<ErrorKind, u64>>,
 }
 
 /// The proxybus client a feed links; cheap to clone.
@@ -149,6 +151,7 @@ impl ProxyClient {
                 reporter,
                 tls,
                 near_limit: std::sync::Mutex::default(),
+                retried: std::sync::Mutex::default(),
             }),
         }
     }
@@ -245,6 +248,18 @@ impl ProxyClient {
         tracing::warn!(exchange = %exchange, connection_type = %connection_type, reason = %resolver_error, "resolver unavailable; using fallback");
         self.fallback(exchange, connection_type, region, excluded, &resolver_error)
             .map(|lease| ProxyLease { session_key: options.session_key.clone(), ..lease })
+    }
+
+    /// Failures that `connect_websocket` and `send_http` retried through another
+    /// proxy (so the caller never saw them), by kind, since the client was made.
+    pub fn retried_failures(&self) -> std::collections::BTreeMap<ErrorKind, u64> {
+        self.inner.retried.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn note_retried(&self, kind: Option<ErrorKind>) {
+        if let Some(kind) = kind {
+            *self.inner.retried.lock().unwrap_or_else(|p| p.into_inner()).entry(kind).or_default() += 1;
+        }
     }
 
     /// The proxies of `exchange` whose IP a usage header put near the limit, in a
@@ -441,6 +456,9 @@ impl ProxyClient {
                     tracing::info!(%exchange, proxy_id = %failed, error = %err, "retrying through another proxy");
                     metrics::counter!("proxybus_client_retries_total", "connection_type" => "websocket").increment(1);
                     options.exclude_proxy_ids.push(failed);
+                    if let ClientError::Connect(failure) = &err {
+                        self.note_retried(Some(failure.kind));
+                    }
                     last_error = Some(err);
                 }
             }
@@ -627,6 +645,11 @@ impl ProxyClient {
             match failed.filter(|_| retries_left > 0) {
                 None => return outcome,
                 Some(failed) => {
+                    self.note_retried(match &outcome {
+                        Ok((response, _)) => ErrorKind::from_status(response.status().as_u16()),
+                        Err(ClientError::Connect(failure)) => Some(failure.kind),
+                        Err(_) => None,
+                    });
                     last_outcome = Some(outcome);
                     retries_left -= 1;
                     tracing::info!(%exchange, proxy_id = %failed, "retrying the request through another proxy");

@@ -283,6 +283,8 @@ async fn the_client_retries_a_refused_connection_through_another_proxy_of_the_po
     assert_eq!(ws.lease.proxy_id.as_ref(), Some(&good), "only the third proxy may reach binance");
     let after_ws = restricted_451s();
     assert!((2..=3).contains(&after_ws), "one or two refusals before the good proxy, got {}", after_ws - 1);
+    let retried = client.retried_failures();
+    assert_eq!(retried.get(&proxybus_shared::ErrorKind::Http451).copied(), Some(after_ws - 1), "{retried:?}");
     drop(ws);
 
     // A REST GET, by another feed: the same, and never through a proxy it already tried.
