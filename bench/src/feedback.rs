@@ -103,6 +103,8 @@ pub fn event(i: u64, proxies: &[ProxyFixture]) -> ProxyFeedback {
         retry_after_seconds: retry_after,
         error_details: None,
         ws_close_code: None,
+        usage_headers: Default::default(),
+        connect_count: None,
         timestamp: Utc::now(),
         client_id: format!("bench-feed-{}", i % 16),
         probe: false,

@@ -91,6 +91,8 @@ pub(crate) async fn run(client: &async_nats::Client, args: FeedbackArgs) -> anyh
         retry_after_seconds: args.retry_after,
         error_details: Some("reported with proxybus feedback".into()),
         ws_close_code: args.close_code,
+        usage_headers: Default::default(),
+        connect_count: None,
         timestamp: chrono::Utc::now(),
         client_id: args.client_id,
         probe: false,

@@ -63,6 +63,8 @@ fn event(host: &str, region: &str, exchange: &str, outcome: Result<u64, ErrorKin
         retry_after_seconds: None,
         error_details: Some(format!("through {url}")),
         ws_close_code: None,
+        usage_headers: Default::default(),
+        connect_count: None,
         probe: false,
         timestamp: chrono::Utc::now(),
         client_id: "dashboard-test".into(),

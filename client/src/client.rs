@@ -12,7 +12,7 @@ use proxybus_shared::breaker::CircuitBreaker;
 use proxybus_shared::embedded::EmbeddedSelector;
 use proxybus_shared::health::{self, Attribution};
 use proxybus_shared::{
-    Codec, ConnectionType, ErrorKind, ErrorReply, ExchangeId, FallbackPolicy, FeedbackPhase, ProxyFeedback,
+    Codec, ConnectionType, ErrorKind, ErrorReply, ExchangeId, FallbackPolicy, FeedbackPhase, ProxyFeedback, ProxyId,
     ProxyRequest, ProxyResponse, ProxyScheme, ProxyUrl, Region, ResponseSource, subject,
 };
 use tokio_tungstenite::WebSocketStream;
@@ -50,11 +50,27 @@ pub enum ClientError {
     Http(String),
 }
 
+/// What a lease is asked for beyond its exchange and connection type.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeaseOptions {
+    /// Preferred region; `None`: the client's `ClientConfig::region`, else the resolver's.
+    pub region: Option<Region>,
+    /// Proxies not to be given (`ProxyRequest.exclude_proxy_ids`): a retry through
+    /// another proxy. Such a request skips the local cache; its answer replaces the
+    /// cached lease. At most `ProxyRequest::MAX_EXCLUDED`.
+    pub exclude_proxy_ids: Vec<ProxyId>,
+    /// A logical session that keeps its proxy while it stays healthy, until the
+    /// pool's rotation plan moves it (`ProxyRequest.session_key`); cached apart
+    /// from the feed's other leases. 1 to 128 printable characters.
+    pub session_key: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct CacheKey {
     exchange: ExchangeId,
     connection_type: ConnectionType,
     region: Option<Region>,
+    session_key: Option<String>,
 }
 
 /// Each cached lease lives for its own TTL.
@@ -84,6 +100,10 @@ struct Inner {
     embedded: EmbeddedSelector,
     reporter: Reporter,
     tls: Result<TunnelTls, String>,
+    /// Proxies whose IP is near an exchange's limit, until the end of that window.
+    near_limit: std::sync::Mutex<std::collections::HashMap<(ExchangeId, ProxyId), Instant>>,
+    /// Failures retried through another proxy, by kind.
+    retried: std::sync::Mutex<std::collections::BTreeMap<ErrorKind, u64>>,
 }
 
 /// The proxybus client a feed links; cheap to clone.
@@ -121,7 +141,18 @@ impl ProxyClient {
         let embedded = EmbeddedSelector::new(config.embedded.clone());
         let tls = TunnelTls::new(&config.extra_roots, &config.proxy_ca).map_err(|err| err.message);
         Self {
-            inner: Arc::new(Inner { codec: Codec::default(), config, nats, cache, breaker, embedded, reporter, tls }),
+            inner: Arc::new(Inner {
+                codec: Codec::default(),
+                config,
+                nats,
+                cache,
+                breaker,
+                embedded,
+                reporter,
+                tls,
+                near_limit: std::sync::Mutex::default(),
+                retried: std::sync::Mutex::default(),
+            }),
         }
     }
 
@@ -144,35 +175,100 @@ impl ProxyClient {
         connection_type: ConnectionType,
         region: Option<&Region>,
     ) -> Result<ProxyLease, ClientError> {
-        let region = region.cloned().or_else(|| self.inner.config.region.clone());
-        let key = CacheKey { exchange: exchange.clone(), connection_type, region: region.clone() };
-        if let Some(mut lease) = self.inner.cache.get(&key).await {
+        let options = LeaseOptions { region: region.cloned(), ..LeaseOptions::default() };
+        self.get_proxy_with(exchange, connection_type, &options).await
+    }
+
+    /// As [`get_proxy`](Self::get_proxy), with [`LeaseOptions`]: a lease that is none
+    /// of `options.exclude_proxy_ids` (from the resolver, never the local cache, or
+    /// from the embedded settings without them), or the fallback policy's answer
+    /// when none is left (a direct connection, or an error when the policy is `fail`
+    /// or the resolver says `no_proxy_available`). A resolver older than
+    /// `exclude_proxy_ids` may still answer an excluded proxy: that lease is
+    /// returned uncached, and the retries of `connect_websocket` / `send_http` stop at it.
+    ///
+    /// # Errors
+    /// [`ClientError::Resolver`] when the resolver refuses, [`ClientError::Unavailable`]
+    /// when nothing is left and the policy forbids a direct connection.
+    pub async fn get_proxy_with(
+        &self,
+        exchange: &ExchangeId,
+        connection_type: ConnectionType,
+        options: &LeaseOptions,
+    ) -> Result<ProxyLease, ClientError> {
+        let region = options.region.clone().or_else(|| self.inner.config.region.clone());
+        let key = CacheKey {
+            exchange: exchange.clone(),
+            connection_type,
+            region: region.clone(),
+            session_key: options.session_key.clone(),
+        };
+        let near_limit = self.near_limit(exchange);
+        if options.exclude_proxy_ids.is_empty()
+            && let Some(mut lease) = self.inner.cache.get(&key).await
+            && !lease.proxy_id.as_ref().is_some_and(|id| near_limit.contains(id))
+        {
             lease.source = ResponseSource::Cache;
             metrics::counter!("proxybus_client_requests_total", "source" => "cache").increment(1);
             return Ok(lease);
         }
+        // Proxies near the exchange's limit are excluded like refused ones; the
+        // answer is cached all the same (it is an ordinary lease of this feed).
+        let mut excluded = options.exclude_proxy_ids.clone();
+        excluded.extend(near_limit.into_iter().filter(|id| !options.exclude_proxy_ids.contains(id)));
+        let excluded = &excluded;
         let resolver_error = match self.inner.breaker.try_acquire() {
             Err(open) => open.to_string(),
-            Ok(permit) => match self.ask_resolver(exchange, connection_type, region.as_ref()).await {
-                Ok(Ok(lease)) => {
-                    permit.success();
-                    self.inner.cache.insert(key, lease.clone()).await;
-                    metrics::counter!("proxybus_client_requests_total", "source" => "resolver").increment(1);
-                    return Ok(lease);
+            Ok(permit) => {
+                match self.ask_resolver(exchange, connection_type, region.as_ref(), excluded, options).await {
+                    Ok(Ok(lease)) => {
+                        permit.success();
+                        if lease.proxy_id.as_ref().is_some_and(|id| options.exclude_proxy_ids.contains(id)) {
+                            // A resolver older than `exclude_proxy_ids` ignores it. Its answer
+                            // is returned (the caller stops retrying) but not cached.
+                            tracing::warn!(%exchange, proxy_id = ?lease.proxy_id, "the resolver answered an excluded proxy (older than exclude_proxy_ids?)");
+                            return Ok(lease);
+                        }
+                        self.inner.cache.insert(key, lease.clone()).await;
+                        metrics::counter!("proxybus_client_requests_total", "source" => "resolver").increment(1);
+                        return Ok(lease);
+                    }
+                    Ok(Err(reply)) => {
+                        // The resolver is up and said no: not a fault of the bus.
+                        permit.success();
+                        return Err(ClientError::Resolver(reply));
+                    }
+                    Err(reason) => {
+                        permit.failure();
+                        reason
+                    }
                 }
-                Ok(Err(reply)) => {
-                    // The resolver is up and said no: not a fault of the bus.
-                    permit.success();
-                    return Err(ClientError::Resolver(reply));
-                }
-                Err(reason) => {
-                    permit.failure();
-                    reason
-                }
-            },
+            }
         };
         tracing::warn!(exchange = %exchange, connection_type = %connection_type, reason = %resolver_error, "resolver unavailable; using fallback");
-        self.fallback(exchange, connection_type, region, &resolver_error)
+        self.fallback(exchange, connection_type, region, excluded, &resolver_error)
+            .map(|lease| ProxyLease { session_key: options.session_key.clone(), ..lease })
+    }
+
+    /// Failures that `connect_websocket` and `send_http` retried through another
+    /// proxy (so the caller never saw them), by kind, since the client was made.
+    pub fn retried_failures(&self) -> std::collections::BTreeMap<ErrorKind, u64> {
+        self.inner.retried.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn note_retried(&self, kind: Option<ErrorKind>) {
+        if let Some(kind) = kind {
+            *self.inner.retried.lock().unwrap_or_else(|p| p.into_inner()).entry(kind).or_default() += 1;
+        }
+    }
+
+    /// The proxies of `exchange` whose IP a usage header put near the limit, in a
+    /// window that still runs.
+    fn near_limit(&self, exchange: &ExchangeId) -> Vec<ProxyId> {
+        let mut near = self.inner.near_limit.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        near.retain(|_, until| *until > now);
+        near.keys().filter(|(ex, _)| ex == exchange).map(|(_, id)| id.clone()).collect()
     }
 
     /// Ok(Ok) a lease, Ok(Err) the resolver's error reply, Err why the resolver could not be asked.
@@ -181,12 +277,16 @@ impl ProxyClient {
         exchange: &ExchangeId,
         connection_type: ConnectionType,
         region: Option<&Region>,
+        excluded: &[ProxyId],
+        options: &LeaseOptions,
     ) -> Result<Result<ProxyLease, ErrorReply>, String> {
         let inner = &self.inner;
         let mut request = ProxyRequest::new(exchange.clone(), connection_type, inner.config.client_id.clone());
         request.region = region.cloned();
         request.request_id = Some(uuid::Uuid::new_v4().to_string());
         request.proxy_schemes = inner.config.proxy_schemes.clone();
+        request.exclude_proxy_ids = excluded.to_vec();
+        request.session_key = options.session_key.clone();
         let encoding = inner.config.encoding;
         let payload = inner.codec.encode(encoding, &request).map_err(|err| err.to_string())?;
         let subject = subject::request(exchange, connection_type);
@@ -216,6 +316,7 @@ impl ProxyClient {
                 format!("resolver handed out an unusable proxy ({err}): {}", proxybus_shared::redact_url(url))
             })?),
         };
+
         Ok(Ok(ProxyLease {
             proxy_id: proxy.as_ref().map(ProxyUrl::id),
             proxy,
@@ -228,6 +329,7 @@ impl ProxyClient {
             ttl: Duration::from_secs(response.ttl_seconds),
             request_id: Some(response.request_id),
             resolver_region: response.resolver_region,
+            session_key: options.session_key.clone(),
         }))
     }
 
@@ -236,12 +338,15 @@ impl ProxyClient {
         exchange: &ExchangeId,
         connection_type: ConnectionType,
         region: Option<Region>,
+        excluded: &[ProxyId],
         reason: &str,
     ) -> Result<ProxyLease, ClientError> {
         let ttl = Duration::from_secs(30);
         let accepted = &self.inner.config.proxy_schemes;
-        if let Some(choice) =
-            self.inner.embedded.select_accepting(exchange.as_str(), connection_type, accepted, |_| true)
+        if let Some(choice) = self
+            .inner
+            .embedded
+            .select_accepting(exchange.as_str(), connection_type, accepted, |id| !excluded.contains(id))
         {
             metrics::counter!("proxybus_client_requests_total", "source" => "embedded").increment(1);
             return Ok(ProxyLease {
@@ -256,6 +361,7 @@ impl ProxyClient {
                 ttl,
                 request_id: None,
                 resolver_region: None,
+                session_key: None,
             });
         }
         match self.inner.config.fallback_policy {
@@ -278,6 +384,7 @@ impl ProxyClient {
                     ttl,
                     request_id: None,
                     resolver_region: None,
+                    session_key: None,
                 })
             }
         }
@@ -306,12 +413,14 @@ impl ProxyClient {
             exchange: lease.exchange.clone(),
             connection_type: lease.connection_type,
             region: lease.region.clone(),
+            session_key: lease.session_key.clone(),
         };
         self.inner.cache.invalidate(&key).await;
         let requested = CacheKey {
             exchange: lease.exchange.clone(),
             connection_type: lease.connection_type,
             region: self.inner.config.region.clone(),
+            session_key: lease.session_key.clone(),
         };
         self.inner.cache.invalidate(&requested).await;
     }
@@ -320,11 +429,53 @@ impl ProxyClient {
     /// reports `connect_start`, then `connected` with the latency or `failed`
     /// with the classified `error_kind`. A lease the failure is about (the proxy's
     /// fault or the exchange's verdict on its IP, `proxybus_shared::health`) is also
-    /// dropped from the cache; the exchange's own trouble (a 5xx) keeps it.
+    /// dropped from the cache and, up to `ClientConfig::verdict_retries` times, the
+    /// connection is tried again through a different proxy (the failed ones sent as
+    /// `exclude_proxy_ids`); the exchange's own trouble (a 5xx) keeps the lease and
+    /// is not retried.
+    ///
+    /// # Errors
+    /// The last attempt's [`ClientError::Connect`], or the lease's error when no
+    /// further proxy could be had (nothing left and the policy forbids a direct
+    /// connection).
     pub async fn connect_websocket(&self, url: &str, exchange: &ExchangeId) -> Result<ProxiedWebSocket, ClientError> {
         let target_url: url::Url = url.parse().map_err(|err| ClientError::InvalidUrl(format!("{err}")))?;
         let target = Target::from_url(&target_url)?;
-        let lease = self.get_proxy(exchange, ConnectionType::Websocket, None).await?;
+        let mut options = LeaseOptions::default();
+        let mut retries_left = self.inner.config.verdict_retries;
+        let mut last_error = None;
+        loop {
+            let lease = self.get_proxy_with(exchange, ConnectionType::Websocket, &options).await?;
+            if let Some(err) = last_error.take()
+                && lease.proxy_id.as_ref().is_some_and(|id| options.exclude_proxy_ids.contains(id))
+            {
+                return Err(err);
+            }
+            match self.open_websocket(url, &target, lease).await {
+                Ok(ws) => return Ok(ws),
+                Err((err, failed)) => {
+                    let Some(failed) = failed.filter(|_| retries_left > 0) else { return Err(err) };
+                    retries_left -= 1;
+                    tracing::info!(%exchange, proxy_id = %failed, error = %err, "retrying through another proxy");
+                    metrics::counter!("proxybus_client_retries_total", "connection_type" => "websocket").increment(1);
+                    options.exclude_proxy_ids.push(failed);
+                    if let ClientError::Connect(failure) = &err {
+                        self.note_retried(Some(failure.kind));
+                    }
+                    last_error = Some(err);
+                }
+            }
+        }
+    }
+
+    /// One websocket attempt through `lease`. On failure: the error, and the
+    /// lease's proxy when the failure is about it (worth another proxy).
+    async fn open_websocket(
+        &self,
+        url: &str,
+        target: &Target,
+        lease: ProxyLease,
+    ) -> Result<ProxiedWebSocket, (ClientError, Option<ProxyId>)> {
         let client_id = self.client_id().to_owned();
         if let Some(event) = lease.feedback(&client_id, FeedbackPhase::ConnectStart, true) {
             self.report(event);
@@ -332,7 +483,7 @@ impl ProxyClient {
         let started = Instant::now();
         let result = async {
             let tls = self.inner.tls.as_ref().map_err(|err| ConnectError::new(ErrorKind::Tls, err.clone()))?;
-            let stream = tunnel::open(lease.proxy.as_ref(), &target, tls, self.inner.config.connect_timeout).await?;
+            let stream = tunnel::open(lease.proxy.as_ref(), target, tls, self.inner.config.connect_timeout).await?;
             let handshake = tokio_tungstenite::client_async_with_config(url, stream, None);
             match tokio::time::timeout(self.inner.config.connect_timeout, handshake).await {
                 Err(_) => Err(ConnectError::new(ErrorKind::Timeout, "websocket handshake timed out")),
@@ -358,17 +509,16 @@ impl ProxyClient {
                 }
                 // Drop the lease when the failure is about it (docs/health.md): the
                 // exchange's own trouble says nothing against this proxy.
-                let about_the_lease = matches!(
-                    health::attribute_failure(Some(err.kind), err.status_code, None),
-                    Attribution::ProxyFault | Attribution::ExchangeVerdict(_)
-                );
+                let about_the_lease = is_about_the_proxy(err.kind, err.status_code);
                 if about_the_lease {
                     self.invalidate(&lease).await;
                 }
-                Err(ClientError::Connect(ConnectError {
+                let failed = lease.proxy_id.clone().filter(|_| about_the_lease);
+                let err = ClientError::Connect(ConnectError {
                     message: redact_details(&err.message, lease.proxy.as_ref()),
                     ..err
-                }))
+                });
+                Err((err, failed))
             }
         }
     }
@@ -447,15 +597,20 @@ impl ProxyClient {
     /// [`report_response`](Self::report_response), or a `failed` event when no
     /// response came), and a failed lease is dropped from the cache.
     ///
+    /// An idempotent request (`GET`, `HEAD`, `OPTIONS`, `PUT`, `DELETE`; RFC 9110
+    /// §9.2.2) that failed through the proxy's fault or got the exchange's verdict
+    /// on the proxy's IP (403, 418, 429, 451) is sent again through a different
+    /// proxy, up to `ClientConfig::verdict_retries` times; the last answer is
+    /// returned. Other methods are sent once.
+    ///
     /// # Errors
     /// [`ClientError::InvalidUrl`] for a URI that is not absolute http(s),
     /// [`ClientError::Connect`] when the tunnel or the exchange failed.
     pub async fn send_http(
         &self,
         exchange: &ExchangeId,
-        mut request: http::Request<bytes::Bytes>,
+        request: http::Request<bytes::Bytes>,
     ) -> Result<(http::Response<bytes::Bytes>, ProxyLease), ClientError> {
-        use http_body_util::BodyExt;
         let target_url: url::Url =
             request.uri().to_string().parse().map_err(|err| ClientError::InvalidUrl(format!("{err}")))?;
         let target = Target::from_url(&target_url)?;
@@ -467,18 +622,61 @@ impl ProxyClient {
             None => target_url.path().to_owned(),
         };
         let host = request.uri().authority().map(|a| a.as_str().to_owned()).unwrap_or_else(|| target.host.clone());
-        *request.uri_mut() =
+        let (mut parts, body) = request.into_parts();
+        parts.uri =
             origin_form.parse().map_err(|err: http::uri::InvalidUri| ClientError::InvalidUrl(err.to_string()))?;
-        let headers = request.headers_mut();
-        headers.insert(http::header::HOST, host.parse().map_err(|_| ClientError::InvalidUrl("bad host".into()))?);
-        headers.insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+        parts.headers.insert(http::header::HOST, host.parse().map_err(|_| ClientError::InvalidUrl("bad host".into()))?);
+        parts.headers.insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+        let idempotent = parts.method.is_idempotent();
 
-        let lease = self.get_proxy(exchange, ConnectionType::Http, None).await?;
+        let mut options = LeaseOptions::default();
+        let mut retries_left = if idempotent { self.inner.config.verdict_retries } else { 0 };
+        let mut last_outcome = None;
+        loop {
+            let mut request = http::Request::new(body.clone());
+            *request.method_mut() = parts.method.clone();
+            *request.uri_mut() = parts.uri.clone();
+            *request.version_mut() = parts.version;
+            *request.headers_mut() = parts.headers.clone();
+            let lease = self.get_proxy_with(exchange, ConnectionType::Http, &options).await?;
+            if let Some(outcome) = last_outcome.take()
+                && lease.proxy_id.as_ref().is_some_and(|id| options.exclude_proxy_ids.contains(id))
+            {
+                return outcome;
+            }
+            let (outcome, failed) = self.exchange_http(&target, request, lease).await;
+            match failed.filter(|_| retries_left > 0) {
+                None => return outcome,
+                Some(failed) => {
+                    self.note_retried(match &outcome {
+                        Ok((response, _)) => ErrorKind::from_status(response.status().as_u16()),
+                        Err(ClientError::Connect(failure)) => Some(failure.kind),
+                        Err(_) => None,
+                    });
+                    last_outcome = Some(outcome);
+                    retries_left -= 1;
+                    tracing::info!(%exchange, proxy_id = %failed, "retrying the request through another proxy");
+                    metrics::counter!("proxybus_client_retries_total", "connection_type" => "http").increment(1);
+                    options.exclude_proxy_ids.push(failed);
+                }
+            }
+        }
+    }
+
+    /// One HTTP exchange through `lease`, reported; with the lease's proxy when
+    /// the outcome is about it (its fault or the exchange's verdict on its IP).
+    async fn exchange_http(
+        &self,
+        target: &Target,
+        request: http::Request<bytes::Bytes>,
+        lease: ProxyLease,
+    ) -> (Result<(http::Response<bytes::Bytes>, ProxyLease), ClientError>, Option<ProxyId>) {
+        use http_body_util::BodyExt;
         let started = Instant::now();
         let timeout = self.inner.config.connect_timeout;
         let exchanged = async {
             let tls = self.inner.tls.as_ref().map_err(|err| ConnectError::new(ErrorKind::Tls, err.clone()))?;
-            let stream = tunnel::open(lease.proxy.as_ref(), &target, tls, timeout).await?;
+            let stream = tunnel::open(lease.proxy.as_ref(), target, tls, timeout).await?;
             let io = hyper_util::rt::TokioIo::new(stream);
             let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
                 .await
@@ -498,8 +696,14 @@ impl ProxyClient {
         };
         match tokio::time::timeout(timeout * 3, exchanged).await {
             Ok(Ok(response)) => {
-                self.report_response(&lease, response.status().as_u16(), response.headers(), started.elapsed());
-                Ok((response, lease))
+                let status = response.status().as_u16();
+                self.report_response(&lease, status, response.headers(), started.elapsed());
+                let verdict = status >= 400 && is_about_the_proxy(ErrorKind::Other, Some(status));
+                if verdict {
+                    self.invalidate(&lease).await;
+                }
+                let failed = lease.proxy_id.clone().filter(|_| verdict);
+                (Ok((response, lease)), failed)
             }
             outcome => {
                 let err = match outcome {
@@ -510,16 +714,22 @@ impl ProxyClient {
                     self.report(event);
                 }
                 self.invalidate(&lease).await;
-                Err(ClientError::Connect(ConnectError {
+                let failed = lease.proxy_id.clone().filter(|_| is_about_the_proxy(err.kind, err.status_code));
+                let err = ClientError::Connect(ConnectError {
                     message: redact_details(&err.message, lease.proxy.as_ref()),
                     ..err
-                }))
+                });
+                (Err(err), failed)
             }
         }
     }
 
     /// Reports the outcome of an HTTP response received through `lease`:
-    /// success below 400, else the status's `error_kind` and `Retry-After`.
+    /// success below 400, else the status's `error_kind` and `Retry-After`; the
+    /// exchange's usage headers (`X-MBX-USED-WEIGHT-1M` …) go along in
+    /// `usage_headers`. A used weight past the headroom of the exchange's limit
+    /// (`ClientConfig::budgets`) makes this feed's next leases avoid the proxy for
+    /// the rest of the window.
     pub fn report_response(
         &self,
         lease: &ProxyLease,
@@ -531,6 +741,23 @@ impl ProxyClient {
         let Some(mut event) = lease.feedback(self.client_id(), FeedbackPhase::Request, success) else { return };
         event.status_code = Some(status);
         event.latency_ms = Some(latency.as_millis() as u64);
+        event.usage_headers = proxybus_shared::budget::usage_headers(
+            headers.iter().filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?))),
+        );
+        if let Some(limits) = self.inner.config.budgets.limits(&lease.exchange)
+            && let Some(used) = limits.reported_weight(&event.usage_headers)
+            && limits.weight_near_limit(used)
+            && let Some(id) = &lease.proxy_id
+        {
+            // Move before the exchange answers 429: until the window ends, this
+            // proxy is excluded from this feed's next leases (the pool learns it
+            // from the feedback, for every other feed).
+            let window = Duration::from_secs(limits.request_window_seconds);
+            tracing::info!(exchange = %lease.exchange, proxy_id = %id, used, limit = limits.request_weight_limit, "proxy near the exchange's weight limit; moving to another");
+            metrics::counter!("proxybus_client_budget_moves_total").increment(1);
+            let mut near = self.inner.near_limit.lock().unwrap_or_else(|p| p.into_inner());
+            near.insert((lease.exchange.clone(), id.clone()), Instant::now() + window);
+        }
         if !success {
             event.error_kind = ErrorKind::from_status(status);
             event.retry_after_seconds =
@@ -552,6 +779,16 @@ impl ProxyClient {
             self.report(event);
         }
     }
+}
+
+/// Whether a failure is about the proxy used (its fault, or the exchange's
+/// verdict on its IP), by the one rule of `proxybus_shared::health`: then the
+/// lease is dropped and another proxy is worth a try.
+fn is_about_the_proxy(kind: ErrorKind, status_code: Option<u16>) -> bool {
+    matches!(
+        health::attribute_failure(Some(kind), status_code, None),
+        Attribution::ProxyFault | Attribution::ExchangeVerdict(_)
+    )
 }
 
 /// reqwest's proxy for `proxy`: the URL without credentials, which are given

@@ -48,6 +48,18 @@ pub struct ClientConfig {
     /// public web roots (a private CA such as the exchange lab's; default none;
     /// `PROXYBUS_TLS_CA_FILE`).
     pub extra_roots: Vec<CertificateDer<'static>>,
+    /// How many times `connect_websocket` and `send_http` try again through a
+    /// *different* proxy (`ProxyRequest.exclude_proxy_ids`) after the proxy failed
+    /// or the exchange refused its IP (403, 418, 429, 451, a refused handshake;
+    /// `proxybus_shared::health::attribute_failure`); default 2, 0 turns retries off.
+    /// The exchange's own trouble (5xx) is not retried: another IP would not help.
+    pub verdict_retries: u32,
+    /// The exchanges' per-IP limits (`proxybus_shared::budget`; default: Binance's
+    /// published ones). When a REST answer's usage header (Binance's
+    /// `X-MBX-USED-WEIGHT-1M`) says the proxy's IP is past the limit's headroom, the
+    /// feed moves to another proxy at once, for the rest of the window, before the
+    /// pool's shared budget has caught up. Keep them equal to the pool's `budgets`.
+    pub budgets: proxybus_shared::budget::BudgetSettings,
 }
 
 impl ClientConfig {
@@ -72,6 +84,8 @@ impl ClientConfig {
             proxy_ca: Vec::new(),
             proxy_schemes: Vec::new(),
             extra_roots: Vec::new(),
+            verdict_retries: 2,
+            budgets: proxybus_shared::budget::BudgetSettings::default(),
         }
     }
 

@@ -34,6 +34,8 @@ pub struct ProxyLease {
     /// fallback answer or a resolver without a region. Another region than the feed's own
     /// means the request was failed over (docs/scaling.md).
     pub resolver_region: Option<Region>,
+    /// The `session_key` session it was leased for, if any.
+    pub session_key: Option<String>,
 }
 
 impl ProxyLease {
@@ -62,6 +64,8 @@ impl ProxyLease {
             retry_after_seconds: None,
             error_details: None,
             ws_close_code: None,
+            usage_headers: Default::default(),
+            connect_count: None,
             timestamp: chrono::Utc::now(),
             client_id: client_id.to_owned(),
             probe: false,

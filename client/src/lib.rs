@@ -42,7 +42,7 @@ mod lease;
 mod reporter;
 pub mod tunnel;
 
-pub use client::{ClientError, ProxiedWebSocket, ProxyClient};
+pub use client::{ClientError, LeaseOptions, ProxiedWebSocket, ProxyClient};
 pub use config::{ClientConfig, TLS_CA_FILE_ENV, read_pem_certificates, read_pem_certificates_from};
 pub use lease::ProxyLease;
 pub use reporter::FeedbackStats;

@@ -34,6 +34,7 @@ fn lease() -> ProxyLease {
         ttl: Duration::from_secs(60),
         request_id: None,
         resolver_region: None,
+        session_key: None,
     }
 }
 
@@ -690,7 +691,8 @@ async fn only_a_failure_about_the_proxy_drops_its_lease() {
     let nats = server.connect().await.unwrap();
     let proxy = TestProxy::http_connect(None).await.unwrap();
     let seen = spawn_resolver(nats.clone(), Ok(Some(proxy.url()))).await;
-    let client = ProxyClient::with_nats(config(&server), nats);
+    // One attempt each: a retry through another proxy would ask the resolver too.
+    let client = ProxyClient::with_nats(ClientConfig { verdict_retries: 0, ..config(&server) }, nats);
     let maintenance = WsEchoServer::refusing(503, None).await.unwrap();
     client.connect_websocket(&maintenance.url(), &binance()).await.unwrap_err();
     let lease = client.get_proxy(&binance(), ConnectionType::Websocket, None).await.unwrap();

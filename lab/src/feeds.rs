@@ -456,7 +456,14 @@ impl Feed {
             if let Ok(lease) = client.get_proxy(&self.exchange_id(), ConnectionType::Websocket, None).await {
                 self.board.with(self.index, |f| f.proxy = shown(None, Some(&lease)));
             }
+            let retried_before = client.retried_failures();
             let result = client.connect_websocket(url, &self.exchange_id()).await;
+            // Refusals the client retried through another proxy were seen too.
+            for (kind, count) in client.retried_failures() {
+                for _ in retried_before.get(&kind).copied().unwrap_or(0)..count {
+                    self.board.failure(self.index, kind.as_str());
+                }
+            }
             return match result {
                 Ok(ws) => {
                     self.board.with(self.index, |f| f.proxy = shown(None, Some(&ws.lease)));

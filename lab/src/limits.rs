@@ -70,6 +70,20 @@ impl ExchangeRules {
         }
     }
 
+    /// The rate-budget limits that keep a proxy under these rules
+    /// (`proxybus_shared::budget`): the same weight and connect limits and windows,
+    /// weight read from `X-MBX-USED-WEIGHT-1M`, the default headroom.
+    pub fn budget_limits(&self) -> proxybus_shared::budget::BudgetLimits {
+        proxybus_shared::budget::BudgetLimits {
+            request_weight_limit: self.request_weight_limit,
+            request_window_seconds: self.request_window_seconds,
+            weight_header: proxybus_shared::budget::BINANCE_WEIGHT_HEADER.into(),
+            ws_connect_limit: self.ws_connect_limit,
+            ws_connect_window_seconds: self.ws_connect_window_seconds,
+            ..proxybus_shared::budget::BudgetLimits::default()
+        }
+    }
+
     /// Coinbase Exchange's rules scaled down ([`COINBASE_REST_DOC`], [`COINBASE_WS_DOC`]):
     /// public REST 10 requests per second per IP → 5 (each request weighs 1), no
     /// bans; websocket 8 connects per second per IP → 4; 100 client messages per

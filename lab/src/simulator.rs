@@ -45,7 +45,7 @@ use crate::ca::ServerIdentity;
 use crate::limits::{ExchangeRules, Limiter, MessageRate, Verdict};
 
 /// Binance's header with the IP's request weight used in the current minute.
-pub const USED_WEIGHT_HEADER: &str = "x-mbx-used-weight-1m";
+pub const USED_WEIGHT_HEADER: &str = proxybus_shared::budget::BINANCE_WEIGHT_HEADER;
 
 /// An exchange the simulator plays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -121,6 +121,21 @@ pub struct SimulatorSettings {
     pub binance: ExchangeRules,
     /// Coinbase's rules.
     pub coinbase: ExchangeRules,
+}
+
+impl SimulatorSettings {
+    /// The rate-budget settings that match this simulator (for the pool's and
+    /// the client's `budgets`): Binance's scaled-down limits with the header the
+    /// simulator reports weight in ([`ExchangeRules::budget_limits`]). Coinbase is
+    /// not budgeted: it reports no usage, and its one-second windows pass faster
+    /// than a report travels.
+    pub fn budget_settings(&self) -> proxybus_shared::budget::BudgetSettings {
+        let binance: proxybus_shared::ExchangeId = "binance".parse().expect("a valid exchange id");
+        proxybus_shared::budget::BudgetSettings {
+            enabled: true,
+            exchanges: [(binance, self.binance.budget_limits())].into_iter().collect(),
+        }
+    }
 }
 
 impl Default for SimulatorSettings {

@@ -21,6 +21,8 @@
 //!   which of two records is newer. Every part applies these rules; readers load
 //!   and follow `PROXY_HEALTH` with `kv::follow_health` (a KV watch).
 //! - [`breaker`]: the circuit breaker every upstream call goes through.
+//! - [`budget`]: rate budgets per (proxy, exchange) in KV bucket `PROXY_BUDGETS`:
+//!   limits and their sources, what a usage report does, whether a proxy has room.
 //! - [`embedded`]: choosing a proxy from the embedded `ProxySettings` (fallback).
 //! - [`http`]: the HTTP client for proxy services (auth headers, TLS, pooling).
 //! - [`kv`]: opening key-value buckets, loading and following `PROXY_HEALTH` and
@@ -33,6 +35,7 @@
 //! - [`telemetry`]: tracing set-up, plain or JSON.
 
 pub mod breaker;
+pub mod budget;
 pub mod codec;
 pub mod config;
 pub mod embedded;

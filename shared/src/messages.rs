@@ -126,6 +126,25 @@ pub struct ProxyRequest {
     #[serde(default, deserialize_with = "null_as_empty", skip_serializing_if = "Vec::is_empty")]
     #[schemars(with = "Option<Vec<crate::ProxyScheme>>")]
     pub proxy_schemes: Vec<crate::ProxyScheme>,
+    /// Proxies the caller must not be given, e.g. the one an exchange just refused
+    /// (a retry through another proxy); absent, null or empty excludes none. The
+    /// resolver answers such a request without its cache (and does not cache the
+    /// answer), and the pool and embedded selection never return a listed proxy;
+    /// with none left, the request falls back as when no proxy is available
+    /// (`fallback_policy`, or the pool's `when_all_ejected`). At most
+    /// [`ProxyRequest::MAX_EXCLUDED`] ids. An extension of contract v1: old
+    /// resolvers ignore it.
+    #[serde(default, deserialize_with = "null_as_empty", skip_serializing_if = "Vec::is_empty")]
+    #[schemars(with = "Option<Vec<ProxyId>>")]
+    pub exclude_proxy_ids: Vec<ProxyId>,
+    /// One logical session (a feed's stream set, a user's connection) that keeps
+    /// its proxy while it stays healthy, whichever client asks and across its
+    /// reconnects, until the pool's rotation plan (`rotate_after_uses`,
+    /// `rotate_after_seconds` per exchange, with jitter) moves it; 1 to
+    /// [`ProxyRequest::MAX_SESSION_KEY`] printable characters. Absent: the pool's
+    /// per-client stickiness. An extension of contract v1: old services ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_key: Option<String>,
 }
 
 /// A list that may be sent as null.
@@ -135,6 +154,14 @@ where
     T: Deserialize<'de>,
 {
     Ok(Option::<Vec<T>>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+/// A map that may be sent as null.
+fn null_as_empty_map<'de, D>(deserializer: D) -> Result<BTreeMap<String, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    Ok(Option::<BTreeMap<String, String>>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 impl ProxyRequest {
@@ -149,7 +176,30 @@ impl ProxyRequest {
             request_id: None,
             metadata: Metadata::new(),
             proxy_schemes: Vec::new(),
+            exclude_proxy_ids: Vec::new(),
+            session_key: None,
         }
+    }
+
+    /// Longest `session_key`, in bytes.
+    pub const MAX_SESSION_KEY: usize = 128;
+
+    /// Why the request's `session_key` is unusable, if it is: empty, longer than
+    /// [`ProxyRequest::MAX_SESSION_KEY`] bytes, or with control characters.
+    pub fn session_key_problem(&self) -> Option<String> {
+        let key = self.session_key.as_deref()?;
+        (key.is_empty() || key.len() > Self::MAX_SESSION_KEY || key.chars().any(char::is_control))
+            .then(|| format!("session_key must be 1 to {} printable characters", Self::MAX_SESSION_KEY))
+    }
+
+    /// Most `exclude_proxy_ids` a request may carry (a bad request above it):
+    /// enough to retry through every proxy of a large region, small enough that a
+    /// request stays a few kilobytes.
+    pub const MAX_EXCLUDED: usize = 256;
+
+    /// Whether `id` is one of the request's `exclude_proxy_ids`.
+    pub fn excludes(&self, id: &ProxyId) -> bool {
+        self.exclude_proxy_ids.contains(id)
     }
 }
 
@@ -402,6 +452,20 @@ pub struct ProxyFeedback {
     /// close is about depends on it (`proxybus_shared::health::attribute_close`).
     #[serde(default)]
     pub ws_close_code: Option<u16>,
+    /// The exchange's usage headers seen on the response this event reports, name
+    /// (lowercase) → value, e.g. `x-mbx-used-weight-1m: "1180"` (Binance's request
+    /// weight used by this IP in the current minute). Extension of the contract:
+    /// folded into the proxy's rate budget (`proxybus_shared::budget`, KV bucket
+    /// `PROXY_BUDGETS`); absent or empty when none were seen.
+    #[serde(default, deserialize_with = "null_as_empty_map", skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(with = "Option<BTreeMap<String, String>>")]
+    pub usage_headers: BTreeMap<String, String>,
+    /// Websocket connects this event stands for (extension of the contract);
+    /// absent: one for a websocket `connect_start`, none otherwise
+    /// (`proxybus_shared::budget::connects_of`). Counted against the exchange's
+    /// per-IP connect limit in the proxy's rate budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_count: Option<u32>,
     /// When it happened at the feed.
     pub timestamp: DateTime<Utc>,
     /// Who reports.

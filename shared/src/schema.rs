@@ -41,6 +41,7 @@ pub fn message_schemas() -> Vec<MessageSchema> {
         generate::<HealthStats>("HealthStats", "health_stats.schema.json"),
         generate::<ProxyInventory>("ProxyInventory", "proxy_inventory.schema.json"),
         generate::<OperatorEvent>("OperatorEvent", "operator_event.schema.json"),
+        generate::<crate::budget::RateBudget>("RateBudget", "rate_budget.schema.json"),
     ]
 }
 

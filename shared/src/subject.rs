@@ -76,6 +76,12 @@ pub const HEALTH_BUCKET: &str = "PROXY_HEALTH";
 /// Name of the key-value bucket where pool services publish their inventories
 /// (key `{inventory_id}`, value `ProxyInventory`: proxy ids and regions only).
 pub const INVENTORY_BUCKET: &str = "PROXY_INVENTORY";
+/// Name of the key-value bucket of rate budgets (key `{proxy_id}.{exchange_id}`,
+/// value `RateBudget`; `proxybus_shared::budget`), updated with compare-and-set.
+pub const BUDGET_BUCKET: &str = "PROXY_BUDGETS";
+/// Name of the durable consumer (on `PROXY_FEEDBACK`) through which pool services
+/// share the folding of usage reports into `PROXY_BUDGETS`.
+pub const BUDGET_CONSUMER: &str = "proxybus-pool-budgets";
 /// Micro-service name (and queue group) of the resolver.
 pub const RESOLVER_SERVICE: &str = "proxybus-resolver";
 /// Micro-service name of the aggregator.

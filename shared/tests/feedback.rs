@@ -29,6 +29,8 @@ fn feedback() -> ProxyFeedback {
         retry_after_seconds: None,
         error_details: None,
         ws_close_code: None,
+        usage_headers: Default::default(),
+        connect_count: None,
         timestamp: Utc::now(),
         client_id: "feed-1".into(),
         probe: false,

@@ -68,6 +68,8 @@ fn examples() -> BTreeMap<&'static str, Value> {
         retry_after_seconds: Some(60),
         error_details: Some("Too Many Requests".into()),
         ws_close_code: None,
+        usage_headers: Default::default(),
+        connect_count: None,
         timestamp: at,
         client_id: "cryptofeed-host-4242".into(),
         probe: false,
@@ -148,9 +150,28 @@ fn examples() -> BTreeMap<&'static str, Value> {
         seq: 4710,
     });
     health.last_operator_action = health.operator_controls.first().cloned();
+    // A feed's REST answer with Binance's usage header (issue 14: rate budgets).
+    let mut usage = feedback.clone();
+    usage.event_id = "4c1e2b3a-5d6f-4a7b-8c9d-0e1f2a3b4c5d".parse().unwrap();
+    usage.connection_type = ConnectionType::Http;
+    usage.phase = FeedbackPhase::Request;
+    usage.success = true;
+    usage.error_kind = None;
+    usage.status_code = Some(200);
+    usage.retry_after_seconds = None;
+    usage.error_details = None;
+    usage.usage_headers = [("x-mbx-used-weight-1m".to_owned(), "1180".to_owned())].into_iter().collect();
+    let mut budget = proxybus_shared::budget::RateBudget::new(proxy_id(url), usage.exchange_id.clone());
+    proxybus_shared::budget::BudgetLimits::binance().fold(&mut budget, &usage);
+    budget.connects_used = 12;
+    budget.connect_limit = 300;
+    budget.connect_window_seconds = 300;
+    budget.connect_window_start = Some(at);
     BTreeMap::from([
         ("operator_event", serde_json::to_value(&operator).unwrap()),
         ("proxy_feedback_probe", serde_json::to_value(&probe).unwrap()),
+        ("proxy_feedback_usage", serde_json::to_value(&usage).unwrap()),
+        ("rate_budget", serde_json::to_value(&budget).unwrap()),
         ("proxy_inventory", serde_json::to_value(&inventory).unwrap()),
         ("proxy_request", serde_json::to_value(&request).unwrap()),
         ("proxy_response", serde_json::to_value(&response).unwrap()),
@@ -165,7 +186,7 @@ fn examples() -> BTreeMap<&'static str, Value> {
 /// (`proxy_feedback_ws_close` is a `proxy_feedback`).
 fn message_of(stem: &str) -> &str {
     match stem {
-        "proxy_feedback_ws_close" | "proxy_feedback_probe" => "proxy_feedback",
+        "proxy_feedback_ws_close" | "proxy_feedback_probe" | "proxy_feedback_usage" => "proxy_feedback",
         other => other,
     }
 }
@@ -184,6 +205,7 @@ fn encode_msgpack(stem: &str, example: &Value) -> Vec<u8> {
         "health_stats" => enc::<HealthStats>(example),
         "proxy_inventory" => enc::<ProxyInventory>(example),
         "operator_event" => enc::<OperatorEvent>(example),
+        "rate_budget" => enc::<proxybus_shared::budget::RateBudget>(example),
         other => panic!("no type for {other}"),
     }
 }
@@ -382,6 +404,9 @@ fn python_msgpack_decodes_what_rust_encodes_and_back() {
             "operator_event" => {
                 serde_json::to_value(Codec::default().decode::<OperatorEvent>(None, &from_python).unwrap())
             }
+            "rate_budget" => serde_json::to_value(
+                Codec::default().decode::<proxybus_shared::budget::RateBudget>(None, &from_python).unwrap(),
+            ),
             other => panic!("no type for {other}"),
         }
         .unwrap();
@@ -409,6 +434,7 @@ fn asyncapi_describes_every_subject_stream_and_bucket() {
         subject::FEEDBACK_STREAM,
         subject::HEALTH_BUCKET,
         subject::INVENTORY_BUCKET,
+        subject::BUDGET_BUCKET,
         subject::AGGREGATOR_CONSUMER,
         subject::RESOLVER_SERVICE,
     ] {

@@ -194,6 +194,25 @@ async fn each_role_may_do_its_part_and_a_feed_nothing_more() {
     let pool = proxybus_pool::PoolServer::bind(pool_settings).await.unwrap();
     tokio::spawn(pool.serve(stop.clone().cancelled_owned()));
     tokio::time::sleep(Duration::from_millis(500)).await;
+    // The pool, under its user, folds a feed's usage report into PROXY_BUDGETS.
+    let budget_key = proxybus_shared::budget::budget_key(&proxy.id(), &binance());
+    tokio::time::timeout(WAIT, async {
+        loop {
+            // Reported again (a new event) until the pool's consumer, made at its start, has one.
+            let mut usage = event.clone();
+            usage.event_id = uuid::Uuid::new_v4();
+            usage.usage_headers = [("x-mbx-used-weight-1m".to_owned(), "4900".to_owned())].into_iter().collect();
+            proxybus_shared::feedback::publish_feedback(&feed_js, &usage).await.unwrap();
+            if let Ok(store) = operator_js.get_key_value(proxybus_shared::subject::BUDGET_BUCKET).await
+                && let Ok(Some(_)) = store.get(budget_key.as_str()).await
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("the pool, under its user, keeps rate budgets");
     // So far only allowed work was done: the server denied nothing to any service.
     let log = std::fs::read_to_string(server.log_path()).unwrap();
     let denied: Vec<&str> = log.lines().filter(|l| l.contains("Violation")).collect();

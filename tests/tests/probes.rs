@@ -48,6 +48,8 @@ fn timeout(proxy: &ProxyId, url: &str) -> ProxyFeedback {
         retry_after_seconds: None,
         error_details: None,
         ws_close_code: None,
+        usage_headers: Default::default(),
+        connect_count: None,
         timestamp: chrono::Utc::now(),
         client_id: "feed-probes".into(),
         probe: false,

@@ -424,6 +424,8 @@ mod tests {
             retry_after_seconds: None,
             error_details: Some(format!("via {URL}")),
             ws_close_code: None,
+            usage_headers: Default::default(),
+            connect_count: None,
             probe: false,
             timestamp: t0,
             client_id: "t".into(),

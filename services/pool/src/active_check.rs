@@ -269,6 +269,8 @@ pub fn probe_feedback(
         retry_after_seconds,
         error_details,
         ws_close_code: None,
+        usage_headers: Default::default(),
+        connect_count: None,
         timestamp: chrono::Utc::now(),
         client_id: client_id.to_owned(),
         probe: true,

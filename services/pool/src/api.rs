@@ -196,6 +196,16 @@ async fn request_proxy(
     let mut request: ProxyRequest = parse_json(body).map_err(|e| e.with_request_id(header_id.clone()))?;
     let request_id = request.request_id.clone().or(header_id).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     tracing::Span::current().record("request_id", request_id.as_str());
+    if let Some(problem) = request.session_key_problem() {
+        return Err(ApiError::bad_request(problem).with_request_id(Some(request_id)));
+    }
+    if request.exclude_proxy_ids.len() > ProxyRequest::MAX_EXCLUDED {
+        return Err(ApiError::bad_request(format!(
+            "exclude_proxy_ids lists more than {} proxies",
+            ProxyRequest::MAX_EXCLUDED
+        ))
+        .with_request_id(Some(request_id)));
+    }
     request.request_id = Some(request_id.clone());
     match state.selector.respond(&request) {
         Ok(response) => {

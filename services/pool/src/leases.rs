@@ -9,6 +9,11 @@
 //! A sticky binding outlives the lease: a websocket feed that disconnects and
 //! reconnects within the TTL gets the same proxy (the same exit IP) while that
 //! proxy stays healthy.
+//!
+//! A [`SessionKey`] (`ProxyRequest.session_key`) names a logical session that
+//! any client may continue: its [`SessionBinding`] keeps the proxy while it stays
+//! healthy, counts its uses, and says when the session is due to move
+//! (the pool's rotation plan, `docs/health.md`).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -164,6 +169,89 @@ impl StickyTable {
     }
 
     /// Whether there is no binding.
+    pub fn is_empty(&self) -> bool {
+        self.bindings.is_empty()
+    }
+}
+
+/// A logical session of `ProxyRequest.session_key`, per exchange and connection type.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SessionKey {
+    /// The caller's session key.
+    pub key: String,
+    /// The exchange.
+    pub exchange: ExchangeId,
+    /// The connection type.
+    pub connection_type: ConnectionType,
+}
+
+impl SessionKey {
+    /// The session a request names, if it names one.
+    pub fn of(request: &ProxyRequest) -> Option<Self> {
+        Some(Self {
+            key: request.session_key.clone()?,
+            exchange: request.exchange_id.clone(),
+            connection_type: request.connection_type,
+        })
+    }
+}
+
+/// Where a session is and when it moves.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionBinding {
+    /// The session's proxy.
+    pub proxy: ProxyId,
+    /// Answers given with it since it was bound.
+    pub uses: u32,
+    /// When it is due to move (`None`: not by time).
+    pub rotate_at: Option<Instant>,
+    /// The last answer given with it.
+    pub last_used: Instant,
+}
+
+/// Sessions of `session_key` and their proxies; a session unused for `idle` is forgotten.
+#[derive(Debug, Default)]
+pub struct SessionTable {
+    bindings: HashMap<SessionKey, SessionBinding>,
+    sweep_at: usize,
+}
+
+impl SessionTable {
+    /// The binding of `session`, unless it was unused for `idle` by `now`.
+    pub fn get(&self, session: &SessionKey, now: Instant, idle: std::time::Duration) -> Option<&SessionBinding> {
+        self.bindings.get(session).filter(|b| b.last_used + idle > now)
+    }
+
+    /// Counts one more answer with the session's proxy.
+    pub fn used(&mut self, session: &SessionKey, now: Instant) -> Option<&SessionBinding> {
+        let binding = self.bindings.get_mut(session)?;
+        binding.uses += 1;
+        binding.last_used = now;
+        Some(binding)
+    }
+
+    /// Binds `session` to `proxy` (its first use), due to move at `rotate_at`.
+    pub fn bind(
+        &mut self,
+        session: SessionKey,
+        proxy: ProxyId,
+        rotate_at: Option<Instant>,
+        now: Instant,
+        idle: std::time::Duration,
+    ) {
+        self.bindings.insert(session, SessionBinding { proxy, uses: 1, rotate_at, last_used: now });
+        if self.bindings.len() > self.sweep_at {
+            self.bindings.retain(|_, b| b.last_used + idle > now);
+            self.sweep_at = (self.bindings.len() * 2).max(1024);
+        }
+    }
+
+    /// Number of sessions (idle ones included until swept).
+    pub fn len(&self) -> usize {
+        self.bindings.len()
+    }
+
+    /// Whether there is no session.
     pub fn is_empty(&self) -> bool {
         self.bindings.is_empty()
     }

@@ -17,9 +17,13 @@
 //!   `least_connections`, `p2c_ewma`) and the peak-EWMA latency estimate.
 //! - [`selector`]: [`Selector`], the choice (sticky → region → fallback regions →
 //!   panic), feedback and health folding, the inventory view.
-//! - [`leases`]: leases per session (TTL, release on `disconnected`) and sticky bindings.
+//! - [`leases`]: leases per session (TTL, release on `disconnected`), sticky
+//!   bindings and `session_key` sessions.
+//! - [`sessions`]: rotation plans of `session_key` sessions (per exchange, with jitter).
 //! - [`health`]: local outlier detection and per-exchange bars by the shared
 //!   rules (`proxybus_shared::health`); `PROXY_HEALTH` and `proxy.v1.health.>` followed.
+//! - [`budgets`]: rate budgets per (proxy, exchange): usage reports folded into
+//!   `PROXY_BUDGETS` with compare-and-set, and the bucket followed for selection.
 //! - [`publish`]: the inventory (ids and regions only) into KV bucket `PROXY_INVENTORY`.
 //! - [`active_check`]: TCP connect and HTTP CONNECT checks.
 //! - [`api`]: routes, JSON errors, timeouts, body limit; [`auth`]: tokens and allowlist.
@@ -42,6 +46,7 @@
 pub mod active_check;
 pub mod api;
 pub mod auth;
+pub mod budgets;
 pub mod health;
 pub mod inventory;
 pub mod leases;
@@ -49,6 +54,7 @@ pub mod metrics;
 pub mod publish;
 pub mod reload;
 pub mod selector;
+pub mod sessions;
 pub mod settings;
 pub mod strategy;
 pub mod tls;
@@ -62,7 +68,7 @@ pub use api::{ApiError, AppState, router};
 pub use auth::Auth;
 pub use inventory::{Inventory, InventoryError, Pool, Proxy, WhenAllEjected};
 pub use reload::InventoryReloader;
-pub use selector::{ProxyView, SelectError, Selection, Selector, SelectorOptions};
+pub use selector::{ProxyView, SelectError, Selection, Selector, SelectorOptions, SessionInfo};
 pub use settings::Settings;
 pub use strategy::Strategy;
 use tokio_util::sync::CancellationToken;
@@ -198,6 +204,18 @@ impl PoolServer {
                             tracing::error!(error = %err, "health listener stopped");
                         }
                     });
+                    if settings.budgets.enabled {
+                        tasks.spawn(budgets::keep_budgets(
+                            client.clone(),
+                            settings.budgets.clone(),
+                            cancel.clone().cancelled_owned(),
+                        ));
+                        tasks.spawn(budgets::follow_budgets(
+                            client.clone(),
+                            selector.clone(),
+                            cancel.clone().cancelled_owned(),
+                        ));
+                    }
                     tasks.spawn(publish::run(
                         client.clone(),
                         selector.clone(),

@@ -53,6 +53,8 @@ pub const ACTIVE_CHECKS: &str = "proxybus_pool_active_checks_total";
 pub const PROXIES: &str = "proxybus_pool_proxies";
 /// Active leases per proxy (at scrape time).
 pub const ACTIVE_LEASES: &str = "proxybus_pool_active_leases";
+/// Counter: `session_key` sessions moved to another proxy because their rotation was due, by `exchange`.
+pub const SESSION_ROTATIONS: &str = "proxybus_pool_session_rotations_total";
 
 /// Where health statistics came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,12 +3,17 @@
 //!
 //! A request is answered in this order:
 //! 0. only proxies that serve the exchange and the connection type, with a
-//!    scheme the request's `proxy_schemes` accepts (all when it names none), count;
-//! 1. **sticky**: the session's proxy from an earlier answer, if it is still in
+//!    scheme the request's `proxy_schemes` accepts (all when it names none), and
+//!    not listed in its `exclude_proxy_ids` (a retry through another proxy), count;
+//! 1. **session** (a request with `session_key`): the session's proxy while it may
+//!    still be chosen and its rotation is not due (`crate::sessions`); a due
+//!    rotation prefers any other proxy;
+//!    **sticky** (the others): the client's proxy from an earlier answer, if it is still in
 //!    the inventory, serves the exchange, is healthy and has room;
 //! 2. the requested region's pool (the default region's when the request names
 //!    none, or one the inventory lacks), by the pool's strategy over its healthy
-//!    proxies that serve the exchange and have room;
+//!    proxies that serve the exchange, have room (`max_leases`) and are not near
+//!    the exchange's per-IP limits (their rate budget, `proxybus_shared::budget`);
 //! 3. **region fallback**: each of that pool's `fallback_regions`, nearest first
 //!    (the answer's `region` says where it came from);
 //! 4. nothing healthy anywhere: the requested pool's `when_all_ejected` —
@@ -23,6 +28,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use proxybus_shared::budget::{RateBudget, budget_key};
 use proxybus_shared::{
     ExchangeId, FallbackPolicy, FeedbackPhase, HealthState, HealthStats, Metadata, ProxyFeedback, ProxyId,
     ProxyRequest, ProxyResponse, Region, ResponseSource,
@@ -34,7 +40,7 @@ use tokio::time::Instant;
 
 use crate::health::{HealthOptions, LocalHealth};
 use crate::inventory::{Inventory, Pool, Proxy, WhenAllEjected};
-use crate::leases::{LeaseTable, Session, StickyTable};
+use crate::leases::{LeaseTable, Session, SessionKey, SessionTable, StickyTable};
 use crate::metrics as m;
 use crate::strategy::{Candidate, PeakEwma, pick};
 
@@ -49,6 +55,10 @@ pub struct SelectorOptions {
     pub ewma_decay: Duration,
     /// Seed of the random choices (`None`: from the OS); tests fix it.
     pub seed: Option<u64>,
+    /// Rate budgets: which exchanges are budgeted and each one's headroom.
+    pub budgets: proxybus_shared::budget::BudgetSettings,
+    /// Sessions of `session_key`: how long they are kept, and their rotation plans.
+    pub sessions: crate::sessions::SessionSettings,
 }
 
 impl Default for SelectorOptions {
@@ -58,6 +68,8 @@ impl Default for SelectorOptions {
             default_latency_ms: 100.0,
             ewma_decay: Duration::from_secs(60),
             seed: None,
+            budgets: proxybus_shared::budget::BudgetSettings::default(),
+            sessions: crate::sessions::SessionSettings::default(),
         }
     }
 }
@@ -79,6 +91,19 @@ pub struct Selection {
     pub requested_region: Region,
     /// Whether the answer comes from a fallback region.
     pub region_fallback: bool,
+    /// The `session_key` session the answer continues or starts, if the request named one.
+    pub session: Option<SessionInfo>,
+}
+
+/// A `session_key` session as an answer reports it (in `metadata`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionInfo {
+    /// Answers given to the session with this proxy, this one included.
+    pub uses: u32,
+    /// Whether the session just moved because its rotation was due.
+    pub rotated: bool,
+    /// Seconds until the session is due to move (`None`: not by time).
+    pub rotate_in_seconds: Option<u64>,
 }
 
 impl Selection {
@@ -89,6 +114,13 @@ impl Selection {
         metadata.insert("region_fallback".into(), self.region_fallback.into());
         if let Some(proxy) = &self.proxy {
             metadata.insert("tags".into(), proxy.tags().into());
+        }
+        if let Some(session) = &self.session {
+            metadata.insert("session_uses".into(), session.uses.into());
+            metadata.insert("session_rotated".into(), session.rotated.into());
+            if let Some(seconds) = session.rotate_in_seconds {
+                metadata.insert("session_rotate_in_seconds".into(), seconds.into());
+            }
         }
         ProxyResponse {
             schema_version: proxybus_shared::SCHEMA_VERSION,
@@ -175,9 +207,30 @@ struct State {
     latency: HashMap<ProxyId, PeakEwma>,
     leases: LeaseTable,
     sticky: StickyTable,
+    /// Rate budgets from `PROXY_BUDGETS`, by key `{proxy_id}.{exchange_id}`.
+    budgets: HashMap<String, RateBudget>,
+    /// Sessions of `session_key`.
+    sessions: SessionTable,
 }
 
 impl State {
+    /// Whether `proxy`'s budget at `exchange` leaves room (`headroom`: the
+    /// exchange's, `None` when it is not budgeted).
+    fn has_budget_room(
+        &self,
+        proxy: &Proxy,
+        exchange: &ExchangeId,
+        headroom: Option<f64>,
+        wall: DateTime<Utc>,
+    ) -> bool {
+        let Some(headroom) = headroom else { return true };
+        self.budgets.get(&budget_key(proxy.id(), exchange)).is_none_or(|budget| budget.has_room(wall, headroom))
+    }
+
+    fn budget_load(&self, proxy: &Proxy, exchange: &ExchangeId, wall: DateTime<Utc>) -> f64 {
+        self.budgets.get(&budget_key(proxy.id(), exchange)).map_or(0.0, |budget| budget.load(wall))
+    }
+
     fn usable(&self, proxy: &Proxy, exchange: &ExchangeId, now: Instant, wall: DateTime<Utc>) -> bool {
         self.pushed.get(proxy.id()).is_none_or(|stats| stats.usable_for(exchange, wall))
             && self.local.get(proxy.id()).is_none_or(|local| local.usable_for(exchange, now))
@@ -216,7 +269,13 @@ impl State {
     }
 
     /// How bad a proxy is for panic mode; lower is better.
-    fn badness(&self, proxy: &Proxy, exchange: &ExchangeId, now: Instant, wall: DateTime<Utc>) -> (u8, f64, f64, u32) {
+    fn badness(
+        &self,
+        proxy: &Proxy,
+        exchange: &ExchangeId,
+        now: Instant,
+        wall: DateTime<Utc>,
+    ) -> (u8, f64, f64, f64, u32) {
         let pushed = self.pushed.get(proxy.id());
         let local = self.local.get(proxy.id());
         let barred = pushed.is_some_and(|s| proxybus_shared::health::is_barred(s, exchange, wall))
@@ -229,7 +288,8 @@ impl State {
         let check_down = local.is_some_and(|l| l.check_down);
         let ejected_left = pushed_left.max(local_left) + if check_down { 1e9 } else { 0.0 };
         let failure_rate = 1.0 - pushed.map_or(1.0, |s| s.success_rate);
-        (u8::from(barred), ejected_left, failure_rate, self.leases.active(proxy.id()))
+        let load = self.budget_load(proxy, exchange, wall);
+        (u8::from(barred), ejected_left, load, failure_rate, self.leases.active(proxy.id()))
     }
 }
 
@@ -281,6 +341,8 @@ impl Selector {
                 latency: HashMap::new(),
                 leases: LeaseTable::default(),
                 sticky: StickyTable::default(),
+                budgets: HashMap::new(),
+                sessions: SessionTable::default(),
             }),
             options,
         }
@@ -323,7 +385,62 @@ impl Selector {
     }
 
     /// Chooses a proxy for `request` (see the module documentation for the order).
+    ///
+    /// A request with a `session_key` continues that session: its proxy while it
+    /// may still be chosen (healthy, serving, room) and the session is not due to
+    /// move (`rotate_after_uses` answers, or its `rotate_after_seconds` less its
+    /// jitter); else a new proxy — another than the session's old one when any
+    /// other may be chosen — that the session keeps from now on. The answer's
+    /// `ttl_seconds` ends no later than the planned move, and its `metadata` says
+    /// `session_uses`, `session_rotated` and `session_rotate_in_seconds`.
     pub fn select(&self, request: &ProxyRequest) -> Result<Selection, SelectError> {
+        let Some(key) = SessionKey::of(request) else { return self.choose(request, None, None) };
+        let now = Instant::now();
+        let sessions = &self.options.sessions;
+        let plan = sessions.rotation(&request.exchange_id);
+        let binding = self.state().sessions.get(&key, now, sessions.idle()).cloned();
+        let due = binding.as_ref().is_some_and(|b| {
+            (plan.rotate_after_uses > 0 && b.uses >= plan.rotate_after_uses) || b.rotate_at.is_some_and(|at| now >= at)
+        });
+        let keep = binding.as_ref().filter(|_| !due).map(|b| &b.proxy);
+        let avoid = binding.as_ref().filter(|_| due).map(|b| &b.proxy);
+        let mut selection = self.choose(request, keep, avoid)?;
+        if avoid.is_some() && matches!(selection.strategy, "panic" | "direct") {
+            // No other proxy may be chosen: the session stays where it is for another round.
+            selection = self.choose(request, None, None)?;
+        }
+        let Some(proxy) = selection.proxy.as_ref().map(|p| p.id().clone()) else { return Ok(selection) };
+        let mut state = self.state();
+        let (uses, rotate_at, rotated) = if selection.strategy == "session" {
+            let held = state.sessions.used(&key, now).expect("the session's binding was just read");
+            (held.uses, held.rotate_at, false)
+        } else if selection.strategy == "panic" {
+            (1, None, false)
+        } else {
+            let unit: f64 = rand::Rng::random(&mut state.rng);
+            let rotate_at = plan.lifetime(unit).map(|lifetime| now + lifetime);
+            state.sessions.bind(key, proxy, rotate_at, now, sessions.idle());
+            if due {
+                metrics::counter!(m::SESSION_ROTATIONS, "exchange" => request.exchange_id.to_string()).increment(1);
+            }
+            (1, rotate_at, due)
+        };
+        let rotate_in_seconds = rotate_at.map(|at| at.saturating_duration_since(now).as_secs().max(1));
+        if let Some(seconds) = rotate_in_seconds {
+            selection.ttl_seconds = selection.ttl_seconds.min(seconds);
+        }
+        selection.session = Some(SessionInfo { uses, rotated, rotate_in_seconds });
+        Ok(selection)
+    }
+
+    /// The choice itself: `keep` is a session's proxy, answered (`session`) when it
+    /// may still be chosen; `avoid` a session's proxy it should move away from.
+    fn choose(
+        &self,
+        request: &ProxyRequest,
+        keep: Option<&ProxyId>,
+        avoid: Option<&ProxyId>,
+    ) -> Result<Selection, SelectError> {
         let inventory = self.inventory();
         let now = Instant::now();
         let wall = Utc::now();
@@ -336,15 +453,37 @@ impl Selector {
         let mut state = self.state();
         state.leases.expire(now);
 
-        // A proxy whose scheme the caller cannot use (`proxy_schemes`) is as one that does not serve it.
+        // A proxy whose scheme the caller cannot use (`proxy_schemes`), or one the
+        // caller excludes (`exclude_proxy_ids`, a retry), is as one that does not serve it:
+        // never chosen, not even in panic mode.
         let serves = |p: &Arc<Proxy>| {
-            p.serves(exchange, connection_type) && p.url().scheme().accepted_by(&request.proxy_schemes)
+            p.serves(exchange, connection_type)
+                && p.url().scheme().accepted_by(&request.proxy_schemes)
+                && !request.excludes(p.id())
         };
+        // A proxy near the exchange's per-IP limit (its rate budget) is skipped while
+        // others have room; when none has, panic mode answers the least loaded.
+        let headroom = self.options.budgets.limits(exchange).map(|limits| limits.headroom);
         let chosen = |state: &State, p: &Arc<Proxy>| {
-            serves(p) && state.usable(p, exchange, now, wall) && state.has_room(p, &session)
+            serves(p)
+                && state.usable(p, exchange, now, wall)
+                && state.has_room(p, &session)
+                && state.has_budget_room(p, exchange, headroom, wall)
         };
 
+        if let Some(id) = keep
+            && let Some(proxy) = inventory.proxy(id)
+            && chain.iter().any(|pool| pool.region() == proxy.region())
+            && chosen(&state, proxy)
+        {
+            let proxy = proxy.clone();
+            let pool = inventory.pool(proxy.region()).expect("a proxy's region has a pool");
+            return Ok(self.grant(&mut state, session, home, pool, proxy, "session", requested_region, now));
+        }
+
+        // A `session_key` session is sticky by itself; per-client stickiness is for the others.
         if home.sticky()
+            && request.session_key.is_none()
             && let Some(id) = state.sticky.get(&session, now)
             && let Some(proxy) = inventory.proxy(id)
             && chain.iter().any(|pool| pool.region() == proxy.region())
@@ -370,7 +509,11 @@ impl Selector {
         }
 
         for pool in &chain {
-            let healthy: Vec<&Arc<Proxy>> = pool.proxies().iter().filter(|p| chosen(&state, p)).collect();
+            let healthy: Vec<&Arc<Proxy>> = pool
+                .proxies()
+                .iter()
+                .filter(|p| chosen(&state, p) && avoid.is_none_or(|avoided| p.id() != avoided))
+                .collect();
             if healthy.is_empty() {
                 continue;
             }
@@ -422,6 +565,7 @@ impl Selector {
                     region: None,
                     requested_region,
                     region_fallback: false,
+                    session: None,
                 })
             }
             WhenAllEjected::Panic => {
@@ -459,7 +603,7 @@ impl Selector {
         now: Instant,
     ) -> Selection {
         let ttl = Duration::from_secs(pool.ttl_seconds());
-        if home.sticky() && strategy != "panic" {
+        if home.sticky() && strategy != "panic" && strategy != "session" {
             state.sticky.bind(session.clone(), proxy.id().clone(), now + ttl, now);
         }
         state.leases.grant(session, proxy.id().clone(), now + ttl);
@@ -472,6 +616,7 @@ impl Selector {
             ttl_seconds: pool.ttl_seconds(),
             fallback_policy: pool.fallback_policy(),
             requested_region,
+            session: None,
         }
     }
 
@@ -530,6 +675,25 @@ impl Selector {
             state.pushed.insert(stats.proxy_id.clone(), stats);
         }
         newer
+    }
+
+    /// Applies a rate budget from `PROXY_BUDGETS` (an older one than held is ignored).
+    pub fn apply_budget(&self, budget: RateBudget) {
+        let mut state = self.state();
+        let key = budget.key();
+        if state.budgets.get(&key).is_none_or(|held| held.updated_at <= budget.updated_at) {
+            state.budgets.insert(key, budget);
+        }
+    }
+
+    /// Forgets the budget under `key` (`{proxy_id}.{exchange_id}`, deleted or expired).
+    pub fn forget_budget(&self, key: &str) {
+        self.state().budgets.remove(key);
+    }
+
+    /// The budget held for `proxy` at `exchange`.
+    pub fn budget(&self, proxy: &ProxyId, exchange: &ExchangeId) -> Option<RateBudget> {
+        self.state().budgets.get(&budget_key(proxy, exchange)).cloned()
     }
 
     /// Folds the result of one active check of `proxy`.

@@ -27,6 +27,18 @@
 //! | `active_checks.timeout_seconds` | `…__TIMEOUT_SECONDS` | `3` | per check |
 //! | `active_checks.connect_target` | `…__CONNECT_TARGET` | — | `host:port` to ask http proxies to CONNECT to; none: TCP only |
 //! | `active_checks.unhealthy_threshold` / `healthy_threshold` | … | `2` / `1` | checks in a row that take a proxy out / bring it back |
+//! | `sessions.idle_seconds` | `…_SESSIONS__IDLE_SECONDS` | `3600` | a `session_key` session unused this long is forgotten |
+//! | `sessions.exchanges.{id}.rotate_after_uses` | `…_SESSIONS__EXCHANGES__BINANCE__ROTATE_AFTER_USES` | `0` | answers after which a session moves to another proxy (0: never) |
+//! | `sessions.exchanges.{id}.rotate_after_seconds` | `…__ROTATE_AFTER_SECONDS` | binance `82800` (23 h) | seconds after which a session moves (0: never), before Binance's 24 h websocket cut |
+//! | `sessions.exchanges.{id}.jitter` | `…__JITTER` | `0.1` | a session moves up to this fraction of `rotate_after_seconds` earlier, drawn per session, 0–0.5 |
+//! | `sessions.default.*` | `…_SESSIONS__DEFAULT__…` | no rotation | the plan of exchanges without their own |
+//! | `budgets.enabled` | `…_BUDGETS__ENABLED` | `true` | keep rate budgets per (proxy, exchange) in `PROXY_BUDGETS` and skip proxies near a limit |
+//! | `budgets.exchanges.{id}.request_weight_limit` | `…_BUDGETS__EXCHANGES__BINANCE__REQUEST_WEIGHT_LIMIT` | binance `6000` | request weight per IP and window (0: not budgeted) |
+//! | `budgets.exchanges.{id}.request_window_seconds` | … | binance `60` | the weight window |
+//! | `budgets.exchanges.{id}.weight_header` | … | binance `x-mbx-used-weight-1m` | response header with the IP's used weight |
+//! | `budgets.exchanges.{id}.ws_connect_limit` | … | binance `300` | websocket connects per IP and window (0: not budgeted) |
+//! | `budgets.exchanges.{id}.ws_connect_window_seconds` | … | binance `300` | the connect window |
+//! | `budgets.exchanges.{id}.headroom` | … | `0.8` | fraction of a limit past which a proxy is skipped while others have room |
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -68,6 +80,10 @@ pub struct Settings {
     pub health: HealthSettings,
     /// Active checks.
     pub active_checks: ActiveCheckSettings,
+    /// Rate budgets per (proxy, exchange): the exchanges' per-IP limits.
+    pub budgets: proxybus_shared::budget::BudgetSettings,
+    /// Sessions of `session_key` and their rotation plans.
+    pub sessions: crate::sessions::SessionSettings,
     /// NATS for `proxy.v1.health.>`; from `NATS_*`, not from the file (`None`: no subscription).
     #[serde(skip)]
     pub nats: Option<NatsSettings>,
@@ -85,6 +101,8 @@ impl Default for Settings {
             tls: None,
             health: HealthSettings::default(),
             active_checks: ActiveCheckSettings::default(),
+            budgets: proxybus_shared::budget::BudgetSettings::default(),
+            sessions: crate::sessions::SessionSettings::default(),
             nats: None,
         }
     }
@@ -120,6 +138,8 @@ impl Settings {
             default_latency_ms: h.default_latency_ms,
             ewma_decay: Duration::from_secs(h.ewma_decay_seconds),
             seed: None,
+            budgets: self.budgets.clone(),
+            sessions: self.sessions.clone(),
         }
     }
 
@@ -145,6 +165,14 @@ impl Validate for Settings {
         }
         self.health.validate(&key(prefix, "health"), issues);
         self.active_checks.validate(&key(prefix, "active_checks"), issues);
+        for (name, problem) in self.sessions.problems() {
+            issues.push(key(prefix, &format!("sessions.{name}")), problem);
+        }
+        for (exchange, limits) in &self.budgets.exchanges {
+            for (field, problem) in limits.problems() {
+                issues.push(key(prefix, &format!("budgets.exchanges.{exchange}.{field}")), problem);
+            }
+        }
     }
 }
 

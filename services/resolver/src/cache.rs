@@ -61,6 +61,16 @@ impl CacheKey {
         Self(format!("{}:{}", self.0, schemes.join("+")).into())
     }
 
+    /// The key of an answer for one logical session (`ProxyRequest.session_key`):
+    /// the key, then `:session=` and the session key; unchanged without one. A
+    /// feed's sessions each keep their own answer, as the pool keeps their proxies.
+    pub fn for_session(self, session_key: Option<&str>) -> Self {
+        match session_key {
+            None => self,
+            Some(session) => Self(format!("{}:session={session}", self.0).into()),
+        }
+    }
+
     /// The key as text.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -309,6 +319,8 @@ mod tests {
         let http_only = plain.clone().accepting(&[ProxyScheme::Https, ProxyScheme::Http, ProxyScheme::Http]);
         assert_eq!(http_only.as_str(), "f:binance:http:-:http+https", "sorted and once each");
         assert_eq!(plain.clone().accepting(&[]), plain, "no filter, the key of every scheme");
+        assert_eq!(plain.clone().for_session(Some("s-1")).as_str(), "f:binance:http:-:session=s-1");
+        assert_eq!(plain.clone().for_session(None), plain);
         let a = CacheKey::new("feed-a", &binance, ConnectionType::Http, None);
         let b = CacheKey::new("feed-b", &binance, ConnectionType::Http, None);
         assert_ne!(a, b);

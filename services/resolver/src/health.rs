@@ -5,6 +5,9 @@
 //! proxy that is ejected, or barred for the exchange asked for, from its cache or
 //! its embedded settings. The rules are `proxybus_shared::health`'s: which of two
 //! records is newer (`is_newer`) and whether a proxy is usable now (`usable_for`).
+//! It also follows KV bucket `PROXY_BUDGETS`: a proxy near an exchange's per-IP
+//! limit (`proxybus_shared::budget::RateBudget::has_room`) is not served for that
+//! exchange from the cache or the embedded settings either.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -12,8 +15,9 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures::StreamExt;
+use proxybus_shared::budget::{BudgetSettings, RateBudget, budget_key};
 use proxybus_shared::kv::KeyChange;
-use proxybus_shared::subject::HEALTH_BUCKET;
+use proxybus_shared::subject::{BUDGET_BUCKET, HEALTH_BUCKET};
 use proxybus_shared::{Codec, ExchangeId, HealthState, HealthStats, ProxyId, Region, health};
 use tokio_util::sync::CancellationToken;
 
@@ -23,13 +27,44 @@ pub const HEALTH_SUBJECTS: &str = proxybus_shared::subject::HEALTH_WILDCARD;
 /// Longest wait at start for the stored health before answering anyway.
 const LOAD_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The latest health of every proxy heard of.
+/// The latest health of every proxy heard of, and its rate budgets
+/// (`PROXY_BUDGETS`, `proxybus_shared::budget`).
 #[derive(Debug, Default)]
 pub struct HealthBook {
     stats: RwLock<HashMap<ProxyId, HealthStats>>,
+    budgets: RwLock<HashMap<String, RateBudget>>,
+    budget_settings: BudgetSettings,
 }
 
 impl HealthBook {
+    /// A book that also holds proxies near an exchange's limit (`settings`: which
+    /// exchanges are budgeted, and each one's headroom) as unusable for it.
+    pub fn with_budgets(settings: BudgetSettings) -> Self {
+        Self { budget_settings: settings, ..Self::default() }
+    }
+
+    /// Records a rate budget unless the one held is newer.
+    pub fn record_budget(&self, budget: RateBudget) {
+        let mut budgets = self.budgets.write().unwrap_or_else(|p| p.into_inner());
+        let key = budget.key();
+        if budgets.get(&key).is_none_or(|held| held.updated_at <= budget.updated_at) {
+            budgets.insert(key, budget);
+        }
+    }
+
+    /// Forgets the budget under `key` (`{proxy_id}.{exchange_id}`).
+    pub fn forget_budget(&self, key: &str) {
+        self.budgets.write().unwrap_or_else(|p| p.into_inner()).remove(key);
+    }
+
+    /// Whether `proxy`'s budget at `exchange` leaves room now (an unbudgeted
+    /// exchange or an unknown budget does).
+    pub fn has_budget_room(&self, proxy: &ProxyId, exchange: &ExchangeId) -> bool {
+        let Some(limits) = self.budget_settings.limits(exchange) else { return true };
+        let budgets = self.budgets.read().unwrap_or_else(|p| p.into_inner());
+        budgets.get(&budget_key(proxy, exchange)).is_none_or(|budget| budget.has_room(Utc::now(), limits.headroom))
+    }
+
     /// Records an update unless what is known is newer (`health::is_newer`).
     pub fn record(&self, stats: HealthStats) {
         let mut book = self.stats.write().unwrap_or_else(|p| p.into_inner());
@@ -43,10 +78,14 @@ impl HealthBook {
         self.stats.write().unwrap_or_else(|p| p.into_inner()).remove(proxy);
     }
 
-    /// Whether `proxy` may be handed out for `exchange` now (unknown proxies may).
+    /// Whether `proxy` may be handed out for `exchange` now (unknown proxies may):
+    /// not ejected, not barred for the exchange, not near its rate budget there.
     pub fn usable(&self, proxy: &ProxyId, exchange: &ExchangeId) -> bool {
-        let book = self.stats.read().unwrap_or_else(|p| p.into_inner());
-        book.get(proxy).is_none_or(|stats| health::usable_for(stats, exchange, Utc::now()))
+        let healthy = {
+            let book = self.stats.read().unwrap_or_else(|p| p.into_inner());
+            book.get(proxy).is_none_or(|stats| health::usable_for(stats, exchange, Utc::now()))
+        };
+        healthy && self.has_budget_room(proxy, exchange)
     }
 
     /// The health state and latency EWMA (ms) of `proxy`, when known.
@@ -129,6 +168,25 @@ pub async fn follow(
                         let _ = tx.send(());
                     }
                 }
+            })
+            .await;
+        });
+    }
+    {
+        // Rate budgets: followed as they come (no wait at start: a missing budget leaves room).
+        let book = book.clone();
+        let shutdown = shutdown.clone();
+        let js = async_nats::jetstream::new(client.clone());
+        tokio::spawn(async move {
+            let wait = proxybus_shared::kv::wait_for_bucket(&js, BUDGET_BUCKET, || {});
+            let bucket = tokio::select! {
+                () = shutdown.cancelled() => return,
+                bucket = wait => bucket,
+            };
+            proxybus_shared::kv::follow::<RateBudget, _>(&bucket, shutdown.cancelled_owned(), |change| match change {
+                KeyChange::Put { value, .. } => book.record_budget(value),
+                KeyChange::Deleted { key } => book.forget_budget(&key),
+                KeyChange::Current => {}
             })
             .await;
         });

@@ -107,7 +107,7 @@ pub async fn run_with_client(
             }
         });
     }
-    let health = Arc::new(health::HealthBook::default());
+    let health = Arc::new(health::HealthBook::with_budgets(settings.budgets.clone()));
     let proxy = Arc::new(proxy);
 
     let upstream = if proxy.enabled && proxy.external_service.enabled {

@@ -113,9 +113,10 @@ impl Resolver {
     }
 
     /// The answer to a validated request when it needs no upstream call: proxying
-    /// off, a fresh and usable cache entry, or an exchange the upstream services do
-    /// not handle (embedded settings). `None` when [`resolve`](Self::resolve) has
-    /// to ask upstream. Never waits: the service calls it in place, without a task.
+    /// off, a fresh and usable cache entry (never for a request with
+    /// `exclude_proxy_ids`), or an exchange the upstream services do not handle
+    /// (embedded settings). `None` when [`resolve`](Self::resolve) has to ask
+    /// upstream or refuse. Never waits: the service calls it in place, without a task.
     /// Every answer names this resolver's region in `resolver_region`.
     pub fn resolve_now(&self, request: &ProxyRequest) -> Option<ProxyResponse> {
         self.decide_now(request).map(|answer| self.signed(answer))
@@ -156,8 +157,12 @@ impl Resolver {
             return Some(self.direct(request_id(), region.filter(|r| !r.is_any()).cloned()));
         }
         let key = CacheKey::new(&request.client_id, exchange, request.connection_type, region)
-            .accepting(&request.proxy_schemes);
-        if let Some(entry) = self.cache.get(&key) {
+            .accepting(&request.proxy_schemes)
+            .for_session(request.session_key.as_deref());
+        // A retry through another proxy (`exclude_proxy_ids`) is answered afresh:
+        // the cached answer is likely the very proxy it excludes.
+        let cached = if request.exclude_proxy_ids.is_empty() { self.cache.get(&key) } else { None };
+        if let Some(entry) = cached {
             if !self.keepable(&entry.response, exchange) {
                 tracing::info!(request_id = request.request_id.as_deref().unwrap_or_default(), cache_key = %key, "cached proxy is ejected or banned; resolving again");
                 self.cache.invalidate(&key);
@@ -170,12 +175,16 @@ impl Resolver {
                 ));
             }
         }
-        let delegated =
-            scattered || (self.upstream.is_some() && self.proxy.external_service.delegates(exchange.as_str()));
+        let delegated = scattered || self.delegates(exchange);
         if !delegated {
-            return Some(self.embedded_first(key, request, request_id(), region.cloned()));
+            return self.embedded_first(key, request, request_id(), region.cloned());
         }
         None
+    }
+
+    /// Whether upstream proxy services choose for `exchange`.
+    fn delegates(&self, exchange: &ExchangeId) -> bool {
+        self.upstream.is_some() && self.proxy.external_service.delegates(exchange.as_str())
     }
 
     async fn decide(&self, request: &ProxyRequest) -> Result<ProxyResponse, ResolveError> {
@@ -184,10 +193,16 @@ impl Resolver {
         }
         let exchange = &request.exchange_id;
         let region = self.region_of(request).cloned();
-        let key = CacheKey::new(&request.client_id, exchange, request.connection_type, region.as_ref())
-            .accepting(&request.proxy_schemes);
-        let request_id = request.request_id.clone().unwrap_or_default();
         let scattered = region.as_ref().is_some_and(Region::is_any);
+        if !scattered && !self.delegates(exchange) {
+            // Only a retry whose exclusions left no embedded proxy gets here.
+            self.metrics.fallback("fail");
+            return Err(ResolveError::NoProxyAvailable);
+        }
+        let key = CacheKey::new(&request.client_id, exchange, request.connection_type, region.as_ref())
+            .accepting(&request.proxy_schemes)
+            .for_session(request.session_key.as_deref());
+        let request_id = request.request_id.clone().unwrap_or_default();
         // `any` names no region an answer could be in.
         let region = region.filter(|region| !region.is_any());
 
@@ -211,6 +226,7 @@ impl Resolver {
         if let Some(entry) = self.cache.get(&key)
             && entry.servable_stale(Instant::now(), self.settings.max_staleness())
             && self.keepable(&entry.response, exchange)
+            && !entry.response.proxy_id.as_ref().is_some_and(|id| request.excludes(id))
         {
             self.metrics.fallback("stale_cache");
             tracing::warn!(%request_id, %exchange, error = %upstream_error, "upstream unavailable; serving a stale cache entry");
@@ -221,7 +237,7 @@ impl Resolver {
                 exchange.as_str(),
                 request.connection_type,
                 &request.proxy_schemes,
-                |id| self.health.usable(id, exchange),
+                |id| !request.excludes(id) && self.health.usable(id, exchange),
             )
         {
             self.metrics.fallback("embedded");
@@ -274,9 +290,21 @@ impl Resolver {
         };
         let mut upstream_request = request.clone();
         upstream_request.region = region;
+        let default_ttl = self.proxy.external_service.cache_ttl_seconds;
+        if !request.exclude_proxy_ids.is_empty() {
+            // Neither shared with nor cached for the feed's ordinary requests: the
+            // answer holds for this retry only, and the cached one (if still
+            // usable) keeps serving the others.
+            let mut result = upstream.request(&upstream_request).await;
+            if let Ok(response) = &mut result
+                && response.ttl_seconds == 0
+            {
+                response.ttl_seconds = default_ttl;
+            }
+            return result;
+        }
         let cache = self.cache.clone();
         let owned_key = key.clone();
-        let default_ttl = self.proxy.external_service.cache_ttl_seconds;
         let (result, _leader) = self
             .flights
             .run(key, move || async move {
@@ -336,19 +364,28 @@ impl Resolver {
         request: &ProxyRequest,
         request_id: String,
         region: Option<Region>,
-    ) -> ProxyResponse {
+    ) -> Option<ProxyResponse> {
         match self.embedded.select_accepting(
             request.exchange_id.as_str(),
             request.connection_type,
             &request.proxy_schemes,
-            |id| self.health.usable(id, &request.exchange_id),
+            |id| !request.excludes(id) && self.health.usable(id, &request.exchange_id),
         ) {
             Some(choice) => {
                 let answer = self.embedded_answer(choice, request_id);
-                self.cache.insert(key, answer.clone(), Duration::from_secs(answer.ttl_seconds));
-                answer
+                if request.exclude_proxy_ids.is_empty() {
+                    self.cache.insert(key, answer.clone(), Duration::from_secs(answer.ttl_seconds));
+                }
+                Some(answer)
             }
-            None => self.direct(request_id, region.filter(|r| !r.is_any())),
+            // Nothing configured: a direct connection, as the seed's embedded mode did;
+            // but a retry whose exclusions left nothing gets what the policy says.
+            None if request.exclude_proxy_ids.is_empty()
+                || self.settings.fallback_policy == FallbackPolicy::DirectConnection =>
+            {
+                Some(self.direct(request_id, region.filter(|r| !r.is_any())))
+            }
+            None => None,
         }
     }
 

@@ -137,6 +137,15 @@ pub fn validate(
     if request.client_id.is_empty() || request.client_id.len() > MAX_CLIENT_ID {
         return Err(Refusal::bad(format!("client_id must be 1 to {MAX_CLIENT_ID} characters"), request_id));
     }
+    if let Some(problem) = request.session_key_problem() {
+        return Err(Refusal::bad(problem, request_id));
+    }
+    if request.exclude_proxy_ids.len() > ProxyRequest::MAX_EXCLUDED {
+        return Err(Refusal::bad(
+            format!("exclude_proxy_ids lists more than {} proxies", ProxyRequest::MAX_EXCLUDED),
+            request_id,
+        ));
+    }
     match &request.request_id {
         Some(id) if id.is_empty() || id.len() > MAX_REQUEST_ID || id.chars().any(char::is_control) => {
             return Err(Refusal::bad(format!("request_id must be 1 to {MAX_REQUEST_ID} printable characters"), None));

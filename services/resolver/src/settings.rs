@@ -66,6 +66,10 @@ pub struct ResolverSettings {
     pub shutdown_grace_seconds: u64,
     /// Requests handled at once; beyond it the subscription is not read.
     pub max_in_flight: usize,
+    /// Rate budgets (`PROXY_BUDGETS`): which exchanges are budgeted and each one's
+    /// headroom; a cached or embedded proxy near a limit is not served for that
+    /// exchange. Keep equal to the pools' `budgets`.
+    pub budgets: proxybus_shared::budget::BudgetSettings,
 }
 
 impl Default for ResolverSettings {
@@ -90,6 +94,7 @@ impl Default for ResolverSettings {
             health_probe_interval_seconds: 10,
             shutdown_grace_seconds: 10,
             max_in_flight: 4096,
+            budgets: proxybus_shared::budget::BudgetSettings::default(),
         }
     }
 }
@@ -156,6 +161,11 @@ impl Validate for ResolverSettings {
         for (i, region) in self.regions.iter().enumerate() {
             if region.is_any() {
                 issues.push(key(prefix, &format!("regions[{i}]")), "\"any\" is not a region");
+            }
+        }
+        for (exchange, limits) in &self.budgets.exchanges {
+            for (field, problem) in limits.problems() {
+                issues.push(key(prefix, &format!("budgets.exchanges.{exchange}.{field}")), problem);
             }
         }
         if !matches!(self.srv_scheme.as_str(), "http" | "https") {

@@ -15,7 +15,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use proxybus_shared::breaker::{BreakerConfig, BreakerState, CircuitBreaker};
-use proxybus_shared::{ProxyRequest, ProxyResponse, ProxyScheme, ProxyUrl, redact_text, redact_url};
+use proxybus_shared::{ProxyId, ProxyRequest, ProxyResponse, ProxyScheme, ProxyUrl, redact_text, redact_url};
 use tokio::time::Instant;
 
 use crate::metrics::ResolverMetrics;
@@ -266,7 +266,7 @@ impl Upstream {
                 return Err(format!("HTTP {}", status.as_u16()));
             }
             let body = response.bytes().await.map_err(|err| describe(&err))?;
-            validate(&body, &request.proxy_schemes)
+            validate(&body, &request.proxy_schemes, &request.exclude_proxy_ids)
         }
         .await;
         let elapsed = started.elapsed();
@@ -320,8 +320,10 @@ fn describe(err: &reqwest::Error) -> String {
     text
 }
 
-/// Parses and checks an upstream answer.
-pub fn validate(body: &[u8], accepted: &[ProxyScheme]) -> Result<ProxyResponse, String> {
+/// Parses and checks an upstream answer: a proxy of a scheme the request does
+/// not `accept`, or one it `excluded` (`ProxyRequest.exclude_proxy_ids`), counts
+/// as no answer (an upstream older than those fields ignores them).
+pub fn validate(body: &[u8], accepted: &[ProxyScheme], excluded: &[ProxyId]) -> Result<ProxyResponse, String> {
     let mut response: ProxyResponse = serde_json::from_slice(body)
         .map_err(|err| format!("invalid ProxyResponse JSON: {}", redact_text(&err.to_string())))?;
     if let Some(url) = &response.proxy_url {
@@ -331,7 +333,11 @@ pub fn validate(body: &[u8], accepted: &[ProxyScheme]) -> Result<ProxyResponse, 
             // caller could not use this proxy, so it counts as no answer.
             return Err(format!("proxy_url {} has a scheme the request does not accept", parsed.redacted()));
         }
-        response.proxy_id = Some(parsed.id());
+        let id = parsed.id();
+        if excluded.contains(&id) {
+            return Err(format!("proxy_url {} is one the request excludes", parsed.redacted()));
+        }
+        response.proxy_id = Some(id);
     } else {
         response.proxy_id = None;
     }
@@ -345,29 +351,32 @@ mod tests {
     #[test]
     fn answers_with_bad_schemes_or_no_host_are_refused_without_leaking_credentials() {
         let ok = br#"{"proxy_url":"socks5://u:pw@h:1080","strategy":"p2c_ewma","ttl_seconds":60}"#;
-        let answer = validate(ok, &[]).unwrap();
+        let answer = validate(ok, &[], &[]).unwrap();
         assert_eq!(answer.proxy_id, Some(proxybus_shared::proxy_id("socks5://u:pw@h:1080")));
         let ftp = br#"{"proxy_url":"ftp://u:hunter2@h:21","strategy":"x","ttl_seconds":60}"#;
-        let err = validate(ftp, &[]).unwrap_err();
+        let err = validate(ftp, &[], &[]).unwrap_err();
         assert!(err.contains("ftp") && !err.contains("hunter2"), "{err}");
         let no_host = br#"{"proxy_url":"http://:8080","strategy":"x","ttl_seconds":60}"#;
-        assert!(validate(no_host, &[]).unwrap_err().contains("no host"));
-        assert!(validate(br#"{"proxy_url":42}"#, &[]).is_err());
-        let direct = validate(br#"{"proxy_url":null,"strategy":"direct","ttl_seconds":5}"#, &[]).unwrap();
+        assert!(validate(no_host, &[], &[]).unwrap_err().contains("no host"));
+        assert!(validate(br#"{"proxy_url":42}"#, &[], &[]).is_err());
+        let direct = validate(br#"{"proxy_url":null,"strategy":"direct","ttl_seconds":5}"#, &[], &[]).unwrap();
         assert_eq!(direct.proxy_url, None);
         // The quoted inventory entry of issue #12, answered by a careless upstream.
         let slash = br#"{"proxy_url":"http://alice:12/34xyz@203.0.113.10:3128","strategy":"x","ttl_seconds":60}"#;
-        let err = validate(slash, &[]).unwrap_err();
+        let err = validate(slash, &[], &[]).unwrap_err();
         assert!(err.contains("http://alice:***@203.0.113.10:3128") && !err.contains("34xyz"), "{err}");
     }
 
     #[test]
     fn answers_with_a_scheme_the_request_does_not_accept_are_no_answer() {
         let socks = br#"{"proxy_url":"socks5h://u:pw@h:1080","strategy":"x","ttl_seconds":60}"#;
-        let err = validate(socks, &[ProxyScheme::Http, ProxyScheme::Https]).unwrap_err();
+        let err = validate(socks, &[ProxyScheme::Http, ProxyScheme::Https], &[]).unwrap_err();
         assert!(err.contains("socks5h://u:***@h:1080") && !err.contains("pw"), "{err}");
-        assert!(validate(socks, &[ProxyScheme::Socks5h]).is_ok());
-        assert!(validate(socks, &[]).is_ok(), "no filter accepts every scheme");
+        assert!(validate(socks, &[ProxyScheme::Socks5h], &[]).is_ok());
+        assert!(validate(socks, &[], &[]).is_ok(), "no filter accepts every scheme");
+        let excluded = [proxybus_shared::proxy_id("socks5h://u:pw@h:1080")];
+        let err = validate(socks, &[], &excluded).unwrap_err();
+        assert!(err.contains("excludes") && !err.contains("pw@"), "{err}");
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub(crate) fn event(region: &str, proxy: &str) -> ProxyFeedback {
         client_id: format!("feed-{region}"),
         ws_close_code: None,
         probe: false,
+        usage_headers: Default::default(),
+        connect_count: None,
     }
 }
 

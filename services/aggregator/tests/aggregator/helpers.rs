@@ -41,6 +41,8 @@ pub(crate) fn event(n: usize, exchange: &str, success: bool, error_kind: Option<
         retry_after_seconds: None,
         error_details: None,
         ws_close_code: None,
+        usage_headers: Default::default(),
+        connect_count: None,
         timestamp: Utc::now(),
         client_id: "test-feed".into(),
         probe: false,

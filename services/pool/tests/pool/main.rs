@@ -7,6 +7,8 @@ mod helpers;
 mod http;
 mod nats_health;
 mod reload;
+mod retry;
 mod schemas;
 mod selection;
+mod sessions;
 mod tls;

@@ -123,3 +123,31 @@ async fn ejected_and_banned_embedded_proxies_are_skipped() {
     assert!(kraken.iter().any(|u| u == "http://p2:2"), "p2 is banned for binance only: {kraken:?}");
     assert!(!kraken.iter().any(|u| u == "http://p1:1"), "p1 is ejected for every exchange");
 }
+
+/// Issue 14 item 4: a cached proxy whose rate budget in `PROXY_BUDGETS` is near the
+/// exchange's limit is not served for that exchange; the resolver asks again.
+#[tokio::test]
+async fn a_cached_proxy_near_its_rate_budget_is_resolved_again() {
+    use proxybus_shared::budget::{BudgetLimits, RateBudget, open_budget_bucket};
+    let proxies = vec!["http://u:pw@10.0.0.1:3128".to_owned(), "http://u:pw@10.0.0.2:3128".to_owned()];
+    let upstream = FakeUpstream::start(Behaviour { proxies: proxies.clone(), ..Default::default() }).await;
+    let app = TestApp::spawn(&borrow(&upstream_vars(&[&upstream]))).await;
+    let first = app.ask("binance", Http, "feed-1").await;
+    assert_eq!(first.proxy_url.as_deref(), Some(proxies[0].as_str()));
+    assert_eq!(app.ask("kraken", Http, "feed-1").await.proxy_url.as_deref(), Some(proxies[1].as_str()));
+
+    // Binance says the first proxy's IP used 5 000 of its 6 000 weight this minute.
+    let mut budget = RateBudget::new(proxy_id(&proxies[0]), "binance".parse().unwrap());
+    BudgetLimits::binance().fold_weight(&mut budget, 5_000, Utc::now());
+    let js = async_nats::jetstream::new(app.client.clone());
+    let bucket = open_budget_bucket(&js).await.unwrap();
+    bucket.put(budget.key(), Codec::default().encode(Encoding::MsgPack, &budget).unwrap()).await.unwrap();
+    // (This fake upstream ignores budgets; a pool skips the proxy, see tests/tests/selection.rs.)
+    eventually("the cached answer near its limit is no longer served", || async {
+        app.ask("binance", Http, "feed-1").await.source == ResponseSource::Service
+    })
+    .await;
+    assert!(upstream.calls() >= 3, "asked upstream again");
+    let kraken = app.ask("kraken", Http, "feed-1").await;
+    assert_eq!(kraken.source, ResponseSource::Cache, "kraken is not budgeted: its cached answer stays");
+}
