@@ -92,6 +92,24 @@ async def test_exclude_asks_anew_and_sends_exclude_proxy_ids_only_when_non_empty
         await nc.close()
 
 
+async def test_the_real_resolver_never_hands_out_an_excluded_proxy(proxybus: Proxybus) -> None:
+    """Issue 14's ``exclude_proxy_ids`` end to end: the Rust resolver and pool skip excluded ids,
+    even right after the same lease was cached for this client."""
+    client = await connected_client(proxybus.nats.url)
+    try:
+        all_ids = {proxy_id(url) for url in proxybus.proxy_urls}
+        first = await client.get_proxy("binance", "http")
+        assert first.proxy_id in all_ids
+        keep = sorted(all_ids - {first.proxy_id})[0]
+        excluded = sorted(all_ids - {keep})
+        for _ in range(6):  # round robin would reach every proxy within three answers
+            lease = await client.get_proxy("binance", "http", exclude=excluded)
+            assert lease.proxy_id == keep, f"excluded {excluded}, got {lease.proxy_id}"
+            assert not lease.cached
+    finally:
+        await client.close()
+
+
 async def test_bus_down_first_answer_is_the_embedded_fallback_within_50ms() -> None:
     client = ProxybusClient(embedded(**EMBEDDED), NatsSettings(servers=[f"nats://127.0.0.1:{free_port()}"]))
     await client.start()

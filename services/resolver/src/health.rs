@@ -97,9 +97,13 @@ impl HealthBook {
     /// Whether a lease already given out on `proxy` for `exchange` (a cached answer)
     /// may be served again now: as [`usable`](Self::usable), but a drain does not end
     /// it (`health::may_keep`: a drained proxy gets no new leases, existing ones finish).
+    /// A proxy near its rate budget at `exchange` is not kept either.
     pub fn keepable(&self, proxy: &ProxyId, exchange: &ExchangeId) -> bool {
-        let book = self.stats.read().unwrap_or_else(|p| p.into_inner());
-        book.get(proxy).is_none_or(|stats| health::may_keep(stats, exchange, Utc::now()))
+        let healthy = {
+            let book = self.stats.read().unwrap_or_else(|p| p.into_inner());
+            book.get(proxy).is_none_or(|stats| health::may_keep(stats, exchange, Utc::now()))
+        };
+        healthy && self.has_budget_room(proxy, exchange)
     }
 
     /// Number of proxies known.
