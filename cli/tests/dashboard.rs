@@ -269,6 +269,34 @@ async fn the_page_lists_the_proxies_turns_one_ejected_live_and_shows_no_password
         let summary = summary.text().await.unwrap();
         assert!(summary.contains("1 ejected"), "us-east summary: {summary}");
 
+        // An operator drains another proxy (`proxybus drain`): the row says who and why, the
+        // timeline has it, and a password pasted into the reason is redacted.
+        let drained_id = proxy_id(&url_of(PROXIES[0].1));
+        let drain = proxybus_shared::OperatorEvent {
+            schema_version: SCHEMA_VERSION,
+            event_id: uuid::Uuid::new_v4(),
+            proxy_id: drained_id.clone(),
+            action: proxybus_shared::OperatorAction::Drain,
+            exchange_id: None,
+            duration_seconds: Some(7200),
+            reason: format!("provider maintenance, see http://ops:{PASSWORD}@127.0.0.11:3128"),
+            operator: "alice".into(),
+            timestamp: chrono::Utc::now(),
+        };
+        proxybus_shared::feedback::publish_operator_event(&js, &drain).await.unwrap();
+        let operator_cell = format!("#proxies tr.proxy[data-proxy-id=\"{drained_id}\"] td[data-col=\"operator\"]");
+        until("the drained row names the operator", || async {
+            match browser.find(Locator::Css(&operator_cell)).await {
+                Ok(cell) => cell.text().await.unwrap_or_default().contains("drain by alice"),
+                Err(_) => false,
+            }
+        })
+        .await;
+        until("the drain is on the timeline", || async {
+            rows(&browser, "#timeline li[data-kind=\"operator\"]").await == 1
+        })
+        .await;
+
         // Let the charts draw, then keep what a person sees.
         tokio::time::sleep(Duration::from_secs(2)).await;
         let png = browser.screenshot().await.unwrap();

@@ -56,7 +56,7 @@
     if (!row) {
       row = el('tr', { class: 'proxy', 'data-proxy-id': p.proxy_id });
       row.cells_ = {};
-      for (const name of ['proxy', 'region', 'state', 'success', 'trend', 'p50', 'p99', 'events', 'ejections', 'bars', 'error']) {
+      for (const name of ['proxy', 'region', 'state', 'success', 'trend', 'p50', 'p99', 'events', 'ejections', 'bars', 'operator', 'error']) {
         const td = el('td', { class: ['success', 'p50', 'p99', 'events', 'ejections'].includes(name) ? 'num' : '' });
         td.dataset.col = name;
         row.cells_[name] = td;
@@ -83,6 +83,10 @@
     c.bars.replaceChildren(...p.bars.map((b) =>
       el('span', { class: `chip ${b.state}`, title: b.last_error_kind || '' }, `${b.exchange} ${b.state} `,
         el('span', { class: 'left', 'data-until': b.until || '' }, left(b.until)))));
+    c.operator.replaceChildren(...(p.operator_controls || []).map((o) =>
+      el('span', { class: `chip operator ${o.action}`, title: `${o.operator} at ${clock(o.at)}: ${o.reason} (stream seq ${o.seq})` },
+        `${o.action}${o.exchange ? ` ${o.exchange}` : ''} by ${o.operator} `,
+        el('span', { class: 'left', 'data-until': o.until || '' }, left(o.until)))));
     c.error.textContent = p.last_error_kind || '';
     renderSpark(p, c.trend.firstChild);
   }
@@ -201,8 +205,10 @@
     const items = model.timeline.slice(-60).reverse().map((e) => el('li', { 'data-kind': e.kind },
       el('time', {}, clock(e.at)),
       el('span', { class: e.kind }, e.kind.replace('unbarred', 'bar ended')), ' ',
-      e.exchange ? `by ${e.exchange} ` : '', `${e.proxy_id}`, e.region ? ` (${e.region})` : '',
-      e.until ? ` until ${clock(e.until)}` : ''));
+      e.operator ? `${e.operator.action}${e.exchange ? ` for ${e.exchange}` : ''} of ` : (e.exchange ? `by ${e.exchange} ` : ''),
+      `${e.proxy_id}`, e.region ? ` (${e.region})` : '',
+      e.until ? ` until ${clock(e.until)}` : '',
+      e.operator ? ` by ${e.operator.operator}: ${e.operator.reason}` : ''));
     $('timeline').replaceChildren(...(items.length ? items : [el('li', { class: 'empty' }, 'nothing happened in the last hour')]));
   }
 

@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use proxybus_shared::{
-    ConnectionType, ErrorKind, ExchangeState, HealthState, HealthStats, ProxyFeedback, ProxyId, health, redact_text,
-    redact_url,
+    ConnectionType, ErrorKind, ExchangeState, HealthState, HealthStats, OperatorAction, OperatorControl, ProxyFeedback,
+    ProxyId, health, redact_text, redact_url,
 };
 use serde::Serialize;
 
@@ -43,6 +43,39 @@ pub(crate) struct ProxyView {
     pub(crate) updated_at: DateTime<Utc>,
     /// `[unix seconds, success rate]`, oldest first, one per stored change.
     pub(crate) history: Vec<(i64, f64)>,
+    /// The operators' bans, drains and disables in force (`proxybus ban|drain|disable`).
+    pub(crate) operator_controls: Vec<OperatorView>,
+    /// The last operator event about this proxy, in force or not.
+    pub(crate) last_operator_action: Option<OperatorView>,
+}
+
+/// An operator's control of a proxy: who did what, when and why ([`OperatorControl`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct OperatorView {
+    pub(crate) action: OperatorAction,
+    /// The one exchange it is about; `None`: every exchange.
+    pub(crate) exchange: Option<String>,
+    pub(crate) until: Option<DateTime<Utc>>,
+    /// Free text, through [`redact_text`].
+    pub(crate) reason: String,
+    pub(crate) operator: String,
+    pub(crate) at: DateTime<Utc>,
+    /// Stream sequence of the event in `PROXY_FEEDBACK` (the audit trail).
+    pub(crate) seq: u64,
+}
+
+impl OperatorView {
+    fn of(control: &OperatorControl) -> Self {
+        Self {
+            action: control.action,
+            exchange: control.exchange_id.as_ref().map(ToString::to_string),
+            until: control.until,
+            reason: redact_text(&control.reason),
+            operator: redact_text(&control.operator),
+            at: control.at,
+            seq: control.seq,
+        }
+    }
 }
 
 /// A bar of a proxy for one exchange.
@@ -67,6 +100,8 @@ pub(crate) enum Happening {
     Barred,
     /// An exchange's bar ended.
     Unbarred,
+    /// An operator acted on it (`proxybus ban|unban|drain|undrain|disable|enable`).
+    Operator,
 }
 
 /// One line of the timeline.
@@ -79,6 +114,9 @@ pub(crate) struct TimelineEntry {
     pub(crate) exchange: Option<String>,
     /// End of the ejection or bar, when it has one.
     pub(crate) until: Option<DateTime<Utc>>,
+    /// The operator's event, for [`Happening::Operator`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) operator: Option<OperatorView>,
 }
 
 /// One feedback event as the page lists it (no URL, no free text).
@@ -307,6 +345,8 @@ fn view_of(stored: &HealthStats, now: DateTime<Utc>, history: Vec<(i64, f64)>) -
         bars,
         updated_at: s.updated_at,
         history,
+        operator_controls: s.operator_controls.iter().map(OperatorView::of).collect(),
+        last_operator_action: s.last_operator_action.as_ref().map(OperatorView::of),
     }
 }
 
@@ -319,6 +359,7 @@ fn happenings(before: Option<&ProxyView>, after: &ProxyView, at: DateTime<Utc>) 
         region: after.region.clone(),
         exchange: exchange.map(str::to_owned),
         until,
+        operator: None,
     };
     let mut out = Vec::new();
     let was_ejected = before.is_some_and(|b| b.state == HealthState::Ejected);
@@ -340,6 +381,14 @@ fn happenings(before: Option<&ProxyView>, after: &ProxyView, at: DateTime<Utc>) 
         if !after.bars.iter().any(|bar| bar.exchange == *exchange) {
             out.push(entry(Happening::Unbarred, Some(exchange), None));
         }
+    }
+    if let Some(action) = &after.last_operator_action
+        && before.is_none_or(|b| b.last_operator_action.as_ref().is_none_or(|old| old.seq != action.seq))
+    {
+        let mut line = entry(Happening::Operator, action.exchange.as_deref(), action.until);
+        line.at = action.at;
+        line.operator = Some(action.clone());
+        out.push(line);
     }
     out
 }
@@ -387,6 +436,40 @@ mod tests {
         assert_eq!(model.snapshot(t0).timeline.len(), 2);
         assert!(model.tick(t0 + TimeDelta::hours(2)).is_empty());
         assert!(model.snapshot(t0).timeline.is_empty(), "entries older than an hour are dropped");
+    }
+
+    #[test]
+    fn an_operator_ban_shows_who_what_and_why_redacted_and_reaches_the_timeline_once() {
+        let t0 = Utc::now();
+        let mut model = Model::default();
+        let mut s = stats(t0);
+        model.put(s.clone(), t0);
+        let ban = OperatorControl {
+            action: OperatorAction::Ban,
+            exchange_id: Some("binance".parse().unwrap()),
+            until: Some(t0 + TimeDelta::hours(2)),
+            reason: format!("provider said {URL} is leaking"),
+            operator: "alice".into(),
+            at: t0,
+            seq: 42,
+        };
+        s.operator_controls.push(ban.clone());
+        s.last_operator_action = Some(ban);
+        s.last_seq = 42;
+        s.updated_at = t0 + TimeDelta::seconds(1);
+        let updates = model.put(s.clone(), t0 + TimeDelta::seconds(1));
+        let events: Vec<_> = updates.iter().map(|u| u.event).collect();
+        assert_eq!(events, ["timeline", "proxy"]);
+        for update in &updates {
+            assert!(!update.data.contains("s3cret-pw"), "a reason is redacted: {update:?}");
+            assert!(update.data.contains("\"alice\"") && update.data.contains("\"ban\""), "{update:?}");
+        }
+        assert!(updates[0].data.contains("\"operator\""), "{updates:?}");
+        // The same record again (a later health change) adds no second timeline line.
+        s.last_seq = 43;
+        s.total = 1;
+        let events: Vec<_> = model.put(s, t0 + TimeDelta::seconds(2)).iter().map(|u| u.event).collect();
+        assert_eq!(events, ["proxy"]);
     }
 
     #[test]

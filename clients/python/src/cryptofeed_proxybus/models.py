@@ -3,8 +3,9 @@
 Decoding ignores unknown fields and accepts a missing ``schema_version`` as 1 (the
 contract's forward-compatibility rules). :meth:`WireModel.to_wire` gives the dict that
 goes on the bus; the contract's extensions (``exclude_proxy_ids``, ``proxy_schemes``,
-``ws_close_code``, ``usage_headers``) are written only when they carry something, so a
-resolver or aggregator older than them sees exactly a v1 message.
+``session_key``, ``ws_close_code``, ``usage_headers``, ``connect_count``, ``probe``) are written
+only when they carry something (not null, empty or false), so a resolver or aggregator older
+than them sees exactly a v1 message.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ ErrorKind = Literal[
     "other",
 ]
 HealthState = Literal["healthy", "degraded", "ejected"]
+#: An operator's control (``proxybus ban|unban|drain|undrain|disable|enable``; docs/health.md).
+OperatorAction = Literal["ban", "unban", "drain", "undrain", "disable", "enable"]
 
 
 class WireModel(BaseModel):
@@ -51,7 +54,7 @@ class WireModel(BaseModel):
         """The dict that goes on the bus (JSON types: timestamps as RFC 3339 strings)."""
         data = self.model_dump(mode="json")
         for name in self.extensions:
-            if data.get(name) in (None, [], {}):
+            if data.get(name) in (None, [], {}, False):
                 data.pop(name, None)
         return data
 
@@ -65,7 +68,7 @@ def _check_token(value: str | None, what: str) -> str | None:
 class ProxyRequest(WireModel):
     """A feed asks for a proxy on ``proxy.v1.request.{exchange_id}.{connection_type}``."""
 
-    extensions: ClassVar[frozenset[str]] = frozenset({"exclude_proxy_ids", "proxy_schemes"})
+    extensions: ClassVar[frozenset[str]] = frozenset({"exclude_proxy_ids", "proxy_schemes", "session_key"})
 
     exchange_id: str
     connection_type: ConnectionType
@@ -77,6 +80,9 @@ class ProxyRequest(WireModel):
     exclude_proxy_ids: list[str] = Field(default_factory=list)
     #: Proxy URL schemes the caller can use; empty means any; extension of v1.
     proxy_schemes: list[str] = Field(default_factory=list)
+    #: One logical session (1-128 printable characters): the pool keeps its proxy while healthy
+    #: and rotates it as planned (docs/health.md, "Sessions that rotate"); extension of v1.
+    session_key: str | None = Field(default=None, min_length=1, max_length=128)
 
     @field_validator("exchange_id")
     @classmethod
@@ -137,7 +143,7 @@ class ProxyFeedback(WireModel):
     free text. ``event_id`` is also the ``Nats-Msg-Id`` header, so a repeat folds once.
     """
 
-    extensions: ClassVar[frozenset[str]] = frozenset({"ws_close_code", "usage_headers"})
+    extensions: ClassVar[frozenset[str]] = frozenset({"ws_close_code", "usage_headers", "connect_count", "probe"})
 
     event_id: str = Field(default_factory=lambda: str(uuid.uuid4()))
     proxy_id: str
@@ -158,6 +164,10 @@ class ProxyFeedback(WireModel):
     ws_close_code: int | None = None
     #: The exchange's usage headers on a REST answer (``X-MBX-USED-WEIGHT-1M`` …); extension of v1.
     usage_headers: dict[str, str] = Field(default_factory=dict)
+    #: Websocket connects this report stands for (rate budgets; absent: a ``connect_start`` is one).
+    connect_count: int | None = Field(default=None, ge=0)
+    #: True when a pool service's active probe reported it, not a feed; extension of v1.
+    probe: bool = False
 
     @field_validator("proxy_url")
     @classmethod
@@ -186,6 +196,23 @@ class ExchangeHealth(BaseModel):
     last_error_kind: str | None = None
 
 
+class OperatorControl(BaseModel):
+    """An operator's ban, drain or disable in force on a proxy, or the last one issued."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    action: OperatorAction
+    #: The one exchange it is about; None means every exchange.
+    exchange_id: str | None = None
+    #: When it ends by itself; None means until lifted.
+    until: datetime | None = None
+    reason: str
+    operator: str
+    at: datetime
+    #: Stream sequence of the event in ``PROXY_FEEDBACK`` (the audit trail).
+    seq: int = Field(ge=0)
+
+
 class HealthStats(WireModel):
     """A proxy's health as the aggregator folds it (KV ``PROXY_HEALTH``, ``proxy.v1.health.{region}``)."""
 
@@ -207,5 +234,9 @@ class HealthStats(WireModel):
     exchanges: dict[str, ExchangeHealth] = Field(default_factory=dict)
     #: Failures counted by error kind (extension of the contract).
     error_counts: dict[str, int] = Field(default_factory=dict)
+    #: Operators' bans, drains and disables in force (extension of the contract).
+    operator_controls: list[OperatorControl] = Field(default_factory=list)
+    #: The last operator event about this proxy (extension of the contract).
+    last_operator_action: OperatorControl | None = None
     updated_at: datetime
     last_seq: int
