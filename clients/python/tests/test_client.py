@@ -32,8 +32,8 @@ class Clock:
         return self.now
 
 
-async def connected_client(url: str, **kwargs: object) -> ProxybusClient:
-    client = ProxybusClient(embedded(), NatsSettings(servers=[url]), client_id="cryptofeed-test-1", **kwargs)  # type: ignore[arg-type]
+async def connected_client(url: str, client_id: str = "cryptofeed-test-1", **kwargs: object) -> ProxybusClient:
+    client = ProxybusClient(embedded(), NatsSettings(servers=[url]), client_id=client_id, **kwargs)  # type: ignore[arg-type]
     await client.start()
     assert await client.wait_connected(10)
     return client
@@ -108,6 +108,31 @@ async def test_the_real_resolver_never_hands_out_an_excluded_proxy(proxybus: Pro
             assert not lease.cached
     finally:
         await client.close()
+
+
+async def test_a_session_key_keeps_one_proxy_across_clients_and_is_cached_apart(proxybus: Proxybus) -> None:
+    """Issue 14's ``session_key``: the pool keeps one proxy per logical session (round robin would
+    move on at every answer), whichever client asks; the local cache keeps sessions apart."""
+    # Two feeds (two client ids: the resolver caches per client, so the second one's answers
+    # come from the pool's session table).
+    first = await connected_client(proxybus.nats.url)
+    second = await connected_client(proxybus.nats.url, client_id="cryptofeed-test-2")
+    try:
+        lease = await first.get_proxy("binance", "websocket", session_key="books-btcusdt")
+        for client in (first, second, first, second):
+            again = await client.get_proxy("binance", "websocket", session_key="books-btcusdt", use_cache=False)
+            assert again.proxy_id == lease.proxy_id, "the session moved"
+        others = {
+            (await first.get_proxy("binance", "websocket", session_key=f"other-{n}", use_cache=False)).proxy_id
+            for n in range(6)
+        }
+        assert len(others) > 1, "distinct sessions are spread over the pool"
+        assert first.stats.cache == 0
+        cached = await first.get_proxy("binance", "websocket", session_key="books-btcusdt")
+        assert cached.cached and cached.proxy_id == lease.proxy_id
+    finally:
+        await first.close()
+        await second.close()
 
 
 async def test_bus_down_first_answer_is_the_embedded_fallback_within_50ms() -> None:

@@ -146,7 +146,7 @@ class ProxybusClient:
         self.embedded = EmbeddedSelector(self.settings)
         self.stats = ClientStats()
         self.feedback_stats = FeedbackStats()
-        self._cache: dict[tuple[str, str, str | None, tuple[str, ...]], ProxyLease] = {}
+        self._cache: dict[tuple[str, str, str | None, tuple[str, ...], str | None], ProxyLease] = {}
         self._nc: NatsClient | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._queue: collections.deque[ProxyFeedback] = collections.deque()
@@ -265,6 +265,7 @@ class ProxybusClient:
         *,
         schemes: Collection[str] = (),
         use_cache: bool = True,
+        session_key: str | None = None,
     ) -> ProxyLease:
         """A proxy for ``exchange_id`` (lowercase, ``[a-z0-9_-]{1,64}``) and ``connection_type``.
 
@@ -272,6 +273,8 @@ class ProxybusClient:
         request asks anew and its answer replaces the cached one), else from the resolver, else
         from the embedded settings, else a direct lease. ``schemes`` limits the proxy URL schemes
         (empty: any); ``use_cache=False`` asks anew (a refresh before the TTL runs out).
+        ``session_key`` (1-128 characters) names one logical session: the pool keeps its proxy
+        while it stays healthy and rotates it as planned; each session is cached on its own.
         Raises ``ValueError`` for an invalid exchange id, :class:`ResolverError` when the resolver
         refuses the request, :class:`NoProxyError` when the policy is ``fail``.
         """
@@ -281,7 +284,7 @@ class ProxybusClient:
         region = region or self.region
         excluded = sorted(set(exclude))
         accepted = tuple(sorted(set(schemes)))
-        key = (exchange_id, connection_type, region, accepted)
+        key = (exchange_id, connection_type, region, accepted, session_key)
         now = self._clock()
         if not excluded and use_cache:
             cached = self._cache.get(key)
@@ -291,7 +294,7 @@ class ProxybusClient:
         reason = "not connected to NATS"
         if self.connected and self.breaker.allow():
             try:
-                lease = await self._ask_resolver(exchange_id, connection_type, region, excluded, accepted)
+                lease = await self._ask_resolver(exchange_id, connection_type, region, excluded, accepted, session_key)
             except ResolverError:
                 self.breaker.on_success()  # the resolver is up and said no: not a fault of the bus
                 raise
@@ -381,6 +384,7 @@ class ProxybusClient:
         region: str | None,
         exclude: list[str],
         schemes: tuple[str, ...],
+        session_key: str | None = None,
     ) -> ProxyLease:
         assert self._nc is not None
         request = ProxyRequest(
@@ -390,6 +394,7 @@ class ProxybusClient:
             client_id=self.client_id,
             exclude_proxy_ids=exclude,
             proxy_schemes=list(schemes),
+            session_key=session_key,
         )
         headers = {CONTENT_TYPE_HEADER: JSON_CONTENT_TYPE} if self.encoding == "json" else None
         reply = await self._nc.request(
