@@ -4,7 +4,8 @@
 //! publishes again with the same `Nats-Msg-Id`) and the aggregator folds each exactly once; no
 //! request is lost beyond those in flight at the kill, and the killed node's resolver reconnects
 //! and serves again (issue 16: killing one node of a 3-node cluster loses no feedback and no
-//! request beyond those in flight).
+//! request beyond those in flight). The feeds stop before the resolvers do, so that a feed's
+//! last request never races a resolver's shutdown.
 
 mod common;
 
@@ -26,8 +27,33 @@ const FEEDS: usize = 4;
 /// How long a feed waits for an answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// One request's fate: when it was sent, and whether a resolver answered it.
-type Outcome = (Instant, bool);
+/// Why a request got no proxy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Failure {
+    /// No answer within [`REQUEST_TIMEOUT`]: the request, or its reply, was dropped (core NATS
+    /// delivers at most once) or is still on its way.
+    Timeout,
+    /// The server knew of no resolver subscribed at the moment it got the request.
+    NoResponders,
+    /// Any other request error (e.g. the feed's own connection was down).
+    Error(String),
+    /// A reply with no payload.
+    Empty,
+}
+
+/// One request's fate: when it was sent, how long it took, and why it failed when it did.
+#[derive(Debug, Clone)]
+struct Outcome {
+    sent: Instant,
+    took: Duration,
+    failure: Option<Failure>,
+}
+
+impl Outcome {
+    fn answered(&self) -> bool {
+        self.failure.is_none()
+    }
+}
 
 /// A resolver (proxying off: it answers `direct` in place) on a connection to `url`, that
 /// reconnects to the other nodes it learns of.
@@ -78,8 +104,17 @@ fn start_feed(
         while !stop.is_cancelled() {
             let sent = Instant::now();
             let reply = tokio::time::timeout(REQUEST_TIMEOUT, client.request(subject.clone(), body.clone())).await;
-            let answered = matches!(reply, Ok(Ok(ref message)) if !message.payload.is_empty());
-            outcomes.push((sent, answered));
+            let failure = match reply {
+                Ok(Ok(message)) if !message.payload.is_empty() => None,
+                Ok(Ok(_)) => Some(Failure::Empty),
+                Ok(Err(err)) if err.kind() == async_nats::client::RequestErrorKind::NoResponders => {
+                    Some(Failure::NoResponders)
+                }
+                Ok(Err(err)) => Some(Failure::Error(err.to_string())),
+                Err(_) => Some(Failure::Timeout),
+            };
+            let answered = failure.is_none();
+            outcomes.push(Outcome { sent, took: sent.elapsed(), failure });
             if !answered {
                 // No responders while the node's interest is re-learned: do not spin.
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -116,7 +151,12 @@ async fn killing_the_stream_leader_loses_no_feedback_and_no_request_beyond_those
     {
         assert!(Instant::now() < deadline, "the two resolvers did not start");
     }
-    let feeds: Vec<_> = (0..FEEDS).map(|n| start_feed(&cluster, url((doomed + 1 + n % 2) % 3), n, &stop)).collect();
+    let feed_node = |n: usize| (doomed + 1 + n % 2) % 3;
+    // Feeds stop on their own token, before the resolvers: a feed's last request must not race
+    // the resolvers' shutdown, which is no part of the kill.
+    let feeds_stop = CancellationToken::new();
+    let _feeds_stop = feeds_stop.clone().drop_guard();
+    let feeds: Vec<_> = (0..FEEDS).map(|n| start_feed(&cluster, url(feed_node(n)), n, &feeds_stop)).collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let mut killed_at = None;
@@ -141,29 +181,52 @@ async fn killing_the_stream_leader_loses_no_feedback_and_no_request_beyond_those
     while resolvers_serving(&ready).await < 2 {
         assert!(Instant::now() < deadline, "the killed node's resolver did not come back");
     }
+    feeds_stop.cancel();
+    let mut fates = Vec::with_capacity(FEEDS);
+    for feed in feeds {
+        fates.push(feed.await.unwrap());
+    }
     stop.cancel();
     let mut answered_after = 0;
-    for feed in feeds {
-        let outcomes = feed.await.unwrap();
-        let lost: Vec<&Outcome> = outcomes.iter().filter(|(_, answered)| !answered).collect();
-        // A feed has one request in flight: at most that one is lost, and only at the kill.
-        assert!(
-            lost.len() <= 1,
-            "a feed lost {} requests: {:?}",
-            lost.len(),
-            lost.iter().map(|(at, _)| at.saturating_duration_since(killed_at)).collect::<Vec<_>>()
-        );
-        for (sent, _) in lost {
+    for (n, outcomes) in fates.into_iter().enumerate() {
+        let lost: Vec<&Outcome> = outcomes.iter().filter(|outcome| !outcome.answered()).collect();
+        // Each failure: why, when it was sent relative to the kill (negative: before), how long it took.
+        let report = || {
+            let lines: Vec<String> = lost
+                .iter()
+                .map(|o| {
+                    let at = if o.sent >= killed_at {
+                        format!("+{:?}", o.sent - killed_at)
+                    } else {
+                        format!("-{:?}", killed_at - o.sent)
+                    };
+                    format!("{:?} sent at kill{at}, after {:?}", o.failure.as_ref().unwrap(), o.took)
+                })
+                .collect();
+            format!("feed {n} on node-{} (node-{doomed} killed): {lines:?}", feed_node(n))
+        };
+        // A feed has one request in flight: at most that one is lost, and only at the kill. Core
+        // NATS delivers a request at most once: one routed to the killed node's resolver (or its
+        // reply, on its way through the killed node) is dropped and the feed times out. The
+        // surviving nodes stop routing to the dead one once its route closes (the 500 ms after
+        // the kill). "No responders" is never right: the other resolver, on a living node, is
+        // subscribed throughout.
+        assert!(lost.len() <= 1, "a feed lost {} requests: {}", lost.len(), report());
+        for outcome in &lost {
+            assert_eq!(
+                outcome.failure,
+                Some(Failure::Timeout),
+                "a request failed otherwise than in flight: {}",
+                report()
+            );
             assert!(
-                *sent + REQUEST_TIMEOUT >= killed_at && *sent <= killed_at + Duration::from_millis(500),
-                "a request lost away from the kill"
+                outcome.sent + REQUEST_TIMEOUT >= killed_at && outcome.sent <= killed_at + Duration::from_millis(500),
+                "a request lost away from the kill: {}",
+                report()
             );
         }
-        answered_after += outcomes.iter().filter(|(sent, answered)| *answered && *sent > killed_at).count();
-        assert!(
-            outcomes.iter().any(|(sent, answered)| *answered && *sent < killed_at),
-            "the feed was answered before the kill"
-        );
+        answered_after += outcomes.iter().filter(|o| o.answered() && o.sent > killed_at).count();
+        assert!(outcomes.iter().any(|o| o.answered() && o.sent < killed_at), "the feed was answered before the kill");
     }
     assert!(answered_after > FEEDS, "feeds kept being answered after the kill");
     let mut stream = js.get_stream(FEEDBACK_STREAM).await.unwrap();
