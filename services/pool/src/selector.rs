@@ -610,7 +610,9 @@ impl Selector {
         metrics::counter!(m::SELECTIONS, "region" => pool.region().to_string(), "strategy" => strategy).increment(1);
         Selection {
             region: Some(pool.region().clone()),
-            region_fallback: pool.region() != home.region(),
+            // Asked of another region than the one answering (a region the inventory lacks
+            // included: its requests are served by the default region).
+            region_fallback: pool.region() != &requested_region,
             proxy: Some(proxy),
             strategy,
             ttl_seconds: pool.ttl_seconds(),

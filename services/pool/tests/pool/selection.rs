@@ -299,6 +299,13 @@ fn region_fallback_answers_from_the_nearest_region_and_says_so() {
     let answer = selector.respond(&mars).unwrap();
     assert_eq!(answer.region.unwrap().as_str(), "ap-northeast");
     assert_eq!(answer.metadata["requested_region"], "mars");
+    assert_eq!(answer.metadata["region_fallback"], true, "the answer says it is not from mars");
+
+    // With its own region healthy, a region the inventory lacks still says it fell back.
+    let fresh = crate::helpers::selector(&three_regions());
+    let answer = fresh.respond(&mars).unwrap();
+    assert_eq!(answer.region.unwrap().as_str(), "us-east", "served by the default region");
+    assert_eq!(answer.metadata["region_fallback"], true);
 }
 
 #[test]
