@@ -319,6 +319,25 @@ fn free_addr(preferred: u16) -> Option<SocketAddr> {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).ok()
 }
 
+/// How to call this binary from the working directory: `proxybus` when that is what the
+/// shell finds on `PATH`, else its path relative to the working directory (the README's
+/// `./target/release/proxybus`), else its absolute path.
+fn command_name() -> String {
+    let Ok(exe) = std::env::current_exe().and_then(|exe| exe.canonicalize()) else {
+        return "proxybus".to_owned();
+    };
+    let on_path = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| dir.join("proxybus").canonicalize().is_ok_and(|found| found == exe))
+    });
+    if on_path {
+        return "proxybus".to_owned();
+    }
+    match std::env::current_dir().ok().and_then(|cwd| exe.strip_prefix(cwd).ok().map(std::path::Path::to_path_buf)) {
+        Some(relative) => format!("./{}", relative.display()),
+        None => exe.display().to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -350,24 +369,5 @@ mod tests {
         assert!(read_settings(Some(&path)).unwrap_err().to_string().contains("resolvr"));
         std::fs::write(&path, "[resolver]\nhedge_delay_msx = 1\n").unwrap();
         assert!(read_settings(Some(&path)).is_err(), "unknown keys of a part are refused");
-    }
-}
-
-/// How to call this binary from the working directory: `proxybus` when that is what the
-/// shell finds on `PATH`, else its path relative to the working directory (the README's
-/// `./target/release/proxybus`), else its absolute path.
-fn command_name() -> String {
-    let Ok(exe) = std::env::current_exe().and_then(|exe| exe.canonicalize()) else {
-        return "proxybus".to_owned();
-    };
-    let on_path = std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|dir| dir.join("proxybus").canonicalize().is_ok_and(|found| found == exe))
-    });
-    if on_path {
-        return "proxybus".to_owned();
-    }
-    match std::env::current_dir().ok().and_then(|cwd| exe.strip_prefix(cwd).ok().map(std::path::Path::to_path_buf)) {
-        Some(relative) => format!("./{}", relative.display()),
-        None => exe.display().to_string(),
     }
 }
