@@ -138,13 +138,16 @@ async fn ended_ejections_and_bars_are_cleared_in_the_stored_record() {
             && stored.get(&pid(2)).is_some_and(|r| r.stats.exchanges.contains_key(&binance))
     })
     .await;
-    // No further event: the sweep writes the ended state.
+    // No further event: the sweep writes the ended state. (A key being rewritten while the
+    // bucket's keys are listed can be missing from one listing — nats-server#4824 — so a
+    // missing record is "not yet", not a failure.)
     crate::helpers::eventually(std::time::Duration::from_secs(10), "the ended state stored", || async {
         let stored = crate::helpers::records(&js, HEALTH_BUCKET).await;
-        let ejection_over = stored[&pid(0)].stats.state == HealthState::Degraded
-            && stored[&pid(0)].stats.ejected_until.is_none()
-            && stored[&pid(0)].fold.on_probation;
-        let exchange = &stored[&pid(2)].stats.exchanges[&binance];
+        let (Some(ejected), Some(limited)) = (stored.get(&pid(0)), stored.get(&pid(2))) else { return false };
+        let ejection_over = ejected.stats.state == HealthState::Degraded
+            && ejected.stats.ejected_until.is_none()
+            && ejected.fold.on_probation;
+        let Some(exchange) = limited.stats.exchanges.get(&binance) else { return false };
         ejection_over && exchange.state == proxybus_shared::ExchangeState::Healthy && exchange.banned_until.is_none()
     })
     .await;
