@@ -478,6 +478,43 @@ pub struct ProxyFeedback {
     pub probe: bool,
 }
 
+impl ProxyFeedback {
+    /// An outcome of the proxy at `proxy_url` for `exchange_id` over `connection_type`, now, under
+    /// a new `event_id`: `proxy_id` derived from the URL, the URL stored redacted, every optional
+    /// field empty (set the ones that apply with struct update syntax).
+    pub fn new(
+        proxy_url: &str,
+        exchange_id: ExchangeId,
+        connection_type: ConnectionType,
+        phase: FeedbackPhase,
+        success: bool,
+        client_id: impl Into<String>,
+    ) -> Self {
+        Self {
+            schema_version: crate::SCHEMA_VERSION,
+            event_id: Uuid::new_v4(),
+            proxy_id: crate::proxy_id(proxy_url),
+            proxy_url: crate::redact_url(proxy_url),
+            exchange_id,
+            connection_type,
+            region: None,
+            phase,
+            success,
+            latency_ms: None,
+            error_kind: None,
+            status_code: None,
+            retry_after_seconds: None,
+            error_details: None,
+            ws_close_code: None,
+            usage_headers: BTreeMap::new(),
+            connect_count: None,
+            probe: false,
+            timestamp: Utc::now(),
+            client_id: client_id.into(),
+        }
+    }
+}
+
 fn is_false(value: &bool) -> bool {
     !*value
 }

@@ -6,33 +6,22 @@ use std::sync::Arc;
 
 use async_nats::jetstream;
 use proxybus_shared::budget::{BudgetSettings, RateBudget, budget_key, fold_into_bucket, open_budget_bucket};
-use proxybus_shared::{Codec, ConnectionType, Encoding, FeedbackPhase, ProxyFeedback, proxy_id, redact_url};
+use proxybus_shared::{Codec, ConnectionType, Encoding, FeedbackPhase, ProxyFeedback};
 use proxybus_tests::NatsServer;
 
 fn connect_start(exchange: &str) -> ProxyFeedback {
     let url = "http://u:pw@10.0.0.1:3128";
     ProxyFeedback {
-        schema_version: 1,
-        event_id: uuid::Uuid::new_v4(),
-        proxy_id: proxy_id(url),
-        proxy_url: redact_url(url),
-        exchange_id: exchange.parse().unwrap(),
-        connection_type: ConnectionType::Websocket,
-        region: None,
-        phase: FeedbackPhase::ConnectStart,
-        success: true,
-        latency_ms: None,
-        error_kind: None,
-        status_code: None,
-        retry_after_seconds: None,
-        error_details: None,
-        ws_close_code: None,
-        probe: false,
-        usage_headers: Default::default(),
-        connect_count: None,
         // One instant for all: every connect falls in one window, whatever the clock does.
         timestamp: chrono::DateTime::from_timestamp(1_790_000_000, 0).unwrap(),
-        client_id: "feed-cas".into(),
+        ..ProxyFeedback::new(
+            url,
+            exchange.parse().unwrap(),
+            ConnectionType::Websocket,
+            FeedbackPhase::ConnectStart,
+            true,
+            "feed-cas",
+        )
     }
 }
 

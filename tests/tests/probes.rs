@@ -33,26 +33,17 @@ fn lab_proxy(last: u8, fault: ProxyFault) -> LabProxyConfig {
 /// A feed's failure through `proxy`: a proxy fault.
 fn timeout(proxy: &ProxyId, url: &str) -> ProxyFeedback {
     ProxyFeedback {
-        schema_version: 1,
-        event_id: uuid::Uuid::new_v4(),
         proxy_id: proxy.clone(),
-        proxy_url: proxybus_shared::redact_url(url),
-        exchange_id: "binance".parse().unwrap(),
-        connection_type: ConnectionType::Http,
         region: Some("us-east".parse().unwrap()),
-        phase: FeedbackPhase::Failed,
-        success: false,
-        latency_ms: None,
         error_kind: Some(ErrorKind::Timeout),
-        status_code: None,
-        retry_after_seconds: None,
-        error_details: None,
-        ws_close_code: None,
-        usage_headers: Default::default(),
-        connect_count: None,
-        timestamp: chrono::Utc::now(),
-        client_id: "feed-probes".into(),
-        probe: false,
+        ..ProxyFeedback::new(
+            url,
+            "binance".parse().unwrap(),
+            ConnectionType::Http,
+            FeedbackPhase::Failed,
+            false,
+            "feed-probes",
+        )
     }
 }
 

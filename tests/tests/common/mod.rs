@@ -2,35 +2,24 @@
 //! event and the total the aggregator has folded into `PROXY_HEALTH`.
 
 use async_nats::jetstream;
-use chrono::Utc;
 use proxybus_shared::subject::HEALTH_BUCKET;
-use proxybus_shared::{ConnectionType, FeedbackPhase, ProxyFeedback, proxy_id, redact_url};
+use proxybus_shared::{ConnectionType, FeedbackPhase, ProxyFeedback};
 
 /// A successful websocket feedback event of a feed in `region` for proxy `proxy`, with a new
 /// event id.
 pub(crate) fn event(region: &str, proxy: &str) -> ProxyFeedback {
     let url = format!("http://u:pw@{proxy}.example:3128");
     ProxyFeedback {
-        schema_version: 1,
-        event_id: uuid::Uuid::new_v4(),
-        proxy_id: proxy_id(&url),
-        proxy_url: redact_url(&url),
-        exchange_id: "binance".parse().unwrap(),
-        connection_type: ConnectionType::Websocket,
         region: Some(region.parse().unwrap()),
-        phase: FeedbackPhase::Connected,
-        success: true,
         latency_ms: Some(30),
-        error_kind: None,
-        status_code: None,
-        retry_after_seconds: None,
-        error_details: None,
-        timestamp: Utc::now(),
-        client_id: format!("feed-{region}"),
-        ws_close_code: None,
-        probe: false,
-        usage_headers: Default::default(),
-        connect_count: None,
+        ..ProxyFeedback::new(
+            &url,
+            "binance".parse().unwrap(),
+            ConnectionType::Websocket,
+            FeedbackPhase::Connected,
+            true,
+            format!("feed-{region}"),
+        )
     }
 }
 

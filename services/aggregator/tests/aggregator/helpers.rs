@@ -11,11 +11,10 @@ use chrono::{DateTime, TimeZone, Utc};
 use proxybus_aggregator::store::read_bucket;
 use proxybus_aggregator::{AggregatorConfig, AggregatorStats, ProxyHealth};
 use proxybus_shared::feedback::{FeedbackStreamConfig, ensure_feedback_stream, send_feedback};
-use proxybus_shared::{ConnectionType, ErrorKind, FeedbackPhase, ProxyFeedback, ProxyId, proxy_id, redact_url};
+use proxybus_shared::{ConnectionType, ErrorKind, FeedbackPhase, ProxyFeedback, ProxyId, proxy_id};
 use proxybus_tests::NatsServer;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 /// A proxy URL with credentials; only its id and redacted form may travel.
 pub(crate) fn proxy_url(n: usize) -> String {
@@ -25,27 +24,12 @@ pub(crate) fn proxy_url(n: usize) -> String {
 /// A feedback event of proxy `n`.
 pub(crate) fn event(n: usize, exchange: &str, success: bool, error_kind: Option<ErrorKind>) -> ProxyFeedback {
     let url = proxy_url(n);
+    let phase = if success { FeedbackPhase::Request } else { FeedbackPhase::Failed };
     ProxyFeedback {
-        schema_version: 1,
-        event_id: Uuid::new_v4(),
-        proxy_id: proxy_id(&url),
-        proxy_url: redact_url(&url),
-        exchange_id: exchange.parse().unwrap(),
-        connection_type: ConnectionType::Http,
         region: Some(if n.is_multiple_of(2) { "us-east" } else { "eu-west" }.parse().unwrap()),
-        phase: if success { FeedbackPhase::Request } else { FeedbackPhase::Failed },
-        success,
         latency_ms: success.then_some(20 + (n as u64 * 7) % 50),
         error_kind,
-        status_code: None,
-        retry_after_seconds: None,
-        error_details: None,
-        ws_close_code: None,
-        usage_headers: Default::default(),
-        connect_count: None,
-        timestamp: Utc::now(),
-        client_id: "test-feed".into(),
-        probe: false,
+        ..ProxyFeedback::new(&url, exchange.parse().unwrap(), ConnectionType::Http, phase, success, "test-feed")
     }
 }
 
