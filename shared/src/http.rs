@@ -13,6 +13,24 @@ use secrecy::ExposeSecret;
 
 use crate::config::{AuthMethod, ExternalProxyServiceConfig};
 
+/// The proxy service's HTTP API (docs/contract.md, "Proxy service HTTP API"): the one
+/// place its paths are written. The reference pool serves them; the resolver, the
+/// aggregator, the lab and the benchmarks call them.
+pub mod paths {
+    /// `POST`: a `ProxyRequest` in, a `ProxyResponse` out (the resolver's upstream call).
+    pub const REQUEST: &str = "/api/v1/proxy/request";
+    /// `POST`: a `ProxyFeedback` in (feedback over HTTP, for parts without NATS).
+    pub const FEEDBACK: &str = "/api/v1/proxy/feedback";
+    /// `POST`: a `HealthBatch` in (the aggregator's push-back of changed health).
+    pub const HEALTH: &str = "/api/v1/proxy/health";
+    /// `GET`: the pool's proxies with their health (`?region=` filters), credentials redacted.
+    pub const PROXIES: &str = "/api/v1/proxies";
+    /// `GET`: Prometheus text exposition.
+    pub const METRICS: &str = "/metrics";
+    /// `GET`: liveness, `ok` with 200 while the process serves.
+    pub const HEALTHZ: &str = "/healthz";
+}
+
 /// Why the HTTP client could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpClientError {

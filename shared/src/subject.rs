@@ -87,6 +87,22 @@ pub const RESOLVER_SERVICE: &str = "proxybus-resolver";
 /// Micro-service name of the aggregator.
 pub const AGGREGATOR_SERVICE: &str = "proxybus-aggregator";
 
+/// Key-value bucket of the aggregator's checkpoint (last folded stream sequence and
+/// the stats it produced; docs/aggregator.md). Default of `aggregator.state_bucket`.
+pub const AGGREGATOR_STATE_BUCKET: &str = "PROXY_AGGREGATOR";
+/// Stream of the event ids the aggregator has folded (deduplication across redeliveries
+/// and replays; docs/aggregator.md). Default of `aggregator.event_ids_stream`.
+pub const AGGREGATOR_EVENT_IDS_STREAM: &str = "PROXY_AGGREGATOR_EVENT_IDS";
+/// Key-value bucket `replay --what-if` writes its result to, beside `PROXY_HEALTH`.
+pub const HEALTH_REPLAY_BUCKET: &str = "PROXY_HEALTH_REPLAY";
+
+/// Header a NATS micro-service error reply carries with its text (ADR-32); async-nats'
+/// own constant, re-exported so no part spells it out.
+pub use async_nats::service::NATS_SERVICE_ERROR as SERVICE_ERROR_HEADER;
+/// Header a NATS micro-service error reply carries with its numeric code (ADR-32): a reply
+/// with it is an error, whatever its body.
+pub use async_nats::service::NATS_SERVICE_ERROR_CODE as SERVICE_ERROR_CODE_HEADER;
+
 /// Longest token the contract allows.
 pub const MAX_TOKEN_LEN: usize = 64;
 

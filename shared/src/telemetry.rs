@@ -1,4 +1,6 @@
-//! Tracing set-up, in one place: plain text for people, JSON for log shippers.
+//! Tracing and metrics set-up, in one place: plain text for people, JSON for log
+//! shippers; one Prometheus recorder per process ([`prometheus`]) and one way to
+//! serve it ([`metrics_router`], [`serve_metrics`]).
 //!
 //! `PROXYBUS_LOG_FORMAT=json` selects JSON; `RUST_LOG` filters (default `info`).
 //! Dependencies that log raw payloads ([`WIRE_TARGETS`]) never log above
@@ -131,6 +133,22 @@ pub fn init_for_tests() {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn one_recorder_serves_every_series_on_metrics() {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (addr, task) = serve_metrics("127.0.0.1:0".parse().unwrap(), stop.clone()).await.unwrap();
+        metrics::counter!("proxybus_telemetry_test_total", "part" => "resolver").increment(2);
+        metrics::histogram!("proxybus_telemetry_test_seconds").record(0.0003);
+        let body = reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap();
+        assert!(body.contains(r#"proxybus_telemetry_test_total{part="resolver"} 2"#), "{body}");
+        assert!(body.contains(r#"proxybus_telemetry_test_seconds_bucket{le="0.0005"} 1"#), "{body}");
+        let healthz = reqwest::get(format!("http://{addr}/healthz")).await.unwrap();
+        assert_eq!(healthz.text().await.unwrap(), "ok");
+        assert!(std::ptr::eq(prometheus().unwrap(), prometheus().unwrap()), "one recorder per process");
+        stop.cancel();
+        task.await.unwrap();
+    }
+
     #[test]
     fn json_is_chosen_only_by_proxybus_log_format() {
         let json: EnvSource = [("PROXYBUS_LOG_FORMAT", "JSON")].into_iter().collect();
@@ -189,4 +207,83 @@ mod tests {
         assert!(wire_logs_from_env(&[(WIRE_LOG_ENV, "1")].into_iter().collect()));
         assert!(wire_logs_from_env(&[(WIRE_LOG_ENV, "TRUE")].into_iter().collect()));
     }
+}
+
+/// Latency histogram buckets in seconds, 100 µs to 10 s, for every `*_seconds`
+/// histogram of every part (a request answered from cache takes ~100 µs on the bus, an
+/// upstream call up to the 10 s request timeout).
+pub const LATENCY_BUCKETS: [f64; 14] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 10.0];
+
+/// The process's Prometheus recorder, installed on first call with [`LATENCY_BUCKETS`].
+///
+/// The `metrics` facade has one global recorder per process, so every part running in
+/// it (the three services, or all of them under `proxybus up`) records into this one
+/// and one `/metrics` shows every part's series. `None` when another recorder was
+/// installed first (an embedding program's own); `/metrics` is then empty and a
+/// warning is logged once.
+pub fn prometheus() -> Option<&'static metrics_exporter_prometheus::PrometheusHandle> {
+    static HANDLE: std::sync::OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = metrics_exporter_prometheus::PrometheusBuilder::new()
+                .set_buckets(&LATENCY_BUCKETS)
+                .expect("LATENCY_BUCKETS is not empty");
+            match builder.install_recorder() {
+                Ok(handle) => Some(handle),
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot install the Prometheus recorder; /metrics will be empty");
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+/// The Prometheus text exposition of [`prometheus`] (empty without a recorder).
+pub fn render_metrics() -> String {
+    prometheus()
+        .map(|handle| {
+            handle.run_upkeep();
+            handle.render()
+        })
+        .unwrap_or_default()
+}
+
+/// Routes `GET /metrics` (Prometheus text format 0.0.4, from [`render_metrics`]) and
+/// `GET /healthz` (`ok`): what each service's metrics listener serves.
+pub fn metrics_router() -> axum::Router {
+    use axum::routing::get;
+    axum::Router::new()
+        .route(
+            crate::http::paths::METRICS,
+            get(|| async { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], render_metrics()) }),
+        )
+        .route(crate::http::paths::HEALTHZ, get(|| async { "ok" }))
+}
+
+/// Binds `addr` and serves [`metrics_router`] until `stop` is cancelled.
+///
+/// Installs the recorder first, so series recorded from now on are kept. Returns the
+/// bound address (port 0 picks a free one) and the serving task.
+///
+/// # Errors
+/// The bind error when `addr` cannot be listened on.
+pub async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    stop: tokio_util::sync::CancellationToken,
+) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+    prometheus();
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    tracing::info!(addr = %bound, "serving /metrics");
+    let task = tokio::spawn(async move {
+        let served =
+            axum::serve(listener, metrics_router()).with_graceful_shutdown(async move { stop.cancelled().await }).await;
+        if let Err(err) = served {
+            tracing::warn!(error = %err, "metrics endpoint stopped");
+        }
+    });
+    Ok((bound, task))
 }

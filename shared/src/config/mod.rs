@@ -64,7 +64,34 @@ impl EnvSource {
             head.eq_ignore_ascii_case(prefix).then(|| (&k[prefix.len()..], v.as_str()))
         })
     }
+
+    /// The value of the variable `name`, or else of the first of its `deprecated` old
+    /// names that is set (non-empty), with a warning that names the new variable.
+    ///
+    /// Every config-file variable follows one pattern (docs/operations.md): the
+    /// service's own file is `PROXYBUS_{SERVICE}_CONFIG` ([`RESOLVER_CONFIG_VAR`],
+    /// [`AGGREGATOR_CONFIG_VAR`], [`POOL_CONFIG_VAR`]) and the seed's `ProxySettings`
+    /// file, read by the resolver and the aggregator alike, is [`PROXY_CONFIG_VAR`].
+    /// Old names keep working through this function until they are removed.
+    pub fn renamed(&self, name: &str, deprecated: &[&str]) -> Option<&str> {
+        if let Some(value) = self.non_empty(name) {
+            return Some(value);
+        }
+        let (old, value) = deprecated.iter().find_map(|old| Some((*old, self.non_empty(old)?)))?;
+        tracing::warn!(variable = old, replacement = name, "{old} is deprecated; set {name} instead");
+        Some(value)
+    }
 }
+
+/// Variable naming the resolver's own settings file (`[resolver]` keys).
+pub const RESOLVER_CONFIG_VAR: &str = "PROXYBUS_RESOLVER_CONFIG";
+/// Variable naming the aggregator's own settings file (`[aggregator]` keys).
+pub const AGGREGATOR_CONFIG_VAR: &str = "PROXYBUS_AGGREGATOR_CONFIG";
+/// Variable naming the pool service's settings file.
+pub const POOL_CONFIG_VAR: &str = "PROXYBUS_POOL_CONFIG";
+/// Variable naming the seed's `ProxySettings` file (exchanges, pools, `external_service`),
+/// shared by the resolver and the aggregator.
+pub const PROXY_CONFIG_VAR: &str = "PROXYBUS_PROXY_CONFIG";
 
 impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for EnvSource {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
@@ -428,6 +455,16 @@ pub(crate) fn lenient_secret<'de, D: serde::Deserializer<'de>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn renamed_variables_prefer_the_new_name_and_still_read_the_old_one() {
+        let both: EnvSource = [(PROXY_CONFIG_VAR, "new.toml"), ("PROXYBUS_CONFIG", "old.toml")].into_iter().collect();
+        assert_eq!(both.renamed(PROXY_CONFIG_VAR, &["PROXYBUS_CONFIG"]), Some("new.toml"));
+        let old: EnvSource = [("PROXYBUS_CONFIG", "old.toml"), (PROXY_CONFIG_VAR, " ")].into_iter().collect();
+        assert_eq!(old.renamed(PROXY_CONFIG_VAR, &["PROXYBUS_CONFIG"]), Some("old.toml"));
+        let none: EnvSource = [("PROXYBUS_CONFIG", "")].into_iter().collect();
+        assert_eq!(none.renamed(PROXY_CONFIG_VAR, &["PROXYBUS_CONFIG"]), None);
+    }
 
     #[test]
     fn env_values_are_typed_like_pydantic_settings() {
