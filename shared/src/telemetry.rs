@@ -129,86 +129,6 @@ pub fn init_for_tests() {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn one_recorder_serves_every_series_on_metrics() {
-        let stop = tokio_util::sync::CancellationToken::new();
-        let (addr, task) = serve_metrics("127.0.0.1:0".parse().unwrap(), stop.clone()).await.unwrap();
-        metrics::counter!("proxybus_telemetry_test_total", "part" => "resolver").increment(2);
-        metrics::histogram!("proxybus_telemetry_test_seconds").record(0.0003);
-        let body = reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap();
-        assert!(body.contains(r#"proxybus_telemetry_test_total{part="resolver"} 2"#), "{body}");
-        assert!(body.contains(r#"proxybus_telemetry_test_seconds_bucket{le="0.0005"} 1"#), "{body}");
-        let healthz = reqwest::get(format!("http://{addr}/healthz")).await.unwrap();
-        assert_eq!(healthz.text().await.unwrap(), "ok");
-        assert!(std::ptr::eq(prometheus().unwrap(), prometheus().unwrap()), "one recorder per process");
-        stop.cancel();
-        task.await.unwrap();
-    }
-
-    #[test]
-    fn json_is_chosen_only_by_proxybus_log_format() {
-        let json: EnvSource = [("PROXYBUS_LOG_FORMAT", "JSON")].into_iter().collect();
-        assert_eq!(LogFormat::from_env(&json), LogFormat::Json);
-        let plain: EnvSource = [("PROXYBUS_LOG_FORMAT", "text")].into_iter().collect();
-        assert_eq!(LogFormat::from_env(&plain), LogFormat::Plain);
-        assert_eq!(LogFormat::from_env(&EnvSource::default()), LogFormat::Plain);
-    }
-
-    /// Logs one event per level from `target` through the subscriber; what was written.
-    #[derive(Clone, Default)]
-    struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Buffer {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    fn written(wire_logs: bool, format: LogFormat) -> String {
-        let buffer = Buffer::default();
-        let writer = buffer.clone();
-        let subscriber = subscriber(format, Some("trace"), wire_logs, move || writer.clone());
-        tracing::subscriber::with_default(subscriber, || {
-            tracing::trace!(target: "async_nats::connection", payload = "PLANTED-TRACE", "got PLANTED-TRACE-MSG");
-            tracing::trace!(target: "hyper_util::client", "PLANTED-HYPER-UTIL");
-            tracing::trace!(target: "h2::codec", "PLANTED-H2");
-            tracing::debug!(target: "async_nats::connection", "debug-kept");
-            tracing::trace!(target: "proxybus_resolver::service", "own-trace-kept");
-        });
-        String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap()
-    }
-
-    #[test]
-    fn wire_crates_are_capped_at_debug_even_under_rust_log_trace() {
-        for format in [LogFormat::Plain, LogFormat::Json] {
-            let text = written(false, format);
-            assert!(!text.contains("PLANTED"), "{text}");
-            assert!(text.contains("debug-kept") && text.contains("own-trace-kept"), "{text}");
-            let wire = written(true, format);
-            for planted in ["PLANTED-TRACE-MSG", "PLANTED-HYPER-UTIL", "PLANTED-H2"] {
-                assert!(wire.contains(planted), "PROXYBUS_LOG_WIRE lets {planted} through: {wire}");
-            }
-        }
-    }
-
-    #[test]
-    fn wire_logs_need_an_explicit_setting() {
-        assert!(!wire_logs_from_env(&EnvSource::default()));
-        assert!(!wire_logs_from_env(&[(WIRE_LOG_ENV, "0")].into_iter().collect()));
-        assert!(wire_logs_from_env(&[(WIRE_LOG_ENV, "1")].into_iter().collect()));
-        assert!(wire_logs_from_env(&[(WIRE_LOG_ENV, "TRUE")].into_iter().collect()));
-    }
-}
-
 /// Latency histogram buckets in seconds, 100 µs to 10 s, for every `*_seconds`
 /// histogram of every part (a request answered from cache takes ~100 µs on the bus, an
 /// upstream call up to the 10 s request timeout).
@@ -286,4 +206,85 @@ pub async fn serve_metrics(
         }
     });
     Ok((bound, task))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn one_recorder_serves_every_series_on_metrics() {
+        crate::http::install_crypto_provider();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (addr, task) = serve_metrics("127.0.0.1:0".parse().unwrap(), stop.clone()).await.unwrap();
+        metrics::counter!("proxybus_telemetry_test_total", "part" => "resolver").increment(2);
+        metrics::histogram!("proxybus_telemetry_test_seconds").record(0.0003);
+        let body = reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap();
+        assert!(body.contains(r#"proxybus_telemetry_test_total{part="resolver"} 2"#), "{body}");
+        assert!(body.contains(r#"proxybus_telemetry_test_seconds_bucket{le="0.0005"} 1"#), "{body}");
+        let healthz = reqwest::get(format!("http://{addr}/healthz")).await.unwrap();
+        assert_eq!(healthz.text().await.unwrap(), "ok");
+        assert!(std::ptr::eq(prometheus().unwrap(), prometheus().unwrap()), "one recorder per process");
+        stop.cancel();
+        task.await.unwrap();
+    }
+
+    #[test]
+    fn json_is_chosen_only_by_proxybus_log_format() {
+        let json: EnvSource = [("PROXYBUS_LOG_FORMAT", "JSON")].into_iter().collect();
+        assert_eq!(LogFormat::from_env(&json), LogFormat::Json);
+        let plain: EnvSource = [("PROXYBUS_LOG_FORMAT", "text")].into_iter().collect();
+        assert_eq!(LogFormat::from_env(&plain), LogFormat::Plain);
+        assert_eq!(LogFormat::from_env(&EnvSource::default()), LogFormat::Plain);
+    }
+
+    /// Logs one event per level from `target` through the subscriber; what was written.
+    #[derive(Clone, Default)]
+    struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn written(wire_logs: bool, format: LogFormat) -> String {
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = subscriber(format, Some("trace"), wire_logs, move || writer.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::trace!(target: "async_nats::connection", payload = "PLANTED-TRACE", "got PLANTED-TRACE-MSG");
+            tracing::trace!(target: "hyper_util::client", "PLANTED-HYPER-UTIL");
+            tracing::trace!(target: "h2::codec", "PLANTED-H2");
+            tracing::debug!(target: "async_nats::connection", "debug-kept");
+            tracing::trace!(target: "proxybus_resolver::service", "own-trace-kept");
+        });
+        String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn wire_crates_are_capped_at_debug_even_under_rust_log_trace() {
+        for format in [LogFormat::Plain, LogFormat::Json] {
+            let text = written(false, format);
+            assert!(!text.contains("PLANTED"), "{text}");
+            assert!(text.contains("debug-kept") && text.contains("own-trace-kept"), "{text}");
+            let wire = written(true, format);
+            for planted in ["PLANTED-TRACE-MSG", "PLANTED-HYPER-UTIL", "PLANTED-H2"] {
+                assert!(wire.contains(planted), "PROXYBUS_LOG_WIRE lets {planted} through: {wire}");
+            }
+        }
+    }
+
+    #[test]
+    fn wire_logs_need_an_explicit_setting() {
+        assert!(!wire_logs_from_env(&EnvSource::default()));
+        assert!(!wire_logs_from_env(&[(WIRE_LOG_ENV, "0")].into_iter().collect()));
+        assert!(wire_logs_from_env(&[(WIRE_LOG_ENV, "1")].into_iter().collect()));
+        assert!(wire_logs_from_env(&[(WIRE_LOG_ENV, "TRUE")].into_iter().collect()));
+    }
 }
