@@ -15,10 +15,10 @@ use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::{self, context::PublishAckFuture};
 use chrono::Utc;
 use futures::StreamExt;
-use proxybus_aggregator::service::STATUS_SUBJECT;
 use proxybus_client::{ClientConfig, ProxyClient};
 use proxybus_shared::feedback::{FeedbackStreamConfig, MSG_ID_HEADER, ensure_feedback_stream};
 use proxybus_shared::nats::NatsSettings;
+use proxybus_shared::subject::AGGREGATOR_STATUS_SUBJECT;
 use proxybus_shared::subject::FEEDBACK_STREAM;
 use proxybus_shared::{
     Codec, ConnectionType, Encoding, ErrorKind, ExchangeId, FeedbackPhase, ProxyFeedback, ProxyId, ProxyUrl, Region,
@@ -221,8 +221,10 @@ pub async fn publish(bus: &mut Bus, options: &Options) -> anyhow::Result<Vec<Row
 
 /// The aggregator's counters, when it answers.
 async fn aggregator_status(client: &async_nats::Client) -> Option<serde_json::Value> {
-    let reply =
-        tokio::time::timeout(Duration::from_secs(1), client.request(STATUS_SUBJECT, "".into())).await.ok()?.ok()?;
+    let reply = tokio::time::timeout(Duration::from_secs(1), client.request(AGGREGATOR_STATUS_SUBJECT, "".into()))
+        .await
+        .ok()?
+        .ok()?;
     serde_json::from_slice(&reply.payload).ok()
 }
 

@@ -95,6 +95,17 @@ pub const AGGREGATOR_STATE_BUCKET: &str = "PROXY_AGGREGATOR";
 pub const AGGREGATOR_EVENT_IDS_STREAM: &str = "PROXY_AGGREGATOR_EVENT_IDS";
 /// Key-value bucket `replay --what-if` writes its result to, beside `PROXY_HEALTH`.
 pub const HEALTH_REPLAY_BUCKET: &str = "PROXY_HEALTH_REPLAY";
+/// Subject of the aggregator micro-service's endpoint that answers with its counters
+/// (JSON `StatsSnapshot`; docs/aggregator.md).
+pub const AGGREGATOR_STATUS_SUBJECT: &str = "proxybus.aggregator.status";
+/// Prefix of the subjects of [`AGGREGATOR_EVENT_IDS_STREAM`]
+/// (`proxybus.aggregator.event_ids.{health_bucket}`; docs/aggregator.md).
+pub const AGGREGATOR_EVENT_IDS_PREFIX: &str = "proxybus.aggregator.event_ids";
+/// Header of a dead-lettered feedback message (`proxy.v1.feedback_dead.>`): why it could
+/// not be folded (redacted, at most 256 characters; docs/aggregator.md).
+pub const DEAD_REASON_HEADER: &str = "Proxybus-Dead-Reason";
+/// Header of a dead-lettered feedback message: its sequence in `PROXY_FEEDBACK`.
+pub const DEAD_SEQ_HEADER: &str = "Proxybus-Stream-Seq";
 
 /// Header a NATS micro-service error reply carries with its text (ADR-32); async-nats'
 /// own constant, re-exported so no part spells it out.

@@ -12,17 +12,15 @@ use proxybus_shared::config::{
 };
 use proxybus_shared::feedback::{FeedbackStreamConfig, MIN_DUPLICATE_WINDOW};
 use proxybus_shared::nats::NatsSettings;
-use proxybus_shared::subject::HEALTH_BUCKET;
+use proxybus_shared::subject::{
+    AGGREGATOR_EVENT_IDS_STREAM, AGGREGATOR_SERVICE, AGGREGATOR_STATE_BUCKET, HEALTH_BUCKET,
+};
 use serde::Deserialize;
 
 use crate::policy::HealthPolicy;
 
 /// Prefix of the aggregator's own environment variables.
-pub const ENV_PREFIX: &str = "PROXYBUS_AGGREGATOR_";
-/// Default bucket of the aggregator's checkpoint.
-pub const DEFAULT_STATE_BUCKET: &str = "PROXY_AGGREGATOR";
-/// Default stream of the remembered event ids.
-pub const DEFAULT_EVENT_IDS_STREAM: &str = "PROXY_AGGREGATOR_EVENT_IDS";
+pub(crate) const ENV_PREFIX: &str = "PROXYBUS_AGGREGATOR_";
 
 /// The aggregator's own settings (`PROXYBUS_AGGREGATOR_{NAME}`, nested with `__`,
 /// e.g. `PROXYBUS_AGGREGATOR_HEALTH__CONSECUTIVE_FAILURES=5`).
@@ -84,10 +82,10 @@ impl Default for AggregatorSettings {
             stream_max_bytes: 1 << 30,
             duplicate_window_seconds: MIN_DUPLICATE_WINDOW.as_secs(),
             health_bucket: HEALTH_BUCKET.to_owned(),
-            state_bucket: DEFAULT_STATE_BUCKET.to_owned(),
+            state_bucket: AGGREGATOR_STATE_BUCKET.to_owned(),
             event_id_horizon_seconds: 86_400,
             event_ids_max: crate::fold::DEFAULT_EVENT_IDS_MAX,
-            event_ids_stream: DEFAULT_EVENT_IDS_STREAM.to_owned(),
+            event_ids_stream: AGGREGATOR_EVENT_IDS_STREAM.to_owned(),
             batch_size: 500,
             fetch_wait_ms: 1000,
             ack_wait_seconds: 60,
@@ -225,7 +223,7 @@ impl AggregatorConfig {
     /// Defaults for a NATS server at `url`, with no metrics listener and no proxy service.
     pub fn for_url(url: impl Into<String>) -> Self {
         Self {
-            nats: NatsSettings::new(url).with_name("proxybus-aggregator"),
+            nats: NatsSettings::new(url).with_name(AGGREGATOR_SERVICE),
             settings: AggregatorSettings { metrics_listen: String::new(), ..AggregatorSettings::default() },
             proxy_services: ExternalProxyServiceConfig::default(),
         }
@@ -243,11 +241,9 @@ impl AggregatorConfig {
             .ok();
         let nats = NatsSettings::from_env(env).map_err(|err| collect(&mut problems, err, "")).ok();
         match (settings, proxy, nats) {
-            (Some(settings), Some(proxy), Some(nats)) if problems.is_empty() => Ok(Self {
-                nats: nats.with_name("proxybus-aggregator"),
-                settings,
-                proxy_services: proxy.external_service,
-            }),
+            (Some(settings), Some(proxy), Some(nats)) if problems.is_empty() => {
+                Ok(Self { nats: nats.with_name(AGGREGATOR_SERVICE), settings, proxy_services: proxy.external_service })
+            }
             _ => Err(ConfigError::Invalid(problems)),
         }
     }

@@ -23,14 +23,13 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, stream};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::StreamExt;
+use proxybus_shared::subject::AGGREGATOR_EVENT_IDS_PREFIX;
 use uuid::Uuid;
 
 /// Bytes of one persisted id: UUID (16), stream sequence (8), stream time ms (8).
 const ENTRY_BYTES: usize = 32;
 /// Ids per persisted message (under NATS' default 1 MiB payload limit).
 const ENTRIES_PER_MESSAGE: usize = 30_000;
-/// Subject prefix of the persisted ids.
-pub const EVENT_IDS_SUBJECT_PREFIX: &str = "proxybus.aggregator.event_ids";
 
 /// An id seen: the event's UUID, its stream sequence and stream time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,7 +130,7 @@ impl EventIds {
 }
 
 /// Encodes ids as persisted messages (at most [`ENTRIES_PER_MESSAGE`] each).
-pub fn encode(ids: &[SeenId]) -> Vec<Bytes> {
+pub(crate) fn encode(ids: &[SeenId]) -> Vec<Bytes> {
     ids.chunks(ENTRIES_PER_MESSAGE)
         .map(|chunk| {
             let mut out = BytesMut::with_capacity(chunk.len() * ENTRY_BYTES);
@@ -146,7 +145,7 @@ pub fn encode(ids: &[SeenId]) -> Vec<Bytes> {
 }
 
 /// Decodes one persisted message; `None` when its length is not a multiple of 32.
-pub fn decode(mut bytes: &[u8]) -> Option<Vec<SeenId>> {
+pub(crate) fn decode(mut bytes: &[u8]) -> Option<Vec<SeenId>> {
     if !bytes.len().is_multiple_of(ENTRY_BYTES) {
         return None;
     }
@@ -159,7 +158,7 @@ pub fn decode(mut bytes: &[u8]) -> Option<Vec<SeenId>> {
 
 /// Where the ids of one health bucket are persisted.
 #[derive(Debug, Clone)]
-pub struct EventIdLog {
+pub(crate) struct EventIdLog {
     jetstream: jetstream::Context,
     stream: String,
     subject: String,
@@ -167,7 +166,7 @@ pub struct EventIdLog {
 
 impl EventIdLog {
     /// Opens (creating when missing) stream `stream`, keeping messages for `keep`.
-    pub async fn open(
+    pub(crate) async fn open(
         jetstream: &jetstream::Context,
         stream: &str,
         health_bucket: &str,
@@ -176,7 +175,7 @@ impl EventIdLog {
         let config = stream::Config {
             name: stream.to_owned(),
             description: Some("proxybus-aggregator: event ids folded, for exactly once by event_id".into()),
-            subjects: vec![format!("{EVENT_IDS_SUBJECT_PREFIX}.>")],
+            subjects: vec![format!("{AGGREGATOR_EVENT_IDS_PREFIX}.>")],
             storage: stream::StorageType::File,
             max_age: keep,
             ..Default::default()
@@ -185,12 +184,12 @@ impl EventIdLog {
         Ok(Self {
             jetstream: jetstream.clone(),
             stream: stream.to_owned(),
-            subject: format!("{EVENT_IDS_SUBJECT_PREFIX}.{health_bucket}"),
+            subject: format!("{AGGREGATOR_EVENT_IDS_PREFIX}.{health_bucket}"),
         })
     }
 
     /// Persists `ids` (waiting for the stream's acks).
-    pub async fn append(&self, ids: &[SeenId]) -> Result<(), String> {
+    pub(crate) async fn append(&self, ids: &[SeenId]) -> Result<(), String> {
         for message in encode(ids) {
             let ack = self
                 .jetstream
@@ -203,7 +202,7 @@ impl EventIdLog {
     }
 
     /// Reads back every persisted id at or below stream sequence `position`, in order.
-    pub async fn load(&self, position: u64) -> Result<Vec<SeenId>, String> {
+    pub(crate) async fn load(&self, position: u64) -> Result<Vec<SeenId>, String> {
         let fail = |err: &dyn std::fmt::Display| format!("reading event ids from {}: {err}", self.stream);
         let stream = self.jetstream.get_stream(&self.stream).await.map_err(|err| fail(&err))?;
         let ordered = stream

@@ -44,7 +44,7 @@ use crate::event_ids::EventIds;
 use crate::sketch::LatencySketch;
 
 /// Region key of proxies whose feedback names no region.
-pub const NO_REGION: &str = "_none";
+pub(crate) const NO_REGION: &str = "_none";
 
 /// The part of a proxy's state that is not in [`HealthStats`] but that the fold
 /// needs to continue exactly: decayed counters, probation and the latency sketch.
@@ -139,9 +139,9 @@ pub struct FeedbackFolder {
 }
 
 /// How long event ids are kept by default: a day of stream time.
-pub const DEFAULT_EVENT_ID_HORIZON: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+pub(crate) const DEFAULT_EVENT_ID_HORIZON: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 /// Most event ids kept by default (about 64 bytes of memory each).
-pub const DEFAULT_EVENT_IDS_MAX: usize = 2_000_000;
+pub(crate) const DEFAULT_EVENT_IDS_MAX: usize = 2_000_000;
 
 impl FeedbackFolder {
     /// An empty folder, keeping event ids for [`DEFAULT_EVENT_ID_HORIZON`].

@@ -4,6 +4,7 @@
 //! never block the consumer.
 
 use async_nats::{Client, HeaderMap};
+use chrono::{DateTime, Utc};
 use proxybus_shared::{Codec, OperatorEvent, ProxyFeedback, subject};
 
 /// One message of stream `PROXY_FEEDBACK`: a feed's (or a probe's) feedback, or an operator's event.
@@ -35,7 +36,7 @@ impl StreamEvent {
 
 /// Decodes and checks one message of the stream, feedback or operator event by its
 /// subject; the error is the reason to dead-letter it.
-pub fn read_event(subject: &str, headers: Option<&HeaderMap>, payload: &[u8]) -> Result<StreamEvent, String> {
+pub(crate) fn read_event(subject: &str, headers: Option<&HeaderMap>, payload: &[u8]) -> Result<StreamEvent, String> {
     if subject::is_operator(subject) {
         read_operator(subject, headers, payload).map(StreamEvent::Operator)
     } else {
@@ -45,7 +46,11 @@ pub fn read_event(subject: &str, headers: Option<&HeaderMap>, payload: &[u8]) ->
 
 /// Decodes and checks one operator event: its action and proxy must be the subject's,
 /// and it must pass `health::validate_operator_event`.
-pub fn read_operator(subject: &str, headers: Option<&HeaderMap>, payload: &[u8]) -> Result<OperatorEvent, String> {
+pub(crate) fn read_operator(
+    subject: &str,
+    headers: Option<&HeaderMap>,
+    payload: &[u8],
+) -> Result<OperatorEvent, String> {
     let (action, proxy) = subject::parse_operator(subject).map_err(|err| format!("bad subject: {err}"))?;
     let event: OperatorEvent = Codec::default().decode(headers, payload).map_err(|err| err.to_string())?;
     if event.action != action || event.proxy_id != proxy {
@@ -55,15 +60,15 @@ pub fn read_operator(subject: &str, headers: Option<&HeaderMap>, payload: &[u8])
     Ok(event)
 }
 
-/// Header that carries why a message was dead-lettered.
-pub const DEAD_REASON_HEADER: &str = "Proxybus-Dead-Reason";
-/// Header that carries the stream sequence of a dead-lettered message.
-pub const DEAD_SEQ_HEADER: &str = "Proxybus-Stream-Seq";
 /// Longest reason put in the header.
 const MAX_REASON_LEN: usize = 256;
 
 /// Decodes and checks one feedback message; the error is the reason to dead-letter it.
-pub fn read_feedback(subject: &str, headers: Option<&HeaderMap>, payload: &[u8]) -> Result<ProxyFeedback, String> {
+pub(crate) fn read_feedback(
+    subject: &str,
+    headers: Option<&HeaderMap>,
+    payload: &[u8],
+) -> Result<ProxyFeedback, String> {
     let (exchange, connection_type) = subject::parse_feedback(subject).map_err(|err| format!("bad subject: {err}"))?;
     let event: ProxyFeedback = Codec::default().decode(headers, payload).map_err(|err| err.to_string())?;
     if event.exchange_id != exchange {
@@ -83,13 +88,13 @@ pub fn read_feedback(subject: &str, headers: Option<&HeaderMap>, payload: &[u8])
 }
 
 /// A reason fit for a header: URLs redacted, one line, at most 256 characters.
-pub fn clean_reason(reason: &str) -> String {
+pub(crate) fn clean_reason(reason: &str) -> String {
     let one_line = reason.split_whitespace().collect::<Vec<_>>().join(" ");
     proxybus_shared::redact_text(&one_line).chars().filter(|c| !c.is_control()).take(MAX_REASON_LEN).collect()
 }
 
 /// Republishes a message that cannot be folded on its dead-letter subject.
-pub async fn dead_letter(
+pub(crate) async fn dead_letter(
     client: &Client,
     original_subject: &str,
     stream_seq: u64,
@@ -97,9 +102,31 @@ pub async fn dead_letter(
     payload: bytes::Bytes,
 ) -> Result<(), async_nats::PublishError> {
     let mut headers = HeaderMap::new();
-    headers.insert(DEAD_REASON_HEADER, clean_reason(reason).as_str());
-    headers.insert(DEAD_SEQ_HEADER, stream_seq.to_string().as_str());
+    headers.insert(subject::DEAD_REASON_HEADER, clean_reason(reason).as_str());
+    headers.insert(subject::DEAD_SEQ_HEADER, stream_seq.to_string().as_str());
     client.publish_with_headers(subject::feedback_dead(original_subject), headers, payload).await
+}
+
+/// A JetStream timestamp as chrono, whichever type async-nats was built with.
+pub(crate) fn offset_to_chrono<T: StreamTime>(at: T) -> DateTime<Utc> {
+    at.to_chrono()
+}
+
+/// The two types async-nats' `DateTime` can be (its `chrono` feature switches it).
+pub(crate) trait StreamTime {
+    fn to_chrono(self) -> DateTime<Utc>;
+}
+
+impl StreamTime for time::OffsetDateTime {
+    fn to_chrono(self) -> DateTime<Utc> {
+        DateTime::from_timestamp_nanos(i64::try_from(self.unix_timestamp_nanos()).unwrap_or(i64::MAX))
+    }
+}
+
+impl StreamTime for DateTime<Utc> {
+    fn to_chrono(self) -> DateTime<Utc> {
+        self
+    }
 }
 
 #[cfg(test)]

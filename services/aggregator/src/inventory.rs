@@ -13,10 +13,10 @@ use proxybus_shared::{ProxyId, ProxyInventory};
 use tokio::sync::watch;
 
 /// Proxies per region, from every inventory.
-pub type RegionSizes = BTreeMap<String, usize>;
+pub(crate) type RegionSizes = BTreeMap<String, usize>;
 
 /// The distinct proxies per region of `inventories`.
-pub fn region_sizes<'a>(inventories: impl IntoIterator<Item = &'a ProxyInventory>) -> RegionSizes {
+pub(crate) fn region_sizes<'a>(inventories: impl IntoIterator<Item = &'a ProxyInventory>) -> RegionSizes {
     let mut regions: BTreeMap<String, BTreeSet<&ProxyId>> = BTreeMap::new();
     for inventory in inventories {
         for proxy in &inventory.proxies {
@@ -28,7 +28,7 @@ pub fn region_sizes<'a>(inventories: impl IntoIterator<Item = &'a ProxyInventory
 
 /// The region sizes of the inventories stored now (for a replay); empty when the
 /// bucket is missing or unreadable.
-pub async fn current_sizes(jetstream: &jetstream::Context) -> RegionSizes {
+pub(crate) async fn current_sizes(jetstream: &jetstream::Context) -> RegionSizes {
     use futures::StreamExt;
     let Ok(bucket) = jetstream.get_key_value(proxybus_shared::subject::INVENTORY_BUCKET).await else {
         return RegionSizes::new();
@@ -48,7 +48,7 @@ pub async fn current_sizes(jetstream: &jetstream::Context) -> RegionSizes {
 
 /// Follows `PROXY_INVENTORY` until `shutdown`, sending the region sizes on every change
 /// once the stored inventories are loaded.
-pub async fn follow(
+pub(crate) async fn follow(
     jetstream: jetstream::Context,
     sizes: watch::Sender<RegionSizes>,
     shutdown: impl std::future::Future<Output = ()>,

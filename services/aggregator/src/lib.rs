@@ -5,68 +5,58 @@
 //!
 //! Nothing reported is lost or counted twice, across a crash of the aggregator, a
 //! restart of the NATS server, or a replay: state and stream position are committed
-//! together before any message is acked ([`store`]), and the fold is deterministic
-//! ([`fold`]). See `docs/aggregator.md` for the health model and operations.
+//! together before any message is acked (`store.rs`), and the fold is deterministic
+//! (`fold.rs`). See `docs/aggregator.md` for the health model and operations.
 //!
 //! # Layout
-//! - [`service`]: [`run`], the live loop: durable pull consumer, batches, commit,
-//!   ack, push-back; NATS micro-service `proxybus-aggregator`.
-//! - [`fold`]: [`FeedbackFolder`], the deterministic health model.
-//! - [`event_ids`]: exactly once by `event_id`: the ids folded within a horizon,
+//! - `server.rs`: [`run`] / [`run_with_stats`]: start-up (NATS, stream and buckets,
+//!   checkpoint, micro-service `proxybus-aggregator`, push-back) and shutdown.
+//! - `live.rs`: the live loop: durable pull consumer, batches, commit, ack, push-back.
+//! - `fold.rs`: [`FeedbackFolder`], the deterministic health model.
+//! - `event_ids.rs`: exactly once by `event_id`: the ids folded within a horizon,
 //!   persisted with each commit.
-//! - [`policy`]: [`HealthPolicy`] (from `proxybus_shared::health`), thresholds and defaults.
-//! - [`inventory`]: region sizes from the pools' inventories in `PROXY_INVENTORY`.
-//! - [`sketch`]: latency percentiles (HDR histogram) stored with the state.
+//! - `policy.rs`: [`HealthPolicy`] (from `proxybus_shared::health`), thresholds and defaults.
+//! - `inventory.rs`: region sizes from the pools' inventories in `PROXY_INVENTORY`.
+//! - `sketch.rs`: latency percentiles (HDR histogram) stored with the state.
 //! - [`record`]: the stored form of a proxy's state (HealthStats + `fold_state`).
-//! - [`store`]: KV buckets, the checkpoint and the atomic commit of a batch.
-//! - [`intake`]: decoding feedback and dead-lettering what cannot be folded.
-//! - [`push`]: `proxy.v1.health.{region}` and the HTTP push-back to proxy services.
-//! - [`replay`]: rebuilding health from the stream with an ordered consumer.
-//! - [`stats`], [`metrics`]: counters, `$SRV.STATS` and Prometheus `/metrics`.
-//! - [`config`]: `PROXYBUS_AGGREGATOR_*`, `CRYPTOFEED_PROXY_*` and `NATS_*`.
+//! - `store.rs`: [`HealthStore`], KV buckets, the checkpoint and the atomic commit of a batch.
+//! - `intake.rs`: decoding feedback and dead-lettering what cannot be folded.
+//! - `push.rs`: `proxy.v1.health.{region}` and the HTTP push-back to proxy services.
+//! - [`replay`]: rebuilding health from the stream with an ordered consumer
+//!   (`proxybus-aggregator replay`, `--what-if`).
+//! - `stats.rs`, `metrics.rs`: [`AggregatorStats`], `$SRV.STATS` and Prometheus series.
+//! - `config.rs`: [`AggregatorConfig`], [`AggregatorSettings`] (`PROXYBUS_AGGREGATOR_*`,
+//!   `CRYPTOFEED_PROXY_*` and `NATS_*`).
+//! - `error.rs`: [`AggregatorError`].
 //! - `main.rs`: the `proxybus-aggregator` binary (`run`, `replay`).
+//!
+//! An event's path: `live.rs` (fetch) → `intake.rs` (decode, or dead-letter) →
+//! `fold.rs` (+ `event_ids.rs`) → `store.rs` (commit, then ack) → `push.rs`.
 
-pub mod config;
-pub mod event_ids;
-pub mod fold;
-pub mod intake;
-pub mod inventory;
-pub mod metrics;
-pub mod policy;
-pub mod push;
+#![warn(unreachable_pub)]
+
+mod config;
+mod error;
+mod event_ids;
+mod fold;
+mod intake;
+mod inventory;
+mod live;
+mod metrics;
+mod policy;
+mod push;
 pub mod record;
 pub mod replay;
-pub mod service;
-pub mod sketch;
-pub mod stats;
-pub mod store;
+mod server;
+mod sketch;
+mod stats;
+mod store;
 
-pub use config::{AggregatorConfig, AggregatorSettings};
+pub use config::{AggregatorConfig, AggregatorSettings, PushSettings};
+pub use error::AggregatorError;
 pub use fold::{FeedbackFolder, FoldOutcome, FoldState, ProxyHealth};
 pub use policy::HealthPolicy;
 pub use replay::{ReplayOptions, ReplayReport, ReplayStart, replay};
-pub use service::{run, run_with_stats};
+pub use server::{run, run_with_stats};
 pub use stats::{AggregatorStats, StatsSnapshot};
-
-/// Why the aggregator stopped or could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum AggregatorError {
-    /// NATS could not be reached.
-    #[error("cannot connect to NATS: {0}")]
-    Connect(String),
-    /// State could not be loaded or stored.
-    #[error(transparent)]
-    Store(#[from] store::StoreError),
-    /// The micro-service could not be registered.
-    #[error("cannot register the micro-service: {0}")]
-    Service(String),
-    /// The push-back HTTP client could not be built.
-    #[error("cannot build the push-back client: {0}")]
-    PushClient(#[from] proxybus_shared::http::HttpClientError),
-    /// The metrics listener could not start.
-    #[error("cannot serve metrics: {0}")]
-    Metrics(String),
-    /// A replay failed.
-    #[error("replay failed: {0}")]
-    Replay(String),
-}
+pub use store::{HealthStore, LoadedState, StoreError, read_bucket};

@@ -1,7 +1,8 @@
 //! The `proxybus-aggregator` binary: `run` (the default) folds feedback live;
 //! `replay` rebuilds health stats from the stream. Configuration comes from the
-//! environment (`PROXYBUS_AGGREGATOR_*`, `CRYPTOFEED_PROXY_*`, `NATS_*`) and an
-//! optional TOML file.
+//! environment (`PROXYBUS_AGGREGATOR_*`, `CRYPTOFEED_PROXY_*`, `NATS_*`) and optional
+//! TOML files: `--config` / `PROXYBUS_AGGREGATOR_CONFIG` (the aggregator's settings) and
+//! `--proxy-config` / `PROXYBUS_PROXY_CONFIG` (the seed's proxy settings).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,20 +10,36 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use proxybus_aggregator::AggregatorConfig;
 use proxybus_aggregator::replay::ReplayArgs;
-use proxybus_shared::config::EnvSource;
+use proxybus_shared::config::{AGGREGATOR_CONFIG_VAR, EnvSource, PROXY_CONFIG_VAR};
 use proxybus_shared::telemetry;
 
 #[derive(Debug, Parser)]
 #[command(name = "proxybus-aggregator", version, about = "Folds proxy feedback into health stats, exactly once")]
 struct Cli {
-    /// TOML file with the aggregator's settings (the environment wins over it).
-    #[arg(long, global = true, env = "PROXYBUS_AGGREGATOR_CONFIG")]
+    /// TOML file with the aggregator's settings (the environment wins over it); default
+    /// `$PROXYBUS_AGGREGATOR_CONFIG`.
+    #[arg(long, global = true)]
     config: Option<PathBuf>,
-    /// TOML file with the proxy settings (`external_service` names the proxy services to push to).
-    #[arg(long, global = true, env = "PROXYBUS_PROXY_CONFIG")]
+    /// TOML file with the proxy settings (`external_service` names the proxy services to
+    /// push to); default `$PROXYBUS_PROXY_CONFIG`.
+    #[arg(long, global = true)]
     proxy_config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+impl Cli {
+    /// Fills a file not given on the command line from its variable, the same way in
+    /// every service (`EnvSource::renamed`; the aggregator has no deprecated names).
+    /// Called after telemetry is set up, so that a deprecation would be logged.
+    fn fill_from(&mut self, env: &EnvSource) {
+        if self.config.is_none() {
+            self.config = env.renamed(AGGREGATOR_CONFIG_VAR, &[]).map(PathBuf::from);
+        }
+        if self.proxy_config.is_none() {
+            self.proxy_config = env.renamed(PROXY_CONFIG_VAR, &[]).map(PathBuf::from);
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -35,9 +52,10 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
     let env = EnvSource::from_process();
     telemetry::init_from_env(&env);
+    cli.fill_from(&env);
     let config = match AggregatorConfig::load(cli.config.as_deref(), cli.proxy_config.as_deref(), &env) {
         Ok(config) => config,
         Err(err) => {
@@ -60,5 +78,29 @@ async fn main() -> ExitCode {
             eprintln!("proxybus-aggregator: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_come_from_the_flags_else_from_their_variables() {
+        let env: EnvSource =
+            [(AGGREGATOR_CONFIG_VAR, "aggregator.toml"), (PROXY_CONFIG_VAR, "proxy.toml")].into_iter().collect();
+        let mut cli = Cli::parse_from(["proxybus-aggregator"]);
+        cli.fill_from(&env);
+        assert_eq!(cli.config, Some(PathBuf::from("aggregator.toml")));
+        assert_eq!(cli.proxy_config, Some(PathBuf::from("proxy.toml")));
+
+        let mut cli = Cli::parse_from(["proxybus-aggregator", "--config", "flag.toml", "replay"]);
+        cli.fill_from(&env);
+        assert_eq!(cli.config, Some(PathBuf::from("flag.toml")));
+        assert_eq!(cli.proxy_config, Some(PathBuf::from("proxy.toml")));
+
+        let mut cli = Cli::parse_from(["proxybus-aggregator"]);
+        cli.fill_from(&EnvSource::default());
+        assert_eq!((cli.config, cli.proxy_config), (None, None));
     }
 }

@@ -1,34 +1,28 @@
-//! The Prometheus `/metrics` listener. Metric names are `proxybus_aggregator_*`
-//! (see `docs/aggregator.md`); they never carry a proxy URL.
+//! The aggregator's Prometheus metrics: the `/metrics` listener is the process's one
+//! ([`proxybus_shared::telemetry::serve_metrics`]); this module names and describes the
+//! series. Metric names are `proxybus_aggregator_*` (see `docs/aggregator.md`); they
+//! never carry a proxy URL.
 
 use std::net::SocketAddr;
 
-use metrics_exporter_prometheus::PrometheusBuilder;
+use tokio_util::sync::CancellationToken;
 
 use crate::AggregatorError;
 
-/// Installs the Prometheus recorder and serves `/metrics` on `addr`. A process can
-/// have one recorder: a second call only logs.
-pub fn serve(addr: SocketAddr) -> Result<(), AggregatorError> {
-    let (recorder, exporter) = PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .build()
-        .map_err(|err| AggregatorError::Metrics(err.to_string()))?;
-    if metrics::set_global_recorder(recorder).is_err() {
-        tracing::warn!("a metrics recorder is already installed; not serving /metrics again");
-        return Ok(());
-    }
+/// Serves `/metrics` on `addr` (installing the process's recorder) until `stop` is
+/// cancelled, and describes the aggregator's series.
+pub(crate) async fn serve(addr: SocketAddr, stop: CancellationToken) -> Result<(), AggregatorError> {
+    proxybus_shared::telemetry::serve_metrics(addr, stop)
+        .await
+        .map_err(|err| AggregatorError::Metrics(format!("{addr}: {err}")))?;
     describe();
-    tokio::spawn(async move {
-        if let Err(err) = exporter.await {
-            tracing::error!(error = ?err, "metrics listener stopped");
-        }
-    });
-    tracing::info!(%addr, "serving /metrics");
     Ok(())
 }
 
-fn describe() {
+/// Describes the aggregator's series to the installed recorder (none: nothing happens),
+/// so that `/metrics` shows their help text whoever serves it (`proxybus up` serves one
+/// `/metrics` for every part).
+pub(crate) fn describe() {
     use metrics::{describe_counter, describe_gauge};
     describe_counter!("proxybus_aggregator_events_folded_total", "Feedback events folded into health stats");
     describe_counter!("proxybus_aggregator_duplicates_skipped_total", "Redelivered messages skipped (already folded)");

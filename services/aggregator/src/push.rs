@@ -25,11 +25,8 @@ use crate::config::PushSettings;
 use crate::fold::NO_REGION;
 use crate::stats::AggregatorStats;
 
-/// Path of the health endpoint of a proxy service.
-pub const HEALTH_PATH: &str = "/api/v1/proxy/health";
-
 /// The subject changed stats of a proxy are published on.
-pub fn health_subject(region: Option<&Region>) -> String {
+pub(crate) fn health_subject(region: Option<&Region>) -> String {
     match region {
         Some(region) => subject::health(region),
         None => format!("{}.{NO_REGION}", subject::HEALTH_PREFIX),
@@ -38,7 +35,7 @@ pub fn health_subject(region: Option<&Region>) -> String {
 
 /// Publishes changed stats on the bus and hands them to the endpoint pushers.
 #[derive(Debug)]
-pub struct HealthPublisher {
+pub(crate) struct HealthPublisher {
     client: Client,
     pushers: Vec<Arc<Pusher>>,
 }
@@ -59,7 +56,7 @@ struct Pusher {
 impl HealthPublisher {
     /// A publisher for `services`' endpoints (none when push-back is off), with one
     /// task per endpoint tracked by `tracker` and stopped by `cancel`.
-    pub fn start(
+    pub(crate) fn start(
         client: Client,
         services: &ExternalProxyServiceConfig,
         settings: &PushSettings,
@@ -82,7 +79,7 @@ impl HealthPublisher {
                 );
                 let pusher = Arc::new(Pusher {
                     name,
-                    url: format!("{}{HEALTH_PATH}", endpoint.trim_end_matches('/')),
+                    url: format!("{}{}", endpoint.trim_end_matches('/'), proxybus_shared::http::paths::HEALTH),
                     http: http.clone(),
                     breaker,
                     pending: Mutex::new(BTreeMap::new()),
@@ -98,7 +95,7 @@ impl HealthPublisher {
     }
 
     /// Publishes each of `changed` on its health subject and queues it for every endpoint.
-    pub async fn publish(&self, changed: &[HealthStats]) {
+    pub(crate) async fn publish(&self, changed: &[HealthStats]) {
         let codec = Codec::default();
         for stats in changed {
             match codec.encode(Encoding::MsgPack, stats) {
@@ -116,11 +113,6 @@ impl HealthPublisher {
         for pusher in &self.pushers {
             pusher.offer(changed);
         }
-    }
-
-    /// Stats waiting for delivery to each endpoint (redacted endpoint, count).
-    pub fn backlog(&self) -> Vec<(String, usize)> {
-        self.pushers.iter().map(|p| (p.name.clone(), p.pending.lock().expect("not poisoned").len())).collect()
     }
 }
 

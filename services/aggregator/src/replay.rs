@@ -11,19 +11,17 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use proxybus_shared::subject::FEEDBACK_STREAM;
+use proxybus_shared::subject::{FEEDBACK_STREAM, HEALTH_REPLAY_BUCKET};
 use proxybus_shared::{ExchangeId, ProxyId};
 
 use crate::AggregatorError;
 use crate::config::AggregatorConfig;
 use crate::fold::{FeedbackFolder, ProxyHealth};
 use crate::intake;
+use crate::intake::offset_to_chrono;
 use crate::policy::HealthPolicy;
-use crate::service::offset_to_chrono;
 use crate::store::{HealthStore, open_bucket, read_bucket};
 
-/// Default bucket a replay writes into, so that it never overwrites live state by accident.
-pub const DEFAULT_REPLAY_BUCKET: &str = "PROXY_HEALTH_REPLAY";
 /// Longest wait for the next message before a replay gives up.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -51,7 +49,7 @@ pub struct ReplayOptions {
 
 impl Default for ReplayOptions {
     fn default() -> Self {
-        Self { start: ReplayStart::Beginning, into: DEFAULT_REPLAY_BUCKET.to_owned() }
+        Self { start: ReplayStart::Beginning, into: HEALTH_REPLAY_BUCKET.to_owned() }
     }
 }
 
@@ -374,7 +372,7 @@ pub struct ReplayArgs {
     #[arg(long)]
     pub from_seq: Option<u64>,
     /// Bucket to write into; PROXY_HEALTH replaces live state (stop the aggregator first).
-    #[arg(long, default_value = DEFAULT_REPLAY_BUCKET)]
+    #[arg(long, default_value = HEALTH_REPLAY_BUCKET)]
     pub into: String,
     /// Compare a candidate health policy (a TOML file of the settings in docs/health.md)
     /// with the live one over the recorded stream; writes nothing.

@@ -23,7 +23,7 @@ use hdrhistogram::serialization::Deserializer;
 use serde::{Deserialize, Serialize};
 
 /// Largest latency the sketch tells apart (one hour); longer ones count as this.
-pub const MAX_LATENCY_MS: u64 = 3_600_000;
+pub(crate) const MAX_LATENCY_MS: u64 = 3_600_000;
 const SIGNIFICANT_DIGITS: u8 = 2;
 /// log2 of half the sub-buckets of a bucket: two significant digits need 256 sub-buckets.
 const SUB_BUCKET_HALF_COUNT_MAGNITUDE: u32 = 7;

@@ -199,7 +199,7 @@ impl EncodedCommit {
 /// Opens `bucket`, creating it (file storage, the latest value per key) when
 /// missing; see `proxybus_shared::kv` for why buckets are not made with
 /// async-nats' `create_key_value`.
-pub async fn open_bucket(
+pub(crate) async fn open_bucket(
     jetstream: &jetstream::Context,
     bucket: &str,
     description: &str,

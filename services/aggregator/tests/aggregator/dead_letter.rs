@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use futures::StreamExt;
-use proxybus_aggregator::intake::DEAD_REASON_HEADER;
 use proxybus_shared::feedback::publish_feedback;
+use proxybus_shared::subject::DEAD_REASON_HEADER;
 use proxybus_shared::subject::HEALTH_BUCKET;
 use proxybus_tests::NatsServer;
 

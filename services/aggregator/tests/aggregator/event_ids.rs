@@ -155,6 +155,6 @@ async fn an_event_republished_after_the_duplicate_window_is_folded_once_live_and
             .await
             .unwrap();
     assert_eq!(report.last_seq, 2);
-    let replayed = records(&js, proxybus_aggregator::replay::DEFAULT_REPLAY_BUCKET).await;
+    let replayed = records(&js, proxybus_shared::subject::HEALTH_REPLAY_BUCKET).await;
     assert_eq!(replayed[&pid(3)].stats.total, 1, "the replay drops the repeat as the live fold did");
 }

@@ -105,7 +105,7 @@ async fn ten_thousand_events_survive_an_aggregator_killed_at_random_points() {
     // The state the crashes left equals a replay from scratch, field by field.
     let report = proxybus_aggregator::replay(&settings, &Default::default(), |_, _| {}).await.unwrap();
     assert_eq!(report.events, 10_000);
-    let replayed = records(&js, proxybus_aggregator::replay::DEFAULT_REPLAY_BUCKET).await;
+    let replayed = records(&js, proxybus_shared::subject::HEALTH_REPLAY_BUCKET).await;
     assert_eq!(replayed, stored, "seed {seed}");
 }
 
@@ -138,12 +138,12 @@ async fn a_nats_server_restart_mid_stream_loses_and_doubles_nothing() {
 
 #[tokio::test]
 async fn a_commit_interrupted_after_its_checkpoint_is_repaired_on_load() {
-    use proxybus_aggregator::store::HealthStore;
+    use proxybus_aggregator::HealthStore;
     use proxybus_aggregator::{FeedbackFolder, HealthPolicy};
 
     let server = NatsServer::start().await.unwrap();
     let js = jetstream(&server).await;
-    let store = HealthStore::open(&js, HEALTH_BUCKET, "PROXY_AGGREGATOR").await.unwrap();
+    let store = HealthStore::open(&js, HEALTH_BUCKET, proxybus_shared::subject::AGGREGATOR_STATE_BUCKET).await.unwrap();
     let mut folder = FeedbackFolder::new(HealthPolicy::default());
     for seq in 1..=3 {
         folder.fold(&event(1, "binance", true, None), seq, crate::helpers::at(seq as i64));

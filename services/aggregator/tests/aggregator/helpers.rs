@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use chrono::{DateTime, TimeZone, Utc};
-use proxybus_aggregator::store::read_bucket;
+use proxybus_aggregator::read_bucket;
 use proxybus_aggregator::{AggregatorConfig, AggregatorStats, ProxyHealth};
 use proxybus_shared::feedback::{FeedbackStreamConfig, ensure_feedback_stream, send_feedback};
 use proxybus_shared::{ConnectionType, ErrorKind, FeedbackPhase, ProxyFeedback, ProxyId, proxy_id};

@@ -10,5 +10,5 @@ mod health_model;
 mod helpers;
 mod push_back;
 mod replay;
-mod service;
+mod server;
 mod small_pools;

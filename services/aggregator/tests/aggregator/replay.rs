@@ -46,7 +46,7 @@ async fn replay_from_the_start_equals_the_live_state_field_by_field() {
     .unwrap();
     assert_eq!((report.events, report.dead, report.proxies, report.last_seq), (600, 0, 10, 600));
     assert_eq!(ticks, 600, "progress for every event");
-    let replayed = records(&js, proxybus_aggregator::replay::DEFAULT_REPLAY_BUCKET).await;
+    let replayed = records(&js, proxybus_shared::subject::HEALTH_REPLAY_BUCKET).await;
     for (id, record) in &live {
         assert_eq!(replayed.get(id), Some(record), "proxy {id}");
     }
@@ -162,7 +162,7 @@ async fn a_stricter_what_if_policy_ejects_more_and_leaves_live_state_alone() {
     // Nothing live was touched: every key, revision and value, and the aggregator's consumer.
     assert_eq!(snapshot(&js, HEALTH_BUCKET).await, before, "PROXY_HEALTH is unchanged");
     assert_eq!(durable.info().await.unwrap().delivered.stream_sequence, delivered_before);
-    assert!(js.get_key_value(proxybus_aggregator::replay::DEFAULT_REPLAY_BUCKET).await.is_err(), "no bucket made");
+    assert!(js.get_key_value(proxybus_shared::subject::HEALTH_REPLAY_BUCKET).await.is_err(), "no bucket made");
     app.stop().await;
 
     // A candidate policy that breaks a rule is refused with the setting named.

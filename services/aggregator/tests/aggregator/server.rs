@@ -40,7 +40,7 @@ async fn registers_as_a_micro_service_with_fold_stats_and_serves_metrics() {
     for field in ["duplicates_skipped", "fold_lag_messages", "fold_lag_ms", "ejections", "dead_lettered"] {
         assert!(data.get(field).is_some(), "{field} missing from {data}");
     }
-    let status = client.request(proxybus_aggregator::service::STATUS_SUBJECT, "".into()).await.unwrap();
+    let status = client.request(proxybus_shared::subject::AGGREGATOR_STATUS_SUBJECT, "".into()).await.unwrap();
     let status: serde_json::Value = serde_json::from_slice(&status.payload).unwrap();
     assert_eq!(status["events_folded"], 20);
 

@@ -18,6 +18,13 @@
 //! many times in the window is encoded and written once, not once per batch. The
 //! consumer acks with `AckPolicy::All`: one ack, after the commit, for every
 //! message of the window.
+//!
+//! # Who folds
+//! [`Live::fold_until_cancelled`] folds as soon as it has created the durable consumer
+//! `proxybus-aggregator` ([`AGGREGATOR_CONSUMER`]) on `PROXY_FEEDBACK`; nothing else
+//! is asked. Each (re-)creation deletes the consumer first, so two aggregators on one
+//! stream would take it from each other (each sees a delivery gap and re-creates it)
+//! rather than fold side by side; one aggregator per stream is the rule for now.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -26,173 +33,32 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, PullConsumer};
 use async_nats::jetstream::{self, Message};
-use async_nats::service::ServiceExt;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use proxybus_shared::feedback::ensure_feedback_stream;
-use proxybus_shared::subject::{AGGREGATOR_CONSUMER, AGGREGATOR_SERVICE, FEEDBACK_STREAM};
+use proxybus_shared::subject::{AGGREGATOR_CONSUMER, FEEDBACK_STREAM};
 use proxybus_shared::{HealthStats, ProxyId};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::AggregatorError;
-use crate::config::{AggregatorConfig, AggregatorSettings};
+use crate::config::AggregatorSettings;
 use crate::event_ids::EventIdLog;
 use crate::fold::FeedbackFolder;
-use crate::intake;
-use crate::inventory::{self, RegionSizes};
+use crate::intake::{self, offset_to_chrono};
+use crate::inventory::RegionSizes;
 use crate::push::HealthPublisher;
 use crate::stats::AggregatorStats;
 use crate::store::{EncodedCommit, HealthStore};
 
-/// Subject of the micro-service endpoint that answers with the counters (JSON).
-pub const STATUS_SUBJECT: &str = "proxybus.aggregator.status";
-
 /// Changed stats published (cloned) at a time after a commit.
 const PUBLISH_CHUNK: usize = 512;
 
-/// How long shutdown waits for the push-back tasks.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-/// Runs the aggregator until `shutdown` completes.
-pub async fn run(
-    config: AggregatorConfig,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), AggregatorError> {
-    run_with_stats(config, Arc::new(AggregatorStats::default()), shutdown).await
-}
-
-/// Runs the aggregator with counters the caller can read.
-pub async fn run_with_stats(
-    config: AggregatorConfig,
-    stats: Arc<AggregatorStats>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), AggregatorError> {
-    let cancel = CancellationToken::new();
-    let trigger = cancel.clone();
-    tokio::spawn(async move {
-        shutdown.await;
-        trigger.cancel();
-    });
-    let settings = config.settings.clone();
-    if let Some(addr) = settings.metrics_addr() {
-        crate::metrics::serve(addr)?;
-    }
-    let client = config.nats.connect_retrying().await.map_err(|err| AggregatorError::Connect(err.to_string()))?;
-    tokio::select! {
-        () = cancel.cancelled() => return Ok(()),
-        supported = proxybus_shared::nats::ensure_supported_once_connected(&client) => {
-            supported.map_err(|err| AggregatorError::Connect(err.to_string()))?;
-        }
-    }
-    let jetstream = jetstream::new(client.clone());
-    let Some(store) = retry_until_cancelled(&cancel, "opening the stream and buckets", || async {
-        ensure_feedback_stream(&jetstream, &settings.stream()).await.map_err(|err| err.to_string())?;
-        HealthStore::open(&jetstream, &settings.health_bucket, &settings.state_bucket)
-            .await
-            .map_err(|err| err.to_string())
-    })
-    .await
-    else {
-        return Ok(());
-    };
-    let loaded = store.load().await?;
-    let Some(id_log) = retry_until_cancelled(&cancel, "opening the event-id stream", || async {
-        let keep = Duration::from_secs(settings.event_id_horizon_seconds + 3600);
-        EventIdLog::open(&jetstream, &settings.event_ids_stream, &settings.health_bucket, keep).await
-    })
-    .await
-    else {
-        return Ok(());
-    };
-    let mut event_ids = settings.event_ids();
-    let restored = id_log.load(loaded.position).await.map_err(AggregatorError::Replay)?;
-    for id in restored {
-        event_ids.restore(id);
-    }
-    tracing::info!(
-        proxies = loaded.records.len(),
-        position = loaded.position,
-        event_ids = event_ids.len(),
-        "state loaded"
-    );
-    stats.set_last_seq(loaded.position);
-    let mut folder = FeedbackFolder::with_event_ids(settings.health.clone(), event_ids);
-    for record in loaded.records {
-        folder.insert(record);
-    }
-    let (sizes_tx, sizes) = tokio::sync::watch::channel(RegionSizes::new());
-    {
-        let jetstream = jetstream.clone();
-        let cancel = cancel.clone();
-        tokio::spawn(async move { inventory::follow(jetstream, sizes_tx, cancel.cancelled_owned()).await });
-    }
-
-    let service = {
-        let stats = stats.clone();
-        client
-            .service_builder()
-            .description("folds proxy feedback into health stats, exactly once")
-            .stats_handler(move |_endpoint, _| serde_json::to_value(stats.snapshot()).unwrap_or_default())
-            .start(AGGREGATOR_SERVICE, env!("CARGO_PKG_VERSION"))
-            .await
-            .map_err(|err| AggregatorError::Service(err.to_string()))?
-    };
-    let tracker = TaskTracker::new();
-    let mut status = service.endpoint(STATUS_SUBJECT).await.map_err(|err| AggregatorError::Service(err.to_string()))?;
-    {
-        let stats = stats.clone();
-        let cancel = cancel.clone();
-        tracker.spawn(async move {
-            loop {
-                let request = tokio::select! {
-                    () = cancel.cancelled() => return,
-                    request = status.next() => match request { Some(request) => request, None => return },
-                };
-                let body = serde_json::to_vec(&stats.snapshot()).unwrap_or_default();
-                let _ = request.respond(Ok(body.into())).await;
-            }
-        });
-    }
-    let publisher = HealthPublisher::start(
-        client.clone(),
-        &config.proxy_services,
-        &settings.push,
-        stats.clone(),
-        &tracker,
-        cancel.clone(),
-    )?;
-
-    let mut live = Live {
-        settings,
-        jetstream,
-        store,
-        folder,
-        position: loaded.position,
-        last_published: None,
-        stats,
-        publisher,
-        client: client.clone(),
-        cancel: cancel.clone(),
-        id_log,
-        sizes,
-        window: Window::default(),
-    };
-    let result = live.fold_until_cancelled().await;
-
-    tracker.close();
-    cancel.cancel();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
-        tracing::warn!("background tasks did not stop in time");
-    }
-    let _ = service.stop().await;
-    let _ = client.flush().await;
-    result
-}
-
 /// Retries `attempt` with backoff until it succeeds (`Some`) or `cancel` fires (`None`).
-async fn retry_until_cancelled<T, F, Fut>(cancel: &CancellationToken, what: &str, mut attempt: F) -> Option<T>
+pub(crate) async fn retry_until_cancelled<T, F, Fut>(
+    cancel: &CancellationToken,
+    what: &str,
+    mut attempt: F,
+) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, String>>,
@@ -219,7 +85,7 @@ enum SessionEnd {
 
 /// Messages folded since the last commit.
 #[derive(Default)]
-struct Window {
+pub(crate) struct Window {
     /// Proxies changed by them.
     changed: BTreeSet<ProxyId>,
     /// The last message delivered; acking it acks the window (`AckPolicy::All`).
@@ -242,28 +108,31 @@ impl Window {
     }
 }
 
-struct Live {
-    settings: AggregatorSettings,
-    jetstream: jetstream::Context,
-    store: HealthStore,
-    folder: FeedbackFolder,
+/// The live fold: what it folds from, into and with, and what is not yet committed.
+pub(crate) struct Live {
+    pub(crate) settings: AggregatorSettings,
+    pub(crate) jetstream: jetstream::Context,
+    pub(crate) store: HealthStore,
+    pub(crate) folder: FeedbackFolder,
     /// Stream sequence folded up to (committed, or about to be with the pending batch).
-    position: u64,
-    last_published: Option<DateTime<Utc>>,
-    stats: Arc<AggregatorStats>,
-    publisher: HealthPublisher,
-    client: async_nats::Client,
-    cancel: CancellationToken,
+    pub(crate) position: u64,
+    pub(crate) last_published: Option<DateTime<Utc>>,
+    pub(crate) stats: Arc<AggregatorStats>,
+    pub(crate) publisher: HealthPublisher,
+    pub(crate) client: async_nats::Client,
+    pub(crate) cancel: CancellationToken,
     /// Where the event ids of each commit are persisted.
-    id_log: EventIdLog,
+    pub(crate) id_log: EventIdLog,
     /// Region sizes from `PROXY_INVENTORY`.
-    sizes: tokio::sync::watch::Receiver<RegionSizes>,
+    pub(crate) sizes: tokio::sync::watch::Receiver<RegionSizes>,
     /// What is folded but not yet committed.
-    window: Window,
+    pub(crate) window: Window,
 }
 
 impl Live {
-    async fn fold_until_cancelled(&mut self) -> Result<(), AggregatorError> {
+    /// The live loop: (re-)creates the durable consumer after the checkpoint and folds
+    /// its batches until shutdown, committing before every ack.
+    pub(crate) async fn fold_until_cancelled(&mut self) -> Result<(), AggregatorError> {
         let mut first = true;
         loop {
             if !first {
@@ -590,26 +459,4 @@ async fn recreate_consumer(
         })
         .await
         .map_err(|err| err.to_string())
-}
-
-/// A JetStream timestamp as chrono, whichever type async-nats was built with.
-pub(crate) fn offset_to_chrono<T: StreamTime>(at: T) -> DateTime<Utc> {
-    at.to_chrono()
-}
-
-/// The two types async-nats' `DateTime` can be (its `chrono` feature switches it).
-pub(crate) trait StreamTime {
-    fn to_chrono(self) -> DateTime<Utc>;
-}
-
-impl StreamTime for time::OffsetDateTime {
-    fn to_chrono(self) -> DateTime<Utc> {
-        DateTime::from_timestamp_nanos(i64::try_from(self.unix_timestamp_nanos()).unwrap_or(i64::MAX))
-    }
-}
-
-impl StreamTime for DateTime<Utc> {
-    fn to_chrono(self) -> DateTime<Utc> {
-        self
-    }
 }
