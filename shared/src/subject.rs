@@ -106,6 +106,9 @@ pub const AGGREGATOR_EVENT_IDS_PREFIX: &str = "proxybus.aggregator.event_ids";
 pub const DEAD_REASON_HEADER: &str = "Proxybus-Dead-Reason";
 /// Header of a dead-lettered feedback message: its sequence in `PROXY_FEEDBACK`.
 pub const DEAD_SEQ_HEADER: &str = "Proxybus-Stream-Seq";
+/// Region token of [`health_or_no_region`] for a proxy whose stats name no region
+/// (`proxy.v1.health._none`).
+pub const NO_REGION: &str = "_none";
 
 /// Header a NATS micro-service error reply carries with its text (ADR-32); async-nats'
 /// own constant, re-exported so no part spells it out.
@@ -305,6 +308,15 @@ pub fn regional_health_bucket(region: &Region) -> String {
 /// `proxy.v1.health.{region}`.
 pub fn health(region: &Region) -> String {
     format!("{HEALTH_PREFIX}.{region}")
+}
+
+/// Where the aggregator publishes a proxy's changed stats: [`health`] of its region, or
+/// `proxy.v1.health._none` ([`NO_REGION`]) when it has none.
+pub fn health_or_no_region(region: Option<&Region>) -> String {
+    match region {
+        Some(region) => health(region),
+        None => format!("{HEALTH_PREFIX}.{NO_REGION}"),
+    }
 }
 
 /// `proxy.v1.feedback_dead.{exchange}.{connection_type}` for feedback that could

@@ -44,7 +44,7 @@ pub struct AggregatorSettings {
     /// at least the stream's duplicate window).
     pub event_id_horizon_seconds: u64,
     /// Most event ids remembered (default 2 000 000, about 64 bytes each); past it
-    /// the oldest are forgotten early (metric `…_event_ids_evicted_early`).
+    /// the oldest are forgotten early.
     pub event_ids_max: usize,
     /// Stream the remembered event ids are persisted in with each commit (default
     /// `PROXY_AGGREGATOR_EVENT_IDS`).
@@ -198,7 +198,7 @@ impl AggregatorSettings {
     }
 
     /// An empty set of remembered event ids with these settings' horizon and cap.
-    pub fn event_ids(&self) -> crate::event_ids::EventIds {
+    pub(crate) fn event_ids(&self) -> crate::event_ids::EventIds {
         crate::event_ids::EventIds::new(Duration::from_secs(self.event_id_horizon_seconds), self.event_ids_max)
     }
 

@@ -33,7 +33,7 @@ const ENTRIES_PER_MESSAGE: usize = 30_000;
 
 /// An id seen: the event's UUID, its stream sequence and stream time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SeenId {
+pub(crate) struct SeenId {
     /// The `event_id`.
     pub id: u128,
     /// Stream sequence of its first delivery.
@@ -44,7 +44,7 @@ pub struct SeenId {
 
 /// The ids of events folded within the horizon.
 #[derive(Debug, Clone)]
-pub struct EventIds {
+pub(crate) struct EventIds {
     horizon_ms: i64,
     max: usize,
     seen: HashSet<u128>,
@@ -57,7 +57,7 @@ pub struct EventIds {
 
 impl EventIds {
     /// Keeps ids for `horizon` of stream time, at most `max` of them.
-    pub fn new(horizon: Duration, max: usize) -> Self {
+    pub(crate) fn new(horizon: Duration, max: usize) -> Self {
         Self {
             horizon_ms: i64::try_from(horizon.as_millis()).unwrap_or(i64::MAX),
             max: max.max(1),
@@ -70,7 +70,7 @@ impl EventIds {
 
     /// Records `id` seen at stream sequence `seq` and stream time `at_ms`; false when
     /// it was seen already within the horizon (a repeat: do not fold it).
-    pub fn first_time(&mut self, id: Uuid, seq: u64, at_ms: i64) -> bool {
+    pub(crate) fn first_time(&mut self, id: Uuid, seq: u64, at_ms: i64) -> bool {
         self.forget_before(at_ms.saturating_sub(self.horizon_ms));
         let id = id.as_u128();
         if !self.seen.insert(id) {
@@ -89,7 +89,7 @@ impl EventIds {
     }
 
     /// Loads a persisted id (in the order they were first seen).
-    pub fn restore(&mut self, entry: SeenId) {
+    pub(crate) fn restore(&mut self, entry: SeenId) {
         if self.seen.insert(entry.id) {
             self.order.push_back(entry);
             while self.order.len() > self.max {
@@ -109,22 +109,18 @@ impl EventIds {
     }
 
     /// Ids added since the last call (what the next commit persists).
-    pub fn take_new(&mut self) -> Vec<SeenId> {
+    pub(crate) fn take_new(&mut self) -> Vec<SeenId> {
         std::mem::take(&mut self.new)
     }
 
     /// Ids held.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.order.len()
     }
 
-    /// Whether none is held.
-    pub fn is_empty(&self) -> bool {
-        self.order.is_empty()
-    }
-
     /// Ids forgotten before their horizon because the cap was reached.
-    pub fn evicted_early(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn evicted_early(&self) -> u64 {
         self.evicted_early
     }
 }

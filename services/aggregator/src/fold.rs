@@ -43,8 +43,8 @@ use serde::{Deserialize, Serialize};
 use crate::event_ids::EventIds;
 use crate::sketch::LatencySketch;
 
-/// Region key of proxies whose feedback names no region.
-pub(crate) const NO_REGION: &str = "_none";
+/// Region key of proxies whose feedback names no region (the token of their health subject).
+pub(crate) use proxybus_shared::subject::NO_REGION;
 
 /// The part of a proxy's state that is not in [`HealthStats`] but that the fold
 /// needs to continue exactly: decayed counters, probation and the latency sketch.
@@ -144,18 +144,18 @@ pub(crate) const DEFAULT_EVENT_ID_HORIZON: std::time::Duration = std::time::Dura
 pub(crate) const DEFAULT_EVENT_IDS_MAX: usize = 2_000_000;
 
 impl FeedbackFolder {
-    /// An empty folder, keeping event ids for [`DEFAULT_EVENT_ID_HORIZON`].
+    /// An empty folder, keeping event ids for a day of stream time (at most 2 000 000).
     pub fn new(policy: HealthPolicy) -> Self {
         Self::with_event_ids(policy, EventIds::new(DEFAULT_EVENT_ID_HORIZON, DEFAULT_EVENT_IDS_MAX))
     }
 
     /// An empty folder that drops repeats by `event_ids`.
-    pub fn with_event_ids(policy: HealthPolicy, event_ids: EventIds) -> Self {
+    pub(crate) fn with_event_ids(policy: HealthPolicy, event_ids: EventIds) -> Self {
         Self { policy, proxies: BTreeMap::new(), regions: BTreeMap::new(), inventory_sizes: BTreeMap::new(), event_ids }
     }
 
     /// The event ids folded within the horizon.
-    pub fn event_ids(&mut self) -> &mut EventIds {
+    pub(crate) fn event_ids(&mut self) -> &mut EventIds {
         &mut self.event_ids
     }
 
@@ -281,7 +281,12 @@ impl FeedbackFolder {
     }
 
     /// Folds one message of the stream, feedback or operator event.
-    pub fn fold_event(&mut self, event: &crate::intake::StreamEvent, seq: u64, at: DateTime<Utc>) -> FoldOutcome {
+    pub(crate) fn fold_event(
+        &mut self,
+        event: &crate::intake::StreamEvent,
+        seq: u64,
+        at: DateTime<Utc>,
+    ) -> FoldOutcome {
         match event {
             crate::intake::StreamEvent::Feedback(event) => self.fold(event, seq, at),
             crate::intake::StreamEvent::Operator(event) => self.fold_operator(event, seq, at),

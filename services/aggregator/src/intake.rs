@@ -9,7 +9,7 @@ use proxybus_shared::{Codec, OperatorEvent, ProxyFeedback, subject};
 
 /// One message of stream `PROXY_FEEDBACK`: a feed's (or a probe's) feedback, or an operator's event.
 #[derive(Debug, Clone)]
-pub enum StreamEvent {
+pub(crate) enum StreamEvent {
     /// `proxy.v1.feedback.{exchange}.{conn}`.
     Feedback(ProxyFeedback),
     /// `proxy.v1.feedback.operator.{action}.{proxy_id}`.
@@ -18,7 +18,7 @@ pub enum StreamEvent {
 
 impl StreamEvent {
     /// The event's id (its `Nats-Msg-Id`).
-    pub fn event_id(&self) -> uuid::Uuid {
+    pub(crate) fn event_id(&self) -> uuid::Uuid {
         match self {
             StreamEvent::Feedback(event) => event.event_id,
             StreamEvent::Operator(event) => event.event_id,
@@ -26,7 +26,7 @@ impl StreamEvent {
     }
 
     /// The proxy it is about.
-    pub fn proxy_id(&self) -> &proxybus_shared::ProxyId {
+    pub(crate) fn proxy_id(&self) -> &proxybus_shared::ProxyId {
         match self {
             StreamEvent::Feedback(event) => &event.proxy_id,
             StreamEvent::Operator(event) => &event.proxy_id,

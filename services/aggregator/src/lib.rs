@@ -22,7 +22,7 @@
 //! - `store.rs`: [`HealthStore`], KV buckets, the checkpoint and the atomic commit of a batch.
 //! - `intake.rs`: decoding feedback and dead-lettering what cannot be folded.
 //! - `push.rs`: `proxy.v1.health.{region}` and the HTTP push-back to proxy services.
-//! - [`replay`]: rebuilding health from the stream with an ordered consumer
+//! - [`replay`](mod@replay): rebuilding health from the stream with an ordered consumer
 //!   (`proxybus-aggregator replay`, `--what-if`).
 //! - `stats.rs`, `metrics.rs`: [`AggregatorStats`], `$SRV.STATS` and Prometheus series.
 //! - `config.rs`: [`AggregatorConfig`], [`AggregatorSettings`] (`PROXYBUS_AGGREGATOR_*`,

@@ -16,22 +16,13 @@ use async_nats::Client;
 use proxybus_shared::breaker::{BreakerConfig, CircuitBreaker};
 use proxybus_shared::config::ExternalProxyServiceConfig;
 use proxybus_shared::http::{HttpClientError, TlsFiles, proxy_service_client};
-use proxybus_shared::{Codec, Encoding, HealthStats, ProxyId, Region, redact_url, subject};
+use proxybus_shared::{Codec, Encoding, HealthStats, ProxyId, redact_url, subject};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::PushSettings;
-use crate::fold::NO_REGION;
 use crate::stats::AggregatorStats;
-
-/// The subject changed stats of a proxy are published on.
-pub(crate) fn health_subject(region: Option<&Region>) -> String {
-    match region {
-        Some(region) => subject::health(region),
-        None => format!("{}.{NO_REGION}", subject::HEALTH_PREFIX),
-    }
-}
 
 /// Publishes changed stats on the bus and hands them to the endpoint pushers.
 #[derive(Debug)]
@@ -100,7 +91,7 @@ impl HealthPublisher {
         for stats in changed {
             match codec.encode(Encoding::MsgPack, stats) {
                 Ok(payload) => {
-                    let subject = health_subject(stats.region.as_ref());
+                    let subject = subject::health_or_no_region(stats.region.as_ref());
                     if let Err(err) =
                         self.client.publish_with_headers(subject, Encoding::MsgPack.headers(), payload).await
                     {

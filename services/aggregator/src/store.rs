@@ -111,7 +111,7 @@ pub struct HealthStore {
 
 /// A commit, encoded: the checkpoint values and each record's bytes (slices of them).
 #[derive(Debug, Clone)]
-pub struct EncodedCommit {
+pub(crate) struct EncodedCommit {
     last_seq: u64,
     /// Checkpoint values: `last_seq` (u64), record count (u32), then each record as
     /// length (u32) and bytes. The first is the checkpoint itself, the others its parts.
@@ -123,7 +123,7 @@ pub struct EncodedCommit {
 impl EncodedCommit {
     /// Encodes `records` (each once) as a commit up to `last_seq`, at most
     /// `part_records` records per checkpoint value.
-    pub fn new<'a>(
+    pub(crate) fn new<'a>(
         last_seq: u64,
         records: impl IntoIterator<Item = &'a ProxyHealth>,
         part_records: usize,
@@ -178,21 +178,6 @@ impl EncodedCommit {
             self.records.push((key, value.slice(range)));
         }
         self.values.push(value);
-    }
-
-    /// Stream sequence the commit is folded up to.
-    pub fn last_seq(&self) -> u64 {
-        self.last_seq
-    }
-
-    /// Records in the commit.
-    pub fn len(&self) -> usize {
-        self.records.len()
-    }
-
-    /// Whether the commit carries no record (it only moves the position).
-    pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
     }
 }
 
@@ -300,7 +285,7 @@ impl HealthStore {
 
     /// Commits an encoded commit: its checkpoint (parts first), then each record.
     /// Retrying after a failure is safe.
-    pub async fn commit_encoded(&self, commit: &EncodedCommit) -> Result<(), StoreError> {
+    pub(crate) async fn commit_encoded(&self, commit: &EncodedCommit) -> Result<(), StoreError> {
         self.put_checkpoint(commit).await?;
         self.put_all(&commit.records).await
     }
@@ -489,7 +474,7 @@ mod tests {
         let single = EncodedCommit::new(5, &records, 200).unwrap();
         assert_eq!(single.values.len(), 1);
         let empty = EncodedCommit::new(5, &[], 200).unwrap();
-        assert_eq!((empty.values.len(), empty.is_empty()), (1, true));
+        assert_eq!((empty.values.len(), empty.records.is_empty()), (1, true));
         assert_eq!(decode_checkpoint(&empty.values[0]), Some((5, vec![], None)));
     }
 
