@@ -382,6 +382,8 @@ mod tests {
         assert_eq!(request(&kraken, ConnectionType::Http), "proxy.v1.request.kraken.http");
         assert_eq!(feedback(&kraken, ConnectionType::Websocket), "proxy.v1.feedback.kraken.websocket");
         assert_eq!(health(&region), "proxy.v1.health.eu-west");
+        assert_eq!(health_or_no_region(Some(&region)), "proxy.v1.health.eu-west");
+        assert_eq!(health_or_no_region(None), "proxy.v1.health._none");
         assert_eq!(
             parse_feedback("proxy.v1.feedback.kraken.websocket").unwrap(),
             (kraken.clone(), ConnectionType::Websocket)
