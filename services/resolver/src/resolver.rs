@@ -25,7 +25,7 @@ use proxybus_shared::embedded::{EmbeddedChoice, EmbeddedSelector};
 
 /// TTL given with an answer served from an expired cache entry: short, so the
 /// client asks again soon, when upstream may be back.
-pub const STALE_TTL_SECONDS: u64 = 30;
+pub(crate) const STALE_TTL_SECONDS: u64 = 30;
 
 /// Why a request gets an error reply instead of an answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

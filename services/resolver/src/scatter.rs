@@ -17,10 +17,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use proxybus_shared::subject::SERVICE_ERROR_CODE_HEADER;
 use proxybus_shared::{Codec, Encoding, HealthState, ProxyRequest, ProxyResponse, Region, ResponseSource, subject};
 use tokio::time::Instant;
-
-use crate::service::SERVICE_ERROR_CODE;
 
 /// One region's answer to a scattered request.
 #[derive(Debug, Clone)]
@@ -95,7 +94,7 @@ impl RegionScatter {
             .await
             .map_err(|err| fail(err.to_string()))?;
         let round_trip = started.elapsed();
-        if reply.headers.as_ref().is_some_and(|headers| headers.get(SERVICE_ERROR_CODE).is_some()) {
+        if reply.headers.as_ref().is_some_and(|headers| headers.get(SERVICE_ERROR_CODE_HEADER).is_some()) {
             return Err(fail("error reply".into()));
         }
         let response: ProxyResponse =
@@ -111,7 +110,7 @@ impl RegionScatter {
 /// 3: a direct connection. The latency is the proxy's latency EWMA from `PROXY_HEALTH` when
 /// known, else the answer's round trip (a proxy far away is usually behind a slow region).
 /// `condition` gives a proxy's health state and latency EWMA (ms).
-pub fn rank(answer: &RegionalAnswer, condition: Option<(HealthState, Option<f64>)>) -> (u8, u64) {
+pub(crate) fn rank(answer: &RegionalAnswer, condition: Option<(HealthState, Option<f64>)>) -> (u8, u64) {
     let response = &answer.response;
     let tier = match (response.proxy_url.is_some(), response.source) {
         (false, _) => 3,
