@@ -10,8 +10,8 @@
 //! or embedded settings.
 //!
 //! # Layout
-//! - `server.rs`: [`run`]: start-up (NATS, upstream, health, metrics), the serving loop, shutdown.
-//! - `requests.rs`: one request in, one reply out: validation, replies and error replies on NATS.
+//! - `server.rs`: [`run`]: start-up (NATS, upstream, health, metrics, registration) and shutdown.
+//! - `requests.rs`: the serving loop; one request in, one reply out: validation, replies, error replies.
 //! - `resolver.rs`: [`Resolver`], the decision: cache, single-flight upstream, fallback chain.
 //! - `cache.rs`: the bounded answer cache keyed per client, and the single-flight gate.
 //! - `scatter.rs`: `region: "any"` sent to every region's resolvers, the best answer taken.
@@ -22,9 +22,9 @@
 //! - `settings.rs`: [`ResolverSettings`] (`PROXYBUS_RESOLVER_*`) and [`ResolverConfig`].
 //! - `main.rs`: arguments, configuration files, telemetry and signals; then [`run`].
 //!
-//! A request's path: `server.rs` (the endpoint's read loop) → `requests.rs` (validate)
-//! → `resolver.rs` (`cache.rs`, else `upstream.rs` or `scatter.rs`, else the fallback
-//! chain, each checked against `health.rs`) → `requests.rs` (reply) → `metrics.rs`.
+//! A request's path: `server.rs` (the endpoints it registered) → `requests.rs` (read,
+//! validated) → `resolver.rs` (`cache.rs`, else `upstream.rs` or `scatter.rs`, else the
+//! fallback chain, each checked against `health.rs`) → `requests.rs` (reply) → `metrics.rs`.
 
 #![warn(unreachable_pub)]
 
