@@ -135,7 +135,12 @@ impl SrvDiscovery {
 }
 
 /// Probes every endpoint's `GET /healthz` every `every` until `shutdown`.
-pub(crate) fn spawn_probes(client: reqwest::Client, set: Arc<EndpointSet>, every: Duration, shutdown: CancellationToken) {
+pub(crate) fn spawn_probes(
+    client: reqwest::Client,
+    set: Arc<EndpointSet>,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
     tokio::spawn(async move {
         loop {
             tokio::select! {

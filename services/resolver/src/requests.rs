@@ -300,7 +300,11 @@ pub(crate) struct InFlight {
 impl InFlight {
     /// Answers with `responder`, at most `max_in_flight` requests waiting for upstream at once.
     pub(crate) fn new(responder: Responder, max_in_flight: usize) -> Self {
-        Self { responder: Arc::new(responder), tasks: TaskTracker::new(), slots: Arc::new(Semaphore::new(max_in_flight)) }
+        Self {
+            responder: Arc::new(responder),
+            tasks: TaskTracker::new(),
+            slots: Arc::new(Semaphore::new(max_in_flight)),
+        }
     }
 
     /// The serving loop: reads every endpoint and answers each request until `shutdown`

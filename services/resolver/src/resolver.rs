@@ -85,9 +85,9 @@ impl Resolver {
     }
 
     /// This resolver answering requests for region `any` by scattering them with `scatter`
-    /// and taking the best answer ([`crate::scatter`]). Without it, `any` means this
+    /// and taking the best answer (`scatter.rs`). Without it, `any` means this
     /// resolver's own region.
-    pub fn with_scatter(mut self, scatter: RegionScatter) -> Self {
+    pub(crate) fn with_scatter(mut self, scatter: RegionScatter) -> Self {
         self.scatter = Some(Arc::new(scatter));
         self
     }

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 
 /// One region's answer to a scattered request.
 #[derive(Debug, Clone)]
-pub struct RegionalAnswer {
+pub(crate) struct RegionalAnswer {
     /// The region asked.
     pub region: Region,
     /// Its resolvers' answer.
@@ -34,7 +34,7 @@ pub struct RegionalAnswer {
 
 /// Sends a request to every region's resolvers and gathers their answers.
 #[derive(Debug, Clone)]
-pub struct RegionScatter {
+pub(crate) struct RegionScatter {
     client: async_nats::Client,
     regions: Vec<Region>,
     deadline: Duration,
@@ -43,24 +43,19 @@ pub struct RegionScatter {
 
 impl RegionScatter {
     /// A scatter over `regions` on `client`, waiting at most `deadline` for the answers.
-    pub fn new(client: async_nats::Client, regions: Vec<Region>, deadline: Duration) -> Self {
+    pub(crate) fn new(client: async_nats::Client, regions: Vec<Region>, deadline: Duration) -> Self {
         Self { client, regions, deadline, codec: Codec::default() }
     }
 
-    /// The regions asked.
-    pub fn regions(&self) -> &[Region] {
-        &self.regions
-    }
-
     /// The longest wait for the answers.
-    pub fn deadline(&self) -> Duration {
+    pub(crate) fn deadline(&self) -> Duration {
         self.deadline
     }
 
     /// Every answer (not error replies) that came back within the deadline, in the order they
     /// came. Regions without resolvers, with error replies or slower than the deadline are
     /// missing; they are logged at debug level.
-    pub async fn gather(&self, request: &ProxyRequest) -> Vec<RegionalAnswer> {
+    pub(crate) async fn gather(&self, request: &ProxyRequest) -> Vec<RegionalAnswer> {
         let started = Instant::now();
         let deadline = started + self.deadline;
         let mut pending: FuturesUnordered<_> = self.regions.iter().map(|region| self.ask(region, request)).collect();

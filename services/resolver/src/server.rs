@@ -16,7 +16,7 @@ use async_nats::service::endpoint::Endpoint;
 use async_nats::service::{Service, ServiceExt};
 use proxybus_shared::breaker::BreakerConfig;
 use proxybus_shared::config::ProxySettings;
-use proxybus_shared::http::{HttpClientError, TlsFiles, proxy_service_client};
+use proxybus_shared::http::{HttpClientError, TlsFiles, paths, proxy_service_client};
 use proxybus_shared::subject::{self, REQUEST_WILDCARD, RESOLVER_SERVICE};
 use proxybus_shared::{Codec, Region, telemetry};
 use tokio_util::sync::CancellationToken;
@@ -49,7 +49,7 @@ pub enum ResolverError {
     #[error(transparent)]
     Discovery(#[from] DiscoveryError),
     /// The metrics endpoint could not listen.
-    #[error("cannot listen on {addr} for /metrics: {source}")]
+    #[error("cannot listen on {addr} for {}: {source}", paths::METRICS)]
     Metrics {
         /// The address.
         addr: SocketAddr,
@@ -87,7 +87,8 @@ pub async fn run_with_client(
     let _stop_background = stop.clone().drop_guard();
     let resolver = start(&client, proxy, &settings, &stop).await?;
     let mut registration = register(&client, resolver.metrics().clone(), settings.region.as_ref()).await?;
-    let in_flight = InFlight::new(Responder::new(resolver, Codec::new(settings.max_payload_bytes)), settings.max_in_flight);
+    let in_flight =
+        InFlight::new(Responder::new(resolver, Codec::new(settings.max_payload_bytes)), settings.max_in_flight);
     in_flight.serve(&mut registration.endpoints, shutdown).await;
     shut_down(client, registration, &in_flight, Duration::from_secs(settings.shutdown_grace_seconds), &stop).await;
     Ok(())
@@ -219,7 +220,8 @@ async fn register(
     tracing::info!(subject = REQUEST_WILDCARD, queue_group = RESOLVER_SERVICE, region = ?region, "resolver serving");
     if let Some(region) = region {
         let regional = subject::regional_request_wildcard(region);
-        endpoints.push(service.endpoint_builder().name("request_region").add(regional.as_str()).await.map_err(refused)?);
+        endpoints
+            .push(service.endpoint_builder().name("request_region").add(regional.as_str()).await.map_err(refused)?);
         tracing::info!(subject = %regional, queue_group = RESOLVER_SERVICE, "resolver serving its region's subject");
     }
     Ok(Registration { service, endpoints })
