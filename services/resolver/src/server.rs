@@ -72,7 +72,7 @@ pub async fn run(
     run_with_client(client, config, shutdown).await
 }
 
-/// [`run`] on an existing NATS connection (drained when it returns).
+/// [`run`] on an existing NATS connection (drained once shutdown is done).
 ///
 /// # Errors
 /// As [`run`], except connecting.
