@@ -71,7 +71,7 @@ impl ResolverMetrics {
             self.requests_cached.fetch_add(1, Ordering::Relaxed);
         }
         self.add_time(elapsed);
-        let label = source_label(source);
+        let label = source.as_str();
         metrics::counter!("proxybus_resolver_requests_total", "source" => label).increment(1);
         metrics::histogram!("proxybus_resolver_request_duration_seconds", "source" => label)
             .record(elapsed.as_secs_f64());
@@ -137,16 +137,6 @@ impl ResolverMetrics {
     fn add_time(&self, elapsed: Duration) {
         let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         self.response_time_total_us.fetch_add(micros, Ordering::Relaxed);
-    }
-}
-
-fn source_label(source: ResponseSource) -> &'static str {
-    match source {
-        ResponseSource::Service => "service",
-        ResponseSource::Cache => "cache",
-        ResponseSource::StaleCache => "stale_cache",
-        ResponseSource::Embedded => "embedded",
-        ResponseSource::Direct => "direct",
     }
 }
 
