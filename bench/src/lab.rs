@@ -272,7 +272,7 @@ impl Services {
                 let _ = proxybus_aggregator::run(aggregator, stop.cancelled_owned()).await;
             }
         }));
-        let resolver = proxybus_resolver::Config {
+        let resolver = proxybus_resolver::ResolverConfig {
             proxy: crate::subject::resolver_proxy_settings(&pool_url, &token),
             resolver: proxybus_resolver::ResolverSettings { metrics_listen: None, ..Default::default() },
             nats: nats_settings.clone(),

@@ -190,7 +190,7 @@ pub async fn serve(kind: SubjectKind) -> anyhow::Result<()> {
     proxybus_shared::telemetry::init_from_env(&proxybus_shared::config::EnvSource::from_process());
     match kind {
         SubjectKind::Resolver { nats_url, pool_url, token, cache_max_entries } => {
-            let config = proxybus_resolver::Config {
+            let config = proxybus_resolver::ResolverConfig {
                 proxy: resolver_proxy_settings(&pool_url, &token),
                 resolver: proxybus_resolver::ResolverSettings {
                     cache_max_entries,

@@ -161,7 +161,7 @@ async fn run_parts(url: &str, data_dir: &Path, args: &UpArgs, parts: &mut PartSe
     std::fs::write(&token_file, &token)?;
 
     // Pool service: the upstream the resolver asks over HTTP.
-    let metrics = proxybus_resolver::metrics::prometheus().cloned();
+    let metrics = proxybus_shared::telemetry::prometheus().cloned();
     let mut pool_settings = parts.pool.clone();
     pool_settings.inventory = inventory.clone();
     if pool_settings.listen == proxybus_pool::Settings::default().listen {
@@ -199,7 +199,7 @@ async fn run_parts(url: &str, data_dir: &Path, args: &UpArgs, parts: &mut PartSe
         resolver_settings.metrics_listen = free_addr(9464);
     }
     let metrics_addr = resolver_settings.metrics_listen;
-    let resolver = proxybus_resolver::Config {
+    let resolver = proxybus_resolver::ResolverConfig {
         proxy: ProxySettings { enabled: true, external_service: proxy_services, ..Default::default() },
         resolver: resolver_settings,
         nats: nats.clone(),

@@ -126,7 +126,7 @@ async fn no_password_or_token_leaves_the_pipeline_at_trace_level() {
     tokio::spawn(async move { axum::serve(listener, recorder).await.unwrap() });
 
     // The pipeline, as `proxybus up` wires it.
-    let metrics = proxybus_resolver::metrics::prometheus().cloned();
+    let metrics = proxybus_shared::telemetry::prometheus().cloned();
     let pool_settings = proxybus_pool::Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
         inventory: inventory.clone(),
@@ -149,7 +149,7 @@ async fn no_password_or_token_leaves_the_pipeline_at_trace_level() {
     aggregator.proxy_services = services(vec![pool_url.clone(), format!("http://{recorder_addr}")]);
     tokio::spawn(proxybus_aggregator::run(aggregator, stop.clone().cancelled_owned()));
     let metrics_addr = free_addr();
-    let resolver = proxybus_resolver::Config {
+    let resolver = proxybus_resolver::ResolverConfig {
         proxy: ProxySettings {
             enabled: true,
             external_service: services(vec![pool_url.clone()]),

@@ -92,6 +92,27 @@ pub enum ResponseSource {
     Direct,
 }
 
+impl ResponseSource {
+    /// The contract's name of this source (`service`, `cache`, `stale_cache`, `embedded`,
+    /// `direct`), as in `ProxyResponse.source`; also the resolver's metric label.
+    ///
+    /// # Examples
+    /// ```
+    /// use proxybus_shared::ResponseSource;
+    /// assert_eq!(ResponseSource::StaleCache.as_str(), "stale_cache");
+    /// assert_eq!(serde_json::to_value(ResponseSource::StaleCache).unwrap(), "stale_cache");
+    /// ```
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResponseSource::Service => "service",
+            ResponseSource::Cache => "cache",
+            ResponseSource::StaleCache => "stale_cache",
+            ResponseSource::Embedded => "embedded",
+            ResponseSource::Direct => "direct",
+        }
+    }
+}
+
 /// A feed asks for a proxy (`proxy.v1.request.{exchange_id}.{connection_type}`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ProxyRequest {

@@ -62,7 +62,7 @@ fn start_resolver(cluster: &NatsCluster, url: String, stop: &CancellationToken) 
     let stop = stop.clone();
     tokio::spawn(async move {
         let client = options.connect(url.clone()).await.unwrap();
-        let config = proxybus_resolver::Config {
+        let config = proxybus_resolver::ResolverConfig {
             proxy: Default::default(),
             resolver: Default::default(),
             nats: proxybus_shared::nats::NatsSettings::new(url.clone()),

@@ -61,7 +61,7 @@ async fn start_pipeline() -> Pipeline {
         },
         ..Default::default()
     };
-    let config = proxybus_resolver::Config {
+    let config = proxybus_resolver::ResolverConfig {
         proxy,
         resolver: proxybus_resolver::ResolverSettings::default(),
         nats: NatsSettings::new(server.client_url()),

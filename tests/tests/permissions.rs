@@ -124,7 +124,7 @@ async fn each_role_may_do_its_part_and_a_feed_nothing_more() {
     let operator_js = jetstream::new(operator.clone());
 
     // The services, each under its own user: the real resolver and aggregator.
-    let resolver = proxybus_resolver::Config {
+    let resolver = proxybus_resolver::ResolverConfig {
         proxy: Default::default(),
         resolver: proxybus_resolver::ResolverSettings::default(),
         nats: settings(&server, "resolver"),

@@ -105,7 +105,7 @@ async fn start_resolver(world: &NatsSuperCluster, region: &str, pool: &str) -> J
         ..Default::default()
     };
     let nats = NatsSettings::new(world.client_urls(region).join(","));
-    let config = proxybus_resolver::Config { proxy, resolver, nats };
+    let config = proxybus_resolver::ResolverConfig { proxy, resolver, nats };
     let client = world.connect_options().name(format!("resolver-{region}")).connect(world.client_urls(region)).await;
     let client = client.unwrap();
     tokio::spawn(async move {

@@ -82,7 +82,7 @@ async fn start_pipeline_with(
         auth_credentials: [("token".to_owned(), TOKEN.into())].into_iter().collect(),
         ..Default::default()
     };
-    let config = proxybus_resolver::Config { proxy, resolver, nats: NatsSettings::new(server.client_url()) };
+    let config = proxybus_resolver::ResolverConfig { proxy, resolver, nats: NatsSettings::new(server.client_url()) };
     tokio::spawn(proxybus_resolver::run(config, stop_all.clone().cancelled_owned()));
     proxybus_shared::nats::wait_for_service(
         &client,

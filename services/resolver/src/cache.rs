@@ -183,7 +183,7 @@ impl AnswerCache {
 /// references, so an answer is freed with the last entry holding it; dead
 /// references are swept whenever the table has doubled since the last sweep.
 #[derive(Debug, Default)]
-pub struct SharedAnswers {
+pub(crate) struct SharedAnswers {
     table: Mutex<AnswerTable>,
 }
 
@@ -199,7 +199,7 @@ impl SharedAnswers {
     const MIN_SWEEP: usize = 1024;
 
     /// The shared copy of `response`.
-    pub fn share(&self, response: ProxyResponse) -> Arc<ProxyResponse> {
+    pub(crate) fn share(&self, response: ProxyResponse) -> Arc<ProxyResponse> {
         let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
         let hash = {
             // Everything but `metadata` (no `Hash`); equality below compares it too.
@@ -223,19 +223,14 @@ impl SharedAnswers {
     }
 
     /// Number of answers in the table (live or not yet swept).
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.table.lock().unwrap_or_else(|p| p.into_inner()).by_hash.len()
-    }
-
-    /// Whether the table is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
 /// Coalesces concurrent calls for one key into one: N callers of [`run`](Self::run)
 /// with the same key while a call is in flight all get that call's result.
-pub struct SingleFlight<T: Clone> {
+pub(crate) struct SingleFlight<T: Clone> {
     in_flight: Arc<Mutex<HashMap<CacheKey, Shared<BoxFuture<'static, T>>>>>,
 }
 
@@ -255,7 +250,7 @@ impl<T: Clone> Default for SingleFlight<T> {
 impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
     /// Runs `make()` unless a call for `key` is in flight, in which case its result
     /// is awaited instead. Returns the result and whether this caller led the call.
-    pub async fn run<F, Fut>(&self, key: &CacheKey, make: F) -> (T, bool)
+    pub(crate) async fn run<F, Fut>(&self, key: &CacheKey, make: F) -> (T, bool)
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = T> + Send + 'static,

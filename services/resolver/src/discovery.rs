@@ -13,9 +13,10 @@ use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ProtocolConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
+use proxybus_shared::http::paths;
 use tokio_util::sync::CancellationToken;
 
-use crate::upstream::{EndpointSet, HEALTHZ_PATH};
+use crate::upstream::EndpointSet;
 
 /// Why SRV discovery could not start or look up.
 #[derive(Debug, thiserror::Error)]
@@ -134,7 +135,12 @@ impl SrvDiscovery {
 }
 
 /// Probes every endpoint's `GET /healthz` every `every` until `shutdown`.
-pub fn spawn_probes(client: reqwest::Client, set: Arc<EndpointSet>, every: Duration, shutdown: CancellationToken) {
+pub(crate) fn spawn_probes(
+    client: reqwest::Client,
+    set: Arc<EndpointSet>,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
     tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -142,7 +148,7 @@ pub fn spawn_probes(client: reqwest::Client, set: Arc<EndpointSet>, every: Durat
                 () = tokio::time::sleep(every) => {}
             }
             for endpoint in set.all() {
-                let url = format!("{}{HEALTHZ_PATH}", endpoint.base());
+                let url = format!("{}{}", endpoint.base(), paths::HEALTHZ);
                 let ok = matches!(client.get(&url).send().await, Ok(response) if response.status().is_success());
                 if !ok {
                     tracing::debug!(endpoint = %endpoint.name(), "health probe failed");

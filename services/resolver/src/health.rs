@@ -17,12 +17,9 @@ use chrono::Utc;
 use futures::StreamExt;
 use proxybus_shared::budget::{BudgetSettings, RateBudget, budget_key};
 use proxybus_shared::kv::KeyChange;
-use proxybus_shared::subject::{BUDGET_BUCKET, HEALTH_BUCKET};
+use proxybus_shared::subject::{BUDGET_BUCKET, HEALTH_BUCKET, HEALTH_WILDCARD};
 use proxybus_shared::{Codec, ExchangeId, HealthState, HealthStats, ProxyId, Region, health};
 use tokio_util::sync::CancellationToken;
-
-/// Subject pattern of health updates.
-pub const HEALTH_SUBJECTS: &str = proxybus_shared::subject::HEALTH_WILDCARD;
 
 /// Longest wait at start for the stored health before answering anyway.
 const LOAD_TIMEOUT: Duration = Duration::from_secs(5);
@@ -123,13 +120,13 @@ impl HealthBook {
 /// A resolver with a `region` whose mirror `PROXY_HEALTH_{REGION}` exists at start
 /// (`proxybus_shared::kv::ensure_health_mirror`) reads the mirror instead: from its own
 /// region's servers, and on while the region holding `PROXY_HEALTH` is unreachable.
-pub async fn follow(
+pub(crate) async fn follow(
     client: async_nats::Client,
     book: Arc<HealthBook>,
     region: Option<Region>,
     shutdown: CancellationToken,
 ) -> Result<(), async_nats::SubscribeError> {
-    let mut updates = client.subscribe(HEALTH_SUBJECTS).await?;
+    let mut updates = client.subscribe(HEALTH_WILDCARD).await?;
     let (loaded_tx, loaded) = tokio::sync::oneshot::channel::<()>();
     {
         let book = book.clone();

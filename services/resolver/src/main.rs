@@ -5,19 +5,38 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use proxybus_resolver::Config;
-use proxybus_shared::config::EnvSource;
+use proxybus_resolver::ResolverConfig;
+use proxybus_shared::config::{EnvSource, PROXY_CONFIG_VAR, RESOLVER_CONFIG_VAR};
+
+/// The old name of [`PROXY_CONFIG_VAR`], still read with a deprecation warning.
+const DEPRECATED_PROXY_CONFIG_VARS: &[&str] = &["PROXYBUS_CONFIG"];
+/// The old name of [`RESOLVER_CONFIG_VAR`], still read with a deprecation warning.
+const DEPRECATED_RESOLVER_CONFIG_VARS: &[&str] = &["PROXYBUS_CONFIG_RESOLVER"];
 
 /// Answers proxy requests on the NATS bus.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// TOML file with the seed's ProxySettings tree (the CRYPTOFEED_PROXY_* variables win over it).
-    #[arg(long, env = "PROXYBUS_CONFIG")]
+    /// TOML file with the resolver's own settings (the PROXYBUS_RESOLVER_* variables win over
+    /// it). Default: $PROXYBUS_RESOLVER_CONFIG.
+    #[arg(long, visible_alias = "resolver-config")]
     config: Option<PathBuf>,
-    /// TOML file with the resolver's own settings (the PROXYBUS_RESOLVER_* variables win over it).
-    #[arg(long, env = "PROXYBUS_CONFIG_RESOLVER")]
-    resolver_config: Option<PathBuf>,
+    /// TOML file with the seed's ProxySettings tree (the CRYPTOFEED_PROXY_* variables win over
+    /// it). Default: $PROXYBUS_PROXY_CONFIG.
+    #[arg(long)]
+    proxy_config: Option<PathBuf>,
+}
+
+impl Args {
+    /// Fills each file not given on the command line from its variable, or from the
+    /// variable's deprecated old name (with a warning, so call it after telemetry is set up).
+    fn or_from_env(self, env: &EnvSource) -> Self {
+        let from_env = |name, deprecated| env.renamed(name, deprecated).map(PathBuf::from);
+        Self {
+            config: self.config.or_else(|| from_env(RESOLVER_CONFIG_VAR, DEPRECATED_RESOLVER_CONFIG_VARS)),
+            proxy_config: self.proxy_config.or_else(|| from_env(PROXY_CONFIG_VAR, DEPRECATED_PROXY_CONFIG_VARS)),
+        }
+    }
 }
 
 #[tokio::main]
@@ -25,7 +44,8 @@ async fn main() -> ExitCode {
     let args = Args::parse();
     let env = EnvSource::from_process();
     proxybus_shared::telemetry::init_from_env(&env);
-    let config = match Config::load(args.config.as_deref(), args.resolver_config.as_deref(), &env) {
+    let args = args.or_from_env(&env);
+    let config = match ResolverConfig::load(args.proxy_config.as_deref(), args.config.as_deref(), &env) {
         Ok(config) => config,
         Err(err) => {
             eprintln!("proxybus-resolver: {err}");
@@ -39,5 +59,33 @@ async fn main() -> ExitCode {
             eprintln!("proxybus-resolver: {err}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(argv: &[&str], env: &[(&str, &str)]) -> Args {
+        let env: EnvSource = env.iter().copied().collect();
+        Args::parse_from(std::iter::once("proxybus-resolver").chain(argv.iter().copied())).or_from_env(&env)
+    }
+
+    #[test]
+    fn files_come_from_flags_then_variables_then_their_deprecated_names() {
+        let old = [("PROXYBUS_CONFIG", "old-proxy.toml"), ("PROXYBUS_CONFIG_RESOLVER", "old-resolver.toml")];
+        let read = args(&[], &old);
+        assert_eq!(read.proxy_config, Some(PathBuf::from("old-proxy.toml")));
+        assert_eq!(read.config, Some(PathBuf::from("old-resolver.toml")));
+        let both = [old[0], old[1], (PROXY_CONFIG_VAR, "proxy.toml"), (RESOLVER_CONFIG_VAR, "resolver.toml")];
+        let read = args(&[], &both);
+        assert_eq!(read.proxy_config, Some(PathBuf::from("proxy.toml")));
+        assert_eq!(read.config, Some(PathBuf::from("resolver.toml")));
+        let read = args(&["--resolver-config", "flag.toml", "--proxy-config", "flag-proxy.toml"], &both);
+        assert_eq!(read.config, Some(PathBuf::from("flag.toml")), "--resolver-config is --config");
+        assert_eq!(read.proxy_config, Some(PathBuf::from("flag-proxy.toml")));
+        assert_eq!(args(&["--config", "c.toml"], &[]).config, Some(PathBuf::from("c.toml")));
+        let none = args(&[], &[]);
+        assert_eq!((none.config, none.proxy_config), (None, None));
     }
 }

@@ -1,6 +1,7 @@
 //! The seed's `ProxyServiceMetrics`, counted per resolver instance (they go into
 //! the micro-service `$SRV.STATS` data), and the same facts plus latency
-//! histograms on the process's Prometheus recorder (`/metrics`).
+//! histograms on the process's Prometheus recorder
+//! (`proxybus_shared::telemetry::prometheus`, served on `/metrics`).
 //!
 //! | Prometheus metric | type | labels |
 //! | --- | --- | --- |
@@ -15,11 +16,9 @@
 //! | `proxybus_resolver_cache_entries` | gauge | |
 //! | `proxybus_resolver_endpoints` | gauge | |
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use proxybus_shared::{ErrorCode, ResponseSource};
 use serde::Serialize;
 
@@ -72,7 +71,7 @@ impl ResolverMetrics {
             self.requests_cached.fetch_add(1, Ordering::Relaxed);
         }
         self.add_time(elapsed);
-        let label = source_label(source);
+        let label = source.as_str();
         metrics::counter!("proxybus_resolver_requests_total", "source" => label).increment(1);
         metrics::histogram!("proxybus_resolver_request_duration_seconds", "source" => label)
             .record(elapsed.as_secs_f64());
@@ -139,39 +138,6 @@ impl ResolverMetrics {
         let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         self.response_time_total_us.fetch_add(micros, Ordering::Relaxed);
     }
-}
-
-fn source_label(source: ResponseSource) -> &'static str {
-    match source {
-        ResponseSource::Service => "service",
-        ResponseSource::Cache => "cache",
-        ResponseSource::StaleCache => "stale_cache",
-        ResponseSource::Embedded => "embedded",
-        ResponseSource::Direct => "direct",
-    }
-}
-
-/// Latency buckets in seconds: 100 µs to 10 s.
-const BUCKETS: [f64; 14] =
-    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 10.0];
-
-/// The process's Prometheus recorder, installed on first use. Metrics are
-/// process-wide by nature (the `metrics` facade has one global recorder); every
-/// resolver in the process shares it. `None` if another recorder was installed first.
-pub fn prometheus() -> Option<&'static PrometheusHandle> {
-    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let builder = PrometheusBuilder::new().set_buckets(&BUCKETS).ok()?;
-            match builder.install_recorder() {
-                Ok(handle) => Some(handle),
-                Err(err) => {
-                    tracing::warn!(error = %err, "cannot install the Prometheus recorder; /metrics will be empty");
-                    None
-                }
-            }
-        })
-        .as_ref()
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ use proxybus_shared::embedded::{EmbeddedChoice, EmbeddedSelector};
 
 /// TTL given with an answer served from an expired cache entry: short, so the
 /// client asks again soon, when upstream may be back.
-pub const STALE_TTL_SECONDS: u64 = 30;
+pub(crate) const STALE_TTL_SECONDS: u64 = 30;
 
 /// Why a request gets an error reply instead of an answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -85,9 +85,9 @@ impl Resolver {
     }
 
     /// This resolver answering requests for region `any` by scattering them with `scatter`
-    /// and taking the best answer ([`crate::scatter`]). Without it, `any` means this
+    /// and taking the best answer (`scatter.rs`). Without it, `any` means this
     /// resolver's own region.
-    pub fn with_scatter(mut self, scatter: RegionScatter) -> Self {
+    pub(crate) fn with_scatter(mut self, scatter: RegionScatter) -> Self {
         self.scatter = Some(Arc::new(scatter));
         self
     }

@@ -17,14 +17,13 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use proxybus_shared::subject::SERVICE_ERROR_CODE_HEADER;
 use proxybus_shared::{Codec, Encoding, HealthState, ProxyRequest, ProxyResponse, Region, ResponseSource, subject};
 use tokio::time::Instant;
 
-use crate::service::SERVICE_ERROR_CODE;
-
 /// One region's answer to a scattered request.
 #[derive(Debug, Clone)]
-pub struct RegionalAnswer {
+pub(crate) struct RegionalAnswer {
     /// The region asked.
     pub region: Region,
     /// Its resolvers' answer.
@@ -35,7 +34,7 @@ pub struct RegionalAnswer {
 
 /// Sends a request to every region's resolvers and gathers their answers.
 #[derive(Debug, Clone)]
-pub struct RegionScatter {
+pub(crate) struct RegionScatter {
     client: async_nats::Client,
     regions: Vec<Region>,
     deadline: Duration,
@@ -44,24 +43,19 @@ pub struct RegionScatter {
 
 impl RegionScatter {
     /// A scatter over `regions` on `client`, waiting at most `deadline` for the answers.
-    pub fn new(client: async_nats::Client, regions: Vec<Region>, deadline: Duration) -> Self {
+    pub(crate) fn new(client: async_nats::Client, regions: Vec<Region>, deadline: Duration) -> Self {
         Self { client, regions, deadline, codec: Codec::default() }
     }
 
-    /// The regions asked.
-    pub fn regions(&self) -> &[Region] {
-        &self.regions
-    }
-
     /// The longest wait for the answers.
-    pub fn deadline(&self) -> Duration {
+    pub(crate) fn deadline(&self) -> Duration {
         self.deadline
     }
 
     /// Every answer (not error replies) that came back within the deadline, in the order they
     /// came. Regions without resolvers, with error replies or slower than the deadline are
     /// missing; they are logged at debug level.
-    pub async fn gather(&self, request: &ProxyRequest) -> Vec<RegionalAnswer> {
+    pub(crate) async fn gather(&self, request: &ProxyRequest) -> Vec<RegionalAnswer> {
         let started = Instant::now();
         let deadline = started + self.deadline;
         let mut pending: FuturesUnordered<_> = self.regions.iter().map(|region| self.ask(region, request)).collect();
@@ -95,7 +89,7 @@ impl RegionScatter {
             .await
             .map_err(|err| fail(err.to_string()))?;
         let round_trip = started.elapsed();
-        if reply.headers.as_ref().is_some_and(|headers| headers.get(SERVICE_ERROR_CODE).is_some()) {
+        if reply.headers.as_ref().is_some_and(|headers| headers.get(SERVICE_ERROR_CODE_HEADER).is_some()) {
             return Err(fail("error reply".into()));
         }
         let response: ProxyResponse =
@@ -111,7 +105,7 @@ impl RegionScatter {
 /// 3: a direct connection. The latency is the proxy's latency EWMA from `PROXY_HEALTH` when
 /// known, else the answer's round trip (a proxy far away is usually behind a slow region).
 /// `condition` gives a proxy's health state and latency EWMA (ms).
-pub fn rank(answer: &RegionalAnswer, condition: Option<(HealthState, Option<f64>)>) -> (u8, u64) {
+pub(crate) fn rank(answer: &RegionalAnswer, condition: Option<(HealthState, Option<f64>)>) -> (u8, u64) {
     let response = &answer.response;
     let tier = match (response.proxy_url.is_some(), response.source) {
         (false, _) => 3,

@@ -1,6 +1,6 @@
 //! Resolver-specific settings (`PROXYBUS_RESOLVER_*`), loaded with the same
 //! [`load`](proxybus_shared::config::load) as the seed's `ProxySettings`, and the
-//! [`Config`] that bundles everything [`run`](crate::run) needs.
+//! [`ResolverConfig`] that bundles everything [`run`](crate::run) needs.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -13,11 +13,7 @@ use proxybus_shared::{ConnectionType, ExchangeId, FallbackPolicy, Region};
 use serde::Deserialize;
 
 /// Prefix of the resolver's own environment variables.
-pub const RESOLVER_ENV_PREFIX: &str = "PROXYBUS_RESOLVER_";
-
-/// Name the resolver registers under with the NATS micro-services protocol,
-/// and its queue group.
-pub const SERVICE_NAME: &str = "proxybus-resolver";
+pub(crate) const RESOLVER_ENV_PREFIX: &str = "PROXYBUS_RESOLVER_";
 
 /// Settings of the resolver beyond the seed's `ProxySettings`.
 ///
@@ -180,11 +176,11 @@ impl Validate for ResolverSettings {
 }
 
 /// Longest `client_id` accepted in a request.
-pub const MAX_CLIENT_ID: usize = 256;
+pub(crate) const MAX_CLIENT_ID: usize = 256;
 
 /// Everything the resolver runs with.
 #[derive(Debug, Clone)]
-pub struct Config {
+pub struct ResolverConfig {
     /// The seed's proxy settings (`CRYPTOFEED_PROXY_*`).
     pub proxy: ProxySettings,
     /// The resolver's own settings (`PROXYBUS_RESOLVER_*`).
@@ -193,7 +189,7 @@ pub struct Config {
     pub nats: NatsSettings,
 }
 
-impl Config {
+impl ResolverConfig {
     /// Loads the three parts: `ProxySettings` from the optional TOML `proxy_file`
     /// and `CRYPTOFEED_PROXY_*`, [`ResolverSettings`] from the optional TOML
     /// `resolver_file` and `PROXYBUS_RESOLVER_*`, and `NATS_*`. Every invalid
@@ -236,7 +232,7 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let err = Config::load(None, None, &env).unwrap_err();
+        let err = ResolverConfig::load(None, None, &env).unwrap_err();
         let keys: Vec<&str> = err.issues().iter().map(|i| i.key.as_str()).collect();
         assert!(keys.contains(&"external_service.timeout_seconds"), "{keys:?}");
         assert!(keys.contains(&"NATS_URL[0]"), "{keys:?}");
@@ -246,7 +242,7 @@ mod tests {
         let env: EnvSource =
             [("PROXYBUS_RESOLVER_HEDGE_DELAY_MS", "0"), ("PROXYBUS_RESOLVER_SRV_SCHEME", "ftp")].into_iter().collect();
         let keys: Vec<String> =
-            Config::load(None, None, &env).unwrap_err().issues().iter().map(|i| i.key.clone()).collect();
+            ResolverConfig::load(None, None, &env).unwrap_err().issues().iter().map(|i| i.key.clone()).collect();
         assert_eq!(keys, ["hedge_delay_ms", "srv_scheme"]);
     }
 
@@ -262,7 +258,7 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let config = Config::load(None, None, &env).unwrap();
+        let config = ResolverConfig::load(None, None, &env).unwrap();
         assert_eq!(config.resolver.warm_up[0].connection_type, ConnectionType::Websocket);
         assert_eq!(config.resolver.dns_servers[0].port(), 5353);
         assert_eq!(config.resolver.fallback_policy, FallbackPolicy::Fail);
@@ -274,7 +270,7 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let config = Config::load(None, None, &env).unwrap();
+        let config = ResolverConfig::load(None, None, &env).unwrap();
         assert_eq!(config.resolver.regions.len(), 2);
         assert_eq!(config.resolver.any_region_deadline(), Duration::from_millis(300));
         let env: EnvSource =
@@ -282,7 +278,7 @@ mod tests {
                 .into_iter()
                 .collect();
         let keys: Vec<String> =
-            Config::load(None, None, &env).unwrap_err().issues().iter().map(|i| i.key.clone()).collect();
+            ResolverConfig::load(None, None, &env).unwrap_err().issues().iter().map(|i| i.key.clone()).collect();
         assert_eq!(keys, ["region", "regions[1]"]);
         assert_eq!(config.resolver.max_payload_bytes, 64 * 1024);
         assert_eq!(config.resolver.breaker().failure_threshold, 5);

@@ -15,15 +15,11 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use proxybus_shared::breaker::{BreakerConfig, BreakerState, CircuitBreaker};
+use proxybus_shared::http::paths;
 use proxybus_shared::{ProxyId, ProxyRequest, ProxyResponse, ProxyScheme, ProxyUrl, redact_text, redact_url};
 use tokio::time::Instant;
 
 use crate::metrics::ResolverMetrics;
-
-/// Path of the request API of a proxy service.
-pub const REQUEST_PATH: &str = "/api/v1/proxy/request";
-/// Path of the health probe of a proxy service.
-pub const HEALTHZ_PATH: &str = "/healthz";
 
 /// Why no upstream answer could be had.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -254,7 +250,7 @@ impl Upstream {
             return CallOutcome::Refused;
         };
         let started = Instant::now();
-        let url = format!("{}{REQUEST_PATH}", endpoint.base());
+        let url = format!("{}{}", endpoint.base(), paths::REQUEST);
         let mut call = self.client.post(&url).json(request);
         if let Some(id) = &request.request_id {
             call = call.header("x-request-id", id);
@@ -323,7 +319,7 @@ fn describe(err: &reqwest::Error) -> String {
 /// Parses and checks an upstream answer: a proxy of a scheme the request does
 /// not `accept`, or one it `excluded` (`ProxyRequest.exclude_proxy_ids`), counts
 /// as no answer (an upstream older than those fields ignores them).
-pub fn validate(body: &[u8], accepted: &[ProxyScheme], excluded: &[ProxyId]) -> Result<ProxyResponse, String> {
+pub(crate) fn validate(body: &[u8], accepted: &[ProxyScheme], excluded: &[ProxyId]) -> Result<ProxyResponse, String> {
     let mut response: ProxyResponse = serde_json::from_slice(body)
         .map_err(|err| format!("invalid ProxyResponse JSON: {}", redact_text(&err.to_string())))?;
     if let Some(url) = &response.proxy_url {

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::SRV;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
-use proxybus_resolver::discovery::SrvDiscovery;
+use proxybus_resolver::SrvDiscovery;
 use proxybus_shared::ConnectionType::Http;
 
 use crate::helpers::*;

@@ -15,7 +15,7 @@ use axum::http::{HeaderMap as HttpHeaders, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
-use proxybus_resolver::Config;
+use proxybus_resolver::ResolverConfig;
 use proxybus_shared::config::EnvSource;
 use proxybus_shared::{Codec, ConnectionType, Encoding, ErrorReply, ProxyRequest, ProxyResponse};
 use proxybus_tests::NatsServer;
@@ -183,15 +183,15 @@ pub(crate) struct TestApp {
     /// A client for the test's requests.
     pub(crate) client: async_nats::Client,
     shutdown: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<(), proxybus_resolver::RunError>>>,
+    task: Option<JoinHandle<Result<(), proxybus_resolver::ResolverError>>>,
 }
 
 /// Configuration from `vars` (as environment variables) plus `NATS_URL`.
-pub(crate) fn config(nats: &NatsServer, vars: &[(&str, &str)]) -> Config {
+pub(crate) fn config(nats: &NatsServer, vars: &[(&str, &str)]) -> ResolverConfig {
     let url = nats.client_url();
     let env: EnvSource =
         vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).chain([("NATS_URL".to_owned(), url)]).collect();
-    Config::load(None, None, &env).expect("valid test configuration")
+    ResolverConfig::load(None, None, &env).expect("valid test configuration")
 }
 
 /// Settings every test wants: no periodic probes, a short hedge delay.
@@ -280,7 +280,7 @@ impl TestApp {
     }
 
     /// Signals shutdown and waits for `run` to return.
-    pub(crate) async fn shutdown(&mut self) -> Result<(), proxybus_resolver::RunError> {
+    pub(crate) async fn shutdown(&mut self) -> Result<(), proxybus_resolver::ResolverError> {
         let _ = self.shutdown.take().unwrap().send(());
         tokio::time::timeout(WAIT, self.task.take().unwrap()).await.expect("run returns in time").unwrap()
     }
@@ -343,12 +343,12 @@ where
 /// A resolver built directly (no NATS), for tests of the decision itself, with
 /// the configuration `vars` describe (plus [`QUIET`]).
 pub(crate) fn resolver(vars: &[(&str, &str)]) -> proxybus_resolver::Resolver {
-    use proxybus_resolver::metrics::ResolverMetrics;
-    use proxybus_resolver::upstream::{EndpointSet, Upstream};
+    use proxybus_resolver::ResolverMetrics;
+    use proxybus_resolver::{EndpointSet, Upstream};
     use proxybus_shared::http::{TlsFiles, proxy_service_client};
     proxybus_shared::telemetry::init_for_tests();
     let env: EnvSource = QUIET.iter().chain(vars.iter()).map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-    let config = Config::load(None, None, &env).expect("valid test configuration");
+    let config = ResolverConfig::load(None, None, &env).expect("valid test configuration");
     let metrics = Arc::new(ResolverMetrics::default());
     let external = &config.proxy.external_service;
     let upstream = external.enabled.then(|| {

@@ -124,3 +124,30 @@ async fn the_binary_refuses_an_old_server_and_exits() {
     let message = String::from_utf8_lossy(&output.stderr);
     assert!(message.contains("proxybus needs nats-server 2.11.0 or newer"), "{message}");
 }
+
+#[tokio::test]
+async fn the_binary_still_reads_the_files_named_by_the_deprecated_variables() {
+    let dir = tempfile::tempdir().unwrap();
+    let proxy_file = dir.path().join("proxy.toml");
+    std::fs::write(&proxy_file, "[external_service]\ntimeout_seconds = 0\n").unwrap();
+    let resolver_file = dir.path().join("resolver.toml");
+    std::fs::write(&resolver_file, "hedge_delay_ms = 0\n").unwrap();
+    // Both files are invalid: the exit status and the keys named show that each was read.
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_proxybus-resolver"))
+        .env_clear()
+        .env("PROXYBUS_CONFIG", &proxy_file)
+        .env("PROXYBUS_CONFIG_RESOLVER", &resolver_file)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .output();
+    let output = tokio::time::timeout(WAIT, output).await.expect("the resolver exits by itself").unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("external_service.timeout_seconds"), "{stderr}");
+    assert!(stderr.contains("hedge_delay_ms"), "{stderr}");
+    assert!(stderr.contains("PROXYBUS_CONFIG is deprecated; set PROXYBUS_PROXY_CONFIG instead"), "{stderr}");
+    assert!(
+        stderr.contains("PROXYBUS_CONFIG_RESOLVER is deprecated; set PROXYBUS_RESOLVER_CONFIG instead"),
+        "{stderr}"
+    );
+}

@@ -1,4 +1,5 @@
-//! The NATS side: one request in, one reply out, per the wire contract.
+//! Request handling on NATS: one request in, one reply out, per the wire contract,
+//! and the serving loop that reads the endpoints ([`InFlight::serve`]).
 //!
 //! A request is checked before anything else happens: payload size
 //! (`payload_too_large`), `Content-Type`, decoding, subject tokens against body
@@ -12,41 +13,43 @@
 //! responder. Only a request that needs upstream comes back as [`Deferred`], for
 //! [`Responder::answer_later`] in its own task, so a slow upstream call never
 //! holds up the hits behind it. A task per request would cost a cross-thread
-//! wake-up and a context switch each, more than the work itself.
+//! wake-up and a context switch each, more than the work itself. At most
+//! `max_in_flight` such tasks run at once; beyond it the subscription is not read.
 
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::service::Request;
+use async_nats::service::endpoint::Endpoint;
 use bytes::Bytes;
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 use proxybus_shared::codec::CONTENT_TYPE;
+use proxybus_shared::subject::{SERVICE_ERROR_CODE_HEADER, SERVICE_ERROR_HEADER};
 use proxybus_shared::{Codec, DecodeError, Encoding, ErrorCode, ErrorReply, ProxyRequest, subject};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 use tracing::{Instrument, Span};
 
 use crate::resolver::Resolver;
 use crate::settings::MAX_CLIENT_ID;
-
-/// Header carrying an error reply's message (micro-services convention).
-pub const SERVICE_ERROR: &str = "Nats-Service-Error";
-/// Header carrying an error reply's code.
-pub const SERVICE_ERROR_CODE: &str = "Nats-Service-Error-Code";
 
 /// Longest `request_id` accepted.
 const MAX_REQUEST_ID: usize = 128;
 
 /// A request refused before resolution.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
+pub(crate) struct Refusal {
     /// Error class.
-    pub code: ErrorCode,
+    pub(crate) code: ErrorCode,
     /// Explanation (no credentials: request bodies carry none).
-    pub message: String,
+    pub(crate) message: String,
     /// The request's id, when the body could be read.
-    pub request_id: Option<String>,
+    pub(crate) request_id: Option<String>,
 }
 
 impl Refusal {
@@ -60,7 +63,7 @@ impl Refusal {
 /// prefix) and within one (by the counter), and no system call per request as a
 /// random UUID would be.
 #[derive(Debug)]
-pub struct RequestIds {
+pub(crate) struct RequestIds {
     prefix: u64,
     next: AtomicU64,
 }
@@ -73,7 +76,7 @@ impl Default for RequestIds {
 
 impl RequestIds {
     /// The next id.
-    pub fn next_id(&self) -> String {
+    pub(crate) fn next_id(&self) -> String {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         format!("{:016x}-{n}", self.prefix)
     }
@@ -81,7 +84,7 @@ impl RequestIds {
 
 /// Checks a request message and returns the request with its `request_id` set
 /// (a new one from `ids` when it has none).
-pub fn validate(
+pub(crate) fn validate(
     codec: &Codec,
     ids: &RequestIds,
     subject: &str,
@@ -175,7 +178,7 @@ fn shorten(text: &str) -> String {
 
 /// Answers requests: in place when no upstream call is needed, in a task otherwise.
 #[derive(Debug)]
-pub struct Responder {
+pub(crate) struct Responder {
     resolver: Arc<Resolver>,
     codec: Codec,
     ids: RequestIds,
@@ -183,7 +186,7 @@ pub struct Responder {
 
 /// A validated request that needs an upstream call: for [`Responder::answer_later`].
 #[derive(Debug)]
-pub struct Deferred {
+pub(crate) struct Deferred {
     request: Request,
     resolved: ProxyRequest,
     encoding: Encoding,
@@ -193,7 +196,7 @@ pub struct Deferred {
 
 impl Responder {
     /// A responder for `resolver`'s answers, decoding with `codec`.
-    pub fn new(resolver: Arc<Resolver>, codec: Codec) -> Self {
+    pub(crate) fn new(resolver: Arc<Resolver>, codec: Codec) -> Self {
         Self { resolver, codec, ids: RequestIds::default() }
     }
 
@@ -201,7 +204,7 @@ impl Responder {
     /// cache hit, an embedded or direct answer); otherwise returns it validated,
     /// for [`answer_later`](Self::answer_later). Never panics outward (a panic
     /// becomes an `internal` reply).
-    pub async fn answer_now(&self, request: Request) -> Option<Deferred> {
+    pub(crate) async fn answer_now(&self, request: Request) -> Option<Deferred> {
         let started = Instant::now();
         let message = &request.message;
         let encoding = Encoding::from_headers(message.headers.as_ref()).unwrap_or_default();
@@ -227,7 +230,7 @@ impl Responder {
 
     /// Answers a request that needs upstream (meant to run in its own task).
     /// Never panics outward (a panic becomes an `internal` reply).
-    pub async fn answer_later(&self, deferred: Deferred) {
+    pub(crate) async fn answer_later(&self, deferred: Deferred) {
         let Deferred { request, resolved, encoding, started, span } = deferred;
         let request_id = resolved.request_id.clone();
         let resolution = async {
@@ -281,6 +284,82 @@ impl Responder {
     }
 }
 
+/// How long the endpoints are read after unsubscribing, for requests already delivered:
+/// the read stops at the first gap this long.
+const DELIVERED_GAP: Duration = Duration::from_millis(200);
+
+/// The requests being answered: the [`Responder`], the tasks answering those that need
+/// upstream, and the `max_in_flight` slots those tasks hold.
+#[derive(Debug)]
+pub(crate) struct InFlight {
+    responder: Arc<Responder>,
+    tasks: TaskTracker,
+    slots: Arc<Semaphore>,
+}
+
+impl InFlight {
+    /// Answers with `responder`, at most `max_in_flight` requests waiting for upstream at once.
+    pub(crate) fn new(responder: Responder, max_in_flight: usize) -> Self {
+        Self {
+            responder: Arc::new(responder),
+            tasks: TaskTracker::new(),
+            slots: Arc::new(Semaphore::new(max_in_flight)),
+        }
+    }
+
+    /// The serving loop: reads every endpoint and answers each request until `shutdown`
+    /// completes (or the endpoints end). Answers that need no upstream call are given
+    /// in place, in this loop; a request that needs upstream gets a task and a slot,
+    /// and while every slot is taken the endpoints are not read.
+    pub(crate) async fn serve(&self, endpoints: &mut [Endpoint], shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut requests = futures::stream::select_all(endpoints.iter_mut());
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                request = requests.next() => match request {
+                    Some(request) => {
+                        if let Some(deferred) = self.responder.answer_now(request).await {
+                            // Bound the work in flight: wait for a slot before reading on.
+                            let slot = self.slots.clone().acquire_owned().await.ok();
+                            self.answer_later(deferred, slot);
+                        }
+                    }
+                    None => break,
+                },
+            }
+        }
+    }
+
+    /// After the endpoints are stopped: answers the requests already delivered to this
+    /// process (without waiting for slots), until none comes for [`DELIVERED_GAP`].
+    pub(crate) async fn answer_delivered(&self, endpoints: &mut [Endpoint]) {
+        let mut delivered = futures::stream::select_all(endpoints.iter_mut());
+        while let Ok(Some(request)) = tokio::time::timeout(DELIVERED_GAP, delivered.next()).await {
+            if let Some(deferred) = self.responder.answer_now(request).await {
+                self.answer_later(deferred, None);
+            }
+        }
+    }
+
+    /// Waits up to `grace` for the requests in flight; those still running are abandoned.
+    pub(crate) async fn finish(&self, grace: Duration) {
+        self.tasks.close();
+        if tokio::time::timeout(grace, self.tasks.wait()).await.is_err() {
+            tracing::warn!(in_flight = self.tasks.len(), "grace timeout; abandoning requests in flight");
+        }
+    }
+
+    fn answer_later(&self, deferred: Deferred, slot: Option<OwnedSemaphorePermit>) {
+        let responder = self.responder.clone();
+        self.tasks.spawn(async move {
+            let _slot = slot;
+            responder.answer_later(deferred).await;
+        });
+    }
+}
+
 /// The span of one request: `resolve{request_id, exchange, connection_type}`, at
 /// debug level (at info, recording it costs as much as answering a cache hit).
 fn resolve_span(request: &ProxyRequest) -> Span {
@@ -304,8 +383,8 @@ fn error_reply(
     let mut headers = content_type(encoding);
     // Header values cannot hold line breaks.
     let header_message: String = refusal.message.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
-    headers.insert(SERVICE_ERROR, header_message.as_str());
-    headers.insert(SERVICE_ERROR_CODE, refusal.code.status().to_string().as_str());
+    headers.insert(SERVICE_ERROR_HEADER, header_message.as_str());
+    headers.insert(SERVICE_ERROR_CODE_HEADER, refusal.code.status().to_string().as_str());
     headers.insert(CONTENT_TYPE, encoding.content_type());
     let body = ErrorReply::new(refusal.code, refusal.message, refusal.request_id);
     (codec.encode(encoding, &body), headers)
