@@ -27,7 +27,7 @@ const STREAM_RETRY: Duration = Duration::from_secs(1);
 /// Folds usage reports from `PROXY_FEEDBACK` into `PROXY_BUDGETS` until `shutdown`,
 /// sharing the durable consumer `proxybus-pool-budgets` with the other pool
 /// services. Waits for the stream when it does not exist yet.
-pub async fn keep_budgets(
+pub(crate) async fn keep_budgets(
     client: async_nats::Client,
     settings: BudgetSettings,
     shutdown: impl std::future::Future<Output = ()>,
@@ -125,7 +125,7 @@ pub async fn keep_budgets(
 
 /// Hands every budget of `PROXY_BUDGETS`, then every change, to `selector` until
 /// `shutdown`; waits for the bucket when it does not exist yet.
-pub async fn follow_budgets(
+pub(crate) async fn follow_budgets(
     client: async_nats::Client,
     selector: Arc<Selector>,
     shutdown: impl std::future::Future<Output = ()>,
