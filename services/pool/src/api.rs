@@ -26,7 +26,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use proxybus_shared::http::paths;
+use proxybus_shared::http::{REQUEST_ID_HEADER, paths};
 use proxybus_shared::{HealthStats, ProxyFeedback, ProxyRequest, Region};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -35,9 +35,6 @@ use tower_http::trace::TraceLayer;
 use crate::auth::{self, Auth};
 use crate::metrics::{self as m, HealthSource};
 use crate::selector::{SelectError, Selector};
-
-/// Request-id header, read and echoed.
-pub(crate) const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// What every handler shares.
 #[derive(Clone, Debug)]

@@ -63,7 +63,7 @@ pub(crate) async fn keep_budgets(
             subject::BUDGET_CONSUMER,
             consumer::pull::Config {
                 durable_name: Some(subject::BUDGET_CONSUMER.to_owned()),
-                description: Some("pool services fold usage reports into PROXY_BUDGETS".into()),
+                description: Some(format!("pool services fold usage reports into {}", subject::BUDGET_BUCKET)),
                 deliver_policy: consumer::DeliverPolicy::New,
                 ack_policy: consumer::AckPolicy::Explicit,
                 ack_wait: Duration::from_secs(30),
