@@ -65,7 +65,7 @@ async fn bench() -> Bench {
         ..Default::default()
     };
     let pool = proxybus_pool::PoolServer::bind(proxybus_pool::PoolConfig {
-        settings: settings,
+        settings,
         nats: Some(NatsSettings::new(server.client_url())),
     })
     .await

@@ -128,7 +128,7 @@ async fn an_ejected_proxy_is_readmitted_by_probes_alone_and_an_idle_one_has_heal
     checks.ca_file = Some(lab.ca_path().to_owned());
     checks.max_per_minute = 60;
     let pool = proxybus_pool::PoolServer::bind(proxybus_pool::PoolConfig {
-        settings: settings,
+        settings,
         nats: Some(NatsSettings::new(server.client_url())),
     })
     .await

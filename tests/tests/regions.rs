@@ -78,8 +78,7 @@ async fn start_pool(inventory: PathBuf, stop: &CancellationToken) -> String {
         auth: proxybus_pool::AuthSettings { tokens: vec![TOKEN.into()], ..Default::default() },
         ..Default::default()
     };
-    let pool =
-        proxybus_pool::PoolServer::bind(proxybus_pool::PoolConfig { settings: settings, nats: None }).await.unwrap();
+    let pool = proxybus_pool::PoolServer::bind(proxybus_pool::PoolConfig { settings, nats: None }).await.unwrap();
     let addr = format!("http://{}", pool.local_addr());
     tokio::spawn(pool.serve(stop.clone().cancelled_owned()));
     addr
