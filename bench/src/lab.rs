@@ -244,14 +244,17 @@ impl Services {
         let services_stop = stop.child_token();
         let nats_settings = NatsSettings::new(bus.url());
         let token = uuid::Uuid::new_v4().simple().to_string();
-        let mut pool_settings = proxybus_pool::Settings {
+        let mut pool_settings = proxybus_pool::PoolSettings {
             inventory: lab.inventory_path().to_owned(),
             listen: "127.0.0.1:0".parse()?,
-            nats: Some(nats_settings.clone()),
             ..Default::default()
         };
         pool_settings.auth.tokens.push(token.clone().into());
-        let pool = proxybus_pool::PoolServer::bind(pool_settings).await?;
+        let pool = proxybus_pool::PoolServer::bind(proxybus_pool::PoolConfig {
+            settings: pool_settings,
+            nats: Some(nats_settings.clone()),
+        })
+        .await?;
         let pool_url = format!("http://{}", pool.local_addr());
         let mut tasks = vec![tokio::spawn({
             let stop = services_stop.clone();

@@ -69,7 +69,7 @@ pub struct UpArgs {
 #[derive(Debug, Default)]
 struct PartSettings {
     inventory: Option<PathBuf>,
-    pool: proxybus_pool::Settings,
+    pool: proxybus_pool::PoolSettings,
     resolver: ResolverSettings,
     aggregator: AggregatorSettings,
 }
@@ -161,15 +161,14 @@ async fn run_parts(url: &str, data_dir: &Path, args: &UpArgs, parts: &mut PartSe
     std::fs::write(&token_file, &token)?;
 
     // Pool service: the upstream the resolver asks over HTTP.
-    let metrics = proxybus_shared::telemetry::prometheus().cloned();
     let mut pool_settings = parts.pool.clone();
     pool_settings.inventory = inventory.clone();
-    if pool_settings.listen == proxybus_pool::Settings::default().listen {
+    if pool_settings.listen == proxybus_pool::PoolSettings::default().listen {
         pool_settings.listen = args.pool_listen;
     }
     pool_settings.auth.tokens.push(token.clone().into());
-    pool_settings.nats = Some(nats.clone());
-    let pool = proxybus_pool::PoolServer::bind(pool_settings).await?.with_metrics(metrics);
+    let pool_config = proxybus_pool::PoolConfig { settings: pool_settings, nats: Some(nats.clone()) };
+    let pool = proxybus_pool::PoolServer::bind(pool_config).await?;
     let pool_addr = pool.local_addr();
     let selector = pool.selector();
     let pool_task = tokio::spawn(pool.serve(stop.clone().cancelled_owned()));

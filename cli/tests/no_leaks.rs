@@ -126,16 +126,15 @@ async fn no_password_or_token_leaves_the_pipeline_at_trace_level() {
     tokio::spawn(async move { axum::serve(listener, recorder).await.unwrap() });
 
     // The pipeline, as `proxybus up` wires it.
-    let metrics = proxybus_shared::telemetry::prometheus().cloned();
-    let pool_settings = proxybus_pool::Settings {
+    let pool_settings = proxybus_pool::PoolSettings {
         listen: "127.0.0.1:0".parse().unwrap(),
         inventory: inventory.clone(),
         watch_inventory: false,
-        auth: proxybus_pool::settings::AuthSettings { tokens: vec![TOKEN.into()], ..Default::default() },
-        nats: Some(NatsSettings::new(url.clone())),
+        auth: proxybus_pool::AuthSettings { tokens: vec![TOKEN.into()], ..Default::default() },
         ..Default::default()
     };
-    let pool = proxybus_pool::PoolServer::bind(pool_settings).await.unwrap().with_metrics(metrics);
+    let pool_config = proxybus_pool::PoolConfig { settings: pool_settings, nats: Some(NatsSettings::new(url.clone())) };
+    let pool = proxybus_pool::PoolServer::bind(pool_config).await.unwrap();
     let pool_url = format!("http://{}", pool.local_addr());
     tokio::spawn(pool.serve(stop.clone().cancelled_owned()));
     let services = |endpoints: Vec<String>| ExternalProxyServiceConfig {

@@ -31,6 +31,11 @@ pub mod paths {
     pub const HEALTHZ: &str = "/healthz";
 }
 
+/// Header of the proxy service's HTTP API (schemas/openapi.yaml, `X-Request-Id`): the
+/// request's id, sent by the resolver with a `ProxyRequest` and echoed by the pool on
+/// its answer (HTTP header names are case-insensitive; written lower-case, as HTTP/2 sends them).
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
 /// Why the HTTP client could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpClientError {

@@ -678,6 +678,33 @@ pub enum HealthState {
     Ejected,
 }
 
+impl HealthState {
+    /// Every state, healthiest first.
+    pub const ALL: [HealthState; 3] = [HealthState::Healthy, HealthState::Degraded, HealthState::Ejected];
+
+    /// The contract's name of this state (`healthy`, `degraded`, `ejected`), as serialised.
+    ///
+    /// ```
+    /// use proxybus_shared::HealthState;
+    /// for state in HealthState::ALL {
+    ///     assert_eq!(serde_json::to_value(state).unwrap(), state.as_str());
+    /// }
+    /// ```
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthState::Healthy => "healthy",
+            HealthState::Degraded => "degraded",
+            HealthState::Ejected => "ejected",
+        }
+    }
+}
+
+impl fmt::Display for HealthState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// State of a proxy towards one exchange.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "snake_case")]

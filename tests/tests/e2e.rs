@@ -37,15 +37,19 @@ impl Drop for Pipeline {
 async fn start_pipeline() -> Pipeline {
     let server = NatsServer::start().await.unwrap();
     let stop = CancellationToken::new();
-    let pool_settings = proxybus_pool::Settings {
+    let pool_settings = proxybus_pool::PoolSettings {
         listen: "127.0.0.1:0".parse().unwrap(),
         inventory: sample_inventory(),
         watch_inventory: false,
-        auth: proxybus_pool::settings::AuthSettings { tokens: vec![TOKEN.into()], ..Default::default() },
-        nats: Some(NatsSettings::new(server.client_url())),
+        auth: proxybus_pool::AuthSettings { tokens: vec![TOKEN.into()], ..Default::default() },
         ..Default::default()
     };
-    let pool = proxybus_pool::PoolServer::bind(pool_settings).await.unwrap();
+    let pool = proxybus_pool::PoolServer::bind(proxybus_pool::PoolConfig {
+        settings: pool_settings,
+        nats: Some(NatsSettings::new(server.client_url())),
+    })
+    .await
+    .unwrap();
     let pool_addr = pool.local_addr();
     let selector = pool.selector();
     tokio::spawn(pool.serve(stop.clone().cancelled_owned()));

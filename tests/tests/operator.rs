@@ -57,18 +57,19 @@ async fn bench() -> Bench {
     let dir = tempfile::tempdir().unwrap();
     let inventory = dir.path().join("inventory.toml");
     std::fs::write(&inventory, INVENTORY).unwrap();
-    let settings = proxybus_pool::Settings {
+    let settings = proxybus_pool::PoolSettings {
         listen: "127.0.0.1:0".parse().unwrap(),
         inventory,
         watch_inventory: false,
-        auth: proxybus_pool::settings::AuthSettings {
-            tokens: vec!["operator-test-token".into()],
-            ..Default::default()
-        },
-        nats: Some(NatsSettings::new(server.client_url())),
+        auth: proxybus_pool::AuthSettings { tokens: vec!["operator-test-token".into()], ..Default::default() },
         ..Default::default()
     };
-    let pool = proxybus_pool::PoolServer::bind(settings).await.unwrap();
+    let pool = proxybus_pool::PoolServer::bind(proxybus_pool::PoolConfig {
+        settings,
+        nats: Some(NatsSettings::new(server.client_url())),
+    })
+    .await
+    .unwrap();
     let selector = pool.selector();
     tokio::spawn(pool.serve(stop.clone().cancelled_owned()));
     let js = jetstream::new(server.connect().await.unwrap());

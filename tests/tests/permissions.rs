@@ -183,15 +183,19 @@ async fn each_role_may_do_its_part_and_a_feed_nothing_more() {
     assert!(!health.is_empty());
 
     // The pool, under its user, reads PROXY_HEALTH at start and follows health.
-    let pool_settings = proxybus_pool::Settings {
+    let pool_settings = proxybus_pool::PoolSettings {
         listen: "127.0.0.1:0".parse().unwrap(),
         inventory: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../services/pool/inventory.sample.toml"),
         watch_inventory: false,
-        auth: proxybus_pool::settings::AuthSettings { tokens: vec!["pool-token-123".into()], ..Default::default() },
-        nats: Some(settings(&server, "pool")),
+        auth: proxybus_pool::AuthSettings { tokens: vec!["pool-token-123".into()], ..Default::default() },
         ..Default::default()
     };
-    let pool = proxybus_pool::PoolServer::bind(pool_settings).await.unwrap();
+    let pool = proxybus_pool::PoolServer::bind(proxybus_pool::PoolConfig {
+        settings: pool_settings,
+        nats: Some(settings(&server, "pool")),
+    })
+    .await
+    .unwrap();
     tokio::spawn(pool.serve(stop.clone().cancelled_owned()));
     tokio::time::sleep(Duration::from_millis(500)).await;
     // The pool, under its user, folds a feed's usage report into PROXY_BUDGETS.

@@ -113,12 +113,11 @@ async fn an_ejected_proxy_is_readmitted_by_probes_alone_and_an_idle_one_has_heal
     assert!(record(&js, &dead).await.is_none(), "no feed ever used the dead proxy");
 
     // The pool probes both through the lab, on its schedule, and publishes what it saw.
-    let mut settings = proxybus_pool::Settings {
+    let mut settings = proxybus_pool::PoolSettings {
         listen: "127.0.0.1:0".parse().unwrap(),
         inventory: lab.inventory_path().to_owned(),
         watch_inventory: false,
-        auth: proxybus_pool::settings::AuthSettings { tokens: vec!["probe-test-token".into()], ..Default::default() },
-        nats: Some(NatsSettings::new(server.client_url())),
+        auth: proxybus_pool::AuthSettings { tokens: vec!["probe-test-token".into()], ..Default::default() },
         ..Default::default()
     };
     let checks = &mut settings.active_checks;
@@ -128,7 +127,12 @@ async fn an_ejected_proxy_is_readmitted_by_probes_alone_and_an_idle_one_has_heal
     checks.ping_path = Some("/api/v3/ping".into());
     checks.ca_file = Some(lab.ca_path().to_owned());
     checks.max_per_minute = 60;
-    let pool = proxybus_pool::PoolServer::bind(settings).await.unwrap();
+    let pool = proxybus_pool::PoolServer::bind(proxybus_pool::PoolConfig {
+        settings,
+        nats: Some(NatsSettings::new(server.client_url())),
+    })
+    .await
+    .unwrap();
     let selector = pool.selector();
     tokio::spawn(pool.serve(stop.clone().cancelled_owned()));
 

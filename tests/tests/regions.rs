@@ -71,14 +71,14 @@ fn write_inventory(dir: &Path, home: &str, also: &[&str]) -> PathBuf {
 
 /// One region's pool service (HTTP on loopback), serving until `stop`.
 async fn start_pool(inventory: PathBuf, stop: &CancellationToken) -> String {
-    let settings = proxybus_pool::Settings {
+    let settings = proxybus_pool::PoolSettings {
         listen: "127.0.0.1:0".parse().unwrap(),
         inventory,
         watch_inventory: false,
-        auth: proxybus_pool::settings::AuthSettings { tokens: vec![TOKEN.into()], ..Default::default() },
+        auth: proxybus_pool::AuthSettings { tokens: vec![TOKEN.into()], ..Default::default() },
         ..Default::default()
     };
-    let pool = proxybus_pool::PoolServer::bind(settings).await.unwrap();
+    let pool = proxybus_pool::PoolServer::bind(proxybus_pool::PoolConfig { settings, nats: None }).await.unwrap();
     let addr = format!("http://{}", pool.local_addr());
     tokio::spawn(pool.serve(stop.clone().cancelled_owned()));
     addr

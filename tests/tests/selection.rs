@@ -50,7 +50,7 @@ async fn start_pipeline_with(
     inventory: &Path,
     mut proxy: ProxySettings,
     resolver: proxybus_resolver::ResolverSettings,
-    pool: impl FnOnce(&mut proxybus_pool::Settings),
+    pool: impl FnOnce(&mut proxybus_pool::PoolSettings),
 ) -> Pipeline {
     proxybus_shared::telemetry::init_for_tests();
     let server = NatsServer::start().await.unwrap();
@@ -60,16 +60,20 @@ async fn start_pipeline_with(
     let js = async_nats::jetstream::new(client.clone());
     proxybus_shared::feedback::ensure_feedback_stream(&js, &Default::default()).await.unwrap();
     let (stop_pool, stop_all) = (CancellationToken::new(), CancellationToken::new());
-    let mut pool_settings = proxybus_pool::Settings {
+    let mut pool_settings = proxybus_pool::PoolSettings {
         listen: "127.0.0.1:0".parse().unwrap(),
         inventory: inventory.to_owned(),
         watch_inventory: false,
-        auth: proxybus_pool::settings::AuthSettings { tokens: vec![TOKEN.into()], ..Default::default() },
-        nats: Some(NatsSettings::new(server.client_url())),
+        auth: proxybus_pool::AuthSettings { tokens: vec![TOKEN.into()], ..Default::default() },
         ..Default::default()
     };
     pool(&mut pool_settings);
-    let pool = proxybus_pool::PoolServer::bind(pool_settings).await.unwrap();
+    let pool = proxybus_pool::PoolServer::bind(proxybus_pool::PoolConfig {
+        settings: pool_settings,
+        nats: Some(NatsSettings::new(server.client_url())),
+    })
+    .await
+    .unwrap();
     let pool_addr = pool.local_addr();
     let selector = pool.selector();
     tokio::spawn(pool.serve(stop_pool.clone().cancelled_owned()));

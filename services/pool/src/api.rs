@@ -26,7 +26,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use metrics_exporter_prometheus::PrometheusHandle;
+use proxybus_shared::http::{REQUEST_ID_HEADER, paths};
 use proxybus_shared::{HealthStats, ProxyFeedback, ProxyRequest, Region};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -36,9 +36,6 @@ use crate::auth::{self, Auth};
 use crate::metrics::{self as m, HealthSource};
 use crate::selector::{SelectError, Selector};
 
-/// Request-id header, read and echoed.
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
-
 /// What every handler shares.
 #[derive(Clone, Debug)]
 pub struct AppState {
@@ -46,8 +43,6 @@ pub struct AppState {
     pub selector: Arc<Selector>,
     /// Access rules.
     pub auth: Arc<Auth>,
-    /// Renders `GET /metrics` (`None`: the endpoint answers 404).
-    pub metrics: Option<PrometheusHandle>,
     /// Request body limit in bytes.
     pub max_body_bytes: usize,
     /// Per-request timeout.
@@ -55,22 +50,12 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// State over `selector` with `auth`, a 64 KiB body limit, a 10 s timeout and
-    /// the process's Prometheus recorder.
+    /// State over `selector` with `auth`, a 64 KiB body limit and a 10 s timeout.
+    /// `GET /metrics` renders the process's one recorder (`proxybus_shared::telemetry::prometheus`).
     pub fn new(selector: Arc<Selector>, auth: Auth) -> Self {
-        Self {
-            selector,
-            auth: Arc::new(auth),
-            metrics: m::global_handle(),
-            max_body_bytes: 64 * 1024,
-            request_timeout: Duration::from_secs(10),
-        }
-    }
-
-    /// Renders `/metrics` with this handle (an embedding program's recorder).
-    pub fn with_metrics(mut self, handle: Option<PrometheusHandle>) -> Self {
-        self.metrics = handle;
-        self
+        // Installed now, so the series recorded before the first scrape are kept.
+        proxybus_shared::telemetry::prometheus();
+        Self { selector, auth: Arc::new(auth), max_body_bytes: 64 * 1024, request_timeout: Duration::from_secs(10) }
     }
 
     /// Sets the body limit.
@@ -90,16 +75,16 @@ impl AppState {
 /// `into_make_service_with_connect_info::<SocketAddr>()` so the allowlist sees client IPs.
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
-        .route("/api/v1/proxy/request", post(request_proxy))
-        .route("/api/v1/proxy/feedback", post(report_feedback))
-        .route("/api/v1/proxy/health", post(push_health))
-        .route("/api/v1/proxies", get(list_proxies))
+        .route(paths::REQUEST, post(request_proxy))
+        .route(paths::FEEDBACK, post(report_feedback))
+        .route(paths::HEALTH, post(push_health))
+        .route(paths::PROXIES, get(list_proxies))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_credentials));
     let guarded = api
-        .route("/metrics", get(render_metrics))
+        .route(paths::METRICS, get(render_metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_allowed_ip));
     guarded
-        .route("/healthz", get(healthz))
+        .route(paths::HEALTHZ, get(healthz))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(middleware::from_fn_with_state(state.clone(), time_out))
         .layer(middleware::from_fn(count_requests))
@@ -285,12 +270,13 @@ async fn healthz(State(state): State<AppState>) -> Response {
 }
 
 async fn render_metrics(State(state): State<AppState>) -> Response {
-    let Some(handle) = &state.metrics else {
+    if proxybus_shared::telemetry::prometheus().is_none() {
         return ApiError::new(StatusCode::NOT_FOUND, "not_found", "metrics are not recorded in this process")
             .into_response();
-    };
+    }
     m::refresh_gauges(&state.selector);
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response()
+    let text = proxybus_shared::telemetry::render_metrics();
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 async fn time_out(State(state): State<AppState>, request: Request, next: Next) -> Response {

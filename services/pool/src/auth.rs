@@ -20,7 +20,7 @@ use subtle::ConstantTimeEq;
 
 use crate::api::{ApiError, AppState};
 use crate::metrics as m;
-use crate::settings::Settings;
+use crate::settings::PoolSettings;
 
 /// The API's access rules.
 #[derive(Clone)]
@@ -48,7 +48,7 @@ pub(crate) fn parse_net(text: &str) -> Option<IpNet> {
 
 impl Auth {
     /// The rules of `settings` (validated).
-    pub fn from_settings(settings: &Settings) -> Self {
+    pub fn from_settings(settings: &PoolSettings) -> Self {
         Self {
             token_digests: settings.auth.tokens.iter().map(|t| digest(t.expose_secret().trim().as_bytes())).collect(),
             tokens_required: settings.tokens_required(),

@@ -27,7 +27,7 @@ const STREAM_RETRY: Duration = Duration::from_secs(1);
 /// Folds usage reports from `PROXY_FEEDBACK` into `PROXY_BUDGETS` until `shutdown`,
 /// sharing the durable consumer `proxybus-pool-budgets` with the other pool
 /// services. Waits for the stream when it does not exist yet.
-pub async fn keep_budgets(
+pub(crate) async fn keep_budgets(
     client: async_nats::Client,
     settings: BudgetSettings,
     shutdown: impl std::future::Future<Output = ()>,
@@ -63,7 +63,7 @@ pub async fn keep_budgets(
             subject::BUDGET_CONSUMER,
             consumer::pull::Config {
                 durable_name: Some(subject::BUDGET_CONSUMER.to_owned()),
-                description: Some("pool services fold usage reports into PROXY_BUDGETS".into()),
+                description: Some(format!("pool services fold usage reports into {}", subject::BUDGET_BUCKET)),
                 deliver_policy: consumer::DeliverPolicy::New,
                 ack_policy: consumer::AckPolicy::Explicit,
                 ack_wait: Duration::from_secs(30),
@@ -125,7 +125,7 @@ pub async fn keep_budgets(
 
 /// Hands every budget of `PROXY_BUDGETS`, then every change, to `selector` until
 /// `shutdown`; waits for the bucket when it does not exist yet.
-pub async fn follow_budgets(
+pub(crate) async fn follow_budgets(
     client: async_nats::Client,
     selector: Arc<Selector>,
     shutdown: impl std::future::Future<Output = ()>,

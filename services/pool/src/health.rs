@@ -142,7 +142,7 @@ impl LocalHealth {
 
 /// Why the health listener stopped.
 #[derive(Debug, thiserror::Error)]
-pub enum HealthListenError {
+pub(crate) enum HealthListenError {
     /// The subscription could not be made.
     #[error("cannot subscribe to {subject}: {source}")]
     Subscribe {
@@ -155,7 +155,7 @@ pub enum HealthListenError {
 
 /// Applies every `HealthStats` published on `proxy.v1.health.>` to `selector`
 /// until `shutdown` resolves. Undecodable messages are counted and skipped.
-pub async fn listen_health(
+pub(crate) async fn listen_health(
     client: async_nats::Client,
     selector: std::sync::Arc<Selector>,
     shutdown: impl std::future::Future<Output = ()>,

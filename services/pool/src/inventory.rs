@@ -56,9 +56,9 @@ use serde::{Deserialize, Serialize};
 use crate::strategy::Strategy;
 
 /// Accepted `ttl_seconds`.
-pub const TTL_RANGE: std::ops::RangeInclusive<u64> = 1..=86_400;
+pub(crate) const TTL_RANGE: std::ops::RangeInclusive<u64> = 1..=86_400;
 /// Default `ttl_seconds`.
-pub const DEFAULT_TTL_SECONDS: u64 = 300;
+pub(crate) const DEFAULT_TTL_SECONDS: u64 = 300;
 
 /// What a pool answers when none of its proxies (nor any fallback region's) is healthy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -92,7 +92,7 @@ pub struct InventoryFile {
     pub default_region: String,
     /// Pool settings every region inherits.
     #[serde(default)]
-    pub defaults: PoolConfig,
+    pub defaults: PoolFile,
     /// The pools, keyed by region.
     #[serde(default)]
     pub regions: BTreeMap<String, RegionFile>,
@@ -101,7 +101,7 @@ pub struct InventoryFile {
 /// Per-pool settings; each is optional, so a region inherits `[defaults]`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PoolConfig {
+pub struct PoolFile {
     /// Selection strategy (default `p2c_ewma`).
     pub strategy: Option<Strategy>,
     /// `ttl_seconds` of answers, 1..=86 400 (default 300); also the lease and sticky lifetime.
@@ -114,9 +114,9 @@ pub struct PoolConfig {
     pub sticky: Option<bool>,
 }
 
-impl PoolConfig {
-    fn or(&self, defaults: &PoolConfig) -> PoolConfig {
-        PoolConfig {
+impl PoolFile {
+    fn or(&self, defaults: &PoolFile) -> PoolFile {
+        PoolFile {
             strategy: self.strategy.or(defaults.strategy),
             ttl_seconds: self.ttl_seconds.or(defaults.ttl_seconds),
             fallback_policy: self.fallback_policy.or(defaults.fallback_policy),
@@ -150,8 +150,8 @@ pub struct RegionFile {
 
 impl RegionFile {
     /// This region's own pool settings (without `[defaults]`).
-    pub fn settings(&self) -> PoolConfig {
-        PoolConfig {
+    pub fn settings(&self) -> PoolFile {
+        PoolFile {
             strategy: self.strategy,
             ttl_seconds: self.ttl_seconds,
             fallback_policy: self.fallback_policy,

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 /// One client's use of one exchange over one connection type.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Session {
+pub(crate) struct Session {
     /// The client (`cryptofeed-{host}-{pid}`).
     pub client_id: String,
     /// The exchange.
@@ -33,7 +33,7 @@ pub struct Session {
 
 impl Session {
     /// The session a request belongs to.
-    pub fn of(request: &ProxyRequest) -> Self {
+    pub(crate) fn of(request: &ProxyRequest) -> Self {
         Self {
             client_id: request.client_id.clone(),
             exchange: request.exchange_id.clone(),
@@ -51,7 +51,7 @@ struct Lease {
 
 /// Active leases per proxy, expiring at their TTL.
 #[derive(Debug, Default)]
-pub struct LeaseTable {
+pub(crate) struct LeaseTable {
     by_session: HashMap<Session, Lease>,
     active: HashMap<ProxyId, u32>,
     expiries: BTreeMap<(Instant, u64), Session>,
@@ -60,7 +60,7 @@ pub struct LeaseTable {
 
 impl LeaseTable {
     /// Grants `session` a lease on `proxy` until `expires`, ending its previous lease.
-    pub fn grant(&mut self, session: Session, proxy: ProxyId, expires: Instant) {
+    pub(crate) fn grant(&mut self, session: Session, proxy: ProxyId, expires: Instant) {
         self.end(&session);
         self.seq += 1;
         *self.active.entry(proxy.clone()).or_default() += 1;
@@ -69,7 +69,7 @@ impl LeaseTable {
     }
 
     /// Ends the lease of `session` if it is on `proxy`; whether there was one.
-    pub fn release(&mut self, session: &Session, proxy: &ProxyId) -> bool {
+    pub(crate) fn release(&mut self, session: &Session, proxy: &ProxyId) -> bool {
         if self.by_session.get(session).is_some_and(|lease| &lease.proxy == proxy) {
             self.end(session);
             true
@@ -95,7 +95,7 @@ impl LeaseTable {
     }
 
     /// Ends every lease whose TTL ran out by `now`; how many.
-    pub fn expire(&mut self, now: Instant) -> usize {
+    pub(crate) fn expire(&mut self, now: Instant) -> usize {
         let mut ended = 0;
         while let Some(entry) = self.expiries.first_entry() {
             if entry.key().0 > now {
@@ -114,41 +114,37 @@ impl LeaseTable {
     }
 
     /// Active leases on `proxy`.
-    pub fn active(&self, proxy: &ProxyId) -> u32 {
+    pub(crate) fn active(&self, proxy: &ProxyId) -> u32 {
         self.active.get(proxy).copied().unwrap_or(0)
     }
 
     /// The proxy `session` holds a lease on.
-    pub fn held_by(&self, session: &Session) -> Option<&ProxyId> {
+    pub(crate) fn held_by(&self, session: &Session) -> Option<&ProxyId> {
         self.by_session.get(session).map(|lease| &lease.proxy)
     }
 
-    /// Number of active leases.
-    pub fn len(&self) -> usize {
-        self.by_session.len()
-    }
-
     /// Whether there is no active lease.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.by_session.is_empty()
     }
 }
 
 /// Sticky bindings of sessions to proxies, each until its expiry.
 #[derive(Debug, Default)]
-pub struct StickyTable {
+pub(crate) struct StickyTable {
     bindings: HashMap<Session, (ProxyId, Instant)>,
     sweep_at: usize,
 }
 
 impl StickyTable {
     /// The proxy `session` is bound to at `now`.
-    pub fn get(&self, session: &Session, now: Instant) -> Option<&ProxyId> {
+    pub(crate) fn get(&self, session: &Session, now: Instant) -> Option<&ProxyId> {
         self.bindings.get(session).filter(|(_, until)| *until > now).map(|(proxy, _)| proxy)
     }
 
     /// Binds `session` to `proxy` until `until` (`now` is the current time).
-    pub fn bind(&mut self, session: Session, proxy: ProxyId, until: Instant, now: Instant) {
+    pub(crate) fn bind(&mut self, session: Session, proxy: ProxyId, until: Instant, now: Instant) {
         self.bindings.insert(session, (proxy, until));
         if self.bindings.len() > self.sweep_at {
             // Expired bindings are swept when the table has doubled since the last sweep,
@@ -157,26 +153,11 @@ impl StickyTable {
             self.sweep_at = (self.bindings.len() * 2).max(1024);
         }
     }
-
-    /// Forgets the binding of `session`.
-    pub fn unbind(&mut self, session: &Session) {
-        self.bindings.remove(session);
-    }
-
-    /// Number of bindings (expired ones included until swept).
-    pub fn len(&self) -> usize {
-        self.bindings.len()
-    }
-
-    /// Whether there is no binding.
-    pub fn is_empty(&self) -> bool {
-        self.bindings.is_empty()
-    }
 }
 
 /// A logical session of `ProxyRequest.session_key`, per exchange and connection type.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct SessionKey {
+pub(crate) struct SessionKey {
     /// The caller's session key.
     pub key: String,
     /// The exchange.
@@ -187,7 +168,7 @@ pub struct SessionKey {
 
 impl SessionKey {
     /// The session a request names, if it names one.
-    pub fn of(request: &ProxyRequest) -> Option<Self> {
+    pub(crate) fn of(request: &ProxyRequest) -> Option<Self> {
         Some(Self {
             key: request.session_key.clone()?,
             exchange: request.exchange_id.clone(),
@@ -198,7 +179,7 @@ impl SessionKey {
 
 /// Where a session is and when it moves.
 #[derive(Debug, Clone, PartialEq)]
-pub struct SessionBinding {
+pub(crate) struct SessionBinding {
     /// The session's proxy.
     pub proxy: ProxyId,
     /// Answers given with it since it was bound.
@@ -211,19 +192,19 @@ pub struct SessionBinding {
 
 /// Sessions of `session_key` and their proxies; a session unused for `idle` is forgotten.
 #[derive(Debug, Default)]
-pub struct SessionTable {
+pub(crate) struct SessionTable {
     bindings: HashMap<SessionKey, SessionBinding>,
     sweep_at: usize,
 }
 
 impl SessionTable {
     /// The binding of `session`, unless it was unused for `idle` by `now`.
-    pub fn get(&self, session: &SessionKey, now: Instant, idle: std::time::Duration) -> Option<&SessionBinding> {
+    pub(crate) fn get(&self, session: &SessionKey, now: Instant, idle: std::time::Duration) -> Option<&SessionBinding> {
         self.bindings.get(session).filter(|b| b.last_used + idle > now)
     }
 
     /// Counts one more answer with the session's proxy.
-    pub fn used(&mut self, session: &SessionKey, now: Instant) -> Option<&SessionBinding> {
+    pub(crate) fn used(&mut self, session: &SessionKey, now: Instant) -> Option<&SessionBinding> {
         let binding = self.bindings.get_mut(session)?;
         binding.uses += 1;
         binding.last_used = now;
@@ -231,7 +212,7 @@ impl SessionTable {
     }
 
     /// Binds `session` to `proxy` (its first use), due to move at `rotate_at`.
-    pub fn bind(
+    pub(crate) fn bind(
         &mut self,
         session: SessionKey,
         proxy: ProxyId,
@@ -244,16 +225,6 @@ impl SessionTable {
             self.bindings.retain(|_, b| b.last_used + idle > now);
             self.sweep_at = (self.bindings.len() * 2).max(1024);
         }
-    }
-
-    /// Number of sessions (idle ones included until swept).
-    pub fn len(&self) -> usize {
-        self.bindings.len()
-    }
-
-    /// Whether there is no session.
-    pub fn is_empty(&self) -> bool {
-        self.bindings.is_empty()
     }
 }
 

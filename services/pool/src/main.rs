@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use proxybus_pool::{Inventory, Settings};
+use proxybus_pool::{Inventory, PoolConfig, PoolSettings};
 use proxybus_shared::config::EnvSource;
 
 /// The reference proxy service of proxybus: proxy inventories per region with
@@ -14,8 +14,8 @@ use proxybus_shared::config::EnvSource;
 #[derive(Debug, Parser)]
 #[command(name = "proxybus-pool", version)]
 struct Args {
-    /// Settings file (TOML); `PROXYBUS_POOL_*` variables override it.
-    #[arg(long, env = "PROXYBUS_POOL_CONFIG")]
+    /// Settings file (TOML), else `PROXYBUS_POOL_CONFIG`; `PROXYBUS_POOL_*` variables override it.
+    #[arg(long)]
     config: Option<PathBuf>,
     /// Inventory file (overrides the `inventory` setting).
     #[arg(long)]
@@ -39,7 +39,7 @@ async fn main() -> ExitCode {
             .inventory
             .clone()
             .or_else(|| env.non_empty("PROXYBUS_POOL_INVENTORY").map(PathBuf::from))
-            .unwrap_or_else(|| Settings::default().inventory);
+            .unwrap_or_else(|| PoolSettings::default().inventory);
         return match Inventory::load(&inventory) {
             Ok(inventory) => {
                 for pool in inventory.pools() {
@@ -60,20 +60,22 @@ async fn main() -> ExitCode {
             }
         };
     }
-    let mut settings = match Settings::load(args.config.as_deref(), &env) {
-        Ok(settings) => settings,
+    // Read after telemetry is up, so a warning about the variable is logged.
+    let config_file = PoolConfig::file(args.config, &env);
+    let mut config = match PoolConfig::load(config_file.as_deref(), &env) {
+        Ok(config) => config,
         Err(err) => {
             eprintln!("proxybus-pool: {err}");
             return ExitCode::from(2);
         }
     };
     if let Some(inventory) = args.inventory {
-        settings.inventory = inventory;
+        config.settings.inventory = inventory;
     }
     if let Some(listen) = args.listen {
-        settings.listen = listen;
+        config.settings.listen = listen;
     }
-    match proxybus_pool::run(settings, proxybus_shared::shutdown::signal()).await {
+    match proxybus_pool::run(config, proxybus_shared::shutdown::signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = %err, "proxybus-pool stopped");

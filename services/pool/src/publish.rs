@@ -15,7 +15,7 @@ use crate::inventory::Inventory;
 use crate::selector::Selector;
 
 /// What is published for `inventory`.
-pub fn inventory_record(inventory_id: &str, inventory: &Inventory) -> ProxyInventory {
+pub(crate) fn inventory_record(inventory_id: &str, inventory: &Inventory) -> ProxyInventory {
     ProxyInventory {
         schema_version: proxybus_shared::SCHEMA_VERSION,
         inventory_id: inventory_id.to_owned(),
@@ -28,7 +28,12 @@ pub fn inventory_record(inventory_id: &str, inventory: &Inventory) -> ProxyInven
 }
 
 /// Publishes the selector's inventory now and after every reload, until `cancel`.
-pub async fn run(client: async_nats::Client, selector: Arc<Selector>, inventory_id: String, cancel: CancellationToken) {
+pub(crate) async fn run(
+    client: async_nats::Client,
+    selector: Arc<Selector>,
+    inventory_id: String,
+    cancel: CancellationToken,
+) {
     let js = async_nats::jetstream::new(client);
     let mut changes = selector.inventory_changes();
     let mut pause = Duration::from_millis(200);

@@ -22,7 +22,7 @@ use crate::metrics as m;
 use crate::selector::Selector;
 
 /// How long the watcher waits for a burst of file events to settle.
-pub const SETTLE: Duration = Duration::from_millis(150);
+pub(crate) const SETTLE: Duration = Duration::from_millis(150);
 
 /// Reloads one selector's inventory from one file.
 #[derive(Debug, Clone)]

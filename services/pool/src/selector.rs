@@ -40,7 +40,7 @@ use tokio::time::Instant;
 
 use crate::health::{HealthOptions, LocalHealth};
 use crate::inventory::{Inventory, Pool, Proxy, WhenAllEjected};
-use crate::leases::{LeaseTable, Session, SessionKey, SessionTable, StickyTable};
+use crate::leases::{LeaseTable, Session, SessionBinding, SessionKey, SessionTable, StickyTable};
 use crate::metrics as m;
 use crate::strategy::{Candidate, PeakEwma, pick};
 
@@ -396,12 +396,8 @@ impl Selector {
     pub fn select(&self, request: &ProxyRequest) -> Result<Selection, SelectError> {
         let Some(key) = SessionKey::of(request) else { return self.choose(request, None, None) };
         let now = Instant::now();
-        let sessions = &self.options.sessions;
-        let plan = sessions.rotation(&request.exchange_id);
-        let binding = self.state().sessions.get(&key, now, sessions.idle()).cloned();
-        let due = binding.as_ref().is_some_and(|b| {
-            (plan.rotate_after_uses > 0 && b.uses >= plan.rotate_after_uses) || b.rotate_at.is_some_and(|at| now >= at)
-        });
+        let binding = self.state().sessions.get(&key, now, self.options.sessions.idle()).cloned();
+        let due = binding.as_ref().is_some_and(|binding| self.rotation_due(request, binding, now));
         let keep = binding.as_ref().filter(|_| !due).map(|b| &b.proxy);
         let avoid = binding.as_ref().filter(|_| due).map(|b| &b.proxy);
         let mut selection = self.choose(request, keep, avoid)?;
@@ -410,15 +406,44 @@ impl Selector {
             selection = self.choose(request, None, None)?;
         }
         let Some(proxy) = selection.proxy.as_ref().map(|p| p.id().clone()) else { return Ok(selection) };
+        let session = self.record_session_use(request, key, proxy, selection.strategy, due, now);
+        if let Some(seconds) = session.rotate_in_seconds {
+            selection.ttl_seconds = selection.ttl_seconds.min(seconds);
+        }
+        selection.session = Some(session);
+        Ok(selection)
+    }
+
+    /// Whether the session of `binding` is due to move to another proxy: after its
+    /// plan's `rotate_after_uses` answers, or at its `rotate_at`.
+    fn rotation_due(&self, request: &ProxyRequest, binding: &SessionBinding, now: Instant) -> bool {
+        let plan = self.options.sessions.rotation(&request.exchange_id);
+        (plan.rotate_after_uses > 0 && binding.uses >= plan.rotate_after_uses)
+            || binding.rotate_at.is_some_and(|at| now >= at)
+    }
+
+    /// Records that the session `key` was answered with `proxy` by `strategy`: one
+    /// more use of its proxy (`session`), nothing kept (`panic`), or else a new
+    /// binding with its planned move (a rotation when it was `due`).
+    fn record_session_use(
+        &self,
+        request: &ProxyRequest,
+        key: SessionKey,
+        proxy: ProxyId,
+        strategy: &str,
+        due: bool,
+        now: Instant,
+    ) -> SessionInfo {
+        let sessions = &self.options.sessions;
         let mut state = self.state();
-        let (uses, rotate_at, rotated) = if selection.strategy == "session" {
+        let (uses, rotate_at, rotated) = if strategy == "session" {
             let held = state.sessions.used(&key, now).expect("the session's binding was just read");
             (held.uses, held.rotate_at, false)
-        } else if selection.strategy == "panic" {
+        } else if strategy == "panic" {
             (1, None, false)
         } else {
             let unit: f64 = rand::Rng::random(&mut state.rng);
-            let rotate_at = plan.lifetime(unit).map(|lifetime| now + lifetime);
+            let rotate_at = sessions.rotation(&request.exchange_id).lifetime(unit).map(|lifetime| now + lifetime);
             state.sessions.bind(key, proxy, rotate_at, now, sessions.idle());
             if due {
                 metrics::counter!(m::SESSION_ROTATIONS, "exchange" => request.exchange_id.to_string()).increment(1);
@@ -426,15 +451,12 @@ impl Selector {
             (1, rotate_at, due)
         };
         let rotate_in_seconds = rotate_at.map(|at| at.saturating_duration_since(now).as_secs().max(1));
-        if let Some(seconds) = rotate_in_seconds {
-            selection.ttl_seconds = selection.ttl_seconds.min(seconds);
-        }
-        selection.session = Some(SessionInfo { uses, rotated, rotate_in_seconds });
-        Ok(selection)
+        SessionInfo { uses, rotated, rotate_in_seconds }
     }
 
-    /// The choice itself: `keep` is a session's proxy, answered (`session`) when it
-    /// may still be chosen; `avoid` a session's proxy it should move away from.
+    /// The choice itself, in the module documentation's order: `keep` is a session's
+    /// proxy, answered (`session`) when it may still be chosen; `avoid` a session's
+    /// proxy it should move away from.
     fn choose(
         &self,
         request: &ProxyRequest,
@@ -442,184 +464,25 @@ impl Selector {
         avoid: Option<&ProxyId>,
     ) -> Result<Selection, SelectError> {
         let inventory = self.inventory();
-        let now = Instant::now();
-        let wall = Utc::now();
-        let exchange = &request.exchange_id;
-        let connection_type = request.connection_type;
+        let headroom = self.options.budgets.limits(&request.exchange_id).map(|limits| limits.headroom);
+        let choice = Choice::new(&inventory, request, headroom);
         let session = Session::of(request);
-        let chain = inventory.region_chain(request.region.as_ref());
-        let home = chain[0];
-        let requested_region = request.region.clone().unwrap_or_else(|| home.region().clone());
         let mut state = self.state();
-        state.leases.expire(now);
+        state.leases.expire(choice.now);
 
-        // A proxy whose scheme the caller cannot use (`proxy_schemes`), or one the
-        // caller excludes (`exclude_proxy_ids`, a retry), is as one that does not serve it:
-        // never chosen, not even in panic mode.
-        let serves = |p: &Arc<Proxy>| {
-            p.serves(exchange, connection_type)
-                && p.url().scheme().accepted_by(&request.proxy_schemes)
-                && !request.excludes(p.id())
-        };
-        // A proxy near the exchange's per-IP limit (its rate budget) is skipped while
-        // others have room; when none has, panic mode answers the least loaded.
-        let headroom = self.options.budgets.limits(exchange).map(|limits| limits.headroom);
-        let chosen = |state: &State, p: &Arc<Proxy>| {
-            serves(p)
-                && state.usable(p, exchange, now, wall)
-                && state.has_room(p, &session)
-                && state.has_budget_room(p, exchange, headroom, wall)
-        };
-
-        if let Some(id) = keep
-            && let Some(proxy) = inventory.proxy(id)
-            && chain.iter().any(|pool| pool.region() == proxy.region())
-            && chosen(&state, proxy)
-        {
-            let proxy = proxy.clone();
-            let pool = inventory.pool(proxy.region()).expect("a proxy's region has a pool");
-            return Ok(self.grant(&mut state, session, home, pool, proxy, "session", requested_region, now));
+        let held = keep
+            .and_then(|id| choice.session_proxy(&state, &session, id).map(|proxy| (proxy, "session")))
+            .or_else(|| choice.sticky_proxy(&state, &session).map(|proxy| (proxy, "sticky")))
+            .or_else(|| choice.drained_lease_proxy(&state, &session).map(|proxy| (proxy, "sticky")));
+        if let Some((proxy, strategy)) = held {
+            let pool = choice.pool_of(&proxy);
+            return Ok(choice.grant(&mut state, session, pool, proxy, strategy));
         }
-
-        // A `session_key` session is sticky by itself; per-client stickiness is for the others.
-        if home.sticky()
-            && request.session_key.is_none()
-            && let Some(id) = state.sticky.get(&session, now)
-            && let Some(proxy) = inventory.proxy(id)
-            && chain.iter().any(|pool| pool.region() == proxy.region())
-            && chosen(&state, proxy)
-        {
-            let proxy = proxy.clone();
-            let pool = inventory.pool(proxy.region()).expect("a proxy's region has a pool");
-            return Ok(self.grant(&mut state, session, home, pool, proxy, "sticky", requested_region, now));
+        let default_latency_ms = self.options.default_latency_ms;
+        if let Some((pool, proxy)) = choice.pick_by_strategy(&mut state, &session, avoid, default_latency_ms) {
+            return Ok(choice.grant(&mut state, session, pool, proxy, pool.strategy().as_str()));
         }
-
-        // A session that holds a lease on a drained proxy keeps it: a drain stops new
-        // leases while existing ones finish (docs/health.md, "Operator controls").
-        if let Some(id) = state.leases.held_by(&session)
-            && let Some(proxy) = inventory.proxy(id)
-            && chain.iter().any(|pool| pool.region() == proxy.region())
-            && serves(proxy)
-            && !state.usable(proxy, exchange, now, wall)
-            && state.keepable(proxy, exchange, now, wall)
-        {
-            let proxy = proxy.clone();
-            let pool = inventory.pool(proxy.region()).expect("a proxy's region has a pool");
-            return Ok(self.grant(&mut state, session, home, pool, proxy, "sticky", requested_region, now));
-        }
-
-        for pool in &chain {
-            let healthy: Vec<&Arc<Proxy>> = pool
-                .proxies()
-                .iter()
-                .filter(|p| chosen(&state, p) && avoid.is_none_or(|avoided| p.id() != avoided))
-                .collect();
-            if healthy.is_empty() {
-                continue;
-            }
-            let candidates: Vec<Candidate> = healthy
-                .iter()
-                .map(|p| Candidate {
-                    weight: p.weight(),
-                    leases: state.leases.active(p.id()),
-                    latency_ms: state.latency_ms(p, now, self.options.default_latency_ms),
-                })
-                .collect();
-            let state_ref = &mut *state;
-            let turn = state_ref.turns.entry(pool.region().clone()).or_default();
-            let index = pick(pool.strategy(), &candidates, turn, &mut state_ref.rng);
-            let proxy = healthy[index].clone();
-            if pool.region() != home.region() {
-                metrics::counter!(m::REGION_FALLBACKS, "from" => home.region().to_string(), "to" => pool.region().to_string())
-                    .increment(1);
-            }
-            return Ok(self.grant(
-                &mut state,
-                session,
-                home,
-                pool,
-                proxy,
-                pool.strategy().as_str(),
-                requested_region,
-                now,
-            ));
-        }
-
-        let no_proxy = |reason| SelectError::NoProxyAvailable {
-            region: requested_region.clone(),
-            exchange: exchange.clone(),
-            reason,
-        };
-        match home.when_all_ejected() {
-            WhenAllEjected::Fail => {
-                metrics::counter!(m::NO_PROXY, "region" => home.region().to_string()).increment(1);
-                Err(no_proxy("no healthy proxy and the pool is configured to fail"))
-            }
-            WhenAllEjected::Direct => {
-                metrics::counter!(m::PANICS, "region" => home.region().to_string(), "answer" => "direct").increment(1);
-                Ok(Selection {
-                    proxy: None,
-                    strategy: "direct",
-                    ttl_seconds: home.ttl_seconds(),
-                    fallback_policy: home.fallback_policy(),
-                    region: None,
-                    requested_region,
-                    region_fallback: false,
-                    session: None,
-                })
-            }
-            WhenAllEjected::Panic => {
-                let least_bad = chain.iter().find_map(|pool| {
-                    pool.proxies().iter().filter(|p| serves(p) && !state.operator_excluded(p, exchange, wall)).min_by(
-                        |a, b| {
-                            let (a, b) = (state.badness(a, exchange, now, wall), state.badness(b, exchange, now, wall));
-                            a.partial_cmp(&b).unwrap_or(std::cmp::Ordering::Equal)
-                        },
-                    )
-                });
-                let Some(proxy) = least_bad.cloned() else {
-                    metrics::counter!(m::NO_PROXY, "region" => home.region().to_string()).increment(1);
-                    return Err(no_proxy("no proxy of the region or its fallbacks serves this exchange"));
-                };
-                metrics::counter!(m::PANICS, "region" => home.region().to_string(), "answer" => "least_bad")
-                    .increment(1);
-                tracing::warn!(region = %home.region(), %exchange, proxy_id = %proxy.id(), "panic mode: every proxy is ejected, answering the least bad");
-                let pool = inventory.pool(proxy.region()).expect("a proxy's region has a pool");
-                Ok(self.grant(&mut state, session, home, pool, proxy, "panic", requested_region, now))
-            }
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn grant(
-        &self,
-        state: &mut State,
-        session: Session,
-        home: &Pool,
-        pool: &Pool,
-        proxy: Arc<Proxy>,
-        strategy: &'static str,
-        requested_region: Region,
-        now: Instant,
-    ) -> Selection {
-        let ttl = Duration::from_secs(pool.ttl_seconds());
-        if home.sticky() && strategy != "panic" && strategy != "session" {
-            state.sticky.bind(session.clone(), proxy.id().clone(), now + ttl, now);
-        }
-        state.leases.grant(session, proxy.id().clone(), now + ttl);
-        metrics::counter!(m::SELECTIONS, "region" => pool.region().to_string(), "strategy" => strategy).increment(1);
-        Selection {
-            region: Some(pool.region().clone()),
-            // Asked of another region than the one answering (a region the inventory lacks
-            // included: its requests are served by the default region).
-            region_fallback: pool.region() != &requested_region,
-            proxy: Some(proxy),
-            strategy,
-            ttl_seconds: pool.ttl_seconds(),
-            fallback_policy: pool.fallback_policy(),
-            requested_region,
-            session: None,
-        }
+        choice.when_all_ejected(&mut state, session)
     }
 
     /// Folds feedback from a feed: latency, lease release (`disconnected`,
@@ -768,6 +631,226 @@ impl Selector {
                 }
             })
             .collect()
+    }
+}
+
+/// One request's choice: what it asks for, where it may be answered from, and the
+/// time, fixed while the choice is made. Each step of the module documentation's
+/// order is one method.
+struct Choice<'a> {
+    request: &'a ProxyRequest,
+    inventory: &'a Inventory,
+    /// The requested pool, then its fallback regions, nearest first.
+    chain: Vec<&'a Pool>,
+    /// The requested pool (the default region's when the request names none, or one
+    /// the inventory lacks).
+    home: &'a Pool,
+    /// The region asked for (`home`'s when the request names none).
+    requested_region: Region,
+    /// The exchange's rate-budget headroom (`None`: the exchange is not budgeted).
+    headroom: Option<f64>,
+    now: Instant,
+    wall: DateTime<Utc>,
+}
+
+impl<'a> Choice<'a> {
+    fn new(inventory: &'a Inventory, request: &'a ProxyRequest, headroom: Option<f64>) -> Self {
+        let chain = inventory.region_chain(request.region.as_ref());
+        let home = chain[0];
+        let requested_region = request.region.clone().unwrap_or_else(|| home.region().clone());
+        Self { request, inventory, chain, home, requested_region, headroom, now: Instant::now(), wall: Utc::now() }
+    }
+
+    fn exchange(&self) -> &'a ExchangeId {
+        &self.request.exchange_id
+    }
+
+    /// Whether `proxy` serves the request at all: its exchange and connection type,
+    /// a scheme the caller can use (`proxy_schemes`), and not excluded by the caller
+    /// (`exclude_proxy_ids`, a retry). One that does not is never chosen, not even in
+    /// panic mode.
+    fn serves(&self, proxy: &Proxy) -> bool {
+        proxy.serves(self.exchange(), self.request.connection_type)
+            && proxy.url().scheme().accepted_by(&self.request.proxy_schemes)
+            && !self.request.excludes(proxy.id())
+    }
+
+    /// Whether `proxy` may be chosen for `session` now: it serves the request, is
+    /// usable, has room, and is not near the exchange's per-IP limit (its rate budget:
+    /// such a proxy is skipped while others have room; when none has, panic mode
+    /// answers the least loaded).
+    fn may_choose(&self, state: &State, proxy: &Proxy, session: &Session) -> bool {
+        self.serves(proxy)
+            && state.usable(proxy, self.exchange(), self.now, self.wall)
+            && state.has_room(proxy, session)
+            && state.has_budget_room(proxy, self.exchange(), self.headroom, self.wall)
+    }
+
+    /// Whether `proxy` belongs to the requested region or one of its fallbacks.
+    fn in_chain(&self, proxy: &Proxy) -> bool {
+        self.chain.iter().any(|pool| pool.region() == proxy.region())
+    }
+
+    fn pool_of(&self, proxy: &Proxy) -> &'a Pool {
+        self.inventory.pool(proxy.region()).expect("a proxy's region has a pool")
+    }
+
+    /// Step 1, session: the `session_key` session's proxy `id`, while it may still be chosen.
+    fn session_proxy(&self, state: &State, session: &Session, id: &ProxyId) -> Option<Arc<Proxy>> {
+        let proxy = self.inventory.proxy(id)?;
+        (self.in_chain(proxy) && self.may_choose(state, proxy, session)).then(|| proxy.clone())
+    }
+
+    /// Step 1, sticky: in a sticky pool, the client's proxy from an earlier answer while
+    /// it may still be chosen. A `session_key` session is sticky by itself; per-client
+    /// stickiness is for the others.
+    fn sticky_proxy(&self, state: &State, session: &Session) -> Option<Arc<Proxy>> {
+        if !self.home.sticky() || self.request.session_key.is_some() {
+            return None;
+        }
+        let proxy = self.inventory.proxy(state.sticky.get(session, self.now)?)?;
+        (self.in_chain(proxy) && self.may_choose(state, proxy, session)).then(|| proxy.clone())
+    }
+
+    /// Step 1, a drained lease: a session that holds a lease on a drained proxy keeps
+    /// it; a drain stops new leases while existing ones finish (docs/health.md,
+    /// "Operator controls").
+    fn drained_lease_proxy(&self, state: &State, session: &Session) -> Option<Arc<Proxy>> {
+        let proxy = self.inventory.proxy(state.leases.held_by(session)?)?;
+        let keeps = self.in_chain(proxy)
+            && self.serves(proxy)
+            && !state.usable(proxy, self.exchange(), self.now, self.wall)
+            && state.keepable(proxy, self.exchange(), self.now, self.wall);
+        keeps.then(|| proxy.clone())
+    }
+
+    /// Steps 2 and 3, region then fallback regions: the first pool of the chain with a
+    /// proxy that may be chosen (other than `avoid`) answers, by its strategy.
+    fn pick_by_strategy(
+        &self,
+        state: &mut State,
+        session: &Session,
+        avoid: Option<&ProxyId>,
+        default_latency_ms: f64,
+    ) -> Option<(&'a Pool, Arc<Proxy>)> {
+        for &pool in &self.chain {
+            let healthy: Vec<&Arc<Proxy>> = pool
+                .proxies()
+                .iter()
+                .filter(|p| self.may_choose(state, p, session) && avoid.is_none_or(|avoided| p.id() != avoided))
+                .collect();
+            if healthy.is_empty() {
+                continue;
+            }
+            let candidates: Vec<Candidate> = healthy
+                .iter()
+                .map(|p| Candidate {
+                    weight: p.weight(),
+                    leases: state.leases.active(p.id()),
+                    latency_ms: state.latency_ms(p, self.now, default_latency_ms),
+                })
+                .collect();
+            let turn = state.turns.entry(pool.region().clone()).or_default();
+            let index = pick(pool.strategy(), &candidates, turn, &mut state.rng);
+            if pool.region() != self.home.region() {
+                metrics::counter!(m::REGION_FALLBACKS, "from" => self.home.region().to_string(), "to" => pool.region().to_string())
+                    .increment(1);
+            }
+            return Some((pool, healthy[index].clone()));
+        }
+        None
+    }
+
+    /// Step 4, nothing may be chosen anywhere: the requested pool's `when_all_ejected`
+    /// (`panic` answers the least-bad proxy, `fail` no proxy, `direct` a direct connection).
+    fn when_all_ejected(&self, state: &mut State, session: Session) -> Result<Selection, SelectError> {
+        let home = self.home;
+        match home.when_all_ejected() {
+            WhenAllEjected::Fail => {
+                metrics::counter!(m::NO_PROXY, "region" => home.region().to_string()).increment(1);
+                Err(self.no_proxy("no healthy proxy and the pool is configured to fail"))
+            }
+            WhenAllEjected::Direct => {
+                metrics::counter!(m::PANICS, "region" => home.region().to_string(), "answer" => "direct").increment(1);
+                Ok(Selection {
+                    proxy: None,
+                    strategy: "direct",
+                    ttl_seconds: home.ttl_seconds(),
+                    fallback_policy: home.fallback_policy(),
+                    region: None,
+                    requested_region: self.requested_region.clone(),
+                    region_fallback: false,
+                    session: None,
+                })
+            }
+            WhenAllEjected::Panic => {
+                let Some(proxy) = self.least_bad(state) else {
+                    metrics::counter!(m::NO_PROXY, "region" => home.region().to_string()).increment(1);
+                    return Err(self.no_proxy("no proxy of the region or its fallbacks serves this exchange"));
+                };
+                metrics::counter!(m::PANICS, "region" => home.region().to_string(), "answer" => "least_bad")
+                    .increment(1);
+                tracing::warn!(region = %home.region(), exchange = %self.exchange(), proxy_id = %proxy.id(), "panic mode: every proxy is ejected, answering the least bad");
+                let pool = self.pool_of(&proxy);
+                Ok(self.grant(state, session, pool, proxy, "panic"))
+            }
+        }
+    }
+
+    /// Panic mode's answer: of the proxies that serve the request and that no operator
+    /// keeps from its exchange, the least bad of the nearest region that has one.
+    fn least_bad(&self, state: &State) -> Option<Arc<Proxy>> {
+        let (exchange, now, wall) = (self.exchange(), self.now, self.wall);
+        self.chain
+            .iter()
+            .find_map(|pool| {
+                pool.proxies().iter().filter(|p| self.serves(p) && !state.operator_excluded(p, exchange, wall)).min_by(
+                    |a, b| {
+                        let (a, b) = (state.badness(a, exchange, now, wall), state.badness(b, exchange, now, wall));
+                        a.partial_cmp(&b).unwrap_or(std::cmp::Ordering::Equal)
+                    },
+                )
+            })
+            .cloned()
+    }
+
+    fn no_proxy(&self, reason: &'static str) -> SelectError {
+        SelectError::NoProxyAvailable {
+            region: self.requested_region.clone(),
+            exchange: self.exchange().clone(),
+            reason,
+        }
+    }
+
+    /// Hands `proxy` of `pool` to `session` by `strategy`: a lease for the pool's TTL,
+    /// and in a sticky pool the client's binding (not for `panic` or `session` answers).
+    fn grant(
+        &self,
+        state: &mut State,
+        session: Session,
+        pool: &Pool,
+        proxy: Arc<Proxy>,
+        strategy: &'static str,
+    ) -> Selection {
+        let now = self.now;
+        let ttl = Duration::from_secs(pool.ttl_seconds());
+        if self.home.sticky() && strategy != "panic" && strategy != "session" {
+            state.sticky.bind(session.clone(), proxy.id().clone(), now + ttl, now);
+        }
+        state.leases.grant(session, proxy.id().clone(), now + ttl);
+        metrics::counter!(m::SELECTIONS, "region" => pool.region().to_string(), "strategy" => strategy).increment(1);
+        Selection {
+            region: Some(pool.region().clone()),
+            // Asked of another region than the one answering (a region the inventory lacks
+            // included: its requests are served by the default region).
+            region_fallback: pool.region() != &self.requested_region,
+            proxy: Some(proxy),
+            strategy,
+            ttl_seconds: pool.ttl_seconds(),
+            fallback_policy: pool.fallback_policy(),
+            requested_region: self.requested_region.clone(),
+            session: None,
+        }
     }
 }
 

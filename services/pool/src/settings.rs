@@ -1,5 +1,6 @@
-//! Settings of the service: a TOML file (`--config`) overlaid by `PROXYBUS_POOL_*`
-//! variables (`__` between nesting levels), read from an injected [`EnvSource`].
+//! What the service runs with: [`PoolConfig`], its [`PoolSettings`] (a TOML file,
+//! `--config` or `PROXYBUS_POOL_CONFIG`, overlaid by `PROXYBUS_POOL_*` variables,
+//! `__` between nesting levels, read from an injected [`EnvSource`]) and NATS (`NATS_*`).
 //!
 //! | setting | variable | default | meaning |
 //! | --- | --- | --- | --- |
@@ -56,12 +57,13 @@ use crate::health::HealthOptions;
 use crate::selector::SelectorOptions;
 
 /// Prefix of the service's variables.
-pub const ENV_PREFIX: &str = "PROXYBUS_POOL_";
+pub(crate) const ENV_PREFIX: &str = "PROXYBUS_POOL_";
 
-/// Settings of the proxy-pool service.
+/// The proxy-pool service's own settings: the `--config` file's keys, each overridable by a
+/// `PROXYBUS_POOL_*` variable (the table in the module documentation).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct Settings {
+pub struct PoolSettings {
     /// Address of the HTTP API (port 0: any free port).
     pub listen: SocketAddr,
     /// Inventory file.
@@ -84,12 +86,9 @@ pub struct Settings {
     pub budgets: proxybus_shared::budget::BudgetSettings,
     /// Sessions of `session_key` and their rotation plans.
     pub sessions: crate::sessions::SessionSettings,
-    /// NATS for `proxy.v1.health.>`; from `NATS_*`, not from the file (`None`: no subscription).
-    #[serde(skip)]
-    pub nats: Option<NatsSettings>,
 }
 
-impl Default for Settings {
+impl Default for PoolSettings {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
@@ -103,23 +102,44 @@ impl Default for Settings {
             active_checks: ActiveCheckSettings::default(),
             budgets: proxybus_shared::budget::BudgetSettings::default(),
             sessions: crate::sessions::SessionSettings::default(),
-            nats: None,
         }
     }
 }
 
-impl Settings {
-    /// Loads settings from an optional TOML file and the `PROXYBUS_POOL_*` variables
-    /// of `env` (which win), plus `NATS_*` when `health.listen_nats` is on; every
-    /// invalid setting is reported.
+/// What [`crate::run`] takes: the service's settings and how to reach NATS.
+#[derive(Debug, Clone, Default)]
+pub struct PoolConfig {
+    /// The service's own settings.
+    pub settings: PoolSettings,
+    /// NATS, from `NATS_*` (not from the file): health from `proxy.v1.health.>`, rate
+    /// budgets, the published inventory and probe results. `None`: HTTP only.
+    pub nats: Option<NatsSettings>,
+}
+
+impl PoolConfig {
+    /// Loads [`PoolSettings`] from the optional TOML `file` and the `PROXYBUS_POOL_*`
+    /// variables of `env` (which win), plus `NATS_*` when `health.listen_nats` is on.
+    ///
+    /// # Errors
+    /// Every invalid setting, in one [`ConfigError`].
     pub fn load(file: Option<&Path>, env: &EnvSource) -> Result<Self, ConfigError> {
-        let mut settings: Settings = config::load(file, env, ENV_PREFIX)?;
-        if settings.health.listen_nats {
-            settings.nats = Some(NatsSettings::from_env(env)?.with_name("proxybus-pool"));
-        }
-        Ok(settings)
+        let settings: PoolSettings = config::load(file, env, ENV_PREFIX)?;
+        let nats = if settings.health.listen_nats {
+            Some(NatsSettings::from_env(env)?.with_name("proxybus-pool"))
+        } else {
+            None
+        };
+        Ok(Self { settings, nats })
     }
 
+    /// The settings file to read: the `--config` flag, else `PROXYBUS_POOL_CONFIG`
+    /// ([`config::POOL_CONFIG_VAR`]); `None`: defaults and variables only.
+    pub fn file(flag: Option<PathBuf>, env: &EnvSource) -> Option<PathBuf> {
+        flag.or_else(|| env.renamed(config::POOL_CONFIG_VAR, &[]).map(PathBuf::from))
+    }
+}
+
+impl PoolSettings {
     /// The per-request timeout.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_seconds)
@@ -149,7 +169,7 @@ impl Settings {
     }
 }
 
-impl Validate for Settings {
+impl Validate for PoolSettings {
     fn validate(&self, prefix: &str, issues: &mut Issues) {
         issues.check_range(key(prefix, "request_timeout_seconds"), self.request_timeout_seconds, 1..=300);
         issues.check_range(key(prefix, "max_body_bytes"), self.max_body_bytes, 1024..=16 * 1024 * 1024);
@@ -383,7 +403,7 @@ pub struct ActiveCheckSettings {
 }
 
 /// The exchange probes are about when none is configured.
-pub const DEFAULT_PROBE_EXCHANGE: &str = "binance";
+pub(crate) const DEFAULT_PROBE_EXCHANGE: &str = "binance";
 
 impl Default for ActiveCheckSettings {
     fn default() -> Self {
@@ -440,10 +460,11 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let settings = Settings::load(None, &env).unwrap();
+        let config = PoolConfig::load(None, &env).unwrap();
+        let settings = &config.settings;
         assert_eq!(settings.listen.port(), 9000);
         assert_eq!(settings.auth.allowlist.len(), 2);
-        assert!(settings.nats.is_none());
+        assert!(config.nats.is_none());
         assert!(!format!("{settings:?}").contains("0123456789abcdef"), "tokens never print");
 
         let bad: EnvSource = [
@@ -454,11 +475,19 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let err = Settings::load(None, &bad).unwrap_err();
+        let err = PoolConfig::load(None, &bad).unwrap_err();
         let keys: Vec<&str> = err.issues().iter().map(|i| i.key.as_str()).collect();
         assert_eq!(
             keys,
             ["request_timeout_seconds", "auth.allowlist[0]", "auth.tokens", "active_checks.connect_target"]
         );
+    }
+
+    #[test]
+    fn the_config_flag_wins_over_the_variable() {
+        let env: EnvSource = [("PROXYBUS_POOL_CONFIG", "from-env.toml")].into_iter().collect();
+        assert_eq!(PoolConfig::file(Some("flag.toml".into()), &env), Some(PathBuf::from("flag.toml")));
+        assert_eq!(PoolConfig::file(None, &env), Some(PathBuf::from("from-env.toml")));
+        assert_eq!(PoolConfig::file(None, &EnvSource::default()), None);
     }
 }

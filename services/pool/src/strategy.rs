@@ -118,7 +118,7 @@ pub(crate) fn pick(strategy: Strategy, candidates: &[Candidate], turn: &mut u64,
 /// the time since the last sample; without samples the estimate decays towards
 /// zero, so that an idle proxy is tried again.
 #[derive(Debug, Clone, Copy)]
-pub struct PeakEwma {
+pub(crate) struct PeakEwma {
     estimate_ms: f64,
     stamp: Instant,
     decay: Duration,
@@ -126,7 +126,7 @@ pub struct PeakEwma {
 
 impl PeakEwma {
     /// An estimate starting at `sample_ms`.
-    pub fn new(sample_ms: f64, decay: Duration, now: Instant) -> Self {
+    pub(crate) fn new(sample_ms: f64, decay: Duration, now: Instant) -> Self {
         Self { estimate_ms: sample_ms, stamp: now, decay }
     }
 
@@ -137,7 +137,7 @@ impl PeakEwma {
     }
 
     /// Folds in one latency sample.
-    pub fn observe(&mut self, sample_ms: f64, now: Instant) {
+    pub(crate) fn observe(&mut self, sample_ms: f64, now: Instant) {
         if sample_ms > self.estimate_ms {
             self.estimate_ms = sample_ms;
         } else {
@@ -148,7 +148,7 @@ impl PeakEwma {
     }
 
     /// The estimate at `now`.
-    pub fn value(&self, now: Instant) -> f64 {
+    pub(crate) fn value(&self, now: Instant) -> f64 {
         self.estimate_ms * self.decay_factor(now)
     }
 }

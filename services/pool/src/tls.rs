@@ -46,7 +46,7 @@ fn certificates(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'s
 }
 
 /// The rustls server configuration `settings` describe (ALPN h2 and http/1.1).
-pub fn server_config(settings: &TlsSettings) -> Result<rustls::ServerConfig, TlsError> {
+pub(crate) fn server_config(settings: &TlsSettings) -> Result<rustls::ServerConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let chain = certificates("certificates", &settings.cert_file)?;
     let key = PrivateKeyDer::from_pem_file(&settings.key_file).map_err(|e| TlsError::Pem {

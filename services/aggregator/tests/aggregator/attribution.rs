@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use proxybus_aggregator::{FeedbackFolder, HealthPolicy};
-use proxybus_pool::health::{HealthOptions, LocalHealth};
+use proxybus_pool::{HealthOptions, LocalHealth};
 use proxybus_shared::{ErrorKind, ExchangeId, ExchangeState, HealthState, ProxyFeedback};
 
 use crate::helpers::{at, event, pid};

@@ -101,9 +101,9 @@ async fn the_service_runs_checks_on_its_interval() {
     let (good, _) = fake_proxy("200 OK").await;
     let urls = [format!("http://127.0.0.1:{dead}"), format!("http://127.0.0.1:{good}")];
     let app = spawn_app(&inventory(&urls), |s| {
-        s.active_checks.enabled = true;
-        s.active_checks.interval_seconds = 1;
-        s.active_checks.unhealthy_threshold = 1;
+        s.settings.active_checks.enabled = true;
+        s.settings.active_checks.interval_seconds = 1;
+        s.settings.active_checks.unhealthy_threshold = 1;
     })
     .await;
     let dead_id = proxybus_shared::proxy_id(&urls[0]);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use proxybus_pool::{Inventory, PoolError, PoolServer, Selector, SelectorOptions, Settings};
+use proxybus_pool::{Inventory, PoolConfig, PoolError, PoolServer, PoolSettings, Selector, SelectorOptions};
 use proxybus_shared::{
     ConnectionType, ExchangeHealth, ExchangeState, HealthState, HealthStats, ProxyId, ProxyRequest, proxy_id,
     redact_url,
@@ -130,26 +130,26 @@ pub(crate) struct TestApp {
     _dir: TempDir,
 }
 
-/// Default test settings: 127.0.0.1:0, [`TOKEN`], no NATS, no file watching.
-pub(crate) fn test_settings() -> Settings {
+/// Default test configuration: 127.0.0.1:0, [`TOKEN`], no NATS, no file watching.
+pub(crate) fn test_config() -> PoolConfig {
     let mut settings =
-        Settings { listen: "127.0.0.1:0".parse().unwrap(), watch_inventory: false, ..Settings::default() };
+        PoolSettings { listen: "127.0.0.1:0".parse().unwrap(), watch_inventory: false, ..PoolSettings::default() };
     settings.auth.tokens = vec![TOKEN.to_owned().into()];
     settings.health.listen_nats = false;
-    settings
+    PoolConfig { settings, nats: None }
 }
 
-/// Starts the service over `inventory` with `settings` changed by `adjust`.
-pub(crate) async fn spawn_app(inventory: &str, adjust: impl FnOnce(&mut Settings)) -> TestApp {
+/// Starts the service over `inventory` with [`test_config`] changed by `adjust`.
+pub(crate) async fn spawn_app(inventory: &str, adjust: impl FnOnce(&mut PoolConfig)) -> TestApp {
     proxybus_shared::telemetry::init_for_tests();
     proxybus_shared::http::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     let inventory_path = dir.path().join("inventory.toml");
     std::fs::write(&inventory_path, inventory).unwrap();
-    let mut settings = test_settings();
-    settings.inventory = inventory_path.clone();
-    adjust(&mut settings);
-    let server = PoolServer::bind(settings).await.expect("service binds");
+    let mut config = test_config();
+    config.settings.inventory = inventory_path.clone();
+    adjust(&mut config);
+    let server = PoolServer::bind(config).await.expect("service binds");
     let addr = server.local_addr();
     let selector = server.selector();
     let reloader = server.reloader().expect("loaded from a file").clone();

@@ -55,7 +55,7 @@ async fn missing_or_wrong_credentials_get_the_same_401() {
 
 #[tokio::test]
 async fn a_body_over_the_limit_gets_413() {
-    let app = spawn_app(&one_region("round_robin", &[1]), |s| s.max_body_bytes = 2048).await;
+    let app = spawn_app(&one_region("round_robin", &[1]), |s| s.settings.max_body_bytes = 2048).await;
     let mut body = serde_json::to_value(request("binance", "c")).unwrap();
     body["metadata"] = json!({ "padding": "x".repeat(4096) });
     let response = app.post("/api/v1/proxy/request", &body).await;
@@ -194,7 +194,8 @@ async fn no_proxy_available_is_a_404_with_the_request_id() {
 
 #[tokio::test]
 async fn clients_outside_the_allowlist_get_403_but_liveness_answers() {
-    let app = spawn_app(&one_region("round_robin", &[1]), |s| s.auth.allowlist = vec!["10.0.0.0/8".into()]).await;
+    let app =
+        spawn_app(&one_region("round_robin", &[1]), |s| s.settings.auth.allowlist = vec!["10.0.0.0/8".into()]).await;
     let response = app.post("/api/v1/proxy/request", &serde_json::to_value(request("binance", "c")).unwrap()).await;
     assert_eq!(response.status(), 403);
     assert_eq!(response.json::<ApiError>().await.unwrap().error, "forbidden");
@@ -202,17 +203,18 @@ async fn clients_outside_the_allowlist_get_403_but_liveness_answers() {
     assert_eq!(reqwest::get(format!("{}/healthz", app.base)).await.unwrap().status(), 200);
     app.stop().await;
 
-    let app = spawn_app(&one_region("round_robin", &[1]), |s| s.auth.allowlist = vec!["127.0.0.1".into()]).await;
+    let app =
+        spawn_app(&one_region("round_robin", &[1]), |s| s.settings.auth.allowlist = vec!["127.0.0.1".into()]).await;
     assert_eq!(app.ask("binance", "c").await.proxy_id, Some(id(1)));
     app.stop().await;
 }
 
 #[tokio::test]
 async fn settings_without_any_credentials_are_refused() {
-    let mut settings = test_settings();
-    settings.auth.tokens.clear();
+    let mut config = test_config();
+    config.settings.auth.tokens.clear();
     let selector = std::sync::Arc::new(selector(&one_region("round_robin", &[1])));
-    let err = proxybus_pool::PoolServer::bind_with_selector(settings, selector).await.unwrap_err();
+    let err = proxybus_pool::PoolServer::bind_with_selector(config, selector).await.unwrap_err();
     assert!(err.to_string().contains("auth.tokens"), "{err}");
 }
 

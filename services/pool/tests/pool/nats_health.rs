@@ -115,7 +115,7 @@ async fn the_inventory_is_published_with_ids_and_regions_only_and_again_after_a_
     let nats_url = server.client_url();
     let app = spawn_app(&one_region("round_robin", &[1, 2, 3]), |s| {
         s.nats = Some(NatsSettings::new(nats_url));
-        s.health.inventory_id = "pool-a".into();
+        s.settings.health.inventory_id = "pool-a".into();
     })
     .await;
     let js = async_nats::jetstream::new(server.connect().await.unwrap());

@@ -67,8 +67,8 @@ async fn reloads_under_concurrent_requests_lose_no_request() {
 #[tokio::test]
 async fn a_changed_file_is_reloaded_and_health_survives_by_proxy_id() {
     let v1 = one_region("round_robin", &[1, 2]);
-    let app = spawn_app(&v1, |s| s.watch_inventory = true).await;
-    app.selector.apply_health(stats(2, HealthState::Ejected), proxybus_pool::metrics::HealthSource::Http);
+    let app = spawn_app(&v1, |s| s.settings.watch_inventory = true).await;
+    app.selector.apply_health(stats(2, HealthState::Ejected), proxybus_pool::HealthSource::Http);
     assert_eq!(app.ask("binance", "a").await.proxy_id, Some(id(1)));
 
     // Proxy 1 leaves, 3 joins; 2 stays and stays ejected.

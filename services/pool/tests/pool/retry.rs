@@ -2,7 +2,7 @@
 //! retry gets another proxy from every step of the choice — the sticky binding,
 //! the strategy, panic mode — and, with none left, the pool's `when_all_ejected`.
 
-use proxybus_pool::metrics::HealthSource;
+use proxybus_pool::HealthSource;
 use proxybus_shared::{HealthState, ProxyId};
 
 use crate::helpers::*;

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use proxybus_pool::metrics::HealthSource;
+use proxybus_pool::HealthSource;
 use proxybus_pool::{SelectError, Selector};
 use proxybus_shared::{FallbackPolicy, HealthState, ProxyFeedback, ProxyId, ResponseSource};
 

@@ -7,9 +7,9 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use proxybus_pool::metrics::HealthSource;
-use proxybus_pool::sessions::{RotationSettings, SessionSettings};
+use proxybus_pool::HealthSource;
 use proxybus_pool::{Inventory, Selector, SelectorOptions};
+use proxybus_pool::{RotationSettings, SessionSettings};
 use proxybus_shared::{HealthState, ProxyId, ProxyResponse};
 
 use crate::helpers::*;
@@ -31,7 +31,7 @@ async fn ask_session(app: &TestApp, client: &str, session: &str) -> ProxyRespons
 #[tokio::test]
 async fn a_session_keeps_its_proxy_across_clients_while_healthy_and_moves_after_its_uses() {
     let plan = RotationSettings { rotate_after_uses: 3, rotate_after_seconds: 0, jitter: 0.0 };
-    let app = spawn_app(&one_region("round_robin", &[1, 2, 3]), |s| s.sessions = sessions(plan)).await;
+    let app = spawn_app(&one_region("round_robin", &[1, 2, 3]), |s| s.settings.sessions = sessions(plan)).await;
 
     // Three answers with one proxy, whichever client continues the session.
     let first = ask_session(&app, "feed-a", "book-btc").await;
@@ -77,7 +77,7 @@ async fn a_session_keeps_its_proxy_across_clients_while_healthy_and_moves_after_
 #[tokio::test]
 async fn a_rotation_that_finds_no_other_proxy_keeps_the_session_where_it_is() {
     let plan = RotationSettings { rotate_after_uses: 1, rotate_after_seconds: 0, jitter: 0.0 };
-    let app = spawn_app(&one_region("round_robin", &[1, 2]), |s| s.sessions = sessions(plan)).await;
+    let app = spawn_app(&one_region("round_robin", &[1, 2]), |s| s.settings.sessions = sessions(plan)).await;
     let first = ask_session(&app, "feed-a", "s").await;
     let other: ProxyId = if first.proxy_id == Some(id(1)) { id(2) } else { id(1) };
     app.selector.apply_health(ejected_for(if other == id(1) { 1 } else { 2 }, 60), HealthSource::Http);

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use proxybus_pool::settings::{ClientAuth, TlsSettings};
+use proxybus_pool::{ClientAuth, TlsSettings};
 use proxybus_shared::config::{AuthMethod, ExternalProxyServiceConfig};
 use proxybus_shared::http::{TlsFiles, proxy_service_client};
 use rcgen::{
@@ -85,8 +85,8 @@ async fn mutual_tls_authenticates_without_a_token_and_refuses_strangers() {
         client_auth: ClientAuth::Required,
     };
     let app = spawn_app(&one_region("round_robin", &[1]), |s| {
-        s.tls = Some(tls);
-        s.auth.tokens.clear();
+        s.settings.tls = Some(tls);
+        s.settings.auth.tokens.clear();
     })
     .await;
     let url = format!("https://127.0.0.1:{}/api/v1/proxy/request", app.addr.port());
@@ -115,7 +115,7 @@ async fn optional_client_certificates_still_need_a_token() {
         client_ca_file: Some(pki.ca.clone()),
         client_auth: ClientAuth::Optional,
     };
-    let app = spawn_app(&one_region("round_robin", &[1]), |s| s.tls = Some(tls)).await;
+    let app = spawn_app(&one_region("round_robin", &[1]), |s| s.settings.tls = Some(tls)).await;
     let url = format!("https://127.0.0.1:{}/api/v1/proxy/request", app.addr.port());
     let body = serde_json::to_value(request("binance", "feed-1")).unwrap();
     let anonymous = client(&pki.ca, None);
