@@ -26,8 +26,8 @@ use proxybus_client::{ClientConfig, ProxyClient};
 use proxybus_lab::feeds::{self, FeedSettings, FeedSpec, FeedStats, ProxyChoice};
 use proxybus_lab::{Lab, LabConfig, LabProxyConfig, ProxyFault, ProxyKind};
 use proxybus_shared::ProxyUrl;
-use proxybus_shared::subject;
 use proxybus_shared::nats::NatsSettings;
+use proxybus_shared::subject;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 

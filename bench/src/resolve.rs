@@ -64,8 +64,10 @@ async fn start_resolver(
     let client = bus.connect().await?;
     let deadline = Instant::now() + PROCESS_TIMEOUT;
     loop {
-        let ping =
-            tokio::time::timeout(Duration::from_secs(1), client.request(format!("$SRV.PING.{}", subject::RESOLVER_SERVICE), "".into()));
+        let ping = tokio::time::timeout(
+            Duration::from_secs(1),
+            client.request(format!("$SRV.PING.{}", subject::RESOLVER_SERVICE), "".into()),
+        );
         if let Ok(Ok(reply)) = ping.await
             && !reply.payload.is_empty()
         {
