@@ -18,6 +18,11 @@
 //! [aggregator.health]
 //! consecutive_failures = 3
 //! ```
+//!
+//! Every part records into the process's one Prometheus recorder
+//! (`proxybus_shared::telemetry`), served on one `/metrics`: at `[resolver]
+//! metrics_listen` when set, else 127.0.0.1:9464, or any free port when that is
+//! taken. The resolver's and the aggregator's own metrics listeners are off.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
