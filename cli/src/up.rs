@@ -166,6 +166,14 @@ struct Running {
     metrics_task: JoinHandle<()>,
 }
 
+impl Running {
+    /// The task of the part named `part` (`pool`, `resolver`, `aggregator`).
+    fn task(&self, part: &str) -> &JoinHandle<anyhow::Result<()>> {
+        let (_, task) = self.tasks.iter().find(|(name, _)| *name == part).expect("a part up starts");
+        task
+    }
+}
+
 /// The demo's feeds and their live view, while they run.
 struct DemoFeeds {
     board: proxybus_lab::feeds::FeedBoard,
@@ -173,6 +181,8 @@ struct DemoFeeds {
     live: JoinHandle<()>,
 }
 
+/// Starts every part on the bus at `url`, prints where each runs, and stops them all
+/// on Ctrl-C, SIGTERM or `--duration`.
 async fn run_parts(url: &str, data_dir: &Path, args: &UpArgs, parts: &PartSettings) -> anyhow::Result<ExitCode> {
     let stop = CancellationToken::new();
     let nats = NatsSettings::new(url);
@@ -211,8 +221,7 @@ async fn run_parts(url: &str, data_dir: &Path, args: &UpArgs, parts: &PartSettin
 
     print_banner(url, &inventory, lab.as_ref(), &running);
     let demo = lab.as_ref().map(|lab| start_demo_feeds(lab, &nats, &running.client, &stop));
-    let resolver = &running.tasks[1].1;
-    wait_for_stop(args.duration.map(Duration::from_secs), resolver).await?;
+    wait_for_stop(args.duration.map(Duration::from_secs), running.task("resolver")).await?;
     shut_down(stop, demo, lab, running).await;
     Ok(ExitCode::SUCCESS)
 }
