@@ -280,7 +280,7 @@ async fn fold_with_aggregator(
         bail!("the aggregator folded {folded}, {events} events expected");
     }
     for bucket in [&health, &state] {
-        let _ = jetstream.delete_stream(format!("KV_{bucket}")).await;
+        let _ = jetstream.delete_key_value(bucket).await;
     }
     let stream = jetstream.get_stream(FEEDBACK_STREAM).await?;
     let _ = stream.delete_consumer(proxybus_shared::subject::AGGREGATOR_CONSUMER).await;
@@ -404,7 +404,7 @@ pub async fn replay(bus: &mut Bus, options: &Options) -> anyhow::Result<Vec<Row>
         );
         subject.push(r, None);
         rss = rss.max(report.peak_rss_bytes);
-        let _ = jetstream.delete_stream(format!("KV_{into}")).await;
+        let _ = jetstream.delete_key_value(&into).await;
     }
     Ok(vec![
         Row::new("replay", format!("{events} events, {proxies} proxies"), "proxybus_aggregator::replay", &subject)

@@ -27,6 +27,7 @@ use proxybus_lab::feeds::{self, FeedSettings, FeedSpec, FeedStats, ProxyChoice};
 use proxybus_lab::{Lab, LabConfig, LabProxyConfig, ProxyFault, ProxyKind};
 use proxybus_shared::ProxyUrl;
 use proxybus_shared::nats::NatsSettings;
+use proxybus_shared::subject;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -265,7 +266,7 @@ impl Services {
         let mut aggregator_settings = proxybus_aggregator::AggregatorSettings::default();
         aggregator_settings.metrics_listen.clear();
         let aggregator = proxybus_aggregator::AggregatorConfig {
-            nats: nats_settings.clone().with_name("proxybus-aggregator"),
+            nats: nats_settings.clone().with_name(subject::AGGREGATOR_SERVICE),
             settings: aggregator_settings,
             proxy_services: crate::subject::external_service(&pool_url, &token),
         };
@@ -287,7 +288,7 @@ impl Services {
             }
         }));
         let nats = bus.connect().await?;
-        for service in ["proxybus-resolver", "proxybus-aggregator"] {
+        for service in [subject::RESOLVER_SERVICE, subject::AGGREGATOR_SERVICE] {
             proxybus_shared::nats::wait_for_service(&nats, service, Duration::from_secs(20)).await?;
         }
         Ok(Self { nats, tasks, stop: services_stop })

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
+use proxybus_shared::subject::SERVICE_ERROR_CODE_HEADER;
 use proxybus_shared::{Codec, Encoding, ProxyResponse};
 
 use crate::report::{Round, latency_histogram};
@@ -83,7 +84,7 @@ pub async fn nats_requests(
         let (client, subject, headers) = (client.clone(), subject.clone(), headers.clone());
         async move {
             let reply = client.request_with_headers(subject.to_string(), headers, payload).await?;
-            if let Some(code) = reply.headers.as_ref().and_then(|h| h.get("Nats-Service-Error-Code")) {
+            if let Some(code) = reply.headers.as_ref().and_then(|h| h.get(SERVICE_ERROR_CODE_HEADER)) {
                 bail!("error reply {code}: {}", String::from_utf8_lossy(&reply.payload));
             }
             check(&codec.decode_as::<ProxyResponse>(Encoding::MsgPack, &reply.payload)?)

@@ -10,12 +10,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::Context;
 use axum::extract::Request;
 use proxybus_pool::{AppState, Auth, Inventory, Selector, SelectorOptions};
+use proxybus_shared::http::paths;
 use tokio_util::sync::CancellationToken;
 
 /// Bearer token the bench's pool accepts.
 pub const POOL_TOKEN: &str = "proxybus-bench-token";
-/// Path of the request route.
-pub const REQUEST_PATH: &str = "/api/v1/proxy/request";
 
 /// A running pool; stops on drop.
 #[derive(Debug)]
@@ -56,7 +55,7 @@ impl CountingPool {
         let requests = Arc::new(AtomicU64::new(0));
         let counter = requests.clone();
         let app = proxybus_pool::router(state).layer(tower::util::MapRequestLayer::new(move |request: Request| {
-            if request.uri().path() == REQUEST_PATH {
+            if request.uri().path() == paths::REQUEST {
                 counter.fetch_add(1, Ordering::SeqCst);
             }
             request

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use bytes::Bytes;
-use proxybus_shared::http::{TlsFiles, proxy_service_client};
+use proxybus_shared::http::{TlsFiles, paths, proxy_service_client};
 use proxybus_shared::{
     Codec, ConnectionType, Encoding, ExchangeId, ProxyRequest, ProxyResponse, ResponseSource, subject,
 };
@@ -15,7 +15,7 @@ use proxybus_shared::{
 use crate::Options;
 use crate::bus::Bus;
 use crate::load::{self, spread};
-use crate::pool::{CountingPool, POOL_TOKEN, REQUEST_PATH};
+use crate::pool::{CountingPool, POOL_TOKEN};
 use crate::report::{Row, Series, mib};
 use crate::subject::{SubjectProcess, external_service, peak_rss};
 
@@ -64,8 +64,10 @@ async fn start_resolver(
     let client = bus.connect().await?;
     let deadline = Instant::now() + PROCESS_TIMEOUT;
     loop {
-        let ping =
-            tokio::time::timeout(Duration::from_secs(1), client.request("$SRV.PING.proxybus-resolver", "".into()));
+        let ping = tokio::time::timeout(
+            Duration::from_secs(1),
+            client.request(format!("$SRV.PING.{}", subject::RESOLVER_SERVICE), "".into()),
+        );
         if let Ok(Ok(reply)) = ping.await
             && !reply.payload.is_empty()
         {
@@ -163,7 +165,7 @@ pub async fn resolve_miss(bus: &mut Bus, options: &Options) -> anyhow::Result<Ve
     let client = bus.connect().await?;
     let resolver = start_resolver(bus, options, &pool, 100_000).await?;
     let http = proxy_service_client(&external_service(&pool.url(), POOL_TOKEN), &TlsFiles::default())?;
-    let url = format!("{}{REQUEST_PATH}", pool.url());
+    let url = format!("{}{}", pool.url(), paths::REQUEST);
 
     let json = |prefix: &str| {
         let prefix = prefix.to_owned();

@@ -42,7 +42,7 @@ pub(crate) async fn run(client: &async_nats::Client, args: RequestArgs) -> anyho
     .await
     .map_err(|_| anyhow::anyhow!("no answer on {subject} within {}s: is proxybus up?", args.timeout))?
     .map_err(|err| anyhow::anyhow!("request on {subject} failed: {err} (is a resolver running?)"))?;
-    if reply.headers.as_ref().is_some_and(|h| h.get("Nats-Service-Error-Code").is_some()) {
+    if reply.headers.as_ref().is_some_and(|h| h.get(subject::SERVICE_ERROR_CODE_HEADER).is_some()) {
         let error: ErrorReply = codec.decode(reply.headers.as_ref(), &reply.payload)?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&error)?);

@@ -18,6 +18,11 @@
 //! [aggregator.health]
 //! consecutive_failures = 3
 //! ```
+//!
+//! Every part records into the process's one Prometheus recorder
+//! (`proxybus_shared::telemetry`), served on one `/metrics`: at `[resolver]
+//! metrics_listen` when set, else 127.0.0.1:9464, or any free port when that is
+//! taken. The resolver's and the aggregator's own metrics listeners are off.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -29,11 +34,18 @@ use proxybus_aggregator::{AggregatorConfig, AggregatorSettings};
 use proxybus_client::{ClientConfig, ProxyClient};
 use proxybus_resolver::ResolverSettings;
 use proxybus_shared::config::{self, AuthMethod, ExternalProxyServiceConfig, ProxySettings, Validate};
+use proxybus_shared::http::paths;
 use proxybus_shared::nats::NatsSettings;
+use proxybus_shared::subject;
 use serde::de::DeserializeOwned;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::local_nats::LocalNats;
+
+/// The port of `/metrics` when the config file names none and it is free (the
+/// resolver's and the aggregator's default port).
+const DEFAULT_METRICS_PORT: u16 = 9464;
 
 /// The sample inventory bundled into the binary.
 pub(crate) const SAMPLE_INVENTORY: &str = include_str!("../../services/pool/inventory.sample.toml");
@@ -105,7 +117,7 @@ fn read_settings(path: Option<&Path>) -> anyhow::Result<PartSettings> {
 
 /// Runs the pipeline until Ctrl-C, SIGTERM or `--duration`.
 pub(crate) async fn run(nats_url: Option<String>, data_dir: &Path, args: UpArgs) -> anyhow::Result<ExitCode> {
-    let mut parts = read_settings(args.config.as_deref())?;
+    let parts = read_settings(args.config.as_deref())?;
     std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
 
     let (local, url) = match nats_url {
@@ -125,7 +137,7 @@ pub(crate) async fn run(nats_url: Option<String>, data_dir: &Path, args: UpArgs)
             (Some(local), url)
         }
     };
-    let result = run_parts(&url, data_dir, &args, &mut parts).await;
+    let result = run_parts(&url, data_dir, &args, &parts).await;
     if let Some(local) = local {
         local.stop().await?;
         println!("nats-server stopped");
@@ -133,143 +145,310 @@ pub(crate) async fn run(nats_url: Option<String>, data_dir: &Path, args: UpArgs)
     result
 }
 
-async fn run_parts(url: &str, data_dir: &Path, args: &UpArgs, parts: &mut PartSettings) -> anyhow::Result<ExitCode> {
+/// The parts of the pipeline once they run: each part's task, with what the banner
+/// and the demo need to know of them.
+struct Running {
+    /// The pool's base URL, `http://{addr}`.
+    pool_url: String,
+    /// The pool's proxy selection (for the banner's count of proxies and regions).
+    selector: std::sync::Arc<proxybus_pool::Selector>,
+    /// The file the pool's API token was written to.
+    token_file: PathBuf,
+    /// Where every part's series are served.
+    metrics_addr: SocketAddr,
+    /// The dashboard's address.
+    dashboard_addr: SocketAddr,
+    /// A NATS connection of `up` itself (dashboard, demo feeds).
+    client: async_nats::Client,
+    /// The three services, named, in the order they are stopped and reported.
+    tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
+    /// The `/metrics` listener.
+    metrics_task: JoinHandle<()>,
+}
+
+impl Running {
+    /// The task of the part named `part` (`pool`, `resolver`, `aggregator`).
+    fn task(&self, part: &str) -> &JoinHandle<anyhow::Result<()>> {
+        let (_, task) = self.tasks.iter().find(|(name, _)| *name == part).expect("a part up starts");
+        task
+    }
+}
+
+/// The demo's feeds and their live view, while they run.
+struct DemoFeeds {
+    board: proxybus_lab::feeds::FeedBoard,
+    feeds: JoinHandle<()>,
+    live: JoinHandle<()>,
+}
+
+/// Starts every part on the bus at `url`, prints where each runs, and stops them all
+/// on Ctrl-C, SIGTERM or `--duration`.
+async fn run_parts(url: &str, data_dir: &Path, args: &UpArgs, parts: &PartSettings) -> anyhow::Result<ExitCode> {
     let stop = CancellationToken::new();
     let nats = NatsSettings::new(url);
     let lab = match args.demo {
         false => None,
-        true => {
-            let lab_args = proxybus_lab::command::LabArgs { config: args.lab.clone(), dir: None, duration: None };
-            let mut config = lab_args.config(data_dir.join("lab"))?;
-            if args.lab.is_some() && config.dir.is_relative() {
-                config.dir = data_dir.join("lab");
-            }
-            Some(proxybus_lab::Lab::start(config).await.context("cannot start the exchange lab")?)
-        }
+        true => Some(start_lab(data_dir, args).await?),
     };
-    let inventory = match args.inventory.clone().or(parts.inventory.clone()) {
-        Some(path) => path,
-        None if lab.is_some() => lab.as_ref().map(|lab| lab.inventory_path().to_owned()).unwrap_or_default(),
-        None => {
-            let path = data_dir.join("inventory.sample.toml");
-            std::fs::write(&path, SAMPLE_INVENTORY)?;
-            path
-        }
-    };
+    let inventory = inventory_path(data_dir, args, parts, lab.as_ref())?;
+    let (metrics_addr, metrics_task) = serve_metrics(parts.resolver.metrics_listen, &stop).await?;
     let token = uuid::Uuid::new_v4().simple().to_string();
     let token_file = data_dir.join("pool.token");
     std::fs::write(&token_file, &token)?;
-
-    // Pool service: the upstream the resolver asks over HTTP.
-    let mut pool_settings = parts.pool.clone();
-    pool_settings.inventory = inventory.clone();
-    if pool_settings.listen == proxybus_pool::PoolSettings::default().listen {
-        pool_settings.listen = args.pool_listen;
-    }
-    pool_settings.auth.tokens.push(token.clone().into());
-    let pool_config = proxybus_pool::PoolConfig { settings: pool_settings, nats: Some(nats.clone()) };
-    let pool = proxybus_pool::PoolServer::bind(pool_config).await?;
-    let pool_addr = pool.local_addr();
-    let selector = pool.selector();
-    let pool_task = tokio::spawn(pool.serve(stop.clone().cancelled_owned()));
-    let pool_url = format!("http://{pool_addr}");
-
+    let (pool_url, selector, pool_task) = start_pool(&nats, inventory.clone(), &token, args, parts, &stop).await?;
     let proxy_services = ExternalProxyServiceConfig {
         enabled: true,
         endpoints: vec![pool_url.clone()],
         auth_method: AuthMethod::BearerToken,
-        auth_credentials: [("token".to_owned(), token.clone().into())].into_iter().collect(),
+        auth_credentials: [("token".to_owned(), token.into())].into_iter().collect(),
         ..Default::default()
     };
-
     // Aggregator first: it creates stream PROXY_FEEDBACK that feeds publish into.
-    // One process has one metrics recorder: the resolver's /metrics serves every part's series.
-    let mut aggregator_settings = parts.aggregator.clone();
-    aggregator_settings.metrics_listen.clear();
-    let aggregator = AggregatorConfig {
-        nats: nats.clone().with_name("proxybus-aggregator"),
-        settings: aggregator_settings,
-        proxy_services: proxy_services.clone(),
+    let aggregator_task = start_aggregator(&nats, parts, proxy_services.clone(), &stop);
+    let resolver_task = start_resolver(&nats, parts, proxy_services, &stop);
+    let client = wait_for_services(&nats).await?;
+    let dashboard_addr = start_dashboard(&client, args.dashboard_listen, &stop).await?;
+    let running = Running {
+        pool_url,
+        selector,
+        token_file,
+        metrics_addr,
+        dashboard_addr,
+        client,
+        tasks: vec![("pool", pool_task), ("resolver", resolver_task), ("aggregator", aggregator_task)],
+        metrics_task,
     };
-    let aggregator_task = tokio::spawn(proxybus_aggregator::run(aggregator, stop.clone().cancelled_owned()));
 
-    let mut resolver_settings = parts.resolver.clone();
-    if resolver_settings.metrics_listen.is_none() {
-        resolver_settings.metrics_listen = free_addr(9464);
+    print_banner(url, &inventory, lab.as_ref(), &running);
+    let demo = lab.as_ref().map(|lab| start_demo_feeds(lab, &nats, &running.client, &stop));
+    wait_for_stop(args.duration.map(Duration::from_secs), running.task("resolver")).await?;
+    shut_down(stop, demo, lab, running).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Starts the exchange lab of `--demo` (`--lab FILE`, else the demo lab) under `data_dir/lab`.
+async fn start_lab(data_dir: &Path, args: &UpArgs) -> anyhow::Result<proxybus_lab::Lab> {
+    let lab_args = proxybus_lab::command::LabArgs { config: args.lab.clone(), dir: None, duration: None };
+    let mut config = lab_args.config(data_dir.join("lab"))?;
+    if args.lab.is_some() && config.dir.is_relative() {
+        config.dir = data_dir.join("lab");
     }
-    let metrics_addr = resolver_settings.metrics_listen;
-    let resolver = proxybus_resolver::ResolverConfig {
+    proxybus_lab::Lab::start(config).await.context("cannot start the exchange lab")
+}
+
+/// The pool's inventory: `--inventory`, else the config file's `inventory`, else the
+/// lab's (with `--demo`), else the bundled sample written to `data_dir`.
+fn inventory_path(
+    data_dir: &Path,
+    args: &UpArgs,
+    parts: &PartSettings,
+    lab: Option<&proxybus_lab::Lab>,
+) -> anyhow::Result<PathBuf> {
+    if let Some(path) = args.inventory.clone().or(parts.inventory.clone()) {
+        return Ok(path);
+    }
+    if let Some(lab) = lab {
+        return Ok(lab.inventory_path().to_owned());
+    }
+    let path = data_dir.join("inventory.sample.toml");
+    std::fs::write(&path, SAMPLE_INVENTORY)?;
+    Ok(path)
+}
+
+/// Serves the process's one Prometheus recorder, where every part records, on one
+/// `/metrics` (`proxybus_shared::telemetry::serve_metrics`): at `configured` (the
+/// config file's `[resolver] metrics_listen`) when given, else on 127.0.0.1:9464, or
+/// any free port when that is taken. Stops when `stop` is cancelled.
+async fn serve_metrics(
+    configured: Option<SocketAddr>,
+    stop: &CancellationToken,
+) -> anyhow::Result<(SocketAddr, JoinHandle<()>)> {
+    use proxybus_shared::telemetry;
+    if let Some(addr) = configured {
+        return telemetry::serve_metrics(addr, stop.clone())
+            .await
+            .with_context(|| format!("cannot serve /metrics on {addr}"));
+    }
+    match telemetry::serve_metrics(SocketAddr::from(([127, 0, 0, 1], DEFAULT_METRICS_PORT)), stop.clone()).await {
+        Ok(served) => Ok(served),
+        Err(_) => telemetry::serve_metrics(SocketAddr::from(([127, 0, 0, 1], 0)), stop.clone())
+            .await
+            .context("cannot serve /metrics"),
+    }
+}
+
+/// Starts the pool service on `--pool-listen` (unless the config file sets `[pool]
+/// listen`) with `inventory`, accepting `token`: the upstream the resolver asks over
+/// HTTP. Its URL, its selector and its task.
+async fn start_pool(
+    nats: &NatsSettings,
+    inventory: PathBuf,
+    token: &str,
+    args: &UpArgs,
+    parts: &PartSettings,
+    stop: &CancellationToken,
+) -> anyhow::Result<(String, std::sync::Arc<proxybus_pool::Selector>, JoinHandle<anyhow::Result<()>>)> {
+    let mut settings = parts.pool.clone();
+    settings.inventory = inventory;
+    if settings.listen == proxybus_pool::PoolSettings::default().listen {
+        settings.listen = args.pool_listen;
+    }
+    settings.auth.tokens.push(token.to_owned().into());
+    let config = proxybus_pool::PoolConfig { settings, nats: Some(nats.clone()) };
+    let pool = proxybus_pool::PoolServer::bind(config).await?;
+    let url = format!("http://{}", pool.local_addr());
+    let selector = pool.selector();
+    let task = spawn_part(pool.serve(stop.clone().cancelled_owned()));
+    Ok((url, selector, task))
+}
+
+/// Starts the aggregator, folding feedback into health and pushing it to `proxy_services`.
+/// Its own metrics listener is off: `up` serves every part's series on one `/metrics`.
+fn start_aggregator(
+    nats: &NatsSettings,
+    parts: &PartSettings,
+    proxy_services: ExternalProxyServiceConfig,
+    stop: &CancellationToken,
+) -> JoinHandle<anyhow::Result<()>> {
+    let mut settings = parts.aggregator.clone();
+    settings.metrics_listen.clear();
+    let config =
+        AggregatorConfig { nats: nats.clone().with_name(subject::AGGREGATOR_SERVICE), settings, proxy_services };
+    spawn_part(proxybus_aggregator::run(config, stop.clone().cancelled_owned()))
+}
+
+/// Starts the resolver, asking `proxy_services` upstream. Its own metrics listener is
+/// off: `up` serves every part's series on one `/metrics`.
+fn start_resolver(
+    nats: &NatsSettings,
+    parts: &PartSettings,
+    proxy_services: ExternalProxyServiceConfig,
+    stop: &CancellationToken,
+) -> JoinHandle<anyhow::Result<()>> {
+    let config = proxybus_resolver::ResolverConfig {
         proxy: ProxySettings { enabled: true, external_service: proxy_services, ..Default::default() },
-        resolver: resolver_settings,
+        resolver: ResolverSettings { metrics_listen: None, ..parts.resolver.clone() },
         nats: nats.clone(),
     };
-    let resolver_task = tokio::spawn(proxybus_resolver::run(resolver, stop.clone().cancelled_owned()));
+    spawn_part(proxybus_resolver::run(config, stop.clone().cancelled_owned()))
+}
 
+/// Runs a part's future as a task whose error, whatever the part's error type, is an
+/// `anyhow::Error`.
+fn spawn_part<E>(part: impl Future<Output = Result<(), E>> + Send + 'static) -> JoinHandle<anyhow::Result<()>>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    tokio::spawn(async move { part.await.map_err(anyhow::Error::from) })
+}
+
+/// Connects `up`'s own client and waits until the resolver and the aggregator answer
+/// `$SRV.PING` (20 s each at most).
+async fn wait_for_services(nats: &NatsSettings) -> anyhow::Result<async_nats::Client> {
     let client = nats.connect().await.context("cannot connect to NATS")?;
-    for service in ["proxybus-resolver", "proxybus-aggregator"] {
+    for service in [subject::RESOLVER_SERVICE, subject::AGGREGATOR_SERVICE] {
         proxybus_shared::nats::wait_for_service(&client, service, Duration::from_secs(20)).await?;
     }
+    Ok(client)
+}
 
-    let dashboard = crate::dashboard::bind_loopback_or_any(args.dashboard_listen)
+/// Serves the web dashboard on `preferred` (loopback; any free port when taken); its address.
+async fn start_dashboard(
+    client: &async_nats::Client,
+    preferred: SocketAddr,
+    stop: &CancellationToken,
+) -> anyhow::Result<SocketAddr> {
+    let dashboard = crate::dashboard::bind_loopback_or_any(preferred)
         .await
-        .with_context(|| format!("cannot serve the dashboard on {}", args.dashboard_listen))?;
-    let dashboard_addr = dashboard.local_addr()?;
+        .with_context(|| format!("cannot serve the dashboard on {preferred}"))?;
+    let addr = dashboard.local_addr()?;
     tokio::spawn(crate::dashboard::serve(client.clone(), dashboard, None, stop.clone()));
+    Ok(addr)
+}
 
-    let proxies = selector.proxies(None);
+/// Prints what runs where (the lab's banner first with `--demo`), and what to try.
+fn print_banner(nats_url: &str, inventory: &Path, lab: Option<&proxybus_lab::Lab>, running: &Running) {
+    let proxies = running.selector.proxies(None);
     let regions: std::collections::BTreeSet<String> = proxies.iter().map(|p| p.region.to_string()).collect();
-    if let Some(lab) = &lab {
+    if let Some(lab) = lab {
         print!("{}", proxybus_lab::command::banner(lab));
     }
     println!("proxybus is up");
-    println!("  nats        {url}");
+    println!("  nats        {nats_url}");
     println!(
-        "  pool        {pool_url}  ({} proxies in {} regions from {}; API token in {})",
+        "  pool        {}  ({} proxies in {} regions from {}; API token in {})",
+        running.pool_url,
         proxies.len(),
         regions.len(),
         inventory.display(),
-        token_file.display()
+        running.token_file.display()
     );
-    println!("  resolver    proxy.v1.request.{{exchange}}.{{http|websocket}} (queue group proxybus-resolver)");
-    println!("  aggregator  stream PROXY_FEEDBACK -> KV bucket PROXY_HEALTH, proxy.v1.health.{{region}}");
-    if let Some(addr) = metrics_addr {
-        println!("  metrics     http://{addr}/metrics");
-    }
-    println!("  dashboard   http://{dashboard_addr}/");
+    println!(
+        "  resolver    {}.{{exchange}}.{{http|websocket}} (queue group {})",
+        subject::REQUEST_PREFIX,
+        subject::RESOLVER_SERVICE
+    );
+    println!(
+        "  aggregator  stream {} -> KV bucket {}, {}.{{region}}",
+        subject::FEEDBACK_STREAM,
+        subject::HEALTH_BUCKET,
+        subject::HEALTH_PREFIX
+    );
+    println!("  metrics     http://{}{}", running.metrics_addr, paths::METRICS);
+    println!("  dashboard   http://{}/", running.dashboard_addr);
     let me = command_name();
     println!("try: {me} request binance websocket | {me} health --watch | {me} services");
     println!("Ctrl-C stops everything.");
+}
 
-    let demo = lab.as_ref().map(|lab| {
-        let (settings, shared, roots) = (nats.clone(), client.clone(), vec![lab.ca().der()]);
-        let make_client = move |id: String, region: Option<&str>| {
-            let mut config = ClientConfig::new(settings.clone(), id);
-            config.request_timeout = Duration::from_secs(3);
-            config.connect_timeout = Duration::from_secs(5);
-            config.region = region.and_then(|r| r.parse().ok());
-            config.extra_roots = roots.clone();
-            ProxyClient::with_nats(config, shared.clone())
-        };
-        let (board, feeds) = crate::demo::start(lab, make_client, stop.clone());
-        let simulator_stats = {
-            let lab_stats = lab.simulator().stats_handle();
-            move || lab_stats.stats()
-        };
-        tokio::spawn(crate::dashboard::publish_feeds(client.clone(), board.clone(), stop.clone()));
-        let live = tokio::spawn(crate::demo::print_live(client.clone(), board.clone(), simulator_stats, stop.clone()));
-        (board, feeds, live)
-    });
+/// Starts the demo's feeds through `lab` (each a `ProxyClient` on `up`'s connection) and
+/// their live view, on the terminal and the dashboard.
+fn start_demo_feeds(
+    lab: &proxybus_lab::Lab,
+    nats: &NatsSettings,
+    client: &async_nats::Client,
+    stop: &CancellationToken,
+) -> DemoFeeds {
+    let (settings, shared, roots) = (nats.clone(), client.clone(), vec![lab.ca().der()]);
+    let make_client = move |id: String, region: Option<&str>| {
+        let mut config = ClientConfig::new(settings.clone(), id);
+        config.request_timeout = Duration::from_secs(3);
+        config.connect_timeout = Duration::from_secs(5);
+        config.region = region.and_then(|r| r.parse().ok());
+        config.extra_roots = roots.clone();
+        ProxyClient::with_nats(config, shared.clone())
+    };
+    let (board, feeds) = crate::demo::start(lab, make_client, stop.clone());
+    let simulator_stats = {
+        let lab_stats = lab.simulator().stats_handle();
+        move || lab_stats.stats()
+    };
+    tokio::spawn(crate::dashboard::publish_feeds(client.clone(), board.clone(), stop.clone()));
+    let live = tokio::spawn(crate::demo::print_live(client.clone(), board.clone(), simulator_stats, stop.clone()));
+    DemoFeeds { board, feeds, live }
+}
 
-    let duration = args.duration.map(Duration::from_secs);
+/// Waits for Ctrl-C, SIGTERM or the end of `duration`.
+///
+/// # Errors
+/// When the resolver's task ends first.
+async fn wait_for_stop(duration: Option<Duration>, resolver: &JoinHandle<anyhow::Result<()>>) -> anyhow::Result<()> {
     tokio::select! {
         () = proxybus_shared::shutdown::signal() => println!("\nshutting down"),
         () = async { match duration { Some(d) => tokio::time::sleep(d).await, None => std::future::pending().await } } => {
             println!("ran for {}s; shutting down", duration.unwrap_or_default().as_secs());
         }
-        result = watch(&resolver_task) => return Err(result),
+        result = watch(resolver) => return Err(result),
     }
+    Ok(())
+}
+
+/// Stops everything: the demo's feeds (printing their summary), the lab, then the
+/// three services within a 15 s grace each (reporting how each stopped), the
+/// `/metrics` listener and `up`'s own connection.
+async fn shut_down(stop: CancellationToken, demo: Option<DemoFeeds>, lab: Option<proxybus_lab::Lab>, running: Running) {
     stop.cancel();
-    if let Some((board, feeds, live)) = demo {
+    if let Some(DemoFeeds { board, feeds, live }) = demo {
         let _ = tokio::time::timeout(Duration::from_secs(5), feeds).await;
         live.abort();
         println!("{}", crate::demo::summary(&board.snapshot()));
@@ -279,20 +458,17 @@ async fn run_parts(url: &str, data_dir: &Path, args: &UpArgs, parts: &mut PartSe
         println!("exchange lab stopped");
     }
     let grace = Duration::from_secs(15);
-    let (pool, resolver, aggregator) = tokio::join!(
-        tokio::time::timeout(grace, pool_task),
-        tokio::time::timeout(grace, resolver_task),
-        tokio::time::timeout(grace, aggregator_task),
-    );
-    report_stop("pool", pool.map(|r| r.map(|r| r.map_err(anyhow::Error::from))));
-    report_stop("resolver", resolver.map(|r| r.map(|r| r.map_err(anyhow::Error::from))));
-    report_stop("aggregator", aggregator.map(|r| r.map(|r| r.map_err(anyhow::Error::from))));
-    let _ = client.drain().await;
-    Ok(ExitCode::SUCCESS)
+    let (names, tasks): (Vec<_>, Vec<_>) = running.tasks.into_iter().unzip();
+    let joined = futures::future::join_all(tasks.into_iter().map(|task| tokio::time::timeout(grace, task))).await;
+    for (part, joined) in names.into_iter().zip(joined) {
+        report_stop(part, joined);
+    }
+    let _ = tokio::time::timeout(grace, running.metrics_task).await;
+    let _ = running.client.drain().await;
 }
 
 /// Resolves with an error when the resolver task ends before shutdown.
-async fn watch<T>(task: &tokio::task::JoinHandle<T>) -> anyhow::Error {
+async fn watch<T>(task: &JoinHandle<T>) -> anyhow::Error {
     while !task.is_finished() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -308,14 +484,6 @@ fn report_stop(part: &str, joined: Joined) {
         Ok(Err(err)) => eprintln!("{part} task failed: {err}"),
         Err(_) => eprintln!("{part} did not stop within the grace period"),
     }
-}
-
-fn free_addr(preferred: u16) -> Option<SocketAddr> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], preferred));
-    if std::net::TcpListener::bind(addr).is_ok() {
-        return Some(addr);
-    }
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).ok()
 }
 
 /// How to call this binary from the working directory: `proxybus` when that is what the

@@ -66,10 +66,6 @@ impl Seen {
     }
 }
 
-fn free_addr() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
-
 async fn proxybus_cli(server: &NatsServer, args: &[&str]) -> std::process::Output {
     let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_proxybus"))
         .args(args)
@@ -125,7 +121,9 @@ async fn no_password_or_token_leaves_the_pipeline_at_trace_level() {
     let recorder_addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, recorder).await.unwrap() });
 
-    // The pipeline, as `proxybus up` wires it.
+    // The pipeline, as `proxybus up` wires it: one /metrics for every part.
+    let (metrics_addr, _metrics_task) =
+        proxybus_shared::telemetry::serve_metrics("127.0.0.1:0".parse().unwrap(), stop.clone()).await.unwrap();
     let pool_settings = proxybus_pool::PoolSettings {
         listen: "127.0.0.1:0".parse().unwrap(),
         inventory: inventory.clone(),
@@ -147,14 +145,13 @@ async fn no_password_or_token_leaves_the_pipeline_at_trace_level() {
     let mut aggregator = proxybus_aggregator::AggregatorConfig::for_url(url.clone());
     aggregator.proxy_services = services(vec![pool_url.clone(), format!("http://{recorder_addr}")]);
     tokio::spawn(proxybus_aggregator::run(aggregator, stop.clone().cancelled_owned()));
-    let metrics_addr = free_addr();
     let resolver = proxybus_resolver::ResolverConfig {
         proxy: ProxySettings {
             enabled: true,
             external_service: services(vec![pool_url.clone()]),
             ..Default::default()
         },
-        resolver: proxybus_resolver::ResolverSettings { metrics_listen: Some(metrics_addr), ..Default::default() },
+        resolver: proxybus_resolver::ResolverSettings::default(),
         nats: NatsSettings::new(url.clone()),
     };
     tokio::spawn(proxybus_resolver::run(resolver, stop.clone().cancelled_owned()));
@@ -297,7 +294,7 @@ async fn no_password_or_token_leaves_the_pipeline_at_trace_level() {
     }
     // Pages: both /metrics, the pool's inventory listing and health check.
     seen.add(
-        "resolver /metrics",
+        "/metrics of every part",
         reqwest::get(format!("http://{metrics_addr}/metrics")).await.unwrap().text().await.unwrap(),
     );
     for path in ["/metrics", "/healthz"] {

@@ -30,19 +30,30 @@
 //! # Layout
 //! - `config.rs`: [`ClientConfig`], from code or the environment.
 //! - `lease.rs`: [`ProxyLease`], what `get_proxy` hands out, and feedback built from it.
-//! - `client.rs`: [`ProxyClient`]: `get_proxy`, the cache, the breaker and the fallback chain,
-//!   `connect_websocket`, `send_http`, `http_client`, `report_response`.
+//! - `client.rs`: [`ProxyClient`], what it holds and how it is made; [`ClientError`].
+//! - `leasing.rs`: `get_proxy`: the cache, the breaker on the resolver, the request over
+//!   NATS and the fallback chain; [`LeaseOptions`].
+//! - `connecting.rs`: `connect_websocket`, `send_http`, `http_client`, `report_response`
+//!   and the other reports of how a connection went, retries through another proxy.
 //! - `reporter.rs`: the bounded feedback queue and its JetStream publisher.
 //! - `tunnel.rs`: streams through proxies of every scheme (HTTP CONNECT, over TLS
 //!   for `https`; SOCKS4/4a; SOCKS5/5h), and classification of failures into `error_kind`.
+//!
+//! A lease's path: `leasing.rs` (cache, resolver over NATS, fallbacks) → `connecting.rs`
+//! (through `tunnel.rs`, with its outcome as a `lease.rs` feedback event) → `reporter.rs`
+//! (JetStream).
 
 mod client;
 mod config;
+mod connecting;
 mod lease;
+mod leasing;
 mod reporter;
 pub mod tunnel;
 
-pub use client::{ClientError, LeaseOptions, ProxiedWebSocket, ProxyClient};
+pub use client::{ClientError, ProxyClient};
 pub use config::{ClientConfig, TLS_CA_FILE_ENV, read_pem_certificates, read_pem_certificates_from};
+pub use connecting::ProxiedWebSocket;
 pub use lease::ProxyLease;
+pub use leasing::LeaseOptions;
 pub use reporter::FeedbackStats;
