@@ -246,3 +246,49 @@ proptest! {
         }
     }
 }
+
+/// Inputs the properties above found leaking, kept as plain regression tests.
+mod found {
+    use super::*;
+
+    fn env(vars: &[(&str, &str)]) -> EnvSource {
+        vars.iter().copied().collect()
+    }
+
+    #[test]
+    fn a_toml_syntax_error_names_its_line_but_never_quotes_it() {
+        let err = config::from_toml_str::<ProxySettings>(
+            "enabled = true\n[default.http]\nenabled = true\nurl = \"http://alice:AAA0aAAa@10.0.0.1:3128\n",
+        )
+        .unwrap_err();
+        let shown = err.to_string();
+        assert!(!shown.contains("AAA0aAAa") && !format!("{err:?}").contains("AAA0aAAa"), "{shown}");
+        assert!(shown.contains("(line 4)"), "{shown}");
+    }
+
+    #[test]
+    fn a_url_setting_without_a_scheme_is_not_quoted() {
+        let vars = env(&[("CRYPTOFEED_PROXY_ENABLED", "true"), ("CRYPTOFEED_PROXY_DEFAULT__HTTP__URL", "AAA0aAAa")]);
+        let err = config::load::<ProxySettings>(None, &vars, PROXY_ENV_PREFIX).unwrap_err();
+        assert!(!err.to_string().contains("AAA0aAAa"), "{err}");
+        assert!(err.to_string().contains("not a proxy URL"), "{err}");
+    }
+
+    #[test]
+    fn credentials_given_as_a_string_are_not_quoted() {
+        let vars = env(&[("CRYPTOFEED_PROXY_EXTERNAL_SERVICE__AUTH_CREDENTIALS", "AAA0aAAa")]);
+        let err = config::load::<ProxySettings>(None, &vars, PROXY_ENV_PREFIX).unwrap_err();
+        assert!(!err.to_string().contains("AAA0aAAa"), "{err}");
+        assert_eq!(err.issues()[0].key, "external_service.auth_credentials");
+    }
+
+    #[test]
+    fn nats_settings_debug_redacts_the_url() {
+        let settings = NatsSettings::from_env(&env(&[("NATS_URL", "nats://alice:AAA0aAAa@10.0.0.1:4222,nats://h:4222")]))
+            .unwrap();
+        let shown = format!("{settings:?}");
+        assert!(!shown.contains("AAA0aAAa"), "{shown}");
+        assert!(shown.contains("nats://alice:***@10.0.0.1:4222,nats://h:4222"), "{shown}");
+        assert_eq!(settings.url, "nats://alice:AAA0aAAa@10.0.0.1:4222,nats://h:4222", "the URL itself is kept");
+    }
+}
