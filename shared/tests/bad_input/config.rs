@@ -284,8 +284,8 @@ mod found {
 
     #[test]
     fn nats_settings_debug_redacts_the_url() {
-        let settings = NatsSettings::from_env(&env(&[("NATS_URL", "nats://alice:AAA0aAAa@10.0.0.1:4222,nats://h:4222")]))
-            .unwrap();
+        let settings =
+            NatsSettings::from_env(&env(&[("NATS_URL", "nats://alice:AAA0aAAa@10.0.0.1:4222,nats://h:4222")])).unwrap();
         let shown = format!("{settings:?}");
         assert!(!shown.contains("AAA0aAAa"), "{shown}");
         assert!(shown.contains("nats://alice:***@10.0.0.1:4222,nats://h:4222"), "{shown}");
