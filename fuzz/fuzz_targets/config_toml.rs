@@ -95,18 +95,24 @@ fuzz_target!(|data: &[u8]| {
     // A secret that the file holds anyway, or that an error states as a fixed
     // word, is not the one being looked for.
     let distinctive = |s: &str| s.chars().count() >= 4 && !without.contains(s) && !s.contains("***");
+    // What the same file without the secret makes the parser say: words of it
+    // (`enabled`, `proxies` …) are not the secret showing.
+    let said_anyway = match config::from_toml_str::<ProxySettings>(&without) {
+        Err(err) => format!("{err}\n{err:?}\n{:?}", ProxySettings::default()),
+        Ok(settings) => format!("{settings:?}\n{:?}", ProxySettings::default()),
+    };
     match config::from_toml_str::<ProxySettings>(&text) {
         Err(err) => {
             for shown in [err.to_string(), format!("{err:?}")] {
                 for candidate in [secret.as_str(), written.as_str()] {
-                    if distinctive(candidate) {
+                    if distinctive(candidate) && !said_anyway.contains(candidate) {
                         assert!(!shown.contains(candidate), "{candidate:?} leaked from\n{text}\ninto\n{shown}");
                     }
                 }
             }
         }
         Ok(settings) => {
-            if TEMPLATES[template].4 && distinctive(&secret) {
+            if TEMPLATES[template].4 && distinctive(&secret) && !said_anyway.contains(secret.as_str()) {
                 let shown = format!("{settings:?}");
                 assert!(!shown.contains(secret.as_str()), "{secret:?} in {shown}");
             }

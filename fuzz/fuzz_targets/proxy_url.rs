@@ -28,11 +28,10 @@ fn split_userinfo(text: &str) -> Option<(&str, &str, &str, &str)> {
 /// Whether `password` would show only by being a part of the text kept on purpose.
 fn kept_anyway(text: &str, password: &str) -> bool {
     let Some((scheme, user, _, after)) = split_userinfo(text) else { return true };
-    let kept = format!("{scheme}://{user}:{REDACTED}@{after}?{REDACTED}");
-    password.chars().count() < 3
-        || password.contains(REDACTED)
-        || kept.contains(password)
-        || REDACTED.contains(password)
+    let kept = format!("{scheme}://{user}:{REDACTED}@{after}?{REDACTED} {scheme}://{REDACTED}:{REDACTED}@{after}");
+    // A password made of little but `*`, delimiters and whitespace matches what redaction writes.
+    let substance = password.chars().filter(|c| !c.is_whitespace() && !"*@:/?#".contains(*c)).count();
+    substance < 3 || password.contains(REDACTED) || kept.contains(password) || REDACTED.contains(password)
 }
 
 fuzz_target!(|data: &[u8]| {
