@@ -45,8 +45,8 @@ pub enum NatsAuth {
     CredsFile(PathBuf),
 }
 
-/// NATS connection settings.
-#[derive(Debug, Clone)]
+/// NATS connection settings; `Debug` shows the server URLs redacted.
+#[derive(Clone)]
 pub struct NatsSettings {
     /// Server URL(s), comma-separated.
     pub url: String,
@@ -62,6 +62,24 @@ pub struct NatsSettings {
     pub connect_timeout: Duration,
     /// Client name shown in the server's monitoring.
     pub name: Option<String>,
+}
+
+impl std::fmt::Debug for NatsSettings {
+    /// Every field, the URLs through [`crate::redact_url`]: `NATS_URL` may carry a
+    /// password (`nats://user:password@host:4222`; found by
+    /// `nats_settings_errors_never_show_a_secret`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let url: Vec<String> = self.url.split(',').map(|server| crate::redact_url(server.trim())).collect();
+        f.debug_struct("NatsSettings")
+            .field("url", &url.join(","))
+            .field("auth", &self.auth)
+            .field("tls_ca", &self.tls_ca)
+            .field("tls_client", &self.tls_client)
+            .field("tls_required", &self.tls_required)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("name", &self.name)
+            .finish()
+    }
 }
 
 impl Default for NatsSettings {

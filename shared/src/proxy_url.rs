@@ -258,24 +258,65 @@ fn is_userinfo_byte(b: u8) -> bool {
 /// user info (`://` or `@`) redacted as by [`redact_url`]; quotes, commas and
 /// parentheses around such a word are dropped; other words and all whitespace are kept.
 ///
+/// A URL whose user info holds raw whitespace (`http://u:correct horse battery@h:1`)
+/// spans several words: from a word with `scheme://` and no `@` to the next word on
+/// the same line with an `@` (and no `://`), the words are redacted as one URL, so
+/// no middle word of such a password survives.
+///
 /// # Examples
 /// ```
 /// use proxybus_shared::proxy_url::redact_text;
 /// assert_eq!(redact_text("connect to \"http://u:hunter2@h:1\" failed"), "connect to http://u:***@h:1 failed");
 /// assert_eq!(redact_text("login u:hunter2@h:1 refused"), "login ***@h:1 refused");
+/// assert_eq!(redact_text("via http://u:correct horse battery@h:1 failed"), "via http://u:***@h:1 failed");
 /// ```
 pub fn redact_text(text: &str) -> String {
+    let pieces: Vec<&str> = text.split_inclusive(char::is_whitespace).collect();
     let mut redacted = String::with_capacity(text.len());
-    for piece in text.split_inclusive(char::is_whitespace) {
-        let word = piece.trim_end_matches(char::is_whitespace);
+    let mut start = 0;
+    while start < pieces.len() {
+        let last = split_userinfo_end(&pieces, start).unwrap_or(start);
+        let span: String = pieces[start..=last].concat();
+        let word = span.trim_end_matches(char::is_whitespace);
         if word.contains("://") || word.contains('@') {
-            redacted.push_str(&redact_url(word.trim_matches(['"', '`', '\'', ',', '(', ')', ';'])));
+            redacted.push_str(&redact_url(word.trim_matches(AROUND_URL)));
         } else {
             redacted.push_str(word);
         }
-        redacted.push_str(&piece[word.len()..]);
+        redacted.push_str(&span[word.len()..]);
+        start = last + 1;
     }
     redacted
+}
+
+/// What [`redact_text`] drops around a URL.
+const AROUND_URL: [char; 7] = ['"', '`', '\'', ',', '(', ')', ';'];
+
+/// When the word of `pieces[start]` opens a URL (`scheme://…` without an `@`) whose
+/// user info raw whitespace may split, the index of the piece with the word that
+/// closes it: the next one on the same line with an `@` and no `://`. A URL
+/// followed on its line by an unrelated `user@host` is then hidden up to that `@`
+/// as well: more than needed, never less.
+fn split_userinfo_end(pieces: &[&str], start: usize) -> Option<usize> {
+    let opening = pieces[start];
+    let word = opening.trim_end_matches(char::is_whitespace).trim_matches(AROUND_URL);
+    let (_, rest) = word.split_once("://")?;
+    if rest.contains('@') || opening.ends_with('\n') {
+        return None;
+    }
+    for (index, piece) in pieces.iter().enumerate().skip(start + 1) {
+        let word = piece.trim_end_matches(char::is_whitespace);
+        if word.contains("://") {
+            return None;
+        }
+        if word.contains('@') {
+            return Some(index);
+        }
+        if piece.ends_with('\n') {
+            return None;
+        }
+    }
+    None
 }
 
 /// Why a string is not a usable proxy URL. The messages never quote the URL (a
@@ -726,6 +767,21 @@ mod tests {
         let text = redact_text("bad url http://u:hun ter2@h:1 in settings");
         assert_no_secret(&text, &["hun", "ter2"]);
         assert_eq!(redact_text("a\n(http://u:pw@h:1),\tb"), "a\nhttp://u:***@h:1\tb");
+        // Found by `unicode_and_encoded_credentials_never_show`: with two raw spaces the
+        // middle word of a password survived (`says http://*** ? ***@a:1 failed`).
+        let text = redact_text("says http://\u{10740}: ? @a:1 failed");
+        assert_eq!(text, "says http://***:***@a:1 failed");
+        let text = redact_text("proxy http://alice:correct horse battery staple@h:1 refused");
+        assert_eq!(text, "proxy http://alice:***@h:1 refused");
+        // A digits-only first part looks like a port, yet is hidden too.
+        assert_eq!(redact_text("via http://a:0 x y@h:1 ok"), "via http://a:***@h:1 ok");
+        // Found likewise: a user name with a raw '/', '?' or whitespace before such a password.
+        assert_eq!(redact_text("says http:///:\tAA0\t@a:1 failed"), "says http://***:***@a:1 failed");
+        assert_eq!(redact_text("says http://?: 00' @a:1 failed"), "says http://***:***@a:1 failed");
+        assert_eq!(redact_text("says http://\t:a0%\t@a:1 failed"), "says http://***:***@a:1 failed");
+        // Not across lines, nor past another URL.
+        assert_eq!(redact_text("GET http://h:1\nbob@h:2"), "GET http://h:1\n***@h:2");
+        assert_eq!(redact_text("http://h:1 http://u:p@h:2"), "http://h:1 http://u:***@h:2");
     }
 
     #[test]
@@ -802,6 +858,185 @@ mod tests {
             prop_assert_eq!(format!("{parsed}"), expected.clone());
             prop_assert_eq!(format!("{parsed:?}"), format!("ProxyUrl({expected:?})"));
             prop_assert_eq!(parsed.id(), proxy_id(&url));
+        }
+    }
+
+    /// A user name or password as written in a URL: raw, fully percent-encoded,
+    /// or with only the characters a user info may not hold raw encoded.
+    fn written(text: &str, how: u8) -> String {
+        const MUST: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+            .add(b' ')
+            .add(b'"')
+            .add(b'#')
+            .add(b'%')
+            .add(b'/')
+            .add(b':')
+            .add(b'<')
+            .add(b'>')
+            .add(b'?')
+            .add(b'@')
+            .add(b'[')
+            .add(b'\\')
+            .add(b']')
+            .add(b'^')
+            .add(b'`')
+            .add(b'{')
+            .add(b'|')
+            .add(b'}');
+        match how % 3 {
+            0 => text.to_owned(),
+            1 => percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string(),
+            _ => percent_encoding::utf8_percent_encode(text, MUST).to_string(),
+        }
+    }
+
+    fn credential() -> impl Strategy<Value = String> {
+        prop_oneof!["\\PC{1,16}", "[a-zA-Z0-9%:@/?#\\[\\] \t\"'-]{1,16}", "[\\u{80}-\\u{10ffff}]{1,8}", any::<String>()]
+    }
+
+    /// `(scheme, user, password, after)` of text shaped `[scheme://]user:password@after`,
+    /// the user info being what comes before the last `@`.
+    fn userinfo_parts(text: &str) -> Option<(&str, &str, &str, &str)> {
+        let (scheme, rest) = text.split_once("://").unwrap_or(("", text));
+        let (userinfo, after) = rest.rsplit_once('@')?;
+        let (user, password) = userinfo.split_once(':')?;
+        Some((scheme, user, password, after))
+    }
+
+    /// Whether `password` can show only as a part of what redaction keeps on purpose.
+    fn kept_anyway(text: &str, password: &str) -> bool {
+        let Some((scheme, user, _, after)) = userinfo_parts(text) else { return true };
+        let kept = format!("{scheme}://{user}:{REDACTED}@{after}?{REDACTED} {scheme}://{REDACTED}:{REDACTED}@{after}");
+        password.is_empty() || password.contains(REDACTED) || kept.contains(password) || REDACTED.contains(password)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// For any user name and password, unicode, control characters and URL
+        /// delimiters included, written raw or percent-encoded (all of it, or only
+        /// what must be): neither the password (with 3 characters or more besides
+        /// whitespace and `@:/?#`, not part of the text kept on purpose) nor its
+        /// written form ever shows
+        /// through `redact_url`, `redact_text`, a parsed URL's `Display`, `Debug`
+        /// and `scrub`, or a parse error. The user name is kept by design
+        /// (residential gateways differ only by it, docs/pool.md), but only as
+        /// written and only when it is made of characters a URL allows there: a raw
+        /// unicode or delimiter-bearing user name is hidden by `redact_url` too
+        /// (`redact_text` may show the first word of a user name with a raw space).
+        #[test]
+        fn unicode_and_encoded_credentials_never_show(
+            scheme in prop::sample::select(vec!["http", "https", "socks4", "socks4a", "socks5", "socks5h", "nats"]),
+            user in credential(),
+            password in credential(),
+            how in (any::<u8>(), any::<u8>()),
+            host in host(),
+            port in 1u16..,
+        ) {
+            let (user_w, password_w) = (written(&user, how.0), written(&password, how.1));
+            let url = format!("{scheme}://{user_w}:{password_w}@{host}:{port}");
+            let kept = format!(
+                "says {scheme}://{user_w}:{REDACTED}@{host}:{port}?{REDACTED} failed ' \" ProxyUrl(\"{scheme}://{user_w}:{REDACTED}@{host}:{port}\")"
+            );
+            let mut shown = vec![redact_url(&url), redact_text(&format!("says {url} failed")), redact_text(&format!("'{url}'"))];
+            match ProxyUrl::parse(&url) {
+                Ok(parsed) => {
+                    prop_assert_eq!(parsed.credentials(), Some((user.as_str(), password.as_str())));
+                    shown.extend([format!("{parsed}"), format!("{parsed:?}"), parsed.redacted(), parsed.without_credentials()]);
+                    shown.push(parsed.scrub(&format!("auth failed for {user}:{password} at {url}")));
+                }
+                Err(err) => shown.push(err.to_string()),
+            }
+            // What every error says anyway: a password made of its words is not looked for there.
+            let fixed: String = [
+                ProxyUrlError::MissingScheme, ProxyUrlError::UnsupportedScheme(scheme.into()), ProxyUrlError::Trailing("path"),
+                ProxyUrlError::Trailing("query"), ProxyUrlError::Trailing("fragment"), ProxyUrlError::MissingHost,
+                ProxyUrlError::InvalidHost, ProxyUrlError::MissingPort, ProxyUrlError::InvalidPort, ProxyUrlError::Whitespace,
+                ProxyUrlError::Userinfo("holds a raw '@' (percent-encode it as %40) holds a raw ':' after the one between them (percent-encode it as %3A) is empty: write user:password@host:port holds a '%' that is not followed by two hex digits is not UTF-8 once percent-decoded holds a character that must be percent-encoded"),
+            ].iter().map(|e| format!("{e}\n")).collect();
+            for secret in [&password, &password_w] {
+                let substance = secret.chars().filter(|c| !c.is_whitespace() && !"@:/?#".contains(*c)).count();
+                if kept.contains(secret.as_str()) || user.contains(secret.as_str()) || fixed.contains(secret.as_str()) || substance < 3 {
+                    continue;
+                }
+                // `redact_text` cannot tell where a URL whose user name holds a raw `@`
+                // and whose password holds raw whitespace ends: only `redact_url` is asked.
+                let checked = if user_w.contains('@') && secret.contains(char::is_whitespace) { &shown[..1] } else { &shown[..] };
+                for text in checked {
+                    prop_assert!(!text.contains(secret.as_str()), "{:?} in {:?} (from {:?})", secret, text, url);
+                }
+            }
+            let plain_user = user_w.bytes().all(is_userinfo_byte) && user_w.contains(user.as_str());
+            let user_elsewhere = format!("{scheme}://:{REDACTED}@{host}:{port}?{REDACTED} says failed ' \"").contains(user.as_str());
+            if !plain_user && !user_elsewhere && !user.contains(REDACTED) && !user.trim().is_empty() && !user_w.contains(':') {
+                let text = &shown[0];
+                prop_assert!(!text.contains(user.as_str()), "user {:?} in {:?} (from {:?})", user, text, url);
+            }
+        }
+
+        /// Arbitrary text never panics the parser or the redactors; a parse error
+        /// quotes nothing of the text but a well-formed scheme; and for text shaped
+        /// `[scheme://]user:password@rest`, with any parts, `redact_url` never shows
+        /// the password unless the text holds it outside the user info too.
+        #[test]
+        fn arbitrary_text_never_shows_the_password_of_its_user_info(
+            text in prop_oneof![
+                any::<String>(),
+                (
+                    prop::sample::select(vec!["http://", "socks5h://", "x+y.z://", "1a://", "://", ""]),
+                    any::<String>(),
+                    "[^@]{1,12}",
+                    any::<String>(),
+                )
+                    .prop_map(|(scheme, user, password, rest)| format!("{scheme}{user}:{password}@{rest}")),
+            ],
+        ) {
+            if let Err(ProxyUrlError::UnsupportedScheme(shown)) = ProxyUrl::parse(&text) {
+                prop_assert!(shown == REDACTED || (is_scheme(&shown) && text.to_ascii_lowercase().contains(&shown)), "{:?}", shown);
+            }
+            let redacted = redact_url(&text);
+            let in_text = redact_text(&text);
+            if let Some((_, _, password, _)) = userinfo_parts(&text)
+                && !kept_anyway(&text, password)
+            {
+                prop_assert!(!redacted.contains(password), "{:?} in {:?}", password, redacted);
+                if !password.contains(char::is_whitespace) && text.matches(password).count() == 1 && !text.contains(char::is_whitespace) {
+                    prop_assert!(!in_text.contains(password), "{:?} in {:?}", password, in_text);
+                }
+            }
+        }
+
+        /// A URL that parses is shown as exactly `scheme://user:***@host:port`
+        /// (scheme, user and authority as written, a trailing `/` dropped).
+        #[test]
+        fn a_valid_url_shows_as_scheme_user_stars_host_port(
+            scheme in prop::sample::select(vec!["http", "HTTPS", "socks4", "Socks4a", "socks5", "socks5h"]),
+            user in prop::option::of("[a-zA-Z0-9._~!$&'()*+,;=-]{1,8}(%[0-9A-F]{2}){0,2}"),
+            password in prop::option::of("\\PC{0,12}"),
+            host in host(),
+            port in 1u16..,
+            slash in any::<bool>(),
+        ) {
+            let password = password.map(|p| percent_encoding::utf8_percent_encode(&p, percent_encoding::NON_ALPHANUMERIC).to_string());
+            let userinfo = match (&user, &password) {
+                (Some(user), Some(password)) => format!("{user}:{password}@"),
+                (Some(user), None) => format!("{user}@"),
+                (None, _) => String::new(),
+            };
+            let slash = if slash { "/" } else { "" };
+            let url = format!("{scheme}://{userinfo}{host}:{port}{slash}");
+            let Ok(parsed) = ProxyUrl::parse(&url) else {
+                // Only a user name whose escapes are not UTF-8 may be refused.
+                prop_assert!(user.is_some_and(|u| u.contains('%')), "{:?} refused", url);
+                return Ok(());
+            };
+            let expected = match (&user, &password) {
+                (Some(user), Some(_)) => format!("{scheme}://{user}:{REDACTED}@{host}:{port}"),
+                (Some(user), None) => format!("{scheme}://{user}@{host}:{port}"),
+                (None, _) => format!("{scheme}://{host}:{port}"),
+            };
+            prop_assert_eq!(redact_url(&url), expected.clone());
+            prop_assert_eq!(parsed.to_string(), expected);
         }
     }
 }

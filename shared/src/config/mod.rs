@@ -257,7 +257,7 @@ pub fn from_toml_str<T: DeserializeOwned + Validate>(text: &str) -> Result<T, Co
 pub fn from_toml_source<T: DeserializeOwned + Validate>(text: &str, path: Option<&Path>) -> Result<T, ConfigError> {
     let tree: Value = toml::from_str(text).map_err(|err| ConfigError::Toml {
         path: path.map_or_else(|| PathBuf::from("<string>"), Path::to_owned),
-        message: err.to_string(),
+        message: toml_syntax_message(&err, text),
     })?;
     let name = path.map(|p| p.display().to_string());
     let source = Some((name.as_deref().unwrap_or_default(), text));
@@ -269,6 +269,19 @@ pub fn from_toml_source<T: DeserializeOwned + Validate>(text: &str, path: Option
         return Err(ConfigError::Invalid(locate(issues.found, &[], source)));
     }
     Ok(settings)
+}
+
+/// A TOML syntax error as the parser's message and the line it is on: never the
+/// error's full text, which quotes the offending line and so may show a password
+/// written on it (found by `settings_file_errors_never_show_a_secret`).
+fn toml_syntax_message(err: &toml::de::Error, text: &str) -> String {
+    match err.span() {
+        Some(span) => {
+            let line = text.as_bytes()[..span.start.min(text.len())].iter().filter(|b| **b == b'\n').count() + 1;
+            format!("{} (line {line})", err.message())
+        }
+        None => err.message().to_owned(),
+    }
 }
 
 /// The segments of a dotted key with their indexes: `a.b[2].c` → `[("a", None), ("b", Some(2)), ("c", None)]`.

@@ -131,8 +131,16 @@ impl Validate for ProxyConfig {
 }
 
 fn validate_proxy_url(at: &str, url: &SecretString, issues: &mut Issues) {
-    if let Err(err) = ProxyUrl::parse(url.expose_secret()) {
-        issues.push(at, format!("{err} (in {})", crate::redact_url(url.expose_secret())));
+    let url = url.expose_secret();
+    if let Err(err) = ProxyUrl::parse(url) {
+        // Without `scheme://` the value may be anything, a password set in the wrong
+        // variable included, and `redact_url` keeps a lone word as a host name: such a
+        // value is not shown at all (found by `environment_errors_never_show_a_secret`).
+        if url.contains("://") {
+            issues.push(at, format!("{err} (in {})", crate::redact_url(url)));
+        } else {
+            issues.push(at, err.to_string());
+        }
     }
 }
 
@@ -357,7 +365,12 @@ fn optional_secret<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<
 }
 
 fn secret_map<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<BTreeMap<String, SecretString>, D::Error> {
-    let raw = BTreeMap::<String, serde_json::Value>::deserialize(deserializer)?;
+    // Read as any value first: serde's own "invalid type" error would quote a
+    // string given in place of the table, and that string is most likely the
+    // credential itself (found by `environment_errors_never_show_a_secret`).
+    let serde_json::Value::Object(raw) = serde_json::Value::deserialize(deserializer)? else {
+        return Err(serde::de::Error::custom("auth_credentials must be a table of name = credential"));
+    };
     raw.into_iter()
         .map(|(name, value)| {
             let secret: SecretString = match value {
