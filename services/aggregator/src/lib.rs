@@ -11,7 +11,11 @@
 //! # Layout
 //! - `server.rs`: [`run`] / [`run_with_stats`]: start-up (NATS, stream and buckets,
 //!   checkpoint, micro-service `proxybus-aggregator`, push-back) and shutdown.
-//! - `live.rs`: the live loop: durable pull consumer, batches, commit, ack, push-back.
+//! - `lease.rs`: the leadership lease in `PROXY_AGGREGATOR` (`leader.{health bucket}`):
+//!   of several aggregators only its holder folds, the others are standbys.
+//! - `live.rs`: the live loop: standby until the lease is won, state from the
+//!   checkpoint, durable pull consumer, batches, commit, ack, push-back; steps down
+//!   when the lease is lost or a commit is fenced.
 //! - `fold.rs`: [`FeedbackFolder`], the deterministic health model.
 //! - `event_ids.rs`: exactly once by `event_id`: the ids folded within a horizon,
 //!   persisted with each commit.
@@ -19,7 +23,8 @@
 //! - `inventory.rs`: region sizes from the pools' inventories in `PROXY_INVENTORY`.
 //! - `sketch.rs`: latency percentiles (HDR histogram) stored with the state.
 //! - [`record`]: the stored form of a proxy's state (HealthStats + `fold_state`).
-//! - `store.rs`: [`HealthStore`], KV buckets, the checkpoint and the atomic commit of a batch.
+//! - `store.rs`: [`HealthStore`], KV buckets, the checkpoint and the atomic commit of a
+//!   batch, fenced by compare-and-set on the checkpoint's revision.
 //! - `intake.rs`: decoding feedback and dead-lettering what cannot be folded.
 //! - `push.rs`: `proxy.v1.health.{region}` and the HTTP push-back to proxy services.
 //! - [`replay`](mod@replay): rebuilding health from the stream with an ordered consumer
@@ -41,6 +46,7 @@ mod event_ids;
 mod fold;
 mod intake;
 mod inventory;
+mod lease;
 mod live;
 mod metrics;
 mod policy;
@@ -58,5 +64,5 @@ pub use fold::{FeedbackFolder, FoldOutcome, FoldState, ProxyHealth};
 pub use policy::HealthPolicy;
 pub use replay::{ReplayOptions, ReplayReport, ReplayStart, replay};
 pub use server::{run, run_with_stats};
-pub use stats::{AggregatorStats, StatsSnapshot};
+pub use stats::{AggregatorStats, Role, StatsSnapshot};
 pub use store::{HealthStore, LoadedState, StoreError, read_bucket};
