@@ -263,3 +263,55 @@ async fn a_fenced_aggregator_steps_down_without_acking_and_the_events_fold_once(
     first.stop().await;
     second.stop().await;
 }
+
+#[tokio::test]
+async fn an_active_aggregator_whose_lease_is_taken_stops_folding_until_it_wins_it_back() {
+    let server = NatsServer::start().await.unwrap();
+    let js = jetstream(&server).await;
+    let mut settings = config(&server);
+    settings.settings.lease_ttl_ms = 1000;
+    let running = Running::start(settings);
+    let early: Vec<_> = (0..100).map(|k| event(k % 4, "kraken", true, None)).collect();
+    publish_all(&js, &early, 100).await;
+    wait_for_total(&js, HEALTH_BUCKET, 100, Duration::from_secs(30)).await;
+
+    // Another "aggregator" takes the lease by compare-and-set and renews it (without folding).
+    let bucket = state_bucket(&js).await;
+    let key = aggregator_leader_key(HEALTH_BUCKET);
+    let foreign = serde_json::json!({
+        "instance": "someone-else", "host": "elsewhere", "pid": 1,
+        "since": "2026-01-01T00:00:00Z", "renewed": "2026-01-01T00:00:00Z"
+    });
+    let renew_until = Instant::now() + Duration::from_secs(3);
+    let mut revision = bucket.entry(&key).await.unwrap().unwrap().revision;
+    let mut taken = false;
+    while !taken {
+        match bucket.update(&key, foreign.to_string().into(), revision).await {
+            Ok(new) => {
+                revision = new;
+                taken = true;
+            }
+            // The active one renewed in between: try again on its new revision.
+            Err(_) => revision = bucket.entry(&key).await.unwrap().unwrap().revision,
+        }
+    }
+    eventually(Duration::from_secs(2), "the active one steps down", || async {
+        running.stats.snapshot().role == Role::Standby
+    })
+    .await;
+    let late: Vec<_> = (0..100).map(|k| event(k % 4, "kraken", false, None)).collect();
+    publish_all(&js, &late, 100).await;
+    while Instant::now() < renew_until {
+        revision = bucket.update(&key, foreign.to_string().into(), revision).await.expect("nobody else writes it");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(running.stats.snapshot().role, Role::Standby, "a standby while the lease is renewed");
+    }
+    assert_eq!(total(&js, HEALTH_BUCKET).await, 100, "a standby folds nothing");
+    // The foreign holder stops renewing: after the ttl the aggregator takes the lease back
+    // and folds what was published meanwhile, once.
+    wait_for_total(&js, HEALTH_BUCKET, 200, Duration::from_secs(10)).await;
+    let snapshot = running.stats.snapshot();
+    assert_eq!((snapshot.role, snapshot.leader_changes), (Role::Active, 2), "{snapshot:?}");
+    assert_ne!(holder(&bucket).await.unwrap().instance, "someone-else", "the lease is the aggregator's again");
+    running.stop().await;
+}
