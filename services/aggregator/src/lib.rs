@@ -6,7 +6,10 @@
 //! Nothing reported is lost or counted twice, across a crash of the aggregator, a
 //! restart of the NATS server, or a replay: state and stream position are committed
 //! together before any message is acked (`store.rs`), and the fold is deterministic
-//! (`fold.rs`). See `docs/aggregator.md` for the health model and operations.
+//! (`fold.rs`). Any number of aggregators may run on one health bucket: the holder
+//! of the leadership lease folds, the others are standbys that take over when it dies
+//! (`lease.rs`), and a commit by one that lost the lease is fenced (`store.rs`). See
+//! `docs/aggregator.md` for the health model, fail-over and operations.
 //!
 //! # Layout
 //! - `server.rs`: [`run`] / [`run_with_stats`]: start-up (NATS, stream and buckets,
