@@ -18,8 +18,8 @@
 //! checkpoint key this store last read ([`HealthStore::load`]) or wrote, so of two
 //! aggregators that both believe they lead (see `crate::lease`) only one commits: the
 //! other gets [`StoreError::Fenced`] and must step down without acking. A commit with
-//! parts first re-writes the checkpoint in force by compare-and-set (a claim), so a
-//! fenced writer stops before it touches a part. A retried write whose first attempt
+//! parts first writes, by compare-and-set, a checkpoint without records at the position
+//! in force (a claim), so a fenced writer stops before it touches a part. A retried write whose first attempt
 //! landed (its ack lost) is not fenced: on a revision mismatch the checkpoint is read,
 //! and when it holds exactly the bytes being written its revision is adopted.
 //!
@@ -392,15 +392,20 @@ impl HealthStore {
         if let [value] = &commit.values[..] {
             return self.swap_checkpoint(value.clone(), true).await;
         }
-        // The claim: the checkpoint in force written again (or an empty one at 0 when
-        // there is none), so that a fenced writer stops before touching a part. Two
-        // writers' claims are the same bytes, so a claim that finds its bytes in place is
-        // fenced all the same (a retried claim that landed costs a step-down, no more).
+        // The claim: a checkpoint without records at the position in force, so that a
+        // fenced writer stops before touching a part. It drops no redo log: the records
+        // of the checkpoint in force are all stored (`load` repaired them, or the commit
+        // that wrote it stored them before returning). Its bytes never equal a checkpoint
+        // with parts, so a head found in place is never mistaken for another writer's
+        // claim; two writers' claims are the same bytes, so a claim that finds its bytes
+        // in place is fenced all the same (a retried claim that landed costs a step-down).
         let in_force = self.head.lock().unwrap_or_else(|e| e.into_inner()).bytes.clone();
-        let claim = match in_force {
-            Some(bytes) => bytes,
-            None => EncodedCommit::new(0, &[], 1)?.values.swap_remove(0),
-        };
+        let position = in_force.as_deref().and_then(|b| b.get(..8)).map_or(0, |b| {
+            let mut seq = [0; 8];
+            seq.copy_from_slice(b);
+            u64::from_be_bytes(seq)
+        });
+        let claim = EncodedCommit::new(position, &[], 1)?.values.swap_remove(0);
         self.swap_checkpoint(claim, false).await?;
         let slot = self.head_slot.load(Ordering::Relaxed) ^ 1;
         let mut parts = Vec::with_capacity(commit.values.len());
