@@ -1,4 +1,6 @@
-//! `proxybus services`: who answers `$SRV.INFO` and `$SRV.STATS`.
+//! `proxybus services`: who answers `$SRV.INFO` and `$SRV.STATS`. An aggregator's
+//! stats carry its `role` (`active`: holds the leadership lease and folds, or
+//! `standby`) and `leader_since`, shown in the `role` column.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -33,6 +35,16 @@ async fn gather(client: &async_nats::Client, subject: &str, wait: Duration) -> a
     Ok(answers)
 }
 
+/// `active since {time}` or `standby` from an endpoint's stats `data` (aggregators); empty
+/// for services without a role.
+fn role(data: &Value) -> String {
+    match (data["role"].as_str(), data["leader_since"].as_str()) {
+        (Some(role), Some(since)) => format!("{role} since {since}"),
+        (Some(role), None) => role.to_owned(),
+        (None, _) => String::new(),
+    }
+}
+
 pub(crate) async fn run(client: &async_nats::Client, args: ServicesArgs) -> anyhow::Result<ExitCode> {
     let wait = Duration::from_millis(args.wait_ms);
     let mut stats = gather(client, "$SRV.STATS", wait).await?;
@@ -44,7 +56,7 @@ pub(crate) async fn run(client: &async_nats::Client, args: ServicesArgs) -> anyh
         return Ok(ExitCode::SUCCESS);
     }
     let mut table =
-        crate::table(&["service", "id", "version", "endpoint", "requests", "errors", "avg processing", "data"]);
+        crate::table(&["service", "id", "version", "role", "endpoint", "requests", "errors", "avg processing", "data"]);
     for service in &stats {
         for endpoint in service["endpoints"].as_array().into_iter().flatten() {
             let avg_ns = endpoint["average_processing_time"].as_u64().unwrap_or(0);
@@ -52,6 +64,7 @@ pub(crate) async fn run(client: &async_nats::Client, args: ServicesArgs) -> anyh
                 service["name"].as_str().unwrap_or_default().to_owned(),
                 service["id"].as_str().unwrap_or_default().to_owned(),
                 service["version"].as_str().unwrap_or_default().to_owned(),
+                role(&endpoint["data"]),
                 endpoint["subject"].as_str().or(endpoint["name"].as_str()).unwrap_or_default().to_owned(),
                 endpoint["num_requests"].to_string(),
                 endpoint["num_errors"].to_string(),
@@ -63,4 +76,17 @@ pub(crate) async fn run(client: &async_nats::Client, args: ServicesArgs) -> anyh
     println!("{table}");
     println!("{} service instances", stats.len());
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_aggregator_shows_its_role_and_other_services_none() {
+        let active = serde_json::json!({ "role": "active", "leader_since": "2026-12-02T16:00:00Z" });
+        assert_eq!(role(&active), "active since 2026-12-02T16:00:00Z");
+        assert_eq!(role(&serde_json::json!({ "role": "standby", "leader_since": null })), "standby");
+        assert_eq!(role(&Value::Null), "");
+    }
 }

@@ -90,6 +90,16 @@ pub const AGGREGATOR_SERVICE: &str = "proxybus-aggregator";
 /// Key-value bucket of the aggregator's checkpoint (last folded stream sequence and
 /// the stats it produced; docs/aggregator.md). Default of `aggregator.state_bucket`.
 pub const AGGREGATOR_STATE_BUCKET: &str = "PROXY_AGGREGATOR";
+/// Key, in [`AGGREGATOR_STATE_BUCKET`], of the aggregators' leadership lease for the health
+/// bucket `health_bucket`: `leader.{health_bucket}` (`leader.PROXY_HEALTH` by default). Value:
+/// JSON `{ "instance", "host", "pid", "since", "renewed" }` (the active aggregator's
+/// micro-service id, host name, process id, RFC 3339 times it took and last renewed the
+/// lease; no credentials). Only the aggregator holding it folds; it renews it by
+/// compare-and-set every third of `lease_ttl_ms`, and a standby that sees its revision
+/// unchanged for `lease_ttl_ms` takes it the same way (docs/aggregator.md, "Fail-over").
+pub fn aggregator_leader_key(health_bucket: &str) -> String {
+    format!("leader.{health_bucket}")
+}
 /// Stream of the event ids the aggregator has folded (deduplication across redeliveries
 /// and replays; docs/aggregator.md). Default of `aggregator.event_ids_stream`.
 pub const AGGREGATOR_EVENT_IDS_STREAM: &str = "PROXY_AGGREGATOR_EVENT_IDS";
@@ -384,6 +394,7 @@ mod tests {
         assert_eq!(health(&region), "proxy.v1.health.eu-west");
         assert_eq!(health_or_no_region(Some(&region)), "proxy.v1.health.eu-west");
         assert_eq!(health_or_no_region(None), "proxy.v1.health._none");
+        assert_eq!(aggregator_leader_key(HEALTH_BUCKET), "leader.PROXY_HEALTH");
         assert_eq!(
             parse_feedback("proxy.v1.feedback.kraken.websocket").unwrap(),
             (kraken.clone(), ConnectionType::Websocket)

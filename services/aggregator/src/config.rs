@@ -72,6 +72,10 @@ pub struct AggregatorSettings {
     pub metrics_listen: String,
     /// Push-back of health to the proxy services.
     pub push: PushSettings,
+    /// Leadership lease of the aggregators sharing a health bucket, in milliseconds
+    /// (default 3000, at least 500): the active one renews it every third of this; a
+    /// standby takes it over when it has not been renewed for this long (see `crate::lease`).
+    pub lease_ttl_ms: u64,
 }
 
 impl Default for AggregatorSettings {
@@ -96,6 +100,7 @@ impl Default for AggregatorSettings {
             lag_interval_ms: 5000,
             metrics_listen: "0.0.0.0:9464".to_owned(),
             push: PushSettings::default(),
+            lease_ttl_ms: 3000,
         }
     }
 }
@@ -176,6 +181,7 @@ impl Validate for AggregatorSettings {
                 format!("{:?} is not an address like 0.0.0.0:9464", self.metrics_listen),
             );
         }
+        issues.check_range(key(prefix, "lease_ttl_ms"), self.lease_ttl_ms, 500..=600_000);
         issues.check_range(key(prefix, "push.batch_max"), self.push.batch_max, 1..=10_000);
         issues.check_range(key(prefix, "push.attempts"), self.push.attempts, 1..=100);
         issues.check_range(
@@ -200,6 +206,11 @@ impl AggregatorSettings {
     /// An empty set of remembered event ids with these settings' horizon and cap.
     pub(crate) fn event_ids(&self) -> crate::event_ids::EventIds {
         crate::event_ids::EventIds::new(Duration::from_secs(self.event_id_horizon_seconds), self.event_ids_max)
+    }
+
+    /// The leadership lease's time to live.
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_millis(self.lease_ttl_ms)
     }
 
     /// The metrics listener address, if any.
@@ -279,6 +290,7 @@ mod tests {
         let config = AggregatorConfig::load(None, None, &env).unwrap();
         assert_eq!(config.settings.health.consecutive_failures, 7);
         assert_eq!(config.settings.batch_size, 100);
+        assert_eq!(config.settings.lease_ttl(), Duration::from_secs(3), "the default lease");
         assert_eq!(config.nats.url, "nats://127.0.0.1:4333");
         assert_eq!(config.proxy_services.endpoints, vec!["http://pool:8080".to_owned()]);
 
@@ -286,6 +298,7 @@ mod tests {
             ("PROXYBUS_AGGREGATOR_HEALTH__MAX_EJECTION_PERCENT", "101"),
             ("PROXYBUS_AGGREGATOR_DUPLICATE_WINDOW_SECONDS", "30"),
             ("NATS_CONNECT_TIMEOUT_SECONDS", "0"),
+            ("PROXYBUS_AGGREGATOR_LEASE_TTL_MS", "499"),
         ]
         .into_iter()
         .collect();
@@ -294,5 +307,6 @@ mod tests {
         assert!(text.contains("max_ejection_percent"), "{text}");
         assert!(text.contains("duplicate_window_seconds"), "{text}");
         assert!(text.contains("NATS_CONNECT_TIMEOUT_SECONDS"), "{text}");
+        assert!(text.contains("lease_ttl_ms"), "{text}");
     }
 }

@@ -20,11 +20,16 @@
 //! message of the window.
 //!
 //! # Who folds
-//! [`Live::fold_until_cancelled`] folds as soon as it has created the durable consumer
-//! `proxybus-aggregator` ([`AGGREGATOR_CONSUMER`]) on `PROXY_FEEDBACK`; nothing else
-//! is asked. Each (re-)creation deletes the consumer first, so two aggregators on one
-//! stream would take it from each other (each sees a delivery gap and re-creates it)
-//! rather than fold side by side; one aggregator per stream is the rule for now.
+//! Only the aggregator holding the leadership lease ([`crate::lease`]).
+//! [`Live::fold_until_cancelled`] waits as a standby until it wins the lease, then
+//! loads its state from the checkpoint ([`HealthStore::load`], which repairs an
+//! interrupted commit, and the event ids up to it) and only then (re-)creates the
+//! durable consumer `proxybus-aggregator` ([`AGGREGATOR_CONSUMER`]) after the
+//! checkpoint. While folding it checks the lease before each (re-)creation, while
+//! waiting for a batch and before every commit; the checkpoint itself is written
+//! with compare-and-set (`crate::store`, Fencing). When the lease is lost or a commit
+//! is fenced it stops at once — no commit, no ack of the window —, drops its state
+//! and is a standby again; the un-acked messages are folded by the next leader.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -46,9 +51,10 @@ use crate::event_ids::EventIdLog;
 use crate::fold::FeedbackFolder;
 use crate::intake::{self, offset_to_chrono};
 use crate::inventory::RegionSizes;
+use crate::lease::{Lease, Term};
 use crate::push::HealthPublisher;
 use crate::stats::AggregatorStats;
-use crate::store::{EncodedCommit, HealthStore};
+use crate::store::{EncodedCommit, HealthStore, LoadedState, StoreError};
 
 /// Changed stats published (cloned) at a time after a commit.
 const PUBLISH_CHUNK: usize = 512;
@@ -79,8 +85,20 @@ where
 
 /// Why a session of the consumer ended.
 enum SessionEnd {
+    /// Shutdown.
     Cancelled,
+    /// The consumer must be re-created from the checkpoint.
     Reset(String),
+    /// The lease was lost or a commit fenced: stop folding, ack nothing, drop the state.
+    StepDown(String),
+}
+
+/// How a term of leadership ended.
+enum TermEnd {
+    /// Shutdown.
+    Cancelled,
+    /// Stepped down; `release` when the lease may still be this instance's.
+    SteppedDown { release: bool },
 }
 
 /// Messages folded since the last commit.
@@ -127,31 +145,82 @@ pub(crate) struct Live {
     pub(crate) sizes: tokio::sync::watch::Receiver<RegionSizes>,
     /// What is folded but not yet committed.
     pub(crate) window: Window,
+    /// The leadership lease; only its holder folds.
+    pub(crate) lease: Lease,
 }
 
 impl Live {
-    /// The live loop: (re-)creates the durable consumer after the checkpoint and folds
-    /// its batches until shutdown, committing before every ack.
+    /// The live loop: waits as a standby until it holds the lease, loads the state
+    /// from the checkpoint, (re-)creates the durable consumer after it and folds its
+    /// batches, committing before every ack, until the lease is lost (then standby
+    /// again) or shutdown.
     pub(crate) async fn fold_until_cancelled(&mut self) -> Result<(), AggregatorError> {
+        loop {
+            self.stats.set_standby();
+            let Some(term) = self.lease.acquire(&self.cancel).await else {
+                return Ok(());
+            };
+            self.stats.set_active(term.since);
+            let end = self.lead(&term).await;
+            self.drop_state();
+            match end {
+                Ok(TermEnd::SteppedDown { release }) => term.end(release).await,
+                Ok(TermEnd::Cancelled) => {
+                    term.end(true).await;
+                    self.stats.set_standby();
+                    return Ok(());
+                }
+                Err(err) => {
+                    term.end(true).await;
+                    self.stats.set_standby();
+                    return Err(err);
+                }
+            }
+        }
+    }
+
+    /// One term of leadership: state from the checkpoint, then consumer sessions.
+    async fn lead(&mut self, term: &Term) -> Result<TermEnd, AggregatorError> {
+        let stop = term.stop_token().clone();
+        let Some(loaded) = retry_until_cancelled(&stop, "loading the checkpoint", || async {
+            match self.store.load().await {
+                Ok(loaded) => Ok(Ok(loaded)),
+                Err(err @ StoreError::Read { .. }) => Err(err.to_string()),
+                Err(err) => Ok(Err(err)),
+            }
+        })
+        .await
+        else {
+            return Ok(self.stopped(term));
+        };
+        self.restore(loaded?).await?;
         let mut first = true;
         loop {
             if !first {
                 self.stats.add_consumer_resets(1);
             }
             first = false;
-            let Some(consumer) = retry_until_cancelled(&self.cancel.clone(), "creating the consumer", || {
+            if !term.held() {
+                tracing::warn!("leadership lease lost before the consumer was created");
+                return Ok(TermEnd::SteppedDown { release: false });
+            }
+            let Some(consumer) = retry_until_cancelled(&stop, "creating the consumer", || {
                 recreate_consumer(&self.jetstream, self.position, &self.settings)
             })
             .await
             else {
-                return Ok(());
+                return Ok(self.stopped(term));
             };
-            match self.session(consumer).await? {
-                SessionEnd::Cancelled => return Ok(()),
+            match self.session(consumer, term).await? {
+                SessionEnd::Cancelled => return Ok(TermEnd::Cancelled),
+                SessionEnd::StepDown(reason) => {
+                    tracing::warn!(reason = %reason, position = self.position, "stepping down: standby");
+                    return Ok(TermEnd::SteppedDown { release: term.held() });
+                }
                 SessionEnd::Reset(reason) => {
                     tracing::info!(reason = %reason, position = self.position, "re-creating the consumer from the checkpoint");
                     tokio::select! {
-                        () = self.cancel.cancelled() => return Ok(()),
+                        () = stop.cancelled() => return Ok(self.stopped(term)),
                         () = tokio::time::sleep(Duration::from_millis(50)) => {}
                     }
                 }
@@ -159,8 +228,48 @@ impl Live {
         }
     }
 
-    /// Folds batches from one consumer until it must be re-created or shutdown comes.
-    async fn session(&mut self, consumer: PullConsumer) -> Result<SessionEnd, AggregatorError> {
+    /// How a term ends when its stop token fired: shutdown, or the lease lost.
+    fn stopped(&self, term: &Term) -> TermEnd {
+        if self.cancel.is_cancelled() { TermEnd::Cancelled } else { TermEnd::SteppedDown { release: term.held() } }
+    }
+
+    /// Takes over the state as of the checkpoint: its records and the event ids folded up to it.
+    async fn restore(&mut self, loaded: LoadedState) -> Result<(), AggregatorError> {
+        let mut event_ids = self.settings.event_ids();
+        let restored = self.id_log.load(loaded.position).await.map_err(AggregatorError::Replay)?;
+        for id in restored {
+            event_ids.restore(id);
+        }
+        tracing::info!(
+            proxies = loaded.records.len(),
+            position = loaded.position,
+            event_ids = event_ids.len(),
+            "state loaded from the checkpoint"
+        );
+        let mut folder = FeedbackFolder::with_event_ids(self.settings.health.clone(), event_ids);
+        for record in loaded.records {
+            folder.insert(record);
+        }
+        folder.set_inventory_sizes(self.sizes.borrow_and_update().clone());
+        self.folder = folder;
+        self.position = loaded.position;
+        self.last_published = None;
+        self.window = Window::default();
+        self.stats.set_last_seq(loaded.position);
+        Ok(())
+    }
+
+    /// Forgets everything folded (a standby holds no state; the next term loads it).
+    fn drop_state(&mut self) {
+        self.folder = FeedbackFolder::with_event_ids(self.settings.health.clone(), self.settings.event_ids());
+        self.position = 0;
+        self.last_published = None;
+        self.window = Window::default();
+    }
+
+    /// Folds batches from one consumer until it must be re-created, the lease is lost
+    /// or shutdown comes.
+    async fn session(&mut self, consumer: PullConsumer, term: &Term) -> Result<SessionEnd, AggregatorError> {
         let mut expected_cseq = 1_u64;
         let sweep_every = Duration::from_millis(self.settings.sweep_interval_ms);
         let lag_every = Duration::from_millis(self.settings.lag_interval_ms);
@@ -169,19 +278,22 @@ impl Live {
         loop {
             let fetched = tokio::select! {
                 biased;
+                () = term.lost() => return Ok(SessionEnd::StepDown("leadership lease lost".into())),
                 () = self.cancel.cancelled() => None,
                 fetched = fetch_batch(&consumer, &self.settings) => Some(fetched),
             };
             let batch = match fetched {
                 // Shutdown: store what is folded (one attempt), then stop.
                 None => {
-                    self.commit().await;
-                    return Ok(SessionEnd::Cancelled);
+                    return Ok(match self.commit(term).await {
+                        Err(SessionEnd::StepDown(reason)) => SessionEnd::StepDown(reason),
+                        _ => SessionEnd::Cancelled,
+                    });
                 }
                 Some(Ok(batch)) => batch,
                 Some(Err(err)) => {
-                    if !self.commit().await {
-                        return Ok(SessionEnd::Cancelled);
+                    if let Err(end) = self.commit(term).await {
+                        return Ok(end);
                     }
                     return Ok(SessionEnd::Reset(format!("fetch failed: {err}")));
                 }
@@ -192,8 +304,8 @@ impl Live {
                 || caught_up
                 || self.window.messages + self.settings.batch_size > self.max_window()
                 || self.window.opened.is_some_and(|opened| opened.elapsed() >= commit_every);
-            if due && !self.commit().await {
-                return Ok(SessionEnd::Cancelled);
+            if due && let Err(end) = self.commit(term).await {
+                return Ok(end);
             }
             if let Some(end) = end {
                 return Ok(end);
@@ -203,8 +315,8 @@ impl Live {
                 next_sweep = now + sweep_every;
                 // Ended ejections and bars are written into the stored records.
                 self.expire_records();
-                if !self.commit().await {
-                    return Ok(SessionEnd::Cancelled);
+                if let Err(end) = self.commit(term).await {
+                    return Ok(end);
                 }
             }
             if now >= next_lag {
@@ -302,11 +414,21 @@ impl Live {
     }
 
     /// Stores the window's changed proxies and the position, then acks; retries the
-    /// store until it succeeds. False when shutdown came first (nothing acked).
-    async fn commit(&mut self) -> bool {
+    /// store until it succeeds. `Err` (nothing acked) when shutdown came first
+    /// ([`SessionEnd::Cancelled`]) or the lease was lost or the checkpoint fenced
+    /// ([`SessionEnd::StepDown`]).
+    async fn commit(&mut self, term: &Term) -> Result<(), SessionEnd> {
         if self.window.is_empty() {
             self.window = Window::default();
-            return true;
+            return Ok(());
+        }
+        let stop = term.stop_token().clone();
+        // Why the store was not done: the lease lost, else shutdown.
+        let ended = |term: &Term| {
+            if term.held() { SessionEnd::Cancelled } else { SessionEnd::StepDown("leadership lease lost".into()) }
+        };
+        if !term.held() {
+            return Err(ended(term));
         }
         if self.window.dead > 0 {
             // Dead letters go out before their messages are acked (at least once).
@@ -317,13 +439,13 @@ impl Live {
         if !new_ids.is_empty() {
             // Ids first: the checkpoint written after them makes them count (see `event_ids`).
             let log = self.id_log.clone();
-            let stored = retry_until_cancelled(&self.cancel.clone(), "persisting event ids", || {
+            let stored = retry_until_cancelled(&stop, "persisting event ids", || {
                 let (log, ids) = (log.clone(), &new_ids);
                 async move { log.append(ids).await }
             })
             .await;
             if stored.is_none() {
-                return false;
+                return Err(ended(term));
             }
         }
         let changed = &self.window.changed;
@@ -334,24 +456,32 @@ impl Live {
                 // Only a record serde cannot express; nothing is acked, the next start folds again.
                 tracing::error!(error = %err, "cannot encode a commit");
                 self.stats.add_commit_failures(1);
-                return false;
+                return Err(SessionEnd::Cancelled);
             }
         };
-        let store = self.store.clone();
-        let stats = self.stats.clone();
-        let stored = retry_until_cancelled(&self.cancel.clone(), "committing health stats", || {
-            let (store, commit, stats) = (store.clone(), &commit, stats.clone());
-            async move {
-                let result = store.commit_encoded(commit).await.map_err(|err| err.to_string());
-                if result.is_err() {
-                    stats.add_commit_failures(1);
-                }
-                result
+        let mut pause = Duration::from_millis(100);
+        loop {
+            // The lease is checked before every attempt; the checkpoint's
+            // compare-and-set catches what the check cannot (see `crate::store`).
+            if !term.held() {
+                return Err(ended(term));
             }
-        })
-        .await;
-        if stored.is_none() {
-            return false;
+            match self.store.commit_encoded(&commit).await {
+                Ok(()) => break,
+                Err(StoreError::Fenced(key)) => {
+                    self.stats.add_commit_failures(1);
+                    return Err(SessionEnd::StepDown(format!("checkpoint {key} moved by another writer (fenced)")));
+                }
+                Err(err) => {
+                    self.stats.add_commit_failures(1);
+                    tracing::warn!(error = %err, "committing health stats failed; retrying");
+                }
+            }
+            tokio::select! {
+                () = stop.cancelled() => return Err(ended(term)),
+                () = tokio::time::sleep(pause) => {}
+            }
+            pause = (pause * 2).min(Duration::from_secs(5));
         }
         let window = std::mem::take(&mut self.window);
         // Counters first, then the position: whoever sees `last_seq` sees its events counted.
@@ -374,7 +504,7 @@ impl Live {
                 chunk.iter().filter_map(|id| self.folder.get(id)).map(|r| r.stats.clone()).collect();
             self.publisher.publish(&public).await;
         }
-        true
+        Ok(())
     }
 
     /// Ends, in the folder, every ejection and bar whose time has come, and puts

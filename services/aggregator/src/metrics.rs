@@ -34,6 +34,11 @@ pub(crate) fn describe() {
     describe_counter!("proxybus_aggregator_consumer_resets_total", "Consumer re-created from the checkpoint");
     describe_counter!("proxybus_aggregator_push_batches_total", "Health batches POSTed to proxy services");
     describe_counter!("proxybus_aggregator_push_failures_total", "Health batches that failed to POST (retried)");
+    describe_counter!("proxybus_aggregator_leader_changes_total", "Times this aggregator took the leadership lease");
+    describe_gauge!(
+        "proxybus_aggregator_active",
+        "1 while this aggregator holds the leadership lease and folds, else 0"
+    );
     describe_gauge!("proxybus_aggregator_last_seq", "Stream sequence folded up to");
     describe_gauge!("proxybus_aggregator_fold_lag_messages", "Messages in PROXY_FEEDBACK not yet delivered");
     describe_gauge!("proxybus_aggregator_fold_lag_seconds", "Age of the newest folded event while behind");

@@ -1,11 +1,13 @@
 //! [`run`]: the aggregator's start-up, its live fold ([`crate::live`]) and its
 //! shutdown.
 //!
-//! Start-up: connect to NATS, open stream `PROXY_FEEDBACK` and the buckets, load the
-//! checkpoint and the event ids folded, follow the pools' inventories, register the
-//! micro-service `proxybus-aggregator` and start the push-back. Shutdown: the fold
-//! commits what it has folded, background tasks get [`SHUTDOWN_GRACE`], the
-//! micro-service stops and the client is flushed.
+//! Start-up: connect to NATS, open stream `PROXY_FEEDBACK` and the buckets, follow the
+//! pools' inventories, register the micro-service `proxybus-aggregator` (its instance
+//! id names this aggregator in the leadership lease) and start the push-back; all of
+//! this runs on standbys too. The checkpoint and the event ids folded are loaded by
+//! the fold ([`crate::live`]) each time it wins the lease, not here. Shutdown: the
+//! fold commits what it has folded and releases the lease, background tasks get
+//! [`SHUTDOWN_GRACE`], the micro-service stops and the client is flushed.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -15,7 +17,7 @@ use async_nats::jetstream;
 use async_nats::service::{Service, ServiceExt};
 use futures::StreamExt;
 use proxybus_shared::feedback::ensure_feedback_stream;
-use proxybus_shared::subject::{AGGREGATOR_SERVICE, AGGREGATOR_STATUS_SUBJECT};
+use proxybus_shared::subject::{AGGREGATOR_SERVICE, AGGREGATOR_STATUS_SUBJECT, aggregator_leader_key};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -24,10 +26,11 @@ use crate::config::{AggregatorConfig, AggregatorSettings};
 use crate::event_ids::EventIdLog;
 use crate::fold::FeedbackFolder;
 use crate::inventory::{self, RegionSizes};
+use crate::lease::Lease;
 use crate::live::{Live, retry_until_cancelled};
 use crate::push::HealthPublisher;
 use crate::stats::AggregatorStats;
-use crate::store::{HealthStore, LoadedState};
+use crate::store::HealthStore;
 
 /// How long shutdown waits for the push-back tasks.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -101,16 +104,19 @@ async fn start(
     let Some(store) = open_store(&jetstream, settings, cancel).await else {
         return Ok(None);
     };
-    let loaded = store.load().await?;
     let Some(id_log) = open_event_id_log(&jetstream, settings, cancel).await else {
         return Ok(None);
     };
-    let position = loaded.position;
-    let folder = restore_folder(settings, &id_log, loaded).await?;
-    stats.set_last_seq(position);
     let sizes = follow_inventory(&jetstream, cancel);
     let tracker = TaskTracker::new();
     let service = start_micro_service(&client, &stats, &tracker, cancel).await?;
+    let instance = service.info().await.id;
+    let lease = Lease::new(
+        store.state_bucket().clone(),
+        aggregator_leader_key(&settings.health_bucket),
+        instance,
+        settings.lease_ttl(),
+    );
     let publisher = HealthPublisher::start(
         client.clone(),
         &config.proxy_services,
@@ -123,8 +129,9 @@ async fn start(
         settings: settings.clone(),
         jetstream,
         store,
-        folder,
-        position,
+        // Empty until the lease is won: the state is loaded from the checkpoint then.
+        folder: FeedbackFolder::with_event_ids(settings.health.clone(), settings.event_ids()),
+        position: 0,
         last_published: None,
         stats,
         publisher,
@@ -133,6 +140,7 @@ async fn start(
         id_log,
         sizes,
         window: Default::default(),
+        lease,
     };
     Ok(Some(Running { live, service, tracker, client }))
 }
@@ -180,30 +188,6 @@ async fn open_event_id_log(
     .await
 }
 
-/// The folder as of the checkpoint: its records and the event ids folded up to it.
-async fn restore_folder(
-    settings: &AggregatorSettings,
-    id_log: &EventIdLog,
-    loaded: LoadedState,
-) -> Result<FeedbackFolder, AggregatorError> {
-    let mut event_ids = settings.event_ids();
-    let restored = id_log.load(loaded.position).await.map_err(AggregatorError::Replay)?;
-    for id in restored {
-        event_ids.restore(id);
-    }
-    tracing::info!(
-        proxies = loaded.records.len(),
-        position = loaded.position,
-        event_ids = event_ids.len(),
-        "state loaded"
-    );
-    let mut folder = FeedbackFolder::with_event_ids(settings.health.clone(), event_ids);
-    for record in loaded.records {
-        folder.insert(record);
-    }
-    Ok(folder)
-}
-
 /// Follows the pools' inventories in `PROXY_INVENTORY` until `cancel`: region sizes.
 fn follow_inventory(
     jetstream: &jetstream::Context,
@@ -215,8 +199,9 @@ fn follow_inventory(
     sizes
 }
 
-/// Registers micro-service `proxybus-aggregator` (`$SRV.STATS` carries the counters)
-/// and answers its status endpoint with them until `cancel`.
+/// Registers micro-service `proxybus-aggregator` (`$SRV.STATS` carries the counters,
+/// with `role` — `active` or `standby` — and `leader_since`) and answers its status
+/// endpoint with them until `cancel`.
 async fn start_micro_service(
     client: &async_nats::Client,
     stats: &Arc<AggregatorStats>,

@@ -1,9 +1,22 @@
 //! Counters of the aggregator, shown by `$SRV.STATS` (NATS micro-services) and as
 //! Prometheus metrics.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
+
+/// Whether an aggregator folds (holds the leadership lease) or waits for it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Waits for the lease; folds nothing (the default, until the lease is won).
+    #[default]
+    Standby,
+    /// Holds the lease and folds.
+    Active,
+}
 
 /// Live counters; share with `Arc`.
 #[derive(Debug, Default)]
@@ -22,6 +35,9 @@ pub struct AggregatorStats {
     fold_lag_ms: AtomicI64,
     pushes: AtomicU64,
     push_failures: AtomicU64,
+    leader_changes: AtomicU64,
+    /// `Some(since)` while active.
+    leader_since: Mutex<Option<DateTime<Utc>>>,
 }
 
 /// A copy of the counters at one moment.
@@ -56,6 +72,12 @@ pub struct StatsSnapshot {
     pub pushes: u64,
     /// Health batches that could not be POSTed (kept and retried).
     pub push_failures: u64,
+    /// `active` (holds the leadership lease and folds) or `standby`.
+    pub role: Role,
+    /// When this instance took the lease it holds; `None` while standby.
+    pub leader_since: Option<DateTime<Utc>>,
+    /// Times this instance took the lease (a fresh process that becomes active counts 1).
+    pub leader_changes: u64,
 }
 
 macro_rules! counter {
@@ -83,6 +105,20 @@ impl AggregatorStats {
     counter!(add_pushes, pushes, "proxybus_aggregator_push_batches_total");
     counter!(add_push_failures, push_failures, "proxybus_aggregator_push_failures_total");
 
+    /// Records that this instance took the lease at `since` (role `active`).
+    pub fn set_active(&self, since: DateTime<Utc>) {
+        *self.leader_since.lock().unwrap_or_else(|e| e.into_inner()) = Some(since);
+        self.leader_changes.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("proxybus_aggregator_leader_changes_total").increment(1);
+        metrics::gauge!("proxybus_aggregator_active").set(1.0);
+    }
+
+    /// Records that this instance does not hold the lease (role `standby`).
+    pub fn set_standby(&self) {
+        *self.leader_since.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        metrics::gauge!("proxybus_aggregator_active").set(0.0);
+    }
+
     /// Records the sequence folded up to.
     pub fn set_last_seq(&self, seq: u64) {
         self.last_seq.store(seq, Ordering::Relaxed);
@@ -100,6 +136,7 @@ impl AggregatorStats {
     /// The counters now.
     pub fn snapshot(&self) -> StatsSnapshot {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let leader_since = *self.leader_since.lock().unwrap_or_else(|e| e.into_inner());
         StatsSnapshot {
             events_folded: get(&self.events_folded),
             duplicates_skipped: get(&self.duplicates_skipped),
@@ -115,6 +152,9 @@ impl AggregatorStats {
             fold_lag_ms: self.fold_lag_ms.load(Ordering::Relaxed),
             pushes: get(&self.pushes),
             push_failures: get(&self.push_failures),
+            role: if leader_since.is_some() { Role::Active } else { Role::Standby },
+            leader_since,
+            leader_changes: get(&self.leader_changes),
         }
     }
 }

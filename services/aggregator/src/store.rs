@@ -14,6 +14,15 @@
 //! 2. put each of those records under its `proxy_id`;
 //! 3. only then are the commit's messages acked (by the caller).
 //!
+//! **Fencing.** The checkpoint is written with compare-and-set on the revision of the
+//! checkpoint key this store last read ([`HealthStore::load`]) or wrote, so of two
+//! aggregators that both believe they lead (see `crate::lease`) only one commits: the
+//! other gets [`StoreError::Fenced`] and must step down without acking. A commit with
+//! parts first writes, by compare-and-set, a checkpoint without records at the position
+//! in force (a claim), so a fenced writer stops before it touches a part. A retried write whose first attempt
+//! landed (its ack lost) is not fenced: on a revision mismatch the checkpoint is read,
+//! and when it holds exactly the bytes being written its revision is adopted.
+//!
 //! A crash between 1 and 2 is repaired on start by putting the checkpoint's records
 //! again; a crash before 1 leaves the previous checkpoint, and the messages, never
 //! acked, are folded again from the same state. Either way every event is folded
@@ -26,8 +35,10 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, Ordering};
 
+use async_nats::jetstream::kv::{Operation, UpdateErrorKind};
 use async_nats::jetstream::{self, kv};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::stream::FuturesUnordered;
@@ -77,6 +88,11 @@ pub enum StoreError {
     /// The checkpoint is not valid.
     #[error("checkpoint {0} is corrupt")]
     CorruptCheckpoint(String),
+    /// Another writer moved the checkpoint since this store last read or wrote it (another
+    /// aggregator took over, or a `replay --into` the live bucket): nothing of this commit
+    /// is in force, and its messages must not be acked.
+    #[error("checkpoint {0} was moved by another writer")]
+    Fenced(String),
 }
 
 /// State as loaded at start.
@@ -107,6 +123,16 @@ pub struct HealthStore {
     part_records: usize,
     /// Slot of the parts of the checkpoint in force; a commit writes its parts into the other.
     head_slot: Arc<AtomicU8>,
+    /// The checkpoint as this store last read or wrote it: what the next commit
+    /// compares-and-sets against (see the module doc, Fencing).
+    head: Arc<Mutex<Head>>,
+}
+
+/// The checkpoint key's revision (0: no value) and bytes as last read or written.
+#[derive(Debug, Default)]
+struct Head {
+    revision: u64,
+    bytes: Option<Bytes>,
 }
 
 /// A commit, encoded: the checkpoint values and each record's bytes (slices of them).
@@ -210,6 +236,7 @@ impl HealthStore {
             checkpoint_key: format!("checkpoint.{health_bucket}"),
             part_records: 200,
             head_slot: Arc::new(AtomicU8::new(0)),
+            head: Arc::new(Mutex::new(Head::default())),
         })
     }
 
@@ -223,22 +250,35 @@ impl HealthStore {
         format!("{}.part.{slot}.{part}", self.checkpoint_key)
     }
 
+    /// The state bucket (`PROXY_AGGREGATOR`): the checkpoint, and the leadership lease.
+    pub(crate) fn state_bucket(&self) -> &kv::Store {
+        &self.state
+    }
+
     /// Name of the health bucket.
     pub fn health_bucket(&self) -> &str {
         &self.health_bucket
     }
 
     /// Loads every record and the checkpoint, repairing a commit a crash interrupted.
+    /// The checkpoint's revision becomes the one the next commit expects (fencing).
     pub async fn load(&self) -> Result<LoadedState, StoreError> {
+        // The checkpoint first: a commit landing after this read fences this store.
+        let entry = self
+            .state
+            .entry(&self.checkpoint_key)
+            .await
+            .map_err(|err| StoreError::Read { what: self.checkpoint_key.clone(), message: err.to_string() })?;
+        let (revision, checkpoint) = match entry {
+            Some(entry) if entry.operation == Operation::Put => (entry.revision, Some(entry.value)),
+            Some(entry) => (entry.revision, None),
+            None => (0, None),
+        };
+        self.set_head(revision, checkpoint.clone());
         let mut records: BTreeMap<ProxyId, ProxyHealth> =
             self.read_all().await?.into_iter().map(|r| (r.stats.proxy_id.clone(), r)).collect();
         let mut position = records.values().map(|r| r.stats.last_seq).max().unwrap_or(0);
-        if let Some(bytes) = self
-            .state
-            .get(&self.checkpoint_key)
-            .await
-            .map_err(|err| StoreError::Read { what: self.checkpoint_key.clone(), message: err.to_string() })?
-        {
+        if let Some(bytes) = checkpoint {
             let corrupt = || StoreError::CorruptCheckpoint(self.checkpoint_key.clone());
             let (last_seq, mut committed, parts) = decode_checkpoint(&bytes).ok_or_else(corrupt)?;
             if let Some(Parts { slot, count }) = parts {
@@ -291,27 +331,82 @@ impl HealthStore {
     }
 
     /// Writes `records` (every proxy of a replay) and then a checkpoint at `last_seq`
-    /// that carries no records, so that a live aggregator continues after it.
+    /// that carries no records, so that a live aggregator continues after it. The
+    /// checkpoint is a plain put: it fences a live aggregator still writing, which then
+    /// steps down and loads this checkpoint.
     pub async fn replace_all(&self, last_seq: u64, records: &[ProxyHealth]) -> Result<(), StoreError> {
         let encoded = EncodedCommit::new(last_seq, records, self.part_records)?;
         self.put_all(&encoded.records).await?;
-        self.put_checkpoint(&EncodedCommit::new(last_seq, &[], 1)?).await
+        let value = EncodedCommit::new(last_seq, &[], 1)?.values.swap_remove(0);
+        let revision = self
+            .state
+            .put(&self.checkpoint_key, value.clone())
+            .await
+            .map_err(|err| StoreError::Write { what: self.checkpoint_key.clone(), message: err.to_string() })?;
+        self.set_head(revision, Some(value));
+        Ok(())
     }
 
-    /// Puts the checkpoint of `commit`: one value when it fits, else its parts into
-    /// the slot the checkpoint in force does not use, then a checkpoint naming them.
-    async fn put_checkpoint(&self, commit: &EncodedCommit) -> Result<(), StoreError> {
-        let write_err = |what: &str, err: &dyn std::fmt::Display| StoreError::Write {
-            what: what.to_owned(),
+    fn set_head(&self, revision: u64, bytes: Option<Bytes>) {
+        *self.head.lock().unwrap_or_else(|e| e.into_inner()) = Head { revision, bytes };
+    }
+
+    /// Writes `value` as the checkpoint if its revision is still the one this store
+    /// last read or wrote; [`StoreError::Fenced`] if another writer moved it, unless
+    /// `landed_is_ours` and the checkpoint holds `value` already (a retry whose first
+    /// attempt landed; the same bytes are the same state, whoever wrote them).
+    async fn swap_checkpoint(&self, value: Bytes, landed_is_ours: bool) -> Result<(), StoreError> {
+        let expected = self.head.lock().unwrap_or_else(|e| e.into_inner()).revision;
+        let write_err = |err: &dyn std::fmt::Display| StoreError::Write {
+            what: self.checkpoint_key.clone(),
             message: err.to_string(),
         };
-        if let [value] = &commit.values[..] {
-            self.state
-                .put(&self.checkpoint_key, value.clone())
-                .await
-                .map_err(|err| write_err(&self.checkpoint_key, &err))?;
-            return Ok(());
+        match self.state.update(&self.checkpoint_key, value.clone(), expected).await {
+            Ok(revision) => {
+                self.set_head(revision, Some(value));
+                Ok(())
+            }
+            Err(err) if err.kind() == UpdateErrorKind::WrongLastRevision => {
+                let entry = self
+                    .state
+                    .entry(&self.checkpoint_key)
+                    .await
+                    .map_err(|err| StoreError::Read { what: self.checkpoint_key.clone(), message: err.to_string() })?;
+                match entry {
+                    Some(entry) if landed_is_ours && entry.operation == Operation::Put && entry.value == value => {
+                        tracing::debug!(revision = entry.revision, "an earlier attempt of this checkpoint landed");
+                        self.set_head(entry.revision, Some(value));
+                        Ok(())
+                    }
+                    _ => Err(StoreError::Fenced(self.checkpoint_key.clone())),
+                }
+            }
+            Err(err) => Err(write_err(&err)),
         }
+    }
+
+    /// Puts the checkpoint of `commit` (compare-and-set, see Fencing): one value when
+    /// it fits, else a claim, its parts into the slot the checkpoint in force does not
+    /// use, then a checkpoint naming them.
+    async fn put_checkpoint(&self, commit: &EncodedCommit) -> Result<(), StoreError> {
+        if let [value] = &commit.values[..] {
+            return self.swap_checkpoint(value.clone(), true).await;
+        }
+        // The claim: a checkpoint without records at the position in force, so that a
+        // fenced writer stops before touching a part. It drops no redo log: the records
+        // of the checkpoint in force are all stored (`load` repaired them, or the commit
+        // that wrote it stored them before returning). Its bytes never equal a checkpoint
+        // with parts, so a head found in place is never mistaken for another writer's
+        // claim; two writers' claims are the same bytes, so a claim that finds its bytes
+        // in place is fenced all the same (a retried claim that landed costs a step-down).
+        let in_force = self.head.lock().unwrap_or_else(|e| e.into_inner()).bytes.clone();
+        let position = in_force.as_deref().and_then(|b| b.get(..8)).map_or(0, |b| {
+            let mut seq = [0; 8];
+            seq.copy_from_slice(b);
+            u64::from_be_bytes(seq)
+        });
+        let claim = EncodedCommit::new(position, &[], 1)?.values.swap_remove(0);
+        self.swap_checkpoint(claim, false).await?;
         let slot = self.head_slot.load(Ordering::Relaxed) ^ 1;
         let mut parts = Vec::with_capacity(commit.values.len());
         for (n, value) in commit.values.iter().enumerate() {
@@ -324,10 +419,7 @@ impl HealthStore {
         head.put_u8(PARTS_MAGIC);
         head.put_u8(slot);
         head.put_u32(commit.values.len() as u32);
-        self.state
-            .put(&self.checkpoint_key, head.freeze())
-            .await
-            .map_err(|err| write_err(&self.checkpoint_key, &err))?;
+        self.swap_checkpoint(head.freeze(), true).await?;
         self.head_slot.store(slot, Ordering::Relaxed);
         Ok(())
     }

@@ -6,6 +6,7 @@ mod binary;
 mod dead_letter;
 mod event_ids;
 mod exactly_once;
+mod failover;
 mod health_model;
 mod helpers;
 mod push_back;
