@@ -9,6 +9,7 @@
 #   scripts/fuzz.sh            # 600 s per target
 #   scripts/fuzz.sh 60         # 60 s per target
 #   FUZZ_TARGETS="proxy_url subjects" scripts/fuzz.sh 30
+#   FUZZ_PARALLEL=1 scripts/fuzz.sh 600   # every target at once (each still runs 600 s)
 set -euo pipefail
 
 seconds="${1:-600}"
@@ -30,17 +31,31 @@ trap 'rm -rf "$logs"' EXIT
 echo "building the fuzz targets..." >&2
 nice -n 19 cargo +nightly fuzz build >&2
 
-rows=()
-failed=0
-for target in $targets; do
+fuzz_one() {
+    local target="$1"
     mkdir -p "corpus/$target" "artifacts/$target"
-    before="$(find "artifacts/$target" -type f | wc -l)"
+    find "artifacts/$target" -type f | wc -l >"$logs/$target.before"
     echo "fuzzing $target for ${seconds}s..." >&2
-    status=0
+    local status=0
     timeout --kill-after=30 "$((seconds + 300))" \
         nice -n 19 cargo +nightly fuzz run "$target" -- \
         -max_total_time="$seconds" -timeout=10 -print_final_stats=1 \
         >"$logs/$target.log" 2>&1 || status=$?
+    echo "$status" >"$logs/$target.status"
+}
+
+if [ "${FUZZ_PARALLEL:-0}" = 1 ]; then
+    for target in $targets; do fuzz_one "$target" & done
+    wait
+else
+    for target in $targets; do fuzz_one "$target"; done
+fi
+
+rows=()
+failed=0
+for target in $targets; do
+    status="$(cat "$logs/$target.status")"
+    before="$(cat "$logs/$target.before")"
     runs="$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$logs/$target.log" | grep -o '[0-9]*$' | tail -1)"
     corpus="$(find "corpus/$target" -type f | wc -l)"
     crashes="$(($(find "artifacts/$target" -type f | wc -l) - before))"
@@ -50,7 +65,9 @@ for target in $targets; do
         tail -30 "$logs/$target.log" >&2
         ls -t "artifacts/$target" | head -5 >&2 || true
     fi
-    rows+=("| \`$target\` | ${seconds} s | ${runs:-?} | $corpus | $crashes | \`scripts/fuzz.sh $seconds\` (\`cargo +nightly fuzz run $target -- -max_total_time=$seconds\`) |")
+    mode=""
+    if [ "${FUZZ_PARALLEL:-0}" = 1 ]; then mode="FUZZ_PARALLEL=1 "; fi
+    rows+=("| \`$target\` | ${seconds} s | ${runs:-?} | $corpus | $crashes | \`${mode}scripts/fuzz.sh $seconds\` (\`cargo +nightly fuzz run $target -- -max_total_time=$seconds\`) |")
 done
 
 echo
