@@ -59,8 +59,8 @@ mod supercluster;
 pub use cluster::NatsCluster;
 #[cfg(feature = "docker")]
 pub use docker::DockerNats;
-pub use proxies::{ProxyCredentials, ProxyLog, TestProxy, WsEchoServer};
 pub use measurement::{Latencies, MemorySampler, MemorySamples, resident_kib};
+pub use proxies::{ProxyCredentials, ProxyLog, TestProxy, WsEchoServer};
 pub use server::{NatsServer, NatsServerBuilder};
 pub use service_process::{ServiceProcess, exit_when_parent_goes};
 pub use supercluster::NatsSuperCluster;

@@ -142,7 +142,8 @@ mod tests {
 
     #[test]
     fn a_killed_child_is_reaped_and_restarted() {
-        let mut child = ServiceProcess::spawn("sleeper", Path::new("sleep"), &["30"], Vec::<(String, String)>::new()).unwrap();
+        let mut child =
+            ServiceProcess::spawn("sleeper", Path::new("sleep"), &["30"], Vec::<(String, String)>::new()).unwrap();
         let first = child.pid().unwrap();
         assert!(!child.has_exited().unwrap());
         child.kill().unwrap();

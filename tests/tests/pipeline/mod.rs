@@ -14,9 +14,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use proxybus_client::{ClientConfig, ProxyClient};
-use proxybus_shared::config::{
-    AuthMethod, ConnectionProxies, ExternalProxyServiceConfig, ProxyConfig, ProxySettings,
-};
+use proxybus_shared::config::{AuthMethod, ConnectionProxies, ExternalProxyServiceConfig, ProxyConfig, ProxySettings};
 use proxybus_shared::nats::NatsSettings;
 use proxybus_shared::subject::{FEEDBACK_STREAM, HEALTH_BUCKET};
 use proxybus_shared::{ConnectionType, ExchangeId, FallbackPolicy, FeedbackPhase, ResponseSource, subject};
@@ -259,6 +257,10 @@ pub(crate) struct Request {
     pub(crate) sent: Instant,
     /// The answer's source, or the error.
     pub(crate) outcome: Result<ResponseSource, String>,
+    /// Whether a resolver answered (the lease carries its request id; the client's own
+    /// fallback answers carry none). The client's cache is never used: each lease is dropped
+    /// after use, so a `cache` answer is the resolver's.
+    pub(crate) by_resolver: bool,
 }
 
 /// What a feed did over a run.
@@ -281,7 +283,12 @@ impl FeedRun {
 
 /// Asks for a proxy (a fresh answer each time: the cached lease is dropped after use) and
 /// reports one `connected` event about it, every `interval`, until `stop`.
-pub(crate) async fn run_feed(client: ProxyClient, n: usize, interval: Duration, stop: CancellationToken) -> (ProxyClient, FeedRun) {
+pub(crate) async fn run_feed(
+    client: ProxyClient,
+    n: usize,
+    interval: Duration,
+    stop: CancellationToken,
+) -> (ProxyClient, FeedRun) {
     let mut run = FeedRun::default();
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -293,14 +300,14 @@ pub(crate) async fn run_feed(client: ProxyClient, n: usize, interval: Duration, 
             _ = ticks.tick() => {}
         }
         let exchange: ExchangeId = EXCHANGES[turn % EXCHANGES.len()].parse().unwrap();
-        let connection_type = if turn % 2 == 0 { ConnectionType::Websocket } else { ConnectionType::Http };
+        let connection_type = if turn.is_multiple_of(2) { ConnectionType::Websocket } else { ConnectionType::Http };
         turn += 1;
         let sent = Instant::now();
         let answer = client.get_proxy(&exchange, connection_type, None).await;
         run.latencies.record(sent.elapsed());
         match answer {
             Ok(lease) => {
-                run.requests.push(Request { sent, outcome: Ok(lease.source) });
+                run.requests.push(Request { sent, outcome: Ok(lease.source), by_resolver: lease.request_id.is_some() });
                 match lease.feedback(client.client_id(), FeedbackPhase::Connected, true) {
                     Some(mut event) => {
                         event.latency_ms = Some(20 + (turn % 30) as u64);
@@ -311,18 +318,21 @@ pub(crate) async fn run_feed(client: ProxyClient, n: usize, interval: Duration, 
                 }
                 client.invalidate(&lease).await;
             }
-            Err(err) => run.requests.push(Request { sent, outcome: Err(err.to_string()) }),
+            Err(err) => run.requests.push(Request { sent, outcome: Err(err.to_string()), by_resolver: false }),
         }
     }
     (client, run)
 }
 
-/// Counts of answers by source over many requests.
+/// Counts of answers by who answered and its source over many requests: `resolver_service`,
+/// `resolver_cache`, `resolver_embedded` (the resolver's own fallback), `client_embedded` (the
+/// client's fallback), `failed`.
 pub(crate) fn by_source<'a>(requests: impl IntoIterator<Item = &'a Request>) -> BTreeMap<String, u64> {
     let mut counts = BTreeMap::new();
     for request in requests {
         let key = match &request.outcome {
-            Ok(source) => source.as_str().to_owned(),
+            Ok(source) if request.by_resolver => format!("resolver_{}", source.as_str()),
+            Ok(source) => format!("client_{}", source.as_str()),
             Err(_) => "failed".to_owned(),
         };
         *counts.entry(key).or_default() += 1;
