@@ -60,6 +60,17 @@ struct Runs {
     dropped: u64,
 }
 
+impl Runs {
+    /// p50 and p99 of every request's latency, in microseconds.
+    fn latency_micros(&self) -> (u64, u64) {
+        let mut all = proxybus_tests::Latencies::default();
+        for run in &self.runs {
+            all.merge(run.latencies.clone());
+        }
+        (all.quantile_micros(0.50), all.quantile_micros(0.99))
+    }
+}
+
 async fn finish_feeds(feeds: Vec<tokio::task::JoinHandle<(ProxyClient, FeedRun)>>) -> Runs {
     let mut runs = Runs { runs: Vec::new(), reported: 0, published: 0, dropped: 0 };
     for feed in feeds {
@@ -99,6 +110,8 @@ async fn bus_outage_loses_nothing() {
     let after: Vec<_> = requests.iter().copied().filter(|r| r.sent >= outage_ended + Duration::from_secs(11)).collect();
     let line = serde_json::json!({
         "test": "bus_outage_loses_nothing",
+        "p50_us": runs.latency_micros().0,
+        "p99_us": runs.latency_micros().1,
         "feeds": FEEDS,
         "requests": requests.len(),
         "sources": by_source(requests.iter().copied()),
@@ -332,6 +345,8 @@ async fn replica_and_pool_restarts() {
         |from: Instant, to: Instant| by_source(requests.iter().copied().filter(|r| r.sent >= from && r.sent < to));
     let line = serde_json::json!({
         "test": "replica_and_pool_restarts",
+        "p50_us": runs.latency_micros().0,
+        "p99_us": runs.latency_micros().1,
         "feeds": FEEDS,
         "requests": requests.len(),
         "sources": by_source(requests.iter().copied()),

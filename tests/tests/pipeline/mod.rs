@@ -29,6 +29,8 @@ pub(crate) const SERVICE_ENV: &str = "PROXYBUS_TEST_SERVICE";
 const NATS_URL_ENV: &str = "PROXYBUS_TEST_NATS_URL";
 /// The pool's HTTP address (`127.0.0.1:PORT`): where it listens, where resolvers ask.
 const POOL_ADDR_ENV: &str = "PROXYBUS_TEST_POOL_ADDR";
+/// The pool's inventory file.
+const INVENTORY_ENV: &str = "PROXYBUS_TEST_INVENTORY";
 /// The name of the test function that is the children's entry point, in each binary.
 pub(crate) const ENTRY_TEST: &str = "service_process";
 /// The pool's bearer token.
@@ -39,8 +41,24 @@ pub(crate) const EMBEDDED_PROXY: &str = "http://fallback-user:fallback-pw@fallba
 /// The exchanges the feeds ask for, in turn.
 pub(crate) const EXCHANGES: [&str; 4] = ["binance", "kraken", "coinbase", "okx"];
 
-fn sample_inventory() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../services/pool/inventory.sample.toml")
+/// The sample inventory with every answer's TTL cut to one second, written into `dir`: the
+/// resolvers cache an answer only that long, so the pool is asked again and again during a run.
+fn short_lived_inventory(dir: &std::path::Path) -> PathBuf {
+    let sample = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../services/pool/inventory.sample.toml");
+    let text = std::fs::read_to_string(sample).unwrap();
+    let short: Vec<String> =
+        text.lines()
+            .map(|line| {
+                if line.trim_start().starts_with("ttl_seconds") {
+                    "ttl_seconds = 1".to_owned()
+                } else {
+                    line.to_owned()
+                }
+            })
+            .collect();
+    let path = dir.join("inventory.toml");
+    std::fs::write(&path, short.join("\n")).unwrap();
+    path
 }
 
 /// Embedded proxy settings naming [`EMBEDDED_PROXY`] for every exchange and connection type.
@@ -71,7 +89,7 @@ pub(crate) fn run_service_if_asked() {
             "pool" => {
                 let settings = proxybus_pool::PoolSettings {
                     listen: pool_addr.parse().unwrap(),
-                    inventory: sample_inventory(),
+                    inventory: std::env::var(INVENTORY_ENV).expect("the inventory").into(),
                     watch_inventory: false,
                     auth: proxybus_pool::AuthSettings { tokens: vec![TOKEN.into()], ..Default::default() },
                     ..Default::default()
@@ -86,8 +104,6 @@ pub(crate) fn run_service_if_asked() {
                         endpoints: vec![format!("http://{pool_addr}")],
                         auth_method: AuthMethod::BearerToken,
                         auth_credentials: [("token".to_owned(), TOKEN.into())].into_iter().collect(),
-                        // Short, so that the pool is asked again and again during a run.
-                        cache_ttl_seconds: 1,
                         timeout_seconds: 1,
                         ..Default::default()
                     },
@@ -126,6 +142,8 @@ pub(crate) struct Pipeline {
     pub(crate) resolvers: Vec<ServiceProcess>,
     /// The aggregator.
     pub(crate) aggregator: ServiceProcess,
+    /// Holds the pool's inventory file.
+    _dir: tempfile::TempDir,
 }
 
 /// A free port on 127.0.0.1 (bound and released; the pool binds it again).
@@ -133,10 +151,11 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn spawn_service(service: &str, name: &str, url: &str, pool_addr: &str) -> ServiceProcess {
+fn spawn_service(service: &str, name: &str, url: &str, pool_addr: &str, inventory: &std::path::Path) -> ServiceProcess {
     let exe = std::env::current_exe().expect("the test binary");
     let args = [ENTRY_TEST, "--exact", "--ignored", "--nocapture", "--test-threads=1"];
-    let envs = [(SERVICE_ENV, service), (NATS_URL_ENV, url), (POOL_ADDR_ENV, pool_addr)];
+    let inventory = inventory.to_str().expect("a UTF-8 temporary path");
+    let envs = [(SERVICE_ENV, service), (NATS_URL_ENV, url), (POOL_ADDR_ENV, pool_addr), (INVENTORY_ENV, inventory)];
     ServiceProcess::spawn(name, &exe, &args, envs).unwrap()
 }
 
@@ -147,11 +166,13 @@ impl Pipeline {
         let server = NatsServer::start().await.unwrap();
         let url = server.client_url();
         let pool_addr = format!("127.0.0.1:{}", free_port());
-        let pool = spawn_service("pool", "pool", &url, &pool_addr);
-        let resolvers =
-            (0..resolvers).map(|n| spawn_service("resolver", &format!("resolver-{n}"), &url, &pool_addr)).collect();
-        let aggregator = spawn_service("aggregator", "aggregator", &url, &pool_addr);
-        let pipeline = Self { server, pool_addr, pool, resolvers, aggregator };
+        let dir = tempfile::tempdir().unwrap();
+        let inventory = short_lived_inventory(dir.path());
+        let spawn = |service: &str, name: &str| spawn_service(service, name, &url, &pool_addr, &inventory);
+        let pool = spawn("pool", "pool");
+        let resolvers = (0..resolvers).map(|n| spawn("resolver", &format!("resolver-{n}"))).collect();
+        let aggregator = spawn("aggregator", "aggregator");
+        let pipeline = Self { server, pool_addr, pool, resolvers, aggregator, _dir: dir };
         pipeline.wait_for_pool().await;
         pipeline.wait_for_resolvers(pipeline.resolvers.len()).await;
         pipeline.wait_for_aggregator().await;
