@@ -6,7 +6,9 @@
 //!   and the feedback they queued is folded after it, exactly once;
 //! - stream `PROXY_FEEDBACK` is full (`stream_full_then_room`, a stream made with discard *new*,
 //!   which refuses publishes; `stream_full_discard_old_keeps_folding`, the contract's own discard
-//!   *old*, which takes every publish and drops its oldest events);
+//!   *old*, which takes every publish and drops its oldest events — folded first by an aggregator
+//!   that keeps up, lost, uncounted, while it is down:
+//!   `stream_full_discard_old_while_the_aggregator_is_down`);
 //! - the pool service is killed and started again, and one of two resolver replicas is killed
 //!   (`replica_and_pool_restarts`).
 //!
@@ -365,4 +367,52 @@ async fn replica_and_pool_restarts() {
     for service in [&mut pipeline.aggregator, &mut pipeline.resolvers[1]] {
         assert!(!service.has_exited().unwrap(), "{} crashed", service.name());
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_full_discard_old_while_the_aggregator_is_down() {
+    // The contract's stream at about 60 events while no aggregator folds: the stream drops
+    // the oldest; the aggregator, started afterwards, folds every event the stream still
+    // holds, once, and goes on. What was dropped before it was folded is lost (recorded).
+    const SMALL: i64 = 32 * 1024;
+    const EVENTS: usize = 600;
+    let server = NatsServer::start().await.unwrap();
+    let js = jetstream::new(server.connect().await.unwrap());
+    let config = FeedbackStreamConfig { max_bytes: SMALL, ..FeedbackStreamConfig::default() };
+    proxybus_shared::feedback::ensure_feedback_stream(&js, &config).await.unwrap();
+    let client = reporting_client(&server, 10_000).await;
+    for n in 0..EVENTS {
+        client.report(event(n));
+    }
+    assert!(client.flush_feedback(Duration::from_secs(30)).await);
+    let stats = client.feedback_stats();
+    let held = stream_state(&js).await;
+
+    let stop = CancellationToken::new();
+    let _stop = stop.clone().drop_guard();
+    let aggregator = start_aggregator(&server, SMALL, &stop);
+    let folded = settled(&js, held.messages, Duration::from_secs(30)).await;
+    // Folding goes on after the gap.
+    for n in 0..50 {
+        client.report(event(EVENTS + 1 + n));
+    }
+    assert!(client.flush_feedback(Duration::from_secs(30)).await);
+    let folded_after = settled(&js, held.messages + 50, Duration::from_secs(30)).await;
+    let line = serde_json::json!({
+        "test": "stream_full_discard_old_while_the_aggregator_is_down",
+        "stream_max_bytes": SMALL,
+        "events_reported": EVENTS,
+        "events_published": stats.published,
+        "events_dropped_by_client": stats.dropped,
+        "stream_messages": held.messages,
+        "stream_first_seq": held.first_sequence,
+        "events_folded": folded,
+        "events_lost_in_stream": EVENTS as u64 - folded,
+        "events_folded_after_50_more": folded_after,
+    });
+    println!("FAULT {line}");
+    assert_eq!((stats.published, stats.dropped, stats.retries), (EVENTS as u64, 0, 0), "never refused: {line}");
+    assert_eq!(folded, held.messages, "every event the stream still held folded once: {line}");
+    assert_eq!(folded_after, held.messages + 50, "folding goes on after the gap: {line}");
+    assert!(!aggregator.is_finished(), "the aggregator runs on");
 }
