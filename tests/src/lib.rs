@@ -29,6 +29,8 @@
 //!   latencies ([`Latencies`]), for the load and fault tests.
 //! - `tests/harness.rs`: the harness's own tests against a real `nats-server`.
 //! - `tests/deployment.rs`: `docker-compose.yml` and the `Dockerfile` name every service binary.
+//! - `tests/soak.rs`, `tests/faults.rs` (with `tests/pipeline/`): load on, and faults of, the whole
+//!   pipeline with its services as child processes; their figures are in `docs/reliability.md`.
 //!
 //! # Examples
 //!
