@@ -23,8 +23,14 @@
 //! - `proxies.rs`: [`TestProxy`] (HTTP CONNECT, HTTPS CONNECT, SOCKS4/4a, SOCKS5/5h, logging every tunnel) and
 //!   [`WsEchoServer`], for tests of code that connects through proxies.
 //! - `monitor.rs`: readiness probes on the client port and the HTTP monitoring endpoint.
+//! - `service_process.rs`: [`ServiceProcess`], a service run as a child process a test can kill
+//!   and restart.
+//! - `measurement.rs`: resident memory sampled over a run ([`MemorySampler`]) and request
+//!   latencies ([`Latencies`]), for the load and fault tests.
 //! - `tests/harness.rs`: the harness's own tests against a real `nats-server`.
 //! - `tests/deployment.rs`: `docker-compose.yml` and the `Dockerfile` name every service binary.
+//! - `tests/soak.rs`, `tests/faults.rs` (with `tests/pipeline/`): load on, and faults of, the whole
+//!   pipeline with its services as child processes; their figures are in `docs/reliability.md`.
 //!
 //! # Examples
 //!
@@ -44,17 +50,21 @@ mod cluster;
 mod connect;
 #[cfg(feature = "docker")]
 mod docker;
+mod measurement;
 mod monitor;
 mod process;
 mod proxies;
 mod server;
+mod service_process;
 mod supercluster;
 
 pub use cluster::NatsCluster;
 #[cfg(feature = "docker")]
 pub use docker::DockerNats;
+pub use measurement::{Latencies, MemorySampler, MemorySamples, resident_kib};
 pub use proxies::{ProxyCredentials, ProxyLog, TestProxy, WsEchoServer};
 pub use server::{NatsServer, NatsServerBuilder};
+pub use service_process::{ServiceProcess, exit_when_parent_goes};
 pub use supercluster::NatsSuperCluster;
 
 /// The Python of the project-local tools venv (`.tools/venv/bin/python`, made by
