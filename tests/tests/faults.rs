@@ -390,7 +390,14 @@ async fn stream_full_discard_old_while_the_aggregator_is_down() {
 
     let stop = CancellationToken::new();
     let _stop = stop.clone().drop_guard();
-    let aggregator = start_aggregator(&server, SMALL, &stop);
+    let mut config = proxybus_aggregator::AggregatorConfig::for_url(server.client_url());
+    config.settings.stream_max_bytes = SMALL;
+    let aggregator_stats = std::sync::Arc::new(proxybus_aggregator::AggregatorStats::default());
+    let aggregator = tokio::spawn(proxybus_aggregator::run_with_stats(
+        config,
+        aggregator_stats.clone(),
+        stop.clone().cancelled_owned(),
+    ));
     let folded = settled(&js, held.messages, Duration::from_secs(30)).await;
     // Folding goes on after the gap.
     for n in 0..50 {
@@ -408,11 +415,17 @@ async fn stream_full_discard_old_while_the_aggregator_is_down() {
         "stream_first_seq": held.first_sequence,
         "events_folded": folded,
         "events_lost_in_stream": EVENTS as u64 - folded,
+        "events_lost_counted_by_aggregator": aggregator_stats.snapshot().events_lost,
         "events_folded_after_50_more": folded_after,
     });
     println!("FAULT {line}");
     assert_eq!((stats.published, stats.dropped, stats.retries), (EVENTS as u64, 0, 0), "never refused: {line}");
     assert_eq!(folded, held.messages, "every event the stream still held folded once: {line}");
     assert_eq!(folded_after, held.messages + 50, "folding goes on after the gap: {line}");
+    assert_eq!(
+        aggregator_stats.snapshot().events_lost,
+        held.first_sequence - 1,
+        "every event the stream removed before it was folded is counted: {line}"
+    );
     assert!(!aggregator.is_finished(), "the aggregator runs on");
 }

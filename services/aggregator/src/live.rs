@@ -118,6 +118,8 @@ pub(crate) struct Window {
     dead: u64,
     ejected: u64,
     suppressed: u64,
+    /// Stream sequences after the position that were gone when delivery reached them.
+    lost: u64,
 }
 
 impl Window {
@@ -353,6 +355,20 @@ impl Live {
             let window = &mut self.window;
             window.opened.get_or_insert_with(Instant::now);
             window.messages += 1;
+            if seq > self.position + 1 {
+                // The stream's sequences are dense: a hole between the position and the
+                // next delivered message is events the stream removed (max_bytes or
+                // max_age of `discard: old`, or an operator's delete) before they were
+                // folded. They cannot be folded any more; count them so the loss shows.
+                let lost = seq - self.position - 1;
+                window.lost += lost;
+                tracing::error!(
+                    from = self.position + 1,
+                    to = seq - 1,
+                    lost,
+                    "feedback events removed from the stream before they were folded (stream limits reached while the aggregator was down or behind)"
+                );
+            }
             if seq <= self.position {
                 window.skipped += 1;
                 window.last = Some(message);
@@ -491,6 +507,7 @@ impl Live {
         self.stats.add_dead_lettered(window.dead);
         self.stats.add_ejections(window.ejected);
         self.stats.add_ejections_suppressed(window.suppressed);
+        self.stats.add_lost(window.lost);
         self.stats.add_commits(1);
         self.stats.set_last_seq(position);
         if let Some(last) = window.last

@@ -32,6 +32,10 @@ pub(crate) fn describe() {
     describe_counter!("proxybus_aggregator_commits_total", "Batches committed to KV");
     describe_counter!("proxybus_aggregator_commit_failures_total", "Failed commit attempts (retried)");
     describe_counter!("proxybus_aggregator_consumer_resets_total", "Consumer re-created from the checkpoint");
+    describe_counter!(
+        "proxybus_aggregator_events_lost_total",
+        "Feedback events the stream removed (its limits) before they were folded"
+    );
     describe_counter!("proxybus_aggregator_push_batches_total", "Health batches POSTed to proxy services");
     describe_counter!("proxybus_aggregator_push_failures_total", "Health batches that failed to POST (retried)");
     describe_counter!("proxybus_aggregator_leader_changes_total", "Times this aggregator took the leadership lease");

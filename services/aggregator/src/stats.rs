@@ -30,6 +30,7 @@ pub struct AggregatorStats {
     commits: AtomicU64,
     commit_failures: AtomicU64,
     consumer_resets: AtomicU64,
+    events_lost: AtomicU64,
     last_seq: AtomicU64,
     fold_lag_messages: AtomicU64,
     fold_lag_ms: AtomicI64,
@@ -62,6 +63,11 @@ pub struct StatsSnapshot {
     pub commit_failures: u64,
     /// Times the consumer was re-created from the checkpoint (gap, error, server restart).
     pub consumer_resets: u64,
+    /// Events the stream removed (its `max_bytes` / `max_age` limits, `discard: old`) after
+    /// the checkpoint and before they were folded: stream sequences missing between the
+    /// position and the next delivered message. Zero while the aggregator keeps up; see
+    /// docs/reliability.md ("Faults") for sizing the stream so it stays zero.
+    pub events_lost: u64,
     /// Stream sequence folded up to.
     pub last_seq: u64,
     /// Messages in the stream not yet delivered to the aggregator.
@@ -102,6 +108,7 @@ impl AggregatorStats {
     counter!(add_commits, commits, "proxybus_aggregator_commits_total");
     counter!(add_commit_failures, commit_failures, "proxybus_aggregator_commit_failures_total");
     counter!(add_consumer_resets, consumer_resets, "proxybus_aggregator_consumer_resets_total");
+    counter!(add_lost, events_lost, "proxybus_aggregator_events_lost_total");
     counter!(add_pushes, pushes, "proxybus_aggregator_push_batches_total");
     counter!(add_push_failures, push_failures, "proxybus_aggregator_push_failures_total");
 
@@ -147,6 +154,7 @@ impl AggregatorStats {
             commits: get(&self.commits),
             commit_failures: get(&self.commit_failures),
             consumer_resets: get(&self.consumer_resets),
+            events_lost: get(&self.events_lost),
             last_seq: get(&self.last_seq),
             fold_lag_messages: get(&self.fold_lag_messages),
             fold_lag_ms: self.fold_lag_ms.load(Ordering::Relaxed),

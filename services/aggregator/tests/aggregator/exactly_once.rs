@@ -72,6 +72,11 @@ async fn ten_thousand_events_survive_an_aggregator_killed_at_random_points() {
     let mut settings = config(&server);
     settings.settings.batch_size = 250;
     settings.settings.max_commit_records = 16;
+    // A killed aggregator leaves its leadership lease behind: the next one folds only
+    // once the lease has gone unrenewed for lease_ttl, so each victim lives past it and
+    // then dies at a random point of its folding.
+    settings.settings.lease_ttl_ms = 500;
+    let lease_ttl = settings.settings.lease_ttl();
 
     let publisher = {
         let js = js.clone();
@@ -80,14 +85,14 @@ async fn ten_thousand_events_survive_an_aggregator_killed_at_random_points() {
     let mut kills = 0;
     while kills < 6 {
         let victim = Crashable::start(settings.clone());
-        tokio::time::sleep(Duration::from_millis(100 + rng.next(400))).await;
+        tokio::time::sleep(lease_ttl + Duration::from_millis(100 + rng.next(400))).await;
         victim.kill();
         kills += 1;
     }
     tokio::time::timeout(Duration::from_secs(60), publisher).await.expect("published in time").unwrap();
     // One more crash after everything is published, then a survivor.
     let victim = Crashable::start(settings.clone());
-    tokio::time::sleep(Duration::from_millis(50 + rng.next(300))).await;
+    tokio::time::sleep(lease_ttl + Duration::from_millis(50 + rng.next(300))).await;
     victim.kill();
     let folded_by_victims = total(&js, HEALTH_BUCKET).await;
     assert!(folded_by_victims > 0, "the killed aggregators folded and committed something");
