@@ -253,7 +253,7 @@ impl Upstream {
         let url = format!("{}{}", endpoint.base(), paths::REQUEST);
         let mut call = self.client.post(&url).json(request);
         if let Some(id) = &request.request_id {
-            call = call.header("x-request-id", id);
+            call = call.header(proxybus_shared::http::REQUEST_ID_HEADER, id);
         }
         let result = async {
             let response = call.send().await.map_err(|err| describe(&err))?;
