@@ -239,10 +239,8 @@ async fn connection(mut tcp: TcpStream, fault: Fault, tls: Option<Arc<Tls>>, rou
         }
         (Fault::Tls(TlsFault::PlainHttp), _) => {
             let body = healthy_body(HEALTHY_PROXY);
-            let head = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-                body.len()
-            );
+            let head =
+                format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", body.len());
             let _ = tcp.write_all(head.as_bytes()).await;
             let _ = tcp.write_all(body.as_bytes()).await;
             let _ = tcp.shutdown().await;
@@ -299,12 +297,16 @@ async fn answer(State(shared): State<Arc<Shared>>) -> Response {
             StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             r#"{"code":500,"error":"internal","message":"injected fault"}"#.into(),
         ),
-        Fault::Garbage => json(StatusCode::OK, "{\"proxy_url\": \"http://10.0.0.1:3128\", \"strat\u{0}\u{fffd}<html>".into()),
+        Fault::Garbage => {
+            json(StatusCode::OK, "{\"proxy_url\": \"http://10.0.0.1:3128\", \"strat\u{0}\u{fffd}<html>".into())
+        }
         Fault::HostileUrl(url) => json(StatusCode::OK, healthy_body(&url)),
         Fault::Flap if since.elapsed().as_secs() % 2 == 1 => {
             json(StatusCode::INTERNAL_SERVER_ERROR, r#"{"error":"flapping"}"#.into())
         }
-        Fault::Healthy | Fault::Flap | Fault::Tls(_) | Fault::Reset => json(StatusCode::OK, healthy_body(HEALTHY_PROXY)),
+        Fault::Healthy | Fault::Flap | Fault::Tls(_) | Fault::Reset => {
+            json(StatusCode::OK, healthy_body(HEALTHY_PROXY))
+        }
     }
 }
 

@@ -137,7 +137,14 @@ fn request_body(client_id: &str) -> Value {
 fn feedback() -> ProxyFeedback {
     ProxyFeedback {
         latency_ms: Some(40),
-        ..ProxyFeedback::new(PROXY_URL, "binance".parse().unwrap(), ConnectionType::Http, FeedbackPhase::Request, true, "feed-1")
+        ..ProxyFeedback::new(
+            PROXY_URL,
+            "binance".parse().unwrap(),
+            ConnectionType::Http,
+            FeedbackPhase::Request,
+            true,
+            "feed-1",
+        )
     }
 }
 
@@ -237,10 +244,16 @@ impl Bench {
                 let body: Value = Codec::default().decode(Some(headers), &reply.payload).expect("an ErrorReply");
                 let code = code.unwrap_or_else(|| panic!("{input}: not an error reply: {body}"));
                 assert!(code.starts_with('4'), "{input}: {code} {body}");
-                format!("`{code} {}`: {}", body["error"].as_str().unwrap_or_default(), short(body["message"].as_str().unwrap_or_default()))
+                format!(
+                    "`{code} {}`: {}",
+                    body["error"].as_str().unwrap_or_default(),
+                    short(body["message"].as_str().unwrap_or_default())
+                )
             }
             Err(err) => match err.kind() {
-                async_nats::client::RequestErrorKind::NoResponders => "no responders (no subscription matches the subject)".into(),
+                async_nats::client::RequestErrorKind::NoResponders => {
+                    "no responders (no subscription matches the subject)".into()
+                }
                 kind => format!("refused by the NATS client: {kind:?}"),
             },
         };
@@ -267,7 +280,10 @@ impl Bench {
                     .unwrap_or_else(|_| panic!("{input}: no dead letter (folded or lost?)"))
                     .unwrap();
                 let headers = letter.headers.expect("dead letters have headers");
-                assert_eq!(headers.get(subject::DEAD_SEQ_HEADER).map(|v| v.to_string()), Some(ack.sequence.to_string()));
+                assert_eq!(
+                    headers.get(subject::DEAD_SEQ_HEADER).map(|v| v.to_string()),
+                    Some(ack.sequence.to_string())
+                );
                 let reason = headers.get(subject::DEAD_REASON_HEADER).map(|v| v.to_string()).unwrap_or_default();
                 assert!(!reason.is_empty(), "{input}: a reason");
                 tokio::time::timeout(WAIT, async {
@@ -282,6 +298,21 @@ impl Bench {
             }
         };
         self.row(input, "aggregator", reply);
+    }
+
+    /// Publishes a JSON feedback message that is folded although odd; records `why`.
+    async fn aggregator_folds(&mut self, input: &str, body: Vec<u8>, why: &str) {
+        let folded = self.aggregator.snapshot().events_folded;
+        let subject = "proxy.v1.feedback.binance.http";
+        self.js.publish_with_headers(subject, json_headers(), body.into()).await.unwrap().await.unwrap();
+        tokio::time::timeout(WAIT, async {
+            while self.aggregator.snapshot().events_folded == folded {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{input}: not folded"));
+        self.row(input, "aggregator", why.to_owned());
     }
 
     /// Posts a bad body to the pool; the answer must be a 4xx JSON error.
@@ -303,7 +334,12 @@ impl Bench {
         self.row(
             input,
             &format!("pool `{path}`"),
-            format!("`{} {}`: {}", status.as_u16(), error["error"].as_str().unwrap_or_default(), short(error["message"].as_str().unwrap_or(&text))),
+            format!(
+                "`{} {}`: {}",
+                status.as_u16(),
+                error["error"].as_str().unwrap_or_default(),
+                short(error["message"].as_str().unwrap_or(&text))
+            ),
         );
     }
 
@@ -366,17 +402,24 @@ async fn malformed_input_is_refused_by_every_live_service_and_changes_nothing() 
     for (what, at) in [("1970", "1970-01-01T00:00:00Z"), ("9999", "9999-12-31T23:59:59Z")] {
         let mut dated = feedback_json();
         dated["timestamp"] = json!(at);
-        let folded = bench.aggregator.snapshot().events_folded;
-        bench.js.publish_with_headers(FB, json_headers(), serde_json::to_vec(&dated).unwrap().into()).await.unwrap().await.unwrap();
-        tokio::time::timeout(WAIT, async {
-            while bench.aggregator.snapshot().events_folded == folded {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-        .await
-        .expect("folded");
-        bench.row(&format!("`timestamp` in {what} (`{at}`)"), "aggregator", "folded at the stream's time (the fold never reads a feed's clock)".into());
+        let body = serde_json::to_vec(&dated).unwrap();
+        let why = "folded at the stream's time (the fold never reads a feed's clock)";
+        bench.aggregator_folds(&format!("`timestamp` in {what} (`{at}`)"), body, why).await;
     }
+    // An unknown field is ignored (forward compatibility); serde_json skips it without
+    // recursing, so even 10 000 levels cost nothing.
+    let deep = serde_json::to_string(&feedback_json()).unwrap().replacen(
+        '{',
+        &format!(r#"{{"extra":{},"#, deep_json(10_000)),
+        1,
+    );
+    bench
+        .aggregator_folds(
+            "JSON nested 10 000 levels (in an unknown field)",
+            deep.into_bytes(),
+            "folded: unknown fields are skipped (iteratively) by the JSON decoder",
+        )
+        .await;
     // The pool follows what the aggregator published.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let folded_before = bench.aggregator.snapshot().events_folded;
@@ -389,12 +432,36 @@ async fn malformed_input_is_refused_by_every_live_service_and_changes_nothing() 
     let valid_json = serde_json::to_vec(&request_body("feed-1")).unwrap();
     bench.resolver("truncated JSON", REQ, Some(json_headers()), valid_json[..valid_json.len() - 5].to_vec()).await;
     let wrong = json!({"exchange_id": 42, "connection_type": ["http"], "client_id": {"a": 1}});
-    bench.resolver("wrong types (number, array, object for strings)", REQ, Some(json_headers()), serde_json::to_vec(&wrong).unwrap()).await;
+    bench
+        .resolver(
+            "wrong types (number, array, object for strings)",
+            REQ,
+            Some(json_headers()),
+            serde_json::to_vec(&wrong).unwrap(),
+        )
+        .await;
     let mut huge = request_body(&"x".repeat(MIB - 512));
-    bench.resolver("1 MiB `client_id` (just under NATS max_payload)", REQ, Some(json_headers()), serde_json::to_vec(&huge).unwrap()).await;
+    bench
+        .resolver(
+            "1 MiB `client_id` (just under NATS max_payload)",
+            REQ,
+            Some(json_headers()),
+            serde_json::to_vec(&huge).unwrap(),
+        )
+        .await;
     huge["client_id"] = json!("x".repeat(60 * 1024));
-    bench.resolver("60 KiB `client_id` (under the resolver's 64 KiB limit)", REQ, Some(json_headers()), serde_json::to_vec(&huge).unwrap()).await;
-    let deep = format!(r#"{{"exchange_id":"binance","connection_type":"http","client_id":"f","metadata":{{"x":{}}}}}"#, deep_json(10_000));
+    bench
+        .resolver(
+            "60 KiB `client_id` (under the resolver's 64 KiB limit)",
+            REQ,
+            Some(json_headers()),
+            serde_json::to_vec(&huge).unwrap(),
+        )
+        .await;
+    let deep = format!(
+        r#"{{"exchange_id":"binance","connection_type":"http","client_id":"f","metadata":{{"x":{}}}}}"#,
+        deep_json(10_000)
+    );
     bench.resolver("JSON nested 10 000 levels (in `metadata`)", REQ, Some(json_headers()), deep.into_bytes()).await;
     bench.resolver("MessagePack nested 10 000 levels (in `metadata`)", REQ, None, deep_msgpack(10_000)).await;
     for (what, id) in ODD_IDS {
@@ -404,13 +471,38 @@ async fn malformed_input_is_refused_by_every_live_service_and_changes_nothing() 
     }
     let mut odd_exchange = request_body("feed-1");
     odd_exchange["exchange_id"] = json!("binance\u{202e}");
-    bench.resolver("RTL override in `exchange_id`", REQ, Some(json_headers()), serde_json::to_vec(&odd_exchange).unwrap()).await;
+    bench
+        .resolver(
+            "RTL override in `exchange_id`",
+            REQ,
+            Some(json_headers()),
+            serde_json::to_vec(&odd_exchange).unwrap(),
+        )
+        .await;
     let mut nul_request_id = request_body("feed-1");
     nul_request_id["request_id"] = json!("id-\u{0}");
-    bench.resolver("NUL in `request_id`", REQ, Some(json_headers()), serde_json::to_vec(&nul_request_id).unwrap()).await;
-    bench.resolver("subject with `*` (`proxy.v1.request.*.http`)", "proxy.v1.request.*.http", None, valid.clone()).await;
-    bench.resolver("subject with an empty token (`proxy.v1.request..http`)", "proxy.v1.request..http", None, valid.clone()).await;
-    bench.resolver("subject with a unicode token (`proxy.v1.request.bïnance.http`)", "proxy.v1.request.bïnance.http", None, valid.clone()).await;
+    bench
+        .resolver("NUL in `request_id`", REQ, Some(json_headers()), serde_json::to_vec(&nul_request_id).unwrap())
+        .await;
+    bench
+        .resolver("subject with `*` (`proxy.v1.request.*.http`)", "proxy.v1.request.*.http", None, valid.clone())
+        .await;
+    bench
+        .resolver(
+            "subject with an empty token (`proxy.v1.request..http`)",
+            "proxy.v1.request..http",
+            None,
+            valid.clone(),
+        )
+        .await;
+    bench
+        .resolver(
+            "subject with a unicode token (`proxy.v1.request.bïnance.http`)",
+            "proxy.v1.request.bïnance.http",
+            None,
+            valid.clone(),
+        )
+        .await;
     bench.resolver("oversized payload (2 MiB, over NATS max_payload)", REQ, None, vec![b'x'; 2 * MIB]).await;
     bench.resolver("empty payload", REQ, None, Vec::new()).await;
     let mut ct = HeaderMap::new();
@@ -421,43 +513,90 @@ async fn malformed_input_is_refused_by_every_live_service_and_changes_nothing() 
     let valid_fb = msgpack(&feedback_json());
     bench.aggregator("truncated MessagePack", FB, None, valid_fb[..valid_fb.len() / 2].to_vec()).await;
     let valid_fb_json = serde_json::to_vec(&feedback_json()).unwrap();
-    bench.aggregator("truncated JSON", FB, Some(json_headers()), valid_fb_json[..valid_fb_json.len() - 7].to_vec()).await;
+    bench
+        .aggregator("truncated JSON", FB, Some(json_headers()), valid_fb_json[..valid_fb_json.len() - 7].to_vec())
+        .await;
     let mut wrong = feedback_json();
     wrong["success"] = json!("yes");
     wrong["proxy_id"] = json!(12345);
-    bench.aggregator("wrong types (`success: \"yes\"`, numeric `proxy_id`)", FB, Some(json_headers()), serde_json::to_vec(&wrong).unwrap()).await;
+    bench
+        .aggregator(
+            "wrong types (`success: \"yes\"`, numeric `proxy_id`)",
+            FB,
+            Some(json_headers()),
+            serde_json::to_vec(&wrong).unwrap(),
+        )
+        .await;
     let mut huge = feedback_json();
     huge["error_details"] = json!("x".repeat(MIB - 1024));
     bench.aggregator("1 MiB `error_details`", FB, Some(json_headers()), serde_json::to_vec(&huge).unwrap()).await;
-    let deep = serde_json::to_string(&feedback_json()).unwrap().replacen('{', &format!(r#"{{"extra":{},"#, deep_json(10_000)), 1);
-    bench.aggregator("JSON nested 10 000 levels", FB, Some(json_headers()), deep.into_bytes()).await;
     let mut deep_fb = msgpack(&feedback_json());
-    deep_fb[0] += 1; // one more entry in the top map (fixmap)
+    // One more entry in the top map (a map16: ProxyFeedback has more than 15 fields).
+    assert_eq!(deep_fb[0], 0xde);
+    deep_fb[2] += 1;
     deep_fb.extend(rmp_serde::to_vec(&"extra").unwrap());
     deep_fb.extend(std::iter::repeat_n(0x91, 10_000));
     deep_fb.push(0xc0);
-    bench.aggregator("MessagePack nested 10 000 levels", FB, None, deep_fb).await;
+    bench.aggregator("MessagePack nested 10 000 levels (in an unknown field)", FB, None, deep_fb).await;
     for (what, latency) in [("NaN", "NaN"), ("negative", "-5"), ("fractional", "12.5"), ("over u64", "1e30")] {
-        let text = serde_json::to_string(&feedback_json()).unwrap().replace(r#""latency_ms":40"#, &format!(r#""latency_ms":{latency}"#));
-        bench.aggregator(&format!("{what} `latency_ms` ({latency})"), FB, Some(json_headers()), text.into_bytes()).await;
+        let text = serde_json::to_string(&feedback_json())
+            .unwrap()
+            .replace(r#""latency_ms":40"#, &format!(r#""latency_ms":{latency}"#));
+        bench
+            .aggregator(&format!("{what} `latency_ms` ({latency})"), FB, Some(json_headers()), text.into_bytes())
+            .await;
     }
-    let huge_latency = serde_json::to_string(&feedback_json()).unwrap().replace(r#""latency_ms":40"#, &format!(r#""latency_ms":{}"#, u64::MAX));
-    bench.aggregator("huge `latency_ms` (u64::MAX, 584 million years)", FB, Some(json_headers()), huge_latency.clone().into_bytes()).await;
+    let huge_latency = serde_json::to_string(&feedback_json())
+        .unwrap()
+        .replace(r#""latency_ms":40"#, &format!(r#""latency_ms":{}"#, u64::MAX));
+    bench
+        .aggregator(
+            "huge `latency_ms` (u64::MAX, 584 million years)",
+            FB,
+            Some(json_headers()),
+            huge_latency.clone().into_bytes(),
+        )
+        .await;
     for (what, id) in ODD_IDS.into_iter().filter(|(_, id)| id.chars().any(char::is_control)) {
         let mut odd = feedback_json();
         odd["client_id"] = json!(id);
         odd["event_id"] = json!(uuid::Uuid::new_v4().to_string());
-        bench.aggregator(&format!("{what} in `client_id`"), FB, Some(json_headers()), serde_json::to_vec(&odd).unwrap()).await;
+        bench
+            .aggregator(&format!("{what} in `client_id`"), FB, Some(json_headers()), serde_json::to_vec(&odd).unwrap())
+            .await;
     }
     let mut mismatched = feedback_json();
     mismatched["exchange_id"] = json!("kraken");
-    bench.aggregator("`exchange_id` not the subject's", FB, Some(json_headers()), serde_json::to_vec(&mismatched).unwrap()).await;
+    bench
+        .aggregator(
+            "`exchange_id` not the subject's",
+            FB,
+            Some(json_headers()),
+            serde_json::to_vec(&mismatched).unwrap(),
+        )
+        .await;
     let mut odd = feedback_json();
     odd["exchange_id"] = json!("bïnance");
     bench.aggregator("unicode `exchange_id`", FB, Some(json_headers()), serde_json::to_vec(&odd).unwrap()).await;
-    bench.aggregator("subject with `*` (`proxy.v1.feedback.*.http`)", "proxy.v1.feedback.*.http", None, valid_fb.clone()).await;
-    bench.aggregator("subject with an empty token (`proxy.v1.feedback..http`)", "proxy.v1.feedback..http", None, valid_fb.clone()).await;
-    bench.aggregator("subject with too many tokens (`proxy.v1.feedback.binance.http.x`)", "proxy.v1.feedback.binance.http.x", None, valid_fb.clone()).await;
+    bench
+        .aggregator("subject with `*` (`proxy.v1.feedback.*.http`)", "proxy.v1.feedback.*.http", None, valid_fb.clone())
+        .await;
+    bench
+        .aggregator(
+            "subject with an empty token (`proxy.v1.feedback..http`)",
+            "proxy.v1.feedback..http",
+            None,
+            valid_fb.clone(),
+        )
+        .await;
+    bench
+        .aggregator(
+            "subject with too many tokens (`proxy.v1.feedback.binance.http.x`)",
+            "proxy.v1.feedback.binance.http.x",
+            None,
+            valid_fb.clone(),
+        )
+        .await;
     bench.aggregator("oversized payload (2 MiB)", FB, None, vec![b'x'; 2 * MIB]).await;
     bench.aggregator("empty payload", FB, None, Vec::new()).await;
 
@@ -467,26 +606,72 @@ async fn malformed_input_is_refused_by_every_live_service_and_changes_nothing() 
     // ---- the pool ----
     let valid_req = serde_json::to_vec(&request_body("feed-1")).unwrap();
     bench.pool("truncated JSON", paths::REQUEST, "application/json", valid_req[..valid_req.len() - 5].to_vec()).await;
-    bench.pool("wrong types", paths::REQUEST, "application/json", serde_json::to_vec(&json!({"exchange_id": 42, "connection_type": 1, "client_id": []})).unwrap()).await;
+    bench
+        .pool(
+            "wrong types",
+            paths::REQUEST,
+            "application/json",
+            serde_json::to_vec(&json!({"exchange_id": 42, "connection_type": 1, "client_id": []})).unwrap(),
+        )
+        .await;
     bench.pool("MessagePack body", paths::REQUEST, "application/msgpack", msgpack(&request_body("feed-1"))).await;
-    bench.pool("1 MiB `client_id`", paths::REQUEST, "application/json", serde_json::to_vec(&request_body(&"x".repeat(MIB))).unwrap()).await;
-    let deep = format!(r#"{{"exchange_id":"binance","connection_type":"http","client_id":"f","metadata":{{"x":{}}}}}"#, deep_json(10_000));
+    bench
+        .pool(
+            "1 MiB `client_id`",
+            paths::REQUEST,
+            "application/json",
+            serde_json::to_vec(&request_body(&"x".repeat(MIB))).unwrap(),
+        )
+        .await;
+    let deep = format!(
+        r#"{{"exchange_id":"binance","connection_type":"http","client_id":"f","metadata":{{"x":{}}}}}"#,
+        deep_json(10_000)
+    );
     bench.pool("JSON nested 10 000 levels", paths::REQUEST, "application/json", deep.into_bytes()).await;
     let mut odd_exchange = request_body("feed-1");
     odd_exchange["exchange_id"] = json!("binance\u{0}");
-    bench.pool("NUL in `exchange_id`", paths::REQUEST, "application/json", serde_json::to_vec(&odd_exchange).unwrap()).await;
-    bench.pool("newline in `client_id`", paths::REQUEST, "application/json", serde_json::to_vec(&request_body("feed-1\nforged")).unwrap()).await;
+    bench
+        .pool("NUL in `exchange_id`", paths::REQUEST, "application/json", serde_json::to_vec(&odd_exchange).unwrap())
+        .await;
+    bench
+        .pool(
+            "newline in `client_id`",
+            paths::REQUEST,
+            "application/json",
+            serde_json::to_vec(&request_body("feed-1\nforged")).unwrap(),
+        )
+        .await;
     for (what, latency) in [("NaN", "NaN"), ("negative", "-5"), ("over u64", "1e30")] {
-        let text = serde_json::to_string(&feedback_json()).unwrap().replace(r#""latency_ms":40"#, &format!(r#""latency_ms":{latency}"#));
+        let text = serde_json::to_string(&feedback_json())
+            .unwrap()
+            .replace(r#""latency_ms":40"#, &format!(r#""latency_ms":{latency}"#));
         bench.pool(&format!("{what} `latency_ms`"), paths::FEEDBACK, "application/json", text.into_bytes()).await;
     }
-    bench.pool("huge `latency_ms` (u64::MAX)", paths::FEEDBACK, "application/json", huge_latency.clone().into_bytes()).await;
+    bench
+        .pool("huge `latency_ms` (u64::MAX)", paths::FEEDBACK, "application/json", huge_latency.clone().into_bytes())
+        .await;
     let mut odd = feedback_json();
     odd["client_id"] = json!("feed-\u{0}-1");
     bench.pool("NUL in `client_id`", paths::FEEDBACK, "application/json", serde_json::to_vec(&odd).unwrap()).await;
-    bench.pool("truncated JSON", paths::FEEDBACK, "application/json", valid_fb_json[..valid_fb_json.len() - 7].to_vec()).await;
-    bench.pool("health batch not a list", paths::HEALTH, "application/json", br#"{"proxy_id":"0011223344556677"}"#.to_vec()).await;
-    bench.pool("health with wrong types", paths::HEALTH, "application/json", br#"[{"proxy_id":1,"state":true}]"#.to_vec()).await;
+    bench
+        .pool("truncated JSON", paths::FEEDBACK, "application/json", valid_fb_json[..valid_fb_json.len() - 7].to_vec())
+        .await;
+    bench
+        .pool(
+            "health batch not a list",
+            paths::HEALTH,
+            "application/json",
+            br#"{"proxy_id":"0011223344556677"}"#.to_vec(),
+        )
+        .await;
+    bench
+        .pool(
+            "health with wrong types",
+            paths::HEALTH,
+            "application/json",
+            br#"[{"proxy_id":1,"state":true}]"#.to_vec(),
+        )
+        .await;
     bench.pool("oversized payload (2 MiB)", paths::HEALTH, "application/json", vec![b'['; 2 * MIB]).await;
 
     assert_eq!(bench.pool_proxies().await, proxies_before, "the pool's proxies unchanged");

@@ -113,16 +113,15 @@ impl Rig {
     /// On an error reply or no reply within 10 s (a hang).
     async fn ask(&mut self) -> (Duration, ProxyResponse) {
         self.asked += 1;
-        let request = ProxyRequest::new("binance".parse().unwrap(), ConnectionType::Http, format!("feed-{}", self.asked));
+        let request =
+            ProxyRequest::new("binance".parse().unwrap(), ConnectionType::Http, format!("feed-{}", self.asked));
         let body = self.codec.encode(Encoding::MsgPack, &request).unwrap();
         let started = Instant::now();
-        let reply = tokio::time::timeout(
-            Duration::from_secs(10),
-            self.client.request("proxy.v1.request.binance.http", body),
-        )
-        .await
-        .expect("an answer within 10 s, not a hang")
-        .expect("a reply");
+        let reply =
+            tokio::time::timeout(Duration::from_secs(10), self.client.request("proxy.v1.request.binance.http", body))
+                .await
+                .expect("an answer within 10 s, not a hang")
+                .expect("a reply");
         let elapsed = started.elapsed();
         assert!(
             reply.headers.as_ref().is_none_or(|h| h.get("Nats-Service-Error").is_none()),
@@ -172,6 +171,11 @@ fn source_name(source: ResponseSource) -> &'static str {
     source.as_str()
 }
 
+/// Transitions to `to` between two readings of [`Rig::transitions`].
+fn delta(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>, to: &str) -> u64 {
+    after.get(to).copied().unwrap_or(0) - before.get(to).copied().unwrap_or(0)
+}
+
 /// Every fault of [`FaultyUpstream`], flap last.
 fn faults() -> Vec<Fault> {
     let mut faults = vec![
@@ -182,12 +186,7 @@ fn faults() -> Vec<Fault> {
         Fault::Garbage,
     ];
     faults.extend(HOSTILE_URLS.iter().map(|url| Fault::HostileUrl((*url).to_owned())));
-    faults.extend([
-        Fault::Tls(TlsFault::UntrustedCert),
-        Fault::Tls(TlsFault::PlainHttp),
-        Fault::Reset,
-        Fault::Flap,
-    ]);
+    faults.extend([Fault::Tls(TlsFault::UntrustedCert), Fault::Tls(TlsFault::PlainHttp), Fault::Reset, Fault::Flap]);
     faults
 }
 
@@ -238,9 +237,7 @@ async fn every_fault(embedded: bool, fallback: ResponseSource) {
             tokio::time::sleep(pause).await;
         }
         row.calls = rig.upstream.calls() - calls;
-        let after = rig.transitions();
-        let delta = |to: &str| after.get(to).copied().unwrap_or(0) - before.get(to).copied().unwrap_or(0);
-        row.opened = delta("open");
+        row.opened = delta(&before, &rig.transitions(), "open");
         let stats = rig.stats().await;
         let counter = |name: &str| stats[name].as_u64().unwrap() - before_stats[name].as_u64().unwrap();
         row.fallbacks = counter("fallback_used_count");
@@ -275,11 +272,18 @@ async fn every_fault(embedded: bool, fallback: ResponseSource) {
         let after = rig.transitions();
         let delta = |to: &str| after.get(to).copied().unwrap_or(0) - before.get(to).copied().unwrap_or(0);
         if !flapping || row.opened > 0 {
-            assert!(delta("half_open") >= 1 && delta("closed") >= 1, "{}: half-open, then closed: {after:?}", row.fault);
+            assert!(
+                delta("half_open") >= 1 && delta("closed") >= 1,
+                "{}: half-open, then closed: {after:?}",
+                row.fault
+            );
         }
         rows.push(row);
     }
-    println!("\n| fault | requests | slowest answer (budget {} ms) | answers | upstream calls | breaker opened | fallbacks counted | healed (service again) in |", budget.as_millis());
+    println!(
+        "\n| fault | requests | slowest answer (budget {} ms) | answers | upstream calls | breaker opened | fallbacks counted | healed (service again) in |",
+        budget.as_millis()
+    );
     println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     for row in rows {
         let answers: Vec<String> = row.sources.iter().map(|(source, n)| format!("{n} {source}")).collect();
