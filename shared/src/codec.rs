@@ -26,6 +26,9 @@ pub const CONTENT_TYPE: &str = "Content-Type";
 pub const MSGPACK_CONTENT_TYPE: &str = "application/msgpack";
 /// Content type of JSON payloads.
 pub const JSON_CONTENT_TYPE: &str = "application/json";
+/// Deepest nesting of arrays and maps a MessagePack payload may have: serde_json's
+/// recursion limit, so both encodings refuse the same messages.
+pub const MAX_DEPTH: usize = 128;
 /// Default limit of a payload the codec decodes (64 KiB).
 pub const DEFAULT_MAX_PAYLOAD: usize = 64 * 1024;
 
@@ -162,7 +165,14 @@ impl Codec {
     pub fn decode_as<T: DeserializeOwned>(&self, encoding: Encoding, payload: &[u8]) -> Result<T, DecodeError> {
         self.check_size(payload)?;
         match encoding {
-            Encoding::MsgPack => Ok(rmp_serde::from_slice(payload)?),
+            Encoding::MsgPack => {
+                // rmp-serde's own limit (1 024) still overflows a 2 MiB task stack when the
+                // nesting is decoded into `serde_json::Value` (`metadata`): a request nested
+                // 10 000 deep aborted the resolver's process (tests/tests/bad_input.rs).
+                let mut decoder = rmp_serde::Deserializer::from_read_ref(payload);
+                decoder.set_max_depth(MAX_DEPTH);
+                Ok(T::deserialize(&mut decoder)?)
+            }
             Encoding::Json => Ok(serde_json::from_slice(payload)?),
         }
     }
@@ -276,6 +286,29 @@ mod tests {
         assert!(codec.decode_as::<ProxyFeedback>(Encoding::Json, fixed.as_bytes()).is_ok());
         let bad_id = fixed.replace("0011223344556677", "../../etc/passwd");
         assert!(codec.decode_as::<ProxyFeedback>(Encoding::Json, bad_id.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn msgpack_nested_deeper_than_json_allows_is_refused_not_a_stack_overflow() {
+        // {"exchange_id":"binance","connection_type":"http","client_id":"f","metadata":{"x":[[[…]]]}}
+        let request = ProxyRequest::new("binance".parse().unwrap(), ConnectionType::Http, "f");
+        let shallow = |depth: usize| {
+            let mut body = rmp_serde::to_vec_named(&serde_json::json!({
+                "exchange_id": request.exchange_id, "connection_type": "http", "client_id": "f"
+            }))
+            .unwrap();
+            body[0] = 0x84;
+            body.extend(rmp_serde::to_vec(&"metadata").unwrap());
+            body.push(0x81);
+            body.extend(rmp_serde::to_vec(&"x").unwrap());
+            body.extend(std::iter::repeat_n(0x91, depth));
+            body.push(0xc0);
+            body
+        };
+        let codec = Codec::default();
+        assert!(codec.decode_as::<ProxyRequest>(Encoding::MsgPack, &shallow(100)).is_ok());
+        let err = codec.decode_as::<ProxyRequest>(Encoding::MsgPack, &shallow(10_000)).unwrap_err();
+        assert_eq!(err.kind(), DecodeErrorKind::Malformed);
     }
 
     #[test]

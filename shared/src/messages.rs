@@ -500,6 +500,23 @@ pub struct ProxyFeedback {
 }
 
 impl ProxyFeedback {
+    /// Longest `latency_ms` an event may report: one hour (a stage that took longer did
+    /// not succeed; a larger figure is a broken clock or a hostile feed, and would
+    /// swamp every latency average it is folded into).
+    pub const MAX_LATENCY_MS: u64 = 3_600_000;
+
+    /// Why an event that decodes must still not be folded, if so: a `latency_ms` over
+    /// [`MAX_LATENCY_MS`](Self::MAX_LATENCY_MS), or a `client_id` that is empty or holds
+    /// control characters (NUL, line breaks: they forge log lines). The aggregator
+    /// dead-letters such an event; the pool's HTTP API answers 400.
+    pub fn problem(&self) -> Option<String> {
+        if let Some(latency) = self.latency_ms.filter(|latency| *latency > Self::MAX_LATENCY_MS) {
+            return Some(format!("latency_ms {latency} is over the maximum of {} ms", Self::MAX_LATENCY_MS));
+        }
+        (self.client_id.is_empty() || self.client_id.chars().any(char::is_control))
+            .then(|| "client_id must be printable characters, at least one".to_owned())
+    }
+
     /// An outcome of the proxy at `proxy_url` for `exchange_id` over `connection_type`, now, under
     /// a new `event_id`: `proxy_id` derived from the URL, the URL stored redacted, every optional
     /// field empty (set the ones that apply with struct update syntax).

@@ -22,6 +22,9 @@
 //! - `process.rs`: finding the binary, spawning, the ports file, signalling and reaping.
 //! - `proxies.rs`: [`TestProxy`] (HTTP CONNECT, HTTPS CONNECT, SOCKS4/4a, SOCKS5/5h, logging every tunnel) and
 //!   [`WsEchoServer`], for tests of code that connects through proxies.
+//! - `faulty_upstream.rs`: [`FaultyUpstream`], a proxy service (axum, plain or TLS) whose
+//!   [`Fault`] is switched at run time: slow, an HTTP status, garbage, a hostile `proxy_url`,
+//!   a failing TLS handshake, a reset connection, flapping.
 //! - `monitor.rs`: readiness probes on the client port and the HTTP monitoring endpoint.
 //! - `service_process.rs`: [`ServiceProcess`], a service run as a child process a test can kill
 //!   and restart.
@@ -50,6 +53,7 @@ mod cluster;
 mod connect;
 #[cfg(feature = "docker")]
 mod docker;
+mod faulty_upstream;
 mod measurement;
 mod monitor;
 mod process;
@@ -61,6 +65,7 @@ mod supercluster;
 pub use cluster::NatsCluster;
 #[cfg(feature = "docker")]
 pub use docker::DockerNats;
+pub use faulty_upstream::{Fault, FaultyUpstream, HEALTHY_PROXY, HOSTILE_URLS, TlsFault};
 pub use measurement::{Latencies, MemorySampler, MemorySamples, resident_kib};
 pub use proxies::{ProxyCredentials, ProxyLog, TestProxy, WsEchoServer};
 pub use server::{NatsServer, NatsServerBuilder};

@@ -63,7 +63,8 @@ pub(crate) fn read_operator(
 /// Longest reason put in the header.
 const MAX_REASON_LEN: usize = 256;
 
-/// Decodes and checks one feedback message; the error is the reason to dead-letter it.
+/// Decodes and checks one feedback message (subject, and `ProxyFeedback::problem`); the
+/// error is the reason to dead-letter it.
 pub(crate) fn read_feedback(
     subject: &str,
     headers: Option<&HeaderMap>,
@@ -83,6 +84,9 @@ pub(crate) fn read_feedback(
             "connection_type {} does not match the subject's {}",
             event.connection_type, connection_type
         ));
+    }
+    if let Some(problem) = event.problem() {
+        return Err(problem);
     }
     Ok(event)
 }

@@ -181,6 +181,9 @@ async fn request_proxy(
     let mut request: ProxyRequest = parse_json(body).map_err(|e| e.with_request_id(header_id.clone()))?;
     let request_id = request.request_id.clone().or(header_id).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     tracing::Span::current().record("request_id", request_id.as_str());
+    if request.client_id.chars().any(char::is_control) {
+        return Err(ApiError::bad_request("client_id must be printable characters").with_request_id(Some(request_id)));
+    }
     if let Some(problem) = request.session_key_problem() {
         return Err(ApiError::bad_request(problem).with_request_id(Some(request_id)));
     }
@@ -226,6 +229,9 @@ async fn report_feedback(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<FeedbackAccepted>), ApiError> {
     let feedback: ProxyFeedback = parse_json(body)?;
+    if let Some(problem) = feedback.problem() {
+        return Err(ApiError::bad_request(problem));
+    }
     let known_proxy = state.selector.feedback(&feedback);
     Ok((StatusCode::ACCEPTED, Json(FeedbackAccepted { accepted: true, known_proxy })))
 }

@@ -137,8 +137,12 @@ pub(crate) fn validate(
             request_id,
         ));
     }
-    if request.client_id.is_empty() || request.client_id.len() > MAX_CLIENT_ID {
-        return Err(Refusal::bad(format!("client_id must be 1 to {MAX_CLIENT_ID} characters"), request_id));
+    if request.client_id.is_empty()
+        || request.client_id.len() > MAX_CLIENT_ID
+        || request.client_id.chars().any(char::is_control)
+    {
+        // Control characters (NUL, line breaks) would reach logs and cache keys as they are.
+        return Err(Refusal::bad(format!("client_id must be 1 to {MAX_CLIENT_ID} printable characters"), request_id));
     }
     if let Some(problem) = request.session_key_problem() {
         return Err(Refusal::bad(problem, request_id));
