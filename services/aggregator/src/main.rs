@@ -30,14 +30,16 @@ struct Cli {
 
 impl Cli {
     /// Fills a file not given on the command line from its variable, the same way in
-    /// every service (`EnvSource::renamed`; the aggregator has no deprecated names).
+    /// every service (`EnvSource::renamed`): the seed's ProxySettings file is
+    /// `PROXYBUS_PROXY_CONFIG`, as for the resolver, whose old name `PROXYBUS_CONFIG` still
+    /// works with a deprecation warning.
     /// Called after telemetry is set up, so that a deprecation would be logged.
     fn fill_from(&mut self, env: &EnvSource) {
         if self.config.is_none() {
             self.config = env.renamed(AGGREGATOR_CONFIG_VAR, &[]).map(PathBuf::from);
         }
         if self.proxy_config.is_none() {
-            self.proxy_config = env.renamed(PROXY_CONFIG_VAR, &[]).map(PathBuf::from);
+            self.proxy_config = env.renamed(PROXY_CONFIG_VAR, &["PROXYBUS_CONFIG"]).map(PathBuf::from);
         }
     }
 }
@@ -102,5 +104,10 @@ mod tests {
         let mut cli = Cli::parse_from(["proxybus-aggregator"]);
         cli.fill_from(&EnvSource::default());
         assert_eq!((cli.config, cli.proxy_config), (None, None));
+
+        let old: EnvSource = [("PROXYBUS_CONFIG", "old-proxy.toml")].into_iter().collect();
+        let mut cli = Cli::parse_from(["proxybus-aggregator"]);
+        cli.fill_from(&old);
+        assert_eq!(cli.proxy_config, Some(PathBuf::from("old-proxy.toml")), "the deprecated name still works");
     }
 }

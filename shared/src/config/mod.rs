@@ -83,6 +83,10 @@ impl EnvSource {
     }
 }
 
+/// What follows a settings prefix in the variable that names the settings file
+/// (`PROXYBUS_RESOLVER_` + `CONFIG`): the variable names the file, so the scan of the
+/// prefix's variables for settings skips it.
+pub const CONFIG_FILE_SUFFIX: &str = "CONFIG";
 /// Variable naming the resolver's own settings file (`[resolver]` keys).
 pub const RESOLVER_CONFIG_VAR: &str = "PROXYBUS_RESOLVER_CONFIG";
 /// Variable naming the aggregator's own settings file (`[aggregator]` keys).
@@ -360,6 +364,10 @@ fn env_tree(env: &EnvSource, prefix: &str) -> (Value, Vec<(Vec<String>, String)>
     let mut origins = Vec::new();
     let mut issues = Issues::default();
     for (name, raw) in env.with_prefix(prefix) {
+        if name.eq_ignore_ascii_case(CONFIG_FILE_SUFFIX) {
+            // `PROXYBUS_{SERVICE}_CONFIG` names the settings file; it is not a setting.
+            continue;
+        }
         let path: Vec<String> = name.split(NESTING).map(str::to_ascii_lowercase).collect();
         if path.iter().any(String::is_empty) {
             issues.push(format!("{prefix}{name}"), "empty segment in variable name");
@@ -468,6 +476,25 @@ pub(crate) fn lenient_secret<'de, D: serde::Deserializer<'de>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_settings_file_variable_is_not_read_as_a_setting() {
+        let env: EnvSource = [
+            (RESOLVER_CONFIG_VAR, "resolver.toml"),
+            (POOL_CONFIG_VAR, "pool.toml"),
+            (AGGREGATOR_CONFIG_VAR, "aggregator.toml"),
+            ("PROXYBUS_RESOLVER_CACHE_TTL_SECONDS", "5"),
+        ]
+        .into_iter()
+        .collect();
+        for prefix in ["PROXYBUS_POOL_", "PROXYBUS_AGGREGATOR_"] {
+            let (tree, origins, issues) = env_tree(&env, prefix);
+            assert_eq!((tree, origins.len(), issues.is_empty()), (Value::Object(Map::new()), 0, true), "{prefix}");
+        }
+        let (tree, origins, _) = env_tree(&env, "PROXYBUS_RESOLVER_");
+        assert_eq!(tree, serde_json::json!({ "cache_ttl_seconds": 5 }));
+        assert_eq!(origins.len(), 1);
+    }
 
     #[test]
     fn renamed_variables_prefer_the_new_name_and_still_read_the_old_one() {
