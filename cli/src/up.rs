@@ -194,7 +194,7 @@ async fn run_parts(url: &str, data_dir: &Path, args: &UpArgs, parts: &PartSettin
     let (metrics_addr, metrics_task) = serve_metrics(parts.resolver.metrics_listen, &stop).await?;
     let token = uuid::Uuid::new_v4().simple().to_string();
     let token_file = data_dir.join("pool.token");
-    std::fs::write(&token_file, &token)?;
+    proxybus_shared::config::write_private(&token_file, &token)?;
     let (pool_url, selector, pool_task) = start_pool(&nats, inventory.clone(), &token, args, parts, &stop).await?;
     let proxy_services = ExternalProxyServiceConfig {
         enabled: true,

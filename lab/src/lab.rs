@@ -207,7 +207,9 @@ impl Lab {
         };
         lab.ca.write_pem(&lab.ca_path)?;
         let write = |path: &Path, text: String| {
-            std::fs::write(path, text).map_err(|source| LabError::Io { path: path.to_owned(), source })
+            // The inventory holds the lab proxies' passwords: owner-only, like any credentials file.
+            proxybus_shared::config::write_private(path, text)
+                .map_err(|source| LabError::Io { path: path.to_owned(), source })
         };
         write(&lab.inventory_path, lab.inventory_toml())?;
         write(&lab.manifest_path, serde_json::to_string_pretty(&lab.manifest()).unwrap_or_default())?;

@@ -83,6 +83,30 @@ impl EnvSource {
     }
 }
 
+/// Writes `contents` to `path` (created or truncated) readable and writable by the
+/// owner only (mode 0600 on Unix): for files that hold secrets — a pool token, an
+/// inventory with proxy passwords. An existing file gets the mode too.
+///
+/// # Errors
+/// The I/O error of opening, writing or setting the mode.
+pub fn write_private(path: &Path, contents: impl AsRef<[u8]>) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        options.mode(0o600);
+        let mut file = options.open(path)?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        file.write_all(contents.as_ref())
+    }
+    #[cfg(not(unix))]
+    {
+        options.open(path)?.write_all(contents.as_ref())
+    }
+}
+
 /// What follows a settings prefix in the variable that names the settings file
 /// (`PROXYBUS_RESOLVER_` + `CONFIG`): the variable names the file, so the scan of the
 /// prefix's variables for settings skips it.
@@ -476,6 +500,22 @@ pub(crate) fn lenient_secret<'de, D: serde::Deserializer<'de>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn private_files_are_readable_by_their_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pool.token");
+        std::fs::write(&path, "old, world-readable").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_private(&path, "secret").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "secret");
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let fresh = dir.path().join("inventory.toml");
+        write_private(&fresh, "x").unwrap();
+        assert_eq!(std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777, 0o600);
+    }
 
     #[test]
     fn the_settings_file_variable_is_not_read_as_a_setting() {
