@@ -18,6 +18,7 @@
 //! | `fold` | aggregator folding N events of the stream | bare durable pull consumer, fetch + ack, same batch size |
 //! | `replay` | `proxybus_aggregator::replay` from the start | bare ordered consumer |
 //! | `publish` | `ProxyClient::report` + `flush_feedback` | bare JetStream publish, acks awaited |
+//! | `reconnect-storm` | 10 000 feeds asking at once, cold and cached | 10 000 bare request/replies at once |
 //! | `resolver-memory` | resolver RSS with 100 000 cached keys | — |
 //! | `aggregator-memory` | aggregator RSS with 100 000 proxies | — |
 //!
@@ -26,7 +27,9 @@
 //! - [`subject`]: service processes: spawning, readiness, peak RSS; and the child side.
 //! - [`pool`]: an in-process `proxybus-pool` that counts upstream requests.
 //! - [`load`]: request/reply and HTTP load generators with latency histograms.
+//! - [`cpu`]: the CPU time per process (`/proc/{pid}/task/*/schedstat`), so rows report CPU per request.
 //! - [`resolve`]: `resolve-hit`, `resolve-miss`, `singleflight`, `resolver-memory`.
+//! - [`storm`]: the `reconnect-storm` scenario.
 //! - [`feedback`]: the feedback data set, `publish`, `fold`, `replay`, `aggregator-memory`.
 //! - [`lab`]: `proxybus-bench lab`, effectiveness against the exchange lab's limits: the full
 //!   proxybus loop vs round robin without feedback vs one IP (not a NATS baseline scenario).
@@ -34,12 +37,14 @@
 //! - `main.rs`: arguments; `benches/`: criterion micro-benchmarks (codec, one fold step).
 
 pub mod bus;
+pub mod cpu;
 pub mod feedback;
 pub mod lab;
 pub mod load;
 pub mod pool;
 pub mod report;
 pub mod resolve;
+pub mod storm;
 pub mod subject;
 
 use std::path::PathBuf;
@@ -63,6 +68,8 @@ pub enum Scenario {
     Replay,
     /// The client library's `report`, against bare JetStream publish.
     Publish,
+    /// 10 000 feeds asking at once (cold, then cached), against as many bare request/replies.
+    ReconnectStorm,
     /// Resolver RSS with 100 000 cached keys.
     ResolverMemory,
     /// Aggregator RSS with 100 000 proxies.
@@ -71,10 +78,11 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in the order `all` runs them.
-    pub const ALL: [Scenario; 8] = [
+    pub const ALL: [Scenario; 9] = [
         Scenario::ResolveHit,
         Scenario::ResolveMiss,
         Scenario::Singleflight,
+        Scenario::ReconnectStorm,
         Scenario::ResolverMemory,
         Scenario::Publish,
         Scenario::Fold,
@@ -91,6 +99,7 @@ impl Scenario {
             Scenario::Fold => "fold",
             Scenario::Replay => "replay",
             Scenario::Publish => "publish",
+            Scenario::ReconnectStorm => "reconnect-storm",
             Scenario::ResolverMemory => "resolver-memory",
             Scenario::AggregatorMemory => "aggregator-memory",
         }
@@ -116,6 +125,8 @@ pub struct Counts {
     pub miss_keys: usize,
     /// Concurrent requests of `singleflight`.
     pub singleflight_requests: usize,
+    /// Feeds asking at once in `reconnect-storm`.
+    pub storm_clients: usize,
     /// Events in the stream for `fold` and `replay`.
     pub fold_events: u64,
     /// Proxies those events are about.
@@ -136,6 +147,7 @@ impl Size {
                 hit_requests: 128,
                 miss_keys: 64,
                 singleflight_requests: 1_000,
+                storm_clients: 500,
                 fold_events: 2_000,
                 fold_proxies: 100,
                 publish_events: 500,
@@ -146,6 +158,7 @@ impl Size {
                 hit_requests: 20_000,
                 miss_keys: 2_000,
                 singleflight_requests: 1_000,
+                storm_clients: 10_000,
                 fold_events: 1_000_000,
                 fold_proxies: 10_000,
                 publish_events: 100_000,
@@ -188,6 +201,7 @@ pub async fn run(bus: &mut Bus, scenarios: &[Scenario], options: &Options) -> an
             Scenario::ResolveHit => resolve::resolve_hit(bus, options).await?,
             Scenario::ResolveMiss => resolve::resolve_miss(bus, options).await?,
             Scenario::Singleflight => resolve::singleflight(bus, options).await?,
+            Scenario::ReconnectStorm => storm::reconnect_storm(bus, options).await?,
             Scenario::ResolverMemory => resolve::resolver_memory(bus, options).await?,
             Scenario::Publish => feedback::publish(bus, options).await?,
             Scenario::Fold => feedback::fold(bus, options).await?,

@@ -25,6 +25,8 @@ enum Command {
     ResolveMiss(RunArgs),
     /// 1 000 concurrent requests on one cold key: exactly one upstream call.
     Singleflight(RunArgs),
+    /// 10 000 feeds asking at once (cold, then cached) vs as many bare request/replies at once.
+    ReconnectStorm(RunArgs),
     /// Aggregator folding the stream vs a bare durable pull consumer.
     Fold(RunArgs),
     /// Replay from the start vs a bare ordered consumer.
@@ -112,6 +114,7 @@ async fn main() -> ExitCode {
         Command::ResolveHit(a) => (vec![Scenario::ResolveHit], a),
         Command::ResolveMiss(a) => (vec![Scenario::ResolveMiss], a),
         Command::Singleflight(a) => (vec![Scenario::Singleflight], a),
+        Command::ReconnectStorm(a) => (vec![Scenario::ReconnectStorm], a),
         Command::Fold(a) => (vec![Scenario::Fold], a),
         Command::Replay(a) => (vec![Scenario::Replay], a),
         Command::Publish(a) => (vec![Scenario::Publish], a),

@@ -2,6 +2,7 @@
 //! ratios, peak RSS and the issue's target; rendered as a markdown table and JSON.
 
 use std::fmt::Write as _;
+use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -34,7 +35,24 @@ pub fn latency_histogram() -> Histogram<u64> {
 pub struct Series {
     rounds: Vec<Round>,
     latency: Option<Histogram<u64>>,
+    cpu: [CpuSum; 3],
 }
+
+/// CPU time summed over the rounds that measured it, and their operations.
+#[derive(Debug, Clone, Copy, Default)]
+struct CpuSum {
+    spent: Duration,
+    ops: u64,
+}
+
+impl CpuSum {
+    fn per_op_us(&self) -> Option<f64> {
+        (self.ops > 0).then(|| self.spent.as_secs_f64() * 1e6 / self.ops as f64)
+    }
+}
+
+/// Whose CPU time [`Series::push_cpu`] is given, in its order.
+pub const CPU_PROCESSES: [&str; 3] = ["measured process", "nats-server", "requester (this process)"];
 
 impl Default for Series {
     fn default() -> Self {
@@ -45,7 +63,18 @@ impl Default for Series {
 impl Series {
     /// No rounds yet.
     pub fn new() -> Self {
-        Self { rounds: Vec::new(), latency: None }
+        Self { rounds: Vec::new(), latency: None, cpu: [CpuSum::default(); 3] }
+    }
+
+    /// Adds the CPU time spent during a round of `ops` operations by the processes of
+    /// [`CPU_PROCESSES`], in that order (a `None` is not counted: unknown, not zero).
+    pub fn push_cpu(&mut self, ops: u64, spent: &[Option<Duration>]) {
+        for (sum, spent) in self.cpu.iter_mut().zip(spent) {
+            if let Some(spent) = spent {
+                sum.spent += *spent;
+                sum.ops += ops;
+            }
+        }
     }
 
     /// Adds a round and, when measured, its latencies.
@@ -69,7 +98,16 @@ impl Series {
             n => (rates[n / 2 - 1] + rates[n / 2]) / 2.0,
         };
         let at = |q: f64| self.latency.as_ref().filter(|h| !h.is_empty()).map(|h| h.value_at_quantile(q) as f64);
-        Stat { ops_per_sec: median, rounds: self.rounds.clone(), p50_us: at(0.5), p99_us: at(0.99), p999_us: at(0.999) }
+        Stat {
+            ops_per_sec: median,
+            rounds: self.rounds.clone(),
+            p50_us: at(0.5),
+            p99_us: at(0.99),
+            p999_us: at(0.999),
+            cpu_us_per_op: self.cpu[0].per_op_us(),
+            server_cpu_us_per_op: self.cpu[1].per_op_us(),
+            requester_cpu_us_per_op: self.cpu[2].per_op_us(),
+        }
     }
 }
 
@@ -86,6 +124,13 @@ pub struct Stat {
     pub p99_us: Option<f64>,
     /// 99.9th percentile latency, µs.
     pub p999_us: Option<f64>,
+    /// CPU time of the measured process (the service, or the bare responder) per
+    /// operation, µs, over the rounds that measured it ([`crate::cpu`]).
+    pub cpu_us_per_op: Option<f64>,
+    /// CPU time of the nats-server per operation, µs.
+    pub server_cpu_us_per_op: Option<f64>,
+    /// CPU time of the requesting process (the load generator) per operation, µs.
+    pub requester_cpu_us_per_op: Option<f64>,
 }
 
 /// A target of the issue and whether this row meets it.
@@ -194,6 +239,12 @@ impl Row {
         if let Some(r) = self.p99_ratio {
             let _ = write!(line, " p99 {r:.2}×");
         }
+        if let Some(cpu) = self.subject.cpu_us_per_op {
+            let _ = write!(line, " cpu {cpu:.1} µs/op");
+            if let Some(b) = self.baseline.as_ref().and_then(|b| b.cpu_us_per_op) {
+                let _ = write!(line, " vs {b:.1}");
+            }
+        }
         if let Some(rss) = self.peak_rss_bytes {
             let _ = write!(line, " rss {}", mib(rss));
         }
@@ -238,9 +289,9 @@ impl Report {
     pub fn markdown(&self) -> String {
         let mut out = String::new();
         out.push_str(
-            "| scenario | case | subject ops/s | baseline ops/s | ratio | p50 µs (subject / baseline) | p99 µs | p99.9 µs | p99 ratio | peak RSS (subject) | target |\n",
+            "| scenario | case | subject ops/s | baseline ops/s | ratio | p50 µs (subject / baseline) | p99 µs | p99.9 µs | p99 ratio | CPU µs/op (subject / baseline) | peak RSS (subject) | target |\n",
         );
-        out.push_str("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n");
+        out.push_str("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n");
         for row in &self.rows {
             let b = row.baseline.as_ref();
             let pair = |s: Option<f64>, b: Option<f64>| match (s, b) {
@@ -251,7 +302,7 @@ impl Report {
             };
             let _ = writeln!(
                 out,
-                "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 row.scenario,
                 row.case,
                 row.subject.ops_per_sec,
@@ -261,6 +312,7 @@ impl Report {
                 pair(row.subject.p99_us, b.and_then(|b| b.p99_us)),
                 pair(row.subject.p999_us, b.and_then(|b| b.p999_us)),
                 row.p99_ratio.map_or("—".to_owned(), |r| format!("{r:.2}")),
+                cpu_pair(row.subject.cpu_us_per_op, b.and_then(|b| b.cpu_us_per_op)),
                 row.peak_rss_bytes.map_or("—".to_owned(), mib),
                 row.target.as_ref().map_or("—".to_owned(), |t| format!(
                     "{} — **{}**",
@@ -277,6 +329,16 @@ impl Report {
             }
         }
         out
+    }
+}
+
+/// `12.3 / 9.8` (µs with one decimal), `—` where unmeasured.
+fn cpu_pair(subject: Option<f64>, baseline: Option<f64>) -> String {
+    let one = |v: Option<f64>| v.map_or("—".to_owned(), |v| format!("{v:.1}"));
+    match (subject, baseline) {
+        (None, None) => "—".to_owned(),
+        (s, None) => one(s),
+        (s, b) => format!("{} / {}", one(s), one(b)),
     }
 }
 
@@ -364,5 +426,21 @@ mod tests {
         let row = Row::new("x", "y", "s", &subject).against("b", &baseline).min_ratio(0.9);
         assert_eq!(row.throughput_ratio, Some(0.9));
         assert!(row.target.unwrap().met);
+    }
+
+    #[test]
+    fn cpu_per_operation_sums_only_the_rounds_that_measured_it() {
+        let mut series = Series::new();
+        let ms = |n| Some(Duration::from_millis(n));
+        series.push_cpu(1_000, &[ms(10), None, ms(4)]);
+        series.push_cpu(3_000, &[ms(30), ms(6), None]);
+        let stat = series.stat();
+        // 40 ms over 4 000 ops; 6 ms over the 3 000 ops that measured it; 4 ms over 1 000.
+        assert_eq!(stat.cpu_us_per_op.map(|v| (v * 1000.0).round()), Some(10_000.0));
+        assert_eq!(stat.server_cpu_us_per_op.map(|v| (v * 1000.0).round()), Some(2_000.0));
+        assert_eq!(stat.requester_cpu_us_per_op.map(|v| (v * 1000.0).round()), Some(4_000.0));
+        assert_eq!(Series::new().stat().cpu_us_per_op, None, "nothing measured is unknown, not zero");
+        assert_eq!(cpu_pair(Some(10.0), Some(8.24)), "10.0 / 8.2");
+        assert_eq!(cpu_pair(None, Some(8.0)), "— / 8.0");
     }
 }

@@ -210,22 +210,29 @@ pub async fn serve(kind: SubjectKind) -> anyhow::Result<()> {
             client.flush().await?;
             println!("{{\"ready\":true}}");
             let headers = proxybus_shared::Encoding::MsgPack.headers();
-            let closed = stdin_closed();
-            tokio::pin!(closed);
-            loop {
-                tokio::select! {
-                    biased;
-                    () = &mut closed => break,
-                    request = requests.next() => match request {
-                        Some(request) => {
-                            if let Some(reply) = request.reply {
-                                client.publish_with_headers(reply, headers.clone(), payload.clone()).await?;
+            // In a task of the runtime, as the resolver serves (`proxybus_resolver`'s
+            // `serve_in_task`): the same thread hand-offs on both sides of the ratio.
+            let replier = client.clone();
+            tokio::spawn(async move {
+                let closed = stdin_closed();
+                tokio::pin!(closed);
+                loop {
+                    tokio::select! {
+                        biased;
+                        () = &mut closed => break,
+                        request = requests.next() => match request {
+                            Some(request) => {
+                                if let Some(reply) = request.reply {
+                                    replier.publish_with_headers(reply, headers.clone(), payload.clone()).await?;
+                                }
                             }
-                        }
-                        None => break,
-                    },
+                            None => break,
+                        },
+                    }
                 }
-            }
+                anyhow::Ok(())
+            })
+            .await??;
             client.drain().await?;
             print_report(ChildReport::default());
         }

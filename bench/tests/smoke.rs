@@ -25,6 +25,23 @@ async fn every_scenario_runs_once_at_tiny_size() {
     }
     let singleflight = report.rows.iter().find(|row| row.scenario == "singleflight").unwrap();
     assert_eq!(singleflight.upstream_calls.as_deref(), Some(&[1_u64][..]), "one upstream call for 1 000 requests");
+    // The reconnect storm: every feed answered; one upstream call per new feed, none for cached ones.
+    let storm: Vec<_> = report.rows.iter().filter(|row| row.scenario == "reconnect-storm").collect();
+    let clients = options.counts().storm_clients as u64;
+    assert_eq!(storm.len(), 2, "a cold and a cached row");
+    assert_eq!(storm[0].upstream_calls.as_deref(), Some(&[clients][..]), "{}", storm[0].note);
+    assert_eq!(storm[1].upstream_calls.as_deref(), Some(&[0_u64][..]), "{}", storm[1].note);
+    for row in &storm {
+        assert_eq!(row.subject.rounds[0].ops, clients, "every feed answered: {}", row.note);
+        assert!(row.target.as_ref().is_some_and(|t| t.met), "{}", row.summary());
+    }
+    // CPU per request is measured for the responders (resolver and bare) from /proc.
+    for row in report.rows.iter().filter(|row| row.scenario == "resolve-hit") {
+        let cpu = |stat: Option<&proxybus_bench::Stat>| stat.and_then(|s| s.cpu_us_per_op).unwrap_or(0.0);
+        assert!(cpu(Some(&row.subject)) > 0.0, "no resolver CPU: {}", row.summary());
+        assert!(cpu(row.baseline.as_ref()) > 0.0, "no bare responder CPU: {}", row.summary());
+        assert!(row.subject.server_cpu_us_per_op.is_some_and(|c| c > 0.0), "no nats-server CPU");
+    }
 
     let table = report.markdown();
     assert_eq!(

@@ -263,6 +263,69 @@ pub struct ProxyResponse {
     pub resolver_region: Option<Region>,
 }
 
+/// A [`ProxyResponse`] to encode without copying it: the parts an answer shares
+/// with every client that got the same proxy are borrowed (a resolver keeps one
+/// copy of each distinct answer for many clients), the parts of one reply
+/// (`source`, `ttl_seconds`, `request_id`, `resolver_region`) are given.
+///
+/// It serializes to exactly the bytes of the `ProxyResponse` it stands for — the
+/// same fields in the same order, so msgpack (`rmp_serde::to_vec_named`) and JSON
+/// agree byte for byte (a test checks both with every field set). Built with
+/// [`ProxyResponse::reply_view`]; a field added to `ProxyResponse` must be added
+/// here too, or that test fails.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ProxyResponseRef<'a> {
+    /// As [`ProxyResponse::schema_version`].
+    pub schema_version: u32,
+    /// As [`ProxyResponse::proxy_url`].
+    pub proxy_url: Option<&'a str>,
+    /// As [`ProxyResponse::proxy_id`].
+    pub proxy_id: Option<&'a ProxyId>,
+    /// As [`ProxyResponse::strategy`].
+    pub strategy: &'a str,
+    /// As [`ProxyResponse::ttl_seconds`].
+    pub ttl_seconds: u64,
+    /// As [`ProxyResponse::fallback_policy`].
+    pub fallback_policy: FallbackPolicy,
+    /// As [`ProxyResponse::source`].
+    pub source: ResponseSource,
+    /// As [`ProxyResponse::region`].
+    pub region: Option<&'a Region>,
+    /// As [`ProxyResponse::request_id`].
+    pub request_id: &'a str,
+    /// As [`ProxyResponse::metadata`].
+    pub metadata: &'a Metadata,
+    /// As [`ProxyResponse::resolver_region`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolver_region: Option<&'a Region>,
+}
+
+impl ProxyResponse {
+    /// This answer as one reply: its shared fields borrowed, with the reply's own
+    /// `source`, `ttl_seconds` (seconds), `request_id` and `resolver_region`.
+    pub fn reply_view<'a>(
+        &'a self,
+        source: ResponseSource,
+        ttl_seconds: u64,
+        request_id: &'a str,
+        resolver_region: Option<&'a Region>,
+    ) -> ProxyResponseRef<'a> {
+        ProxyResponseRef {
+            schema_version: self.schema_version,
+            proxy_url: self.proxy_url.as_deref(),
+            proxy_id: self.proxy_id.as_ref(),
+            strategy: &self.strategy,
+            ttl_seconds,
+            fallback_policy: self.fallback_policy,
+            source,
+            region: self.region.as_ref(),
+            request_id,
+            metadata: &self.metadata,
+            resolver_region,
+        }
+    }
+}
+
 /// Machine-readable class of an error reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]

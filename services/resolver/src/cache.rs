@@ -44,7 +44,18 @@ impl CacheKey {
         region: Option<&Region>,
     ) -> Self {
         let region = region.map_or("-", Region::as_str);
-        Self(format!("{client_id}:{exchange}:{connection_type}:{region}").into())
+        let connection_type = connection_type.as_str();
+        let exchange = exchange.as_str();
+        // Pieces pushed, not `format!`: this runs for every request, cache hits included.
+        let mut key =
+            String::with_capacity(client_id.len() + exchange.len() + connection_type.len() + region.len() + 3);
+        for (i, piece) in [client_id, exchange, connection_type, region].into_iter().enumerate() {
+            if i > 0 {
+                key.push(':');
+            }
+            key.push_str(piece);
+        }
+        Self(key.into())
     }
 
     /// The key of an answer limited to the `accepted` proxy schemes

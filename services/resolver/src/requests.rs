@@ -27,7 +27,6 @@ use async_nats::service::Request;
 use async_nats::service::endpoint::Endpoint;
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
-use proxybus_shared::codec::CONTENT_TYPE;
 use proxybus_shared::subject::{SERVICE_ERROR_CODE_HEADER, SERVICE_ERROR_HEADER};
 use proxybus_shared::{Codec, DecodeError, Encoding, ErrorCode, ErrorReply, ProxyRequest, subject};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -35,7 +34,7 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, Span};
 
-use crate::resolver::Resolver;
+use crate::resolver::{Answer, Resolver};
 use crate::settings::MAX_CLIENT_ID;
 
 /// Longest `request_id` accepted.
@@ -64,13 +63,14 @@ impl Refusal {
 /// random UUID would be.
 #[derive(Debug)]
 pub(crate) struct RequestIds {
-    prefix: u64,
+    /// `{prefix:016x}-`, formatted once.
+    prefix: String,
     next: AtomicU64,
 }
 
 impl Default for RequestIds {
     fn default() -> Self {
-        Self { prefix: rand::random(), next: AtomicU64::new(1) }
+        Self { prefix: format!("{:016x}-", rand::random::<u64>()), next: AtomicU64::new(1) }
     }
 }
 
@@ -78,17 +78,24 @@ impl RequestIds {
     /// The next id.
     pub(crate) fn next_id(&self) -> String {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        format!("{:016x}-{n}", self.prefix)
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(n);
+        let mut id = String::with_capacity(self.prefix.len() + digits.len());
+        id.push_str(&self.prefix);
+        id.push_str(digits);
+        id
     }
 }
 
 /// Checks a request message and returns the request with its `request_id` set
-/// (a new one from `ids` when it has none).
+/// (a new one from `ids` when it has none). `announced` is what the message's
+/// `Content-Type` says ([`Encoding::from_headers`]), read once by the caller,
+/// which also needs it for the reply.
 pub(crate) fn validate(
     codec: &Codec,
     ids: &RequestIds,
     subject: &str,
-    headers: Option<&HeaderMap>,
+    announced: Result<Encoding, &DecodeError>,
     payload: &[u8],
 ) -> Result<ProxyRequest, Refusal> {
     if payload.len() > codec.max_payload() {
@@ -102,13 +109,10 @@ pub(crate) fn validate(
             request_id: None,
         });
     }
-    let mut request: ProxyRequest = codec.decode(headers, payload).map_err(|err| {
-        let message = match &err {
-            DecodeError::UnsupportedContentType(_) => err.to_string(),
-            _ => shorten(&format!("malformed request: {err}")),
-        };
-        Refusal::bad(message, None)
-    })?;
+    let encoding = announced.map_err(|err| Refusal::bad(err.to_string(), None))?;
+    let mut request: ProxyRequest = codec
+        .decode_as(encoding, payload)
+        .map_err(|err| Refusal::bad(shorten(&format!("malformed request: {err}")), None))?;
     let request_id = request.request_id.clone();
     let bad_subject = |err: subject::SubjectError| Refusal::bad(shorten(&err.to_string()), request_id.clone());
     let (exchange, connection_type) = if is_regional(subject) {
@@ -211,10 +215,11 @@ impl Responder {
     pub(crate) async fn answer_now(&self, request: Request) -> Option<Deferred> {
         let started = Instant::now();
         let message = &request.message;
-        let encoding = Encoding::from_headers(message.headers.as_ref()).unwrap_or_default();
+        let announced = Encoding::from_headers(message.headers.as_ref());
+        let encoding = announced.as_ref().copied().unwrap_or_default();
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
             let resolved =
-                validate(&self.codec, &self.ids, &message.subject, message.headers.as_ref(), &message.payload)?;
+                validate(&self.codec, &self.ids, &message.subject, announced.as_ref().copied(), &message.payload)?;
             let span = resolve_span(&resolved);
             let answer = span.in_scope(|| self.resolver.resolve_now(&resolved));
             Ok(match answer {
@@ -238,7 +243,7 @@ impl Responder {
         let Deferred { request, resolved, encoding, started, span } = deferred;
         let request_id = resolved.request_id.clone();
         let resolution = async {
-            self.resolver.resolve(&resolved).await.map_err(|err| Refusal {
+            self.resolver.resolve(&resolved).await.map(Answer::Made).map_err(|err| Refusal {
                 code: err.code(),
                 message: err.to_string(),
                 request_id,
@@ -253,13 +258,13 @@ impl Responder {
         request: &Request,
         encoding: Encoding,
         started: Instant,
-        outcome: std::thread::Result<Result<proxybus_shared::ProxyResponse, Refusal>>,
+        outcome: std::thread::Result<Result<Answer, Refusal>>,
     ) {
         let metrics = self.resolver.metrics();
         let (reply, headers) = match outcome {
-            Ok(Ok(response)) => {
-                metrics.answered(response.source, started.elapsed());
-                (self.codec.encode(encoding, &response), content_type(encoding))
+            Ok(Ok(answer)) => {
+                metrics.answered(answer.source(), started.elapsed());
+                (answer.encode(&self.codec, encoding), encoding.headers())
             }
             Ok(Err(refusal)) => {
                 metrics.failed(refusal.code, started.elapsed());
@@ -375,21 +380,16 @@ fn resolve_span(request: &ProxyRequest) -> Span {
     )
 }
 
-fn content_type(encoding: Encoding) -> HeaderMap {
-    encoding.headers()
-}
-
 fn error_reply(
     codec: &Codec,
     encoding: Encoding,
     refusal: Refusal,
 ) -> (Result<Bytes, proxybus_shared::codec::EncodeError>, HeaderMap) {
-    let mut headers = content_type(encoding);
+    let mut headers = encoding.headers();
     // Header values cannot hold line breaks.
     let header_message: String = refusal.message.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
     headers.insert(SERVICE_ERROR_HEADER, header_message.as_str());
     headers.insert(SERVICE_ERROR_CODE_HEADER, refusal.code.status().to_string().as_str());
-    headers.insert(CONTENT_TYPE, encoding.content_type());
     let body = ErrorReply::new(refusal.code, refusal.message, refusal.request_id);
     (codec.encode(encoding, &body), headers)
 }
@@ -409,7 +409,7 @@ mod tests {
     fn subject_and_body_must_agree() {
         let codec = Codec::default();
         let ids = RequestIds::default();
-        let validate = |subject: &str, payload: &[u8]| validate(&codec, &ids, subject, None, payload);
+        let validate = |subject: &str, payload: &[u8]| validate(&codec, &ids, subject, Ok(Encoding::MsgPack), payload);
         let ok = validate("proxy.v1.request.binance.http", &body("binance", ConnectionType::Http)).unwrap();
         assert!(ok.request_id.is_some(), "a request id is made when absent");
         let again = validate("proxy.v1.request.binance.http", &body("binance", ConnectionType::Http)).unwrap();
@@ -427,7 +427,7 @@ mod tests {
     fn a_regional_subject_sets_or_checks_the_region() {
         let codec = Codec::default();
         let ids = RequestIds::default();
-        let validate = |subject: &str, payload: &[u8]| validate(&codec, &ids, subject, None, payload);
+        let validate = |subject: &str, payload: &[u8]| validate(&codec, &ids, subject, Ok(Encoding::MsgPack), payload);
         let subject = "proxy.v1.request_region.eu-west.binance.http";
         let ok = validate(subject, &body("binance", ConnectionType::Http)).unwrap();
         assert_eq!(ok.region.as_ref().map(|r| r.as_str()), Some("eu-west"), "no region in the body: the subject's");
@@ -444,9 +444,25 @@ mod tests {
     #[test]
     fn size_is_checked_before_decoding() {
         let (codec, ids) = (Codec::new(1024), RequestIds::default());
-        let err = validate(&codec, &ids, "proxy.v1.request.binance.http", None, &vec![0xc1; 2048]).unwrap_err();
+        let msgpack = Ok(Encoding::MsgPack);
+        let err = validate(&codec, &ids, "proxy.v1.request.binance.http", msgpack, &vec![0xc1; 2048]).unwrap_err();
         assert_eq!(err.code, ErrorCode::PayloadTooLarge);
-        let err = validate(&codec, &ids, "proxy.v1.request.binance.http", None, &[0xc1]).unwrap_err();
+        let err = validate(&codec, &ids, "proxy.v1.request.binance.http", msgpack, &[0xc1]).unwrap_err();
         assert_eq!(err.code, ErrorCode::BadRequest);
+        let unknown = DecodeError::UnsupportedContentType("text/plain".into());
+        let err = validate(&codec, &ids, "proxy.v1.request.binance.http", Err(&unknown), &[0xc1]).unwrap_err();
+        assert_eq!(err.code, ErrorCode::BadRequest);
+        assert!(err.message.contains("text/plain"), "{}", err.message);
+    }
+
+    #[test]
+    fn request_ids_are_the_process_prefix_and_a_counter() {
+        let ids = RequestIds::default();
+        let (first, second) = (ids.next_id(), ids.next_id());
+        let (prefix, n) = first.split_once('-').unwrap();
+        assert_eq!(prefix.len(), 16);
+        assert!(prefix.bytes().all(|b| b.is_ascii_hexdigit()), "{first}");
+        assert_eq!(n, "1");
+        assert_eq!(second, format!("{prefix}-2"));
     }
 }

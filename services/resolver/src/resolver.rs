@@ -9,9 +9,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use proxybus_shared::codec::EncodeError;
 use proxybus_shared::config::ProxySettings;
 use proxybus_shared::{
-    ErrorCode, ExchangeId, FallbackPolicy, Metadata, ProxyRequest, ProxyResponse, Region, ResponseSource,
+    Codec, Encoding, ErrorCode, ExchangeId, FallbackPolicy, Metadata, ProxyRequest, ProxyResponse, Region,
+    ResponseSource,
 };
 use tokio::time::Instant;
 
@@ -44,6 +47,66 @@ impl ResolveError {
         match self {
             ResolveError::UpstreamUnavailable(_) => ErrorCode::UpstreamUnavailable,
             ResolveError::NoProxyAvailable => ErrorCode::NoProxyAvailable,
+        }
+    }
+}
+
+/// The answer to one request, ready to encode.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// An answer made for this request (upstream, embedded, direct).
+    Made(ProxyResponse),
+    /// A cached answer: the copy shared with every client that got the same proxy,
+    /// with this reply's own fields. Encoded straight from the shared copy
+    /// ([`ProxyResponse::reply_view`]): a cache hit copies no part of the answer.
+    Cached {
+        /// The cached answer (its `source`, `ttl_seconds`, `request_id` are not this reply's).
+        shared: Arc<ProxyResponse>,
+        /// `cache` (fresh) or `stale_cache`.
+        source: ResponseSource,
+        /// Seconds the client may keep the proxy.
+        ttl_seconds: u64,
+        /// The request's id.
+        request_id: String,
+        /// This resolver's region.
+        resolver_region: Option<Region>,
+    },
+}
+
+impl Answer {
+    /// Where the answer came from.
+    pub fn source(&self) -> ResponseSource {
+        match self {
+            Answer::Made(response) => response.source,
+            Answer::Cached { source, .. } => *source,
+        }
+    }
+
+    /// The reply's body in `encoding` (the same bytes either way an answer is held).
+    ///
+    /// # Errors
+    /// When the serializer fails (not expected for these types).
+    pub fn encode(&self, codec: &Codec, encoding: Encoding) -> Result<Bytes, EncodeError> {
+        match self {
+            Answer::Made(response) => codec.encode(encoding, response),
+            Answer::Cached { shared, source, ttl_seconds, request_id, resolver_region } => {
+                codec.encode(encoding, &shared.reply_view(*source, *ttl_seconds, request_id, resolver_region.as_ref()))
+            }
+        }
+    }
+
+    /// The answer as a `ProxyResponse` of its own (a copy for a cached one).
+    pub fn into_response(self) -> ProxyResponse {
+        match self {
+            Answer::Made(response) => response,
+            Answer::Cached { shared, source, ttl_seconds, request_id, resolver_region } => {
+                let mut response = Arc::unwrap_or_clone(shared);
+                response.source = source;
+                response.ttl_seconds = ttl_seconds;
+                response.request_id = request_id;
+                response.resolver_region = resolver_region;
+                response
+            }
         }
     }
 }
@@ -118,8 +181,11 @@ impl Resolver {
     /// (embedded settings). `None` when [`resolve`](Self::resolve) has to ask
     /// upstream or refuse. Never waits: the service calls it in place, without a task.
     /// Every answer names this resolver's region in `resolver_region`.
-    pub fn resolve_now(&self, request: &ProxyRequest) -> Option<ProxyResponse> {
-        self.decide_now(request).map(|answer| self.signed(answer))
+    pub fn resolve_now(&self, request: &ProxyRequest) -> Option<Answer> {
+        self.decide_now(request).map(|answer| match answer {
+            Answer::Made(response) => Answer::Made(self.signed(response)),
+            cached @ Answer::Cached { .. } => cached,
+        })
     }
 
     /// Answers a validated request (its `request_id` is set). The upstream proxy
@@ -147,14 +213,14 @@ impl Resolver {
             .or(self.settings.region.as_ref())
     }
 
-    fn decide_now(&self, request: &ProxyRequest) -> Option<ProxyResponse> {
+    fn decide_now(&self, request: &ProxyRequest) -> Option<Answer> {
         let exchange = &request.exchange_id;
         let region = self.region_of(request);
         let scattered = region.is_some_and(Region::is_any);
         let request_id = || request.request_id.clone().unwrap_or_default();
 
         if !self.proxy.enabled {
-            return Some(self.direct(request_id(), region.filter(|r| !r.is_any()).cloned()));
+            return Some(Answer::Made(self.direct(request_id(), region.filter(|r| !r.is_any()).cloned())));
         }
         let key = CacheKey::new(&request.client_id, exchange, request.connection_type, region)
             .accepting(&request.proxy_schemes)
@@ -167,17 +233,18 @@ impl Resolver {
                 tracing::info!(request_id = request.request_id.as_deref().unwrap_or_default(), cache_key = %key, "cached proxy is ejected or banned; resolving again");
                 self.cache.invalidate(&key);
             } else if let Some(remaining) = entry.remaining(Instant::now()) {
-                return Some(self.cached_answer(
-                    &entry,
-                    ResponseSource::Cache,
-                    remaining.as_secs().max(1),
-                    request_id(),
-                ));
+                return Some(Answer::Cached {
+                    shared: entry.response,
+                    source: ResponseSource::Cache,
+                    ttl_seconds: remaining.as_secs().max(1),
+                    request_id: request_id(),
+                    resolver_region: self.settings.region.clone(),
+                });
             }
         }
         let delegated = scattered || self.delegates(exchange);
         if !delegated {
-            return self.embedded_first(key, request, request_id(), region.cloned());
+            return self.embedded_first(key, request, request_id(), region.cloned()).map(Answer::Made);
         }
         None
     }
@@ -189,7 +256,7 @@ impl Resolver {
 
     async fn decide(&self, request: &ProxyRequest) -> Result<ProxyResponse, ResolveError> {
         if let Some(answer) = self.decide_now(request) {
-            return Ok(answer);
+            return Ok(answer.into_response());
         }
         let exchange = &request.exchange_id;
         let region = self.region_of(request).cloned();

@@ -87,11 +87,51 @@ pub async fn run_with_client(
     let _stop_background = stop.clone().drop_guard();
     let resolver = start(&client, proxy, &settings, &stop).await?;
     let mut registration = register(&client, resolver.metrics().clone(), settings.region.as_ref()).await?;
-    let in_flight =
-        InFlight::new(Responder::new(resolver, Codec::new(settings.max_payload_bytes)), settings.max_in_flight);
-    in_flight.serve(&mut registration.endpoints, shutdown).await;
+    let in_flight = Arc::new(InFlight::new(
+        Responder::new(resolver, Codec::new(settings.max_payload_bytes)),
+        settings.max_in_flight,
+    ));
+    registration.endpoints = serve_in_task(&in_flight, std::mem::take(&mut registration.endpoints), shutdown).await;
     shut_down(client, registration, &in_flight, Duration::from_secs(settings.shutdown_grace_seconds), &stop).await;
     Ok(())
+}
+
+/// Runs the serving loop ([`InFlight::serve`]) in a task of the runtime until
+/// `shutdown`, and gives the endpoints back for shutdown.
+///
+/// Not in the caller's own future: that is often `block_on` on the main thread
+/// (the service binaries are `#[tokio::main]`), and then every request handed from
+/// the NATS connection's task (on a worker thread) to the loop, and every reply
+/// handed back, wakes the other thread through a futex — two context switches a
+/// request, the largest cost `perf` showed in answering a cache hit
+/// (docs/benchmarks.md, `resolve-hit`). Between tasks of the runtime's workers a
+/// wake-up is a queue push.
+async fn serve_in_task(
+    in_flight: &Arc<InFlight>,
+    endpoints: Vec<Endpoint>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Vec<Endpoint> {
+    let stop = CancellationToken::new();
+    let mut serving = tokio::spawn({
+        let (in_flight, stop) = (in_flight.clone(), stop.clone());
+        async move {
+            let mut endpoints = endpoints;
+            in_flight.serve(&mut endpoints, stop.cancelled()).await;
+            endpoints
+        }
+    });
+    tokio::select! {
+        () = shutdown => stop.cancel(),
+        _ = &mut serving => {}
+    }
+    match serving.await {
+        Ok(endpoints) => endpoints,
+        Err(err) => {
+            // A panic is caught per request (`Responder`); this is the loop itself.
+            tracing::error!(error = %err, "the serving loop ended abnormally");
+            Vec::new()
+        }
+    }
 }
 
 /// Start-up before serving: the metrics recorder, the upstream proxy services, the
