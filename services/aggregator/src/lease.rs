@@ -190,7 +190,13 @@ impl Term {
     /// Whether the lease is still surely held: not lost, and renewed recently enough
     /// that no standby can have taken it.
     pub(crate) fn held(&self) -> bool {
-        !self.lost.is_cancelled() && Instant::now() < *self.valid_until.lock().unwrap_or_else(|e| e.into_inner())
+        self.watch().held()
+    }
+
+    /// A handle that tells whether this term still holds the lease, for a task that
+    /// stores a commit while the fold goes on (`crate::live`).
+    pub(crate) fn watch(&self) -> TermWatch {
+        TermWatch { lost: self.lost.clone(), stop: self.stop.clone(), valid_until: self.valid_until.clone() }
     }
 
     /// Completes when the lease is lost.
@@ -222,6 +228,27 @@ impl Term {
                 Err(_) => tracing::debug!("releasing the leadership lease timed out"),
             }
         }
+    }
+}
+
+/// What a commit task needs of its [`Term`]: whether the lease is still held, and the
+/// token its retries stop on (lease lost or shutdown).
+#[derive(Debug, Clone)]
+pub(crate) struct TermWatch {
+    lost: CancellationToken,
+    stop: CancellationToken,
+    valid_until: Arc<Mutex<Instant>>,
+}
+
+impl TermWatch {
+    /// As [`Term::held`].
+    pub(crate) fn held(&self) -> bool {
+        !self.lost.is_cancelled() && Instant::now() < *self.valid_until.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// As [`Term::stop_token`].
+    pub(crate) fn stop_token(&self) -> &CancellationToken {
+        &self.stop
     }
 }
 

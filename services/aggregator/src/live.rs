@@ -19,6 +19,16 @@
 //! consumer acks with `AckPolicy::All`: one ack, after the commit, for every
 //! message of the window.
 //!
+//! A commit is **pipelined** with the fold of the next window: the window's changed
+//! records are encoded when it closes (the bytes are its state, whatever the fold
+//! does next), and a task stores them — event ids, checkpoint, records —, then acks
+//! and publishes, while the next window is folded. At most one commit is in flight;
+//! the next waits for it, so commits land and are acked in stream order. The consumer
+//! lets two windows be unacked (`max_ack_pending`). A commit that fails ends the
+//! session as before (its window and the one being folded are never acked); when the
+//! session ends the commit in flight is awaited, or stopped when the lease is lost,
+//! so nothing of a term is written after it.
+//!
 //! # Who folds
 //! Only the aggregator holding the leadership lease ([`crate::lease`]).
 //! [`Live::fold_until_cancelled`] waits as a standby until it wins the lease, then
@@ -42,16 +52,17 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use proxybus_shared::subject::{AGGREGATOR_CONSUMER, FEEDBACK_STREAM};
 use proxybus_shared::{HealthStats, ProxyId};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::AggregatorError;
 use crate::config::AggregatorSettings;
-use crate::event_ids::EventIdLog;
+use crate::event_ids::{EventIdLog, SeenId};
 use crate::fold::FeedbackFolder;
 use crate::intake::{self, offset_to_chrono};
 use crate::inventory::RegionSizes;
-use crate::lease::{Lease, Term};
+use crate::lease::{Lease, Term, TermWatch};
 use crate::push::HealthPublisher;
 use crate::stats::AggregatorStats;
 use crate::store::{EncodedCommit, HealthStore, LoadedState, StoreError};
@@ -84,7 +95,7 @@ where
 }
 
 /// Why a session of the consumer ended.
-enum SessionEnd {
+pub(crate) enum SessionEnd {
     /// Shutdown.
     Cancelled,
     /// The consumer must be re-created from the checkpoint.
@@ -138,7 +149,7 @@ pub(crate) struct Live {
     pub(crate) position: u64,
     pub(crate) last_published: Option<DateTime<Utc>>,
     pub(crate) stats: Arc<AggregatorStats>,
-    pub(crate) publisher: HealthPublisher,
+    pub(crate) publisher: Arc<HealthPublisher>,
     pub(crate) client: async_nats::Client,
     pub(crate) cancel: CancellationToken,
     /// Where the event ids of each commit are persisted.
@@ -147,6 +158,9 @@ pub(crate) struct Live {
     pub(crate) sizes: tokio::sync::watch::Receiver<RegionSizes>,
     /// What is folded but not yet committed.
     pub(crate) window: Window,
+    /// The previous window's commit, stored (then acked and published) by a task
+    /// while this window is folded; at most one at a time.
+    pub(crate) in_flight: Option<JoinHandle<Result<(), SessionEnd>>>,
     /// The leadership lease; only its holder folds.
     pub(crate) lease: Lease,
 }
@@ -213,7 +227,11 @@ impl Live {
             else {
                 return Ok(self.stopped(term));
             };
-            match self.session(consumer, term).await? {
+            let end = self.session(consumer, term).await;
+            // A commit still in flight belongs to this session: nothing of it may land
+            // after the session (a lost lease) or be left unwaited for.
+            self.abandon_commit().await;
+            match end? {
                 SessionEnd::Cancelled => return Ok(TermEnd::Cancelled),
                 SessionEnd::StepDown(reason) => {
                     tracing::warn!(reason = %reason, position = self.position, "stepping down: standby");
@@ -282,7 +300,7 @@ impl Live {
                 biased;
                 () = term.lost() => return Ok(SessionEnd::StepDown("leadership lease lost".into())),
                 () = self.cancel.cancelled() => None,
-                fetched = fetch_batch(&consumer, &self.settings) => Some(fetched),
+                fetched = fetch_batch(&consumer, &self.settings) => Some(fetched.map(decode_batch)),
             };
             let batch = match fetched {
                 // Shutdown: store what is folded (one attempt), then stop.
@@ -300,16 +318,24 @@ impl Live {
                     return Ok(SessionEnd::Reset(format!("fetch failed: {err}")));
                 }
             };
-            let caught_up = batch.len() < self.settings.batch_size;
-            let end = self.fold_batch(batch, &mut expected_cseq).await;
-            let due = end.is_some()
-                || caught_up
-                || self.window.messages + self.settings.batch_size > self.max_window()
-                || self.window.opened.is_some_and(|opened| opened.elapsed() >= commit_every);
-            if due && let Err(end) = self.commit(term).await {
+            if self.in_flight.as_ref().is_some_and(JoinHandle::is_finished)
+                && let Err(end) = self.finish_commit().await
+            {
                 return Ok(end);
             }
+            let caught_up = batch.len() < self.settings.batch_size;
+            let end = self.fold_batch(batch, &mut expected_cseq).await;
             if let Some(end) = end {
+                // Store what is folded before the session ends.
+                if let Err(end) = self.commit(term).await {
+                    return Ok(end);
+                }
+                return Ok(end);
+            }
+            let due = caught_up
+                || self.window.messages + self.settings.batch_size > max_window(&self.settings)
+                || self.window.opened.is_some_and(|opened| opened.elapsed() >= commit_every);
+            if due && let Err(end) = self.start_commit(term).await {
                 return Ok(end);
             }
             let now = Instant::now();
@@ -317,7 +343,7 @@ impl Live {
                 next_sweep = now + sweep_every;
                 // Ended ejections and bars are written into the stored records.
                 self.expire_records();
-                if let Err(end) = self.commit(term).await {
+                if let Err(end) = self.start_commit(term).await {
                     return Ok(end);
                 }
             }
@@ -328,30 +354,22 @@ impl Live {
         }
     }
 
-    /// Most messages in one window: the consumer delivers no more than this unacked.
-    fn max_window(&self) -> usize {
-        max_ack_pending(&self.settings)
-    }
-
     /// Folds one batch into the window; `Some` ends the session (after a commit).
-    async fn fold_batch(&mut self, batch: Vec<Message>, expected_cseq: &mut u64) -> Option<SessionEnd> {
+    async fn fold_batch(&mut self, batch: Vec<Delivered>, expected_cseq: &mut u64) -> Option<SessionEnd> {
         if self.sizes.has_changed().unwrap_or(false) {
             let sizes = self.sizes.borrow_and_update().clone();
             self.folder.set_inventory_sizes(sizes);
         }
-        for message in batch {
-            let Ok(info) = message.info() else {
+        for Delivered { message, meta, event } in batch {
+            let Some(Meta { consumer_seq, seq, published }) = meta else {
                 return Some(SessionEnd::Reset("a message without JetStream metadata".into()));
             };
-            if info.consumer_sequence != *expected_cseq {
+            if consumer_seq != *expected_cseq {
                 return Some(SessionEnd::Reset(format!(
-                    "delivery gap: consumer sequence {} where {} was expected",
-                    info.consumer_sequence, expected_cseq
+                    "delivery gap: consumer sequence {consumer_seq} where {expected_cseq} was expected"
                 )));
             }
             *expected_cseq += 1;
-            let seq = info.stream_sequence;
-            let published = offset_to_chrono(info.published);
             let window = &mut self.window;
             window.opened.get_or_insert_with(Instant::now);
             window.messages += 1;
@@ -374,7 +392,7 @@ impl Live {
                 window.last = Some(message);
                 continue;
             }
-            match intake::read_event(message.subject.as_str(), message.headers.as_ref(), &message.payload) {
+            match event {
                 Ok(event) => {
                     let outcome = self.folder.fold_event(&event, seq, published);
                     if outcome.skipped {
@@ -429,41 +447,32 @@ impl Live {
         None
     }
 
-    /// Stores the window's changed proxies and the position, then acks; retries the
-    /// store until it succeeds. `Err` (nothing acked) when shutdown came first
-    /// ([`SessionEnd::Cancelled`]) or the lease was lost or the checkpoint fenced
-    /// ([`SessionEnd::StepDown`]).
+    /// Commits the window (see [`Live::start_commit`]) and waits until it is stored
+    /// and acked. `Err` (nothing of the window acked) as [`Live::start_commit`] and
+    /// [`Live::finish_commit`].
     async fn commit(&mut self, term: &Term) -> Result<(), SessionEnd> {
+        self.start_commit(term).await?;
+        self.finish_commit().await
+    }
+
+    /// Starts the commit of the window: waits for the commit in flight (commits are
+    /// stored and acked in order), encodes the window's changed proxies — the bytes
+    /// are the state as of the window's last message, so the fold may go on — and
+    /// hands them to a task ([`CommitJob::run`]) that stores them with the position,
+    /// then acks and publishes, while the next window is folded. `Err` (nothing of
+    /// this window acked) when the previous commit failed, the lease is lost
+    /// ([`SessionEnd::StepDown`]) or a record cannot be encoded ([`SessionEnd::Cancelled`]).
+    async fn start_commit(&mut self, term: &Term) -> Result<(), SessionEnd> {
+        self.finish_commit().await?;
         if self.window.is_empty() {
             self.window = Window::default();
             return Ok(());
         }
-        let stop = term.stop_token().clone();
-        // Why the store was not done: the lease lost, else shutdown.
-        let ended = |term: &Term| {
-            if term.held() { SessionEnd::Cancelled } else { SessionEnd::StepDown("leadership lease lost".into()) }
-        };
-        if !term.held() {
-            return Err(ended(term));
-        }
-        if self.window.dead > 0 {
-            // Dead letters go out before their messages are acked (at least once).
-            let _ = self.client.flush().await;
+        let watch = term.watch();
+        if !watch.held() {
+            return Err(ended(&watch));
         }
         let position = self.position;
-        let new_ids = self.folder.event_ids().take_new();
-        if !new_ids.is_empty() {
-            // Ids first: the checkpoint written after them makes them count (see `event_ids`).
-            let log = self.id_log.clone();
-            let stored = retry_until_cancelled(&stop, "persisting event ids", || {
-                let (log, ids) = (log.clone(), &new_ids);
-                async move { log.append(ids).await }
-            })
-            .await;
-            if stored.is_none() {
-                return Err(ended(term));
-            }
-        }
         let changed = &self.window.changed;
         let records = changed.iter().filter_map(|id| self.folder.get(id));
         let commit = match EncodedCommit::new(position, records, self.settings.max_commit_records) {
@@ -475,53 +484,40 @@ impl Live {
                 return Err(SessionEnd::Cancelled);
             }
         };
-        let mut pause = Duration::from_millis(100);
-        loop {
-            // The lease is checked before every attempt; the checkpoint's
-            // compare-and-set catches what the check cannot (see `crate::store`).
-            if !term.held() {
-                return Err(ended(term));
-            }
-            match self.store.commit_encoded(&commit).await {
-                Ok(()) => break,
-                Err(StoreError::Fenced(key)) => {
-                    self.stats.add_commit_failures(1);
-                    return Err(SessionEnd::StepDown(format!("checkpoint {key} moved by another writer (fenced)")));
-                }
-                Err(err) => {
-                    self.stats.add_commit_failures(1);
-                    tracing::warn!(error = %err, "committing health stats failed; retrying");
-                }
-            }
-            tokio::select! {
-                () = stop.cancelled() => return Err(ended(term)),
-                () = tokio::time::sleep(pause) => {}
-            }
-            pause = (pause * 2).min(Duration::from_secs(5));
-        }
-        let window = std::mem::take(&mut self.window);
-        // Counters first, then the position: whoever sees `last_seq` sees its events counted.
-        self.stats.add_folded(window.folded);
-        self.stats.add_duplicates(window.skipped);
-        self.stats.add_deduplicated(window.deduplicated);
-        self.stats.add_dead_lettered(window.dead);
-        self.stats.add_ejections(window.ejected);
-        self.stats.add_ejections_suppressed(window.suppressed);
-        self.stats.add_lost(window.lost);
-        self.stats.add_commits(1);
-        self.stats.set_last_seq(position);
-        if let Some(last) = window.last
-            && let Err(err) = last.ack().await
-        {
-            tracing::debug!(error = %err, "ack failed; the messages will be redelivered and skipped");
-        }
-        let ids: Vec<&ProxyId> = window.changed.iter().collect();
-        for chunk in ids.chunks(PUBLISH_CHUNK) {
-            let public: Vec<HealthStats> =
-                chunk.iter().filter_map(|id| self.folder.get(id)).map(|r| r.stats.clone()).collect();
-            self.publisher.publish(&public).await;
-        }
+        let job = CommitJob {
+            watch,
+            store: self.store.clone(),
+            id_log: self.id_log.clone(),
+            client: self.client.clone(),
+            stats: self.stats.clone(),
+            publisher: self.publisher.clone(),
+            new_ids: self.folder.event_ids().take_new(),
+            commit,
+            position,
+            window: std::mem::take(&mut self.window),
+        };
+        self.in_flight = Some(tokio::spawn(job.run()));
         Ok(())
+    }
+
+    /// Waits for the commit in flight, if any. `Err` (nothing of it acked) when
+    /// shutdown came first ([`SessionEnd::Cancelled`]), the lease was lost or the
+    /// checkpoint fenced ([`SessionEnd::StepDown`]).
+    async fn finish_commit(&mut self) -> Result<(), SessionEnd> {
+        let Some(task) = self.in_flight.take() else { return Ok(()) };
+        match task.await {
+            Ok(result) => result,
+            Err(err) => Err(SessionEnd::StepDown(format!("the commit task failed: {err}"))),
+        }
+    }
+
+    /// Stops the commit in flight, if any, and waits until it has stopped (what it
+    /// stored is a commit a crash cut short: `crate::store` repairs or ignores it).
+    async fn abandon_commit(&mut self) {
+        if let Some(task) = self.in_flight.take() {
+            task.abort();
+            let _ = task.await;
+        }
     }
 
     /// Ends, in the folder, every ejection and bar whose time has come, and puts
@@ -560,6 +556,140 @@ impl Live {
     }
 }
 
+/// Why a commit was not stored: the lease lost, else shutdown.
+fn ended(watch: &TermWatch) -> SessionEnd {
+    if watch.held() { SessionEnd::Cancelled } else { SessionEnd::StepDown("leadership lease lost".into()) }
+}
+
+/// One window's commit, encoded, and what storing, acking and publishing it needs.
+struct CommitJob {
+    watch: TermWatch,
+    store: HealthStore,
+    id_log: EventIdLog,
+    client: async_nats::Client,
+    stats: Arc<AggregatorStats>,
+    publisher: Arc<HealthPublisher>,
+    /// Event ids folded in the window.
+    new_ids: Vec<SeenId>,
+    commit: EncodedCommit,
+    /// Stream sequence of the window's last message.
+    position: u64,
+    window: Window,
+}
+
+impl CommitJob {
+    /// Stores the window's event ids, then its records and position (retried until
+    /// stored), then acks its messages and publishes its changed stats. `Err` (nothing
+    /// acked) when shutdown came first ([`SessionEnd::Cancelled`]) or the lease was
+    /// lost or the checkpoint fenced ([`SessionEnd::StepDown`]).
+    async fn run(self) -> Result<(), SessionEnd> {
+        let Self { watch, store, id_log, client, stats, publisher, new_ids, commit, position, window } = self;
+        let stop = watch.stop_token().clone();
+        if window.dead > 0 {
+            // Dead letters go out before their messages are acked (at least once).
+            let _ = client.flush().await;
+        }
+        if !new_ids.is_empty() {
+            // Ids first: the checkpoint written after them makes them count (see `event_ids`).
+            let stored = retry_until_cancelled(&stop, "persisting event ids", || {
+                let (log, ids) = (&id_log, &new_ids);
+                async move { log.append(ids).await }
+            })
+            .await;
+            if stored.is_none() {
+                return Err(ended(&watch));
+            }
+        }
+        let mut pause = Duration::from_millis(100);
+        loop {
+            // The lease is checked before every attempt; the checkpoint's
+            // compare-and-set catches what the check cannot (see `crate::store`).
+            if !watch.held() {
+                return Err(ended(&watch));
+            }
+            match store.commit_encoded(&commit).await {
+                Ok(()) => break,
+                Err(StoreError::Fenced(key)) => {
+                    stats.add_commit_failures(1);
+                    return Err(SessionEnd::StepDown(format!("checkpoint {key} moved by another writer (fenced)")));
+                }
+                Err(err) => {
+                    stats.add_commit_failures(1);
+                    tracing::warn!(error = %err, "committing health stats failed; retrying");
+                }
+            }
+            tokio::select! {
+                () = stop.cancelled() => return Err(ended(&watch)),
+                () = tokio::time::sleep(pause) => {}
+            }
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
+        // Counters first, then the position: whoever sees `last_seq` sees its events counted.
+        stats.add_folded(window.folded);
+        stats.add_duplicates(window.skipped);
+        stats.add_deduplicated(window.deduplicated);
+        stats.add_dead_lettered(window.dead);
+        stats.add_ejections(window.ejected);
+        stats.add_ejections_suppressed(window.suppressed);
+        stats.add_lost(window.lost);
+        stats.add_commits(1);
+        stats.set_last_seq(position);
+        if let Some(last) = window.last
+            && let Err(err) = last.ack().await
+        {
+            tracing::debug!(error = %err, "ack failed; the messages will be redelivered and skipped");
+        }
+        // The stats as stored (read back from the commit's bytes, a chunk at a time).
+        for chunk in commit.records().chunks(PUBLISH_CHUNK) {
+            let public: Vec<HealthStats> = chunk
+                .iter()
+                .filter_map(|(key, bytes)| match crate::record::decode_stats(bytes) {
+                    Ok(stats) => Some(stats),
+                    Err(err) => {
+                        tracing::error!(proxy_id = %key, error = %err, "cannot read back committed stats");
+                        None
+                    }
+                })
+                .collect();
+            publisher.publish(&public).await;
+        }
+        Ok(())
+    }
+}
+
+/// A message's JetStream metadata.
+pub(crate) struct Meta {
+    consumer_seq: u64,
+    /// Stream sequence.
+    seq: u64,
+    /// Stream time.
+    published: DateTime<Utc>,
+}
+
+/// A message as fetched: its metadata (`None`: it has none) and its event, or why it
+/// cannot be folded.
+pub(crate) struct Delivered {
+    message: Message,
+    meta: Option<Meta>,
+    event: Result<intake::StreamEvent, String>,
+}
+
+/// Reads the metadata and the event of each message of `batch`.
+fn decode_batch(batch: Vec<Message>) -> Vec<Delivered> {
+    batch
+        .into_iter()
+        .map(|message| {
+            let meta = message.info().ok().map(|info| Meta {
+                consumer_seq: info.consumer_sequence,
+                seq: info.stream_sequence,
+                published: offset_to_chrono(info.published),
+            });
+            let event = intake::read_event(message.subject.as_str(), message.headers.as_ref(), &message.payload);
+            Delivered { message, meta, event }
+        })
+        .collect()
+}
+
 /// One pull request's worth of messages.
 async fn fetch_batch(consumer: &PullConsumer, settings: &AggregatorSettings) -> Result<Vec<Message>, String> {
     let mut messages = consumer
@@ -576,9 +706,15 @@ async fn fetch_batch(consumer: &PullConsumer, settings: &AggregatorSettings) -> 
     Ok(batch)
 }
 
-/// Unacked messages the consumer may have out: a full window and the batch that closes it.
-fn max_ack_pending(settings: &AggregatorSettings) -> usize {
+/// Most messages in one window: `commit_max_events` and the batch that closes it.
+fn max_window(settings: &AggregatorSettings) -> usize {
     settings.commit_max_events.max(settings.batch_size) + settings.batch_size
+}
+
+/// Unacked messages the consumer may have out: a window being stored and the next
+/// being folded.
+fn max_ack_pending(settings: &AggregatorSettings) -> usize {
+    2 * max_window(settings)
 }
 
 /// Deletes the durable consumer and creates it again, starting after `position`.

@@ -48,10 +48,15 @@ pub fn encode_into(record: &ProxyHealth, out: &mut Vec<u8>) -> Result<(), Record
 /// Reads a stored value; a value without `fold_state` (written by something else)
 /// starts the fold's own state afresh.
 pub fn decode(bytes: &[u8]) -> Result<ProxyHealth, RecordError> {
-    let codec = Codec::new(usize::MAX);
-    let stats: HealthStats = codec.decode_as(Encoding::MsgPack, bytes)?;
-    let fold: FoldOnly = codec.decode_as(Encoding::MsgPack, bytes)?;
+    let stats = decode_stats(bytes)?;
+    let fold: FoldOnly = Codec::new(usize::MAX).decode_as(Encoding::MsgPack, bytes)?;
     Ok(ProxyHealth { stats, fold: fold.fold_state.unwrap_or_default() })
+}
+
+/// Reads only the [`HealthStats`] of a stored value (what is published: `fold_state`
+/// is skipped as an unknown field).
+pub fn decode_stats(bytes: &[u8]) -> Result<HealthStats, RecordError> {
+    Ok(Codec::new(usize::MAX).decode_as(Encoding::MsgPack, bytes)?)
 }
 
 /// The stats as published and pushed: without the fold's own state.

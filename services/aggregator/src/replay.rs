@@ -148,39 +148,93 @@ async fn read_stream(
     // What the consumer has to deliver up to `target` (fewer when `--since` starts late).
     let pending = ordered.cached_info().num_pending;
     let total = pending.min(target - start_seq + 1);
-    let mut messages = ordered.messages().await.map_err(|err| AggregatorError::Replay(err.to_string()))?;
+    let messages = ordered.messages().await.map_err(|err| AggregatorError::Replay(err.to_string()))?;
+    // A task reads and decodes (on the other core), this one folds.
+    let (decoded_tx, mut decoded) = tokio::sync::mpsc::channel(DECODED_BATCHES_QUEUED);
+    let reader = tokio::spawn(read_and_decode(messages, target, total, decoded_tx));
     let mut done = 0;
-    while done < total {
+    while let Some(batch) = decoded.recv().await {
+        for Decoded { event, seq, at } in batch? {
+            if event.is_ok() {
+                read.events += 1;
+            } else {
+                read.dead += 1;
+            }
+            each(event, seq, at);
+            read.last_seq = seq;
+            done += 1;
+            progress(done, total);
+        }
+    }
+    let _ = reader.await;
+    Ok(read)
+}
+
+/// Messages decoded per hand-over from the reading task to the fold.
+const DECODED_BATCH: usize = 256;
+/// Hand-overs queued at most (bounds the memory of a fold slower than the reader).
+const DECODED_BATCHES_QUEUED: usize = 16;
+
+/// One message as read: the event or why it cannot be folded, its stream sequence and time.
+struct Decoded {
+    event: Result<intake::StreamEvent, String>,
+    seq: u64,
+    at: DateTime<Utc>,
+}
+
+/// Reads up to `total` messages (and none after stream sequence `target`) from the
+/// ordered consumer's `messages`, decodes them ([`intake::read_event`]) and sends them
+/// to `out` in batches of [`DECODED_BATCH`]; an error ends the reading and is sent last.
+/// Stops early, with a warning, when no message comes for [`IDLE_TIMEOUT`].
+async fn read_and_decode<S, E>(
+    mut messages: S,
+    target: u64,
+    total: u64,
+    out: tokio::sync::mpsc::Sender<Result<Vec<Decoded>, AggregatorError>>,
+) where
+    S: futures::Stream<Item = Result<jetstream::Message, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let mut batch = Vec::with_capacity(DECODED_BATCH);
+    let (mut done, mut last_seq) = (0_u64, 0_u64);
+    let error = loop {
+        if done >= total {
+            break None;
+        }
         let next = tokio::time::timeout(IDLE_TIMEOUT, messages.next()).await;
         let message = match next {
             Ok(Some(Ok(message))) => message,
-            Ok(Some(Err(err))) => return Err(AggregatorError::Replay(err.to_string())),
-            Ok(None) => break,
+            Ok(Some(Err(err))) => break Some(AggregatorError::Replay(err.to_string())),
+            Ok(None) => break None,
             Err(_) => {
-                tracing::warn!(at = read.last_seq, target, "no message for {IDLE_TIMEOUT:?}; stopping");
-                break;
+                tracing::warn!(at = last_seq, target, "no message for {IDLE_TIMEOUT:?}; stopping");
+                break None;
             }
         };
-        let info = message.info().map_err(|err| AggregatorError::Replay(err.to_string()))?;
+        let info = match message.info() {
+            Ok(info) => info,
+            Err(err) => break Some(AggregatorError::Replay(err.to_string())),
+        };
         let seq = info.stream_sequence;
         if seq > target {
-            break;
+            break None;
         }
         let event = intake::read_event(message.subject.as_str(), message.headers.as_ref(), &message.payload);
-        if event.is_ok() {
-            read.events += 1;
-        } else {
-            read.dead += 1;
-        }
-        each(event, seq, offset_to_chrono(info.published));
-        read.last_seq = seq;
-        done += 1;
-        progress(done, total);
+        batch.push(Decoded { event, seq, at: offset_to_chrono(info.published) });
+        (done, last_seq) = (done + 1, seq);
         if seq == target {
-            break;
+            break None;
         }
+        if batch.len() >= DECODED_BATCH && out.send(Ok(std::mem::take(&mut batch))).await.is_err() {
+            return;
+        }
+    };
+    if !batch.is_empty() && out.send(Ok(batch)).await.is_err() {
+        return;
     }
-    Ok(read)
+    if let Some(err) = error {
+        let _ = out.send(Err(err)).await;
+    }
 }
 
 /// What a health policy did to a proxy in a what-if replay.

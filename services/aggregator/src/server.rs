@@ -117,14 +117,14 @@ async fn start(
         instance,
         settings.lease_ttl(),
     );
-    let publisher = HealthPublisher::start(
+    let publisher = Arc::new(HealthPublisher::start(
         client.clone(),
         &config.proxy_services,
         &settings.push,
         stats.clone(),
         &tracker,
         cancel.clone(),
-    )?;
+    )?);
     let live = Live {
         settings: settings.clone(),
         jetstream,
@@ -140,6 +140,7 @@ async fn start(
         id_log,
         sizes,
         window: Default::default(),
+        in_flight: None,
         lease,
     };
     Ok(Some(Running { live, service, tracker, client }))

@@ -191,6 +191,11 @@ impl EncodedCommit {
         Ok(commit)
     }
 
+    /// `(proxy_id, stored record)` of each record, in the order given.
+    pub(crate) fn records(&self) -> &[(String, Bytes)] {
+        &self.records
+    }
+
     /// Closes the value in `buffer`: writes its header and hands out its records.
     fn seal(&mut self, buffer: &mut Vec<u8>, in_buffer: &mut Vec<(String, Range<usize>)>) {
         let mut value = std::mem::take(buffer);
