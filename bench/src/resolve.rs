@@ -151,9 +151,17 @@ pub async fn resolve_hit(bus: &mut Bus, options: &Options) -> anyhow::Result<Vec
         load::nats_requests(&client, BARE_SUBJECT, warm_up()).await?;
         load::nats_requests(&client, &request_subject(), warm_up()).await?;
         let (mut baseline, mut subject) = (Series::new(), Series::new());
-        for _ in 0..options.rounds {
-            measured_round(&client, BARE_SUBJECT, work(), bare.pid(), bus, &mut baseline).await?;
-            measured_round(&client, &request_subject(), work(), resolver.pid(), bus, &mut subject).await?;
+        // Each round measures both, in turn first: whichever goes first meets the
+        // machine as the previous round left it (page cache, the other core's load),
+        // so a fixed order would lean every round the same way.
+        for round in 0..options.rounds {
+            if round % 2 == 0 {
+                measured_round(&client, BARE_SUBJECT, work(), bare.pid(), bus, &mut baseline).await?;
+                measured_round(&client, &request_subject(), work(), resolver.pid(), bus, &mut subject).await?;
+            } else {
+                measured_round(&client, &request_subject(), work(), resolver.pid(), bus, &mut subject).await?;
+                measured_round(&client, BARE_SUBJECT, work(), bare.pid(), bus, &mut baseline).await?;
+            }
         }
         let row = Row::new("resolve-hit", format!("concurrency {concurrency}"), "resolver, cached answer", &subject)
             .against("bare async-nats responder", &baseline);

@@ -36,7 +36,7 @@
 //! assert!(budget.has_room(at + chrono::Duration::seconds(60), limits.headroom), "a new minute");
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
@@ -364,6 +364,60 @@ pub fn budget_key(proxy: &ProxyId, exchange: &ExchangeId) -> String {
     format!("{proxy}.{exchange}")
 }
 
+/// The latest rate budget of each (proxy, exchange), as a follower of
+/// `PROXY_BUDGETS` holds them (the resolver before serving a cached answer, the
+/// pool before choosing a proxy).
+///
+/// Looked up by the pair itself: the bucket's key `{proxy_id}.{exchange_id}`
+/// ([`budget_key`]) is only parsed when a key is deleted. A lookup runs for every
+/// request a resolver answers from its cache, and building the key string there
+/// (`format!`) was a measurable part of a cache hit (docs/benchmarks.md).
+#[derive(Debug, Clone, Default)]
+pub struct BudgetBook {
+    by_proxy: HashMap<ProxyId, HashMap<ExchangeId, RateBudget>>,
+}
+
+impl BudgetBook {
+    /// Holds `budget` unless the one held for its pair was updated later
+    /// (`updated_at`); returns whether it is now held.
+    pub fn record(&mut self, budget: RateBudget) -> bool {
+        let of_proxy = self.by_proxy.entry(budget.proxy_id.clone()).or_default();
+        if of_proxy.get(&budget.exchange_id).is_some_and(|held| held.updated_at > budget.updated_at) {
+            return false;
+        }
+        of_proxy.insert(budget.exchange_id.clone(), budget);
+        true
+    }
+
+    /// Forgets the budget under bucket key `key` (`{proxy_id}.{exchange_id}`, deleted
+    /// or expired); a key of another shape names no budget and changes nothing.
+    pub fn forget(&mut self, key: &str) {
+        let Some((proxy, exchange)) = key.split_once('.') else { return };
+        let Ok(proxy) = proxy.parse::<ProxyId>() else { return };
+        if let Some(of_proxy) = self.by_proxy.get_mut(&proxy) {
+            of_proxy.retain(|held, _| held.as_str() != exchange);
+            if of_proxy.is_empty() {
+                self.by_proxy.remove(&proxy);
+            }
+        }
+    }
+
+    /// The budget held for `proxy` at `exchange`.
+    pub fn get(&self, proxy: &ProxyId, exchange: &ExchangeId) -> Option<&RateBudget> {
+        self.by_proxy.get(proxy)?.get(exchange)
+    }
+
+    /// Number of budgets held.
+    pub fn len(&self) -> usize {
+        self.by_proxy.values().map(HashMap::len).sum()
+    }
+
+    /// Whether no budget is held.
+    pub fn is_empty(&self) -> bool {
+        self.by_proxy.is_empty()
+    }
+}
+
 /// How long a budget stays in the bucket without a report (its windows are long over).
 pub const BUDGET_MAX_AGE: Duration = Duration::from_secs(3_600);
 
@@ -450,6 +504,35 @@ pub async fn fold_into_bucket(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_budget_book_keeps_the_latest_budget_per_pair_and_forgets_by_bucket_key() {
+        let at = chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 1, 1, 12, 0, 0).unwrap();
+        let proxy = crate::proxy_id("http://10.0.0.1:3128");
+        let (binance, kraken): (ExchangeId, ExchangeId) = ("binance".parse().unwrap(), "kraken".parse().unwrap());
+        let budget = |exchange: &ExchangeId, weight_used, seconds| RateBudget {
+            weight_used,
+            updated_at: at + chrono::Duration::seconds(seconds),
+            ..RateBudget::new(proxy.clone(), exchange.clone())
+        };
+        let mut book = BudgetBook::default();
+        assert!(book.record(budget(&binance, 10, 5)));
+        assert!(book.record(budget(&kraken, 20, 5)));
+        assert!(!book.record(budget(&binance, 99, 1)), "an older budget is ignored");
+        assert_eq!(book.get(&proxy, &binance).map(|b| b.weight_used), Some(10));
+        assert!(book.record(budget(&binance, 30, 5)), "as new as the held one: taken");
+        assert_eq!(book.get(&proxy, &binance).map(|b| b.weight_used), Some(30));
+        assert_eq!(book.len(), 2);
+        for odd in ["", "binance", "not-an-id.binance", "0123.binance"] {
+            book.forget(odd);
+        }
+        assert_eq!(book.len(), 2, "keys of another shape change nothing");
+        book.forget(&budget_key(&proxy, &binance));
+        assert!(book.get(&proxy, &binance).is_none());
+        assert_eq!(book.get(&proxy, &kraken).map(|b| b.weight_used), Some(20));
+        book.forget(&budget_key(&proxy, &kraken));
+        assert!(book.is_empty());
+    }
+
     use chrono::TimeZone;
 
     use super::*;

@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use proxybus_shared::budget::{RateBudget, budget_key};
+use proxybus_shared::budget::{BudgetBook, RateBudget};
 use proxybus_shared::{
     ExchangeId, FallbackPolicy, FeedbackPhase, HealthState, HealthStats, Metadata, ProxyFeedback, ProxyId,
     ProxyRequest, ProxyResponse, Region, ResponseSource,
@@ -207,8 +207,8 @@ struct State {
     latency: HashMap<ProxyId, PeakEwma>,
     leases: LeaseTable,
     sticky: StickyTable,
-    /// Rate budgets from `PROXY_BUDGETS`, by key `{proxy_id}.{exchange_id}`.
-    budgets: HashMap<String, RateBudget>,
+    /// Rate budgets from `PROXY_BUDGETS`, by proxy and exchange.
+    budgets: BudgetBook,
     /// Sessions of `session_key`.
     sessions: SessionTable,
 }
@@ -224,11 +224,11 @@ impl State {
         wall: DateTime<Utc>,
     ) -> bool {
         let Some(headroom) = headroom else { return true };
-        self.budgets.get(&budget_key(proxy.id(), exchange)).is_none_or(|budget| budget.has_room(wall, headroom))
+        self.budgets.get(proxy.id(), exchange).is_none_or(|budget| budget.has_room(wall, headroom))
     }
 
     fn budget_load(&self, proxy: &Proxy, exchange: &ExchangeId, wall: DateTime<Utc>) -> f64 {
-        self.budgets.get(&budget_key(proxy.id(), exchange)).map_or(0.0, |budget| budget.load(wall))
+        self.budgets.get(proxy.id(), exchange).map_or(0.0, |budget| budget.load(wall))
     }
 
     fn usable(&self, proxy: &Proxy, exchange: &ExchangeId, now: Instant, wall: DateTime<Utc>) -> bool {
@@ -341,7 +341,7 @@ impl Selector {
                 latency: HashMap::new(),
                 leases: LeaseTable::default(),
                 sticky: StickyTable::default(),
-                budgets: HashMap::new(),
+                budgets: BudgetBook::default(),
                 sessions: SessionTable::default(),
             }),
             options,
@@ -544,21 +544,17 @@ impl Selector {
 
     /// Applies a rate budget from `PROXY_BUDGETS` (an older one than held is ignored).
     pub fn apply_budget(&self, budget: RateBudget) {
-        let mut state = self.state();
-        let key = budget.key();
-        if state.budgets.get(&key).is_none_or(|held| held.updated_at <= budget.updated_at) {
-            state.budgets.insert(key, budget);
-        }
+        self.state().budgets.record(budget);
     }
 
     /// Forgets the budget under `key` (`{proxy_id}.{exchange_id}`, deleted or expired).
     pub fn forget_budget(&self, key: &str) {
-        self.state().budgets.remove(key);
+        self.state().budgets.forget(key);
     }
 
     /// The budget held for `proxy` at `exchange`.
     pub fn budget(&self, proxy: &ProxyId, exchange: &ExchangeId) -> Option<RateBudget> {
-        self.state().budgets.get(&budget_key(proxy, exchange)).cloned()
+        self.state().budgets.get(proxy, exchange).cloned()
     }
 
     /// Folds the result of one active check of `proxy`.

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures::StreamExt;
-use proxybus_shared::budget::{BudgetSettings, RateBudget, budget_key};
+use proxybus_shared::budget::{BudgetBook, BudgetSettings, RateBudget};
 use proxybus_shared::kv::KeyChange;
 use proxybus_shared::subject::{BUDGET_BUCKET, HEALTH_BUCKET, HEALTH_WILDCARD};
 use proxybus_shared::{Codec, ExchangeId, HealthState, HealthStats, ProxyId, Region, health};
@@ -29,7 +29,7 @@ const LOAD_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Default)]
 pub struct HealthBook {
     stats: RwLock<HashMap<ProxyId, HealthStats>>,
-    budgets: RwLock<HashMap<String, RateBudget>>,
+    budgets: RwLock<BudgetBook>,
     budget_settings: BudgetSettings,
 }
 
@@ -42,16 +42,12 @@ impl HealthBook {
 
     /// Records a rate budget unless the one held is newer.
     pub fn record_budget(&self, budget: RateBudget) {
-        let mut budgets = self.budgets.write().unwrap_or_else(|p| p.into_inner());
-        let key = budget.key();
-        if budgets.get(&key).is_none_or(|held| held.updated_at <= budget.updated_at) {
-            budgets.insert(key, budget);
-        }
+        self.budgets.write().unwrap_or_else(|p| p.into_inner()).record(budget);
     }
 
     /// Forgets the budget under `key` (`{proxy_id}.{exchange_id}`).
     pub fn forget_budget(&self, key: &str) {
-        self.budgets.write().unwrap_or_else(|p| p.into_inner()).remove(key);
+        self.budgets.write().unwrap_or_else(|p| p.into_inner()).forget(key);
     }
 
     /// Whether `proxy`'s budget at `exchange` leaves room now (an unbudgeted
@@ -59,7 +55,7 @@ impl HealthBook {
     pub fn has_budget_room(&self, proxy: &ProxyId, exchange: &ExchangeId) -> bool {
         let Some(limits) = self.budget_settings.limits(exchange) else { return true };
         let budgets = self.budgets.read().unwrap_or_else(|p| p.into_inner());
-        budgets.get(&budget_key(proxy, exchange)).is_none_or(|budget| budget.has_room(Utc::now(), limits.headroom))
+        budgets.get(proxy, exchange).is_none_or(|budget| budget.has_room(Utc::now(), limits.headroom))
     }
 
     /// Records an update unless what is known is newer (`health::is_newer`).
