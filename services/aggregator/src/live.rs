@@ -24,10 +24,33 @@
 //! does next), and a task stores them — event ids, checkpoint, records —, then acks
 //! and publishes, while the next window is folded. At most one commit is in flight;
 //! the next waits for it, so commits land and are acked in stream order. The consumer
-//! lets two windows be unacked (`max_ack_pending`). A commit that fails ends the
-//! session as before (its window and the one being folded are never acked); when the
-//! session ends the commit in flight is awaited, or stopped when the lease is lost,
-//! so nothing of a term is written after it.
+//! lets two windows be unacked, and the batches fetched ahead (`max_ack_pending`). A
+//! commit that fails ends the session as before (its window and the one being folded
+//! are never acked); when the session ends the commit in flight is awaited, or stopped
+//! when the lease is lost, so nothing of a term is written after it.
+//!
+//! # Fetching ahead
+//! Fetching and decoding are pipelined with the fold too: for each session (one
+//! consumer) a task pulls batches, decodes them and queues them, at most
+//! [`FETCHED_AHEAD`], for the fold loop, which folds them in delivery order exactly
+//! as if it had fetched them itself; a short batch still means "caught up". A fetch
+//! error is queued after the batches before it; the fold commits what it has folded
+//! and resets, as before. Batches still queued when a session ends are never acked,
+//! whatever the end:
+//! - acks happen only in a commit, for its window's last message (`AckPolicy::All`:
+//!   every message up to it), and a queued batch was delivered after every message
+//!   folded, so no commit's ack reaches it;
+//! - **Reset** (fetch error, delivery gap, a message without metadata, a failed dead
+//!   letter) and **Cancelled** (shutdown) store and ack what is folded, if they can,
+//!   then the queue is dropped; **StepDown** (lease lost, commit fenced) acks nothing
+//!   more;
+//! - the next session, or the next leader, deletes the consumer and creates it again
+//!   after the checkpoint, so the dropped batches are delivered again and folded then.
+//!
+//! The task stops when the term's stop token fires (lease lost or shutdown), before
+//! it sends another pull request, and the session stops it and waits for it before it
+//! returns, so a consumer is never re-created while a fetch of the previous one runs
+//! and no fetch outlives the lease.
 //!
 //! # Who folds
 //! Only the aggregator holding the leadership lease ([`crate::lease`]).
@@ -52,9 +75,11 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use proxybus_shared::subject::{AGGREGATOR_CONSUMER, FEEDBACK_STREAM};
 use proxybus_shared::{HealthStats, ProxyId};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::AggregatorError;
 use crate::config::AggregatorSettings;
@@ -288,8 +313,23 @@ impl Live {
     }
 
     /// Folds batches from one consumer until it must be re-created, the lease is lost
-    /// or shutdown comes.
+    /// or shutdown comes. A task fetches and decodes them ahead of the fold
+    /// ([`FetchAhead`]); it is stopped, and waited for, before the session ends.
     async fn session(&mut self, consumer: PullConsumer, term: &Term) -> Result<SessionEnd, AggregatorError> {
+        let mut ahead = FetchAhead::start(consumer.clone(), &self.settings, term.stop_token().clone());
+        let end = self.fold_session(&consumer, &mut ahead, term).await;
+        ahead.stop().await;
+        end
+    }
+
+    /// The fold loop of [`Live::session`]: takes the batches fetched `ahead`, folds
+    /// them and commits, until the session ends.
+    async fn fold_session(
+        &mut self,
+        consumer: &PullConsumer,
+        ahead: &mut FetchAhead,
+        term: &Term,
+    ) -> Result<SessionEnd, AggregatorError> {
         let mut expected_cseq = 1_u64;
         let sweep_every = Duration::from_millis(self.settings.sweep_interval_ms);
         let lag_every = Duration::from_millis(self.settings.lag_interval_ms);
@@ -300,7 +340,7 @@ impl Live {
                 biased;
                 () = term.lost() => return Ok(SessionEnd::StepDown("leadership lease lost".into())),
                 () = self.cancel.cancelled() => None,
-                fetched = fetch_batch(&consumer, &self.settings) => Some(fetched.map(decode_batch)),
+                fetched = ahead.next() => Some(fetched),
             };
             let batch = match fetched {
                 // Shutdown: store what is folded (one attempt), then stop.
@@ -323,6 +363,7 @@ impl Live {
             {
                 return Ok(end);
             }
+            // One decoded message per message fetched: a short batch is a short fetch.
             let caught_up = batch.len() < self.settings.batch_size;
             let end = self.fold_batch(batch, &mut expected_cseq).await;
             if let Some(end) = end {
@@ -349,7 +390,7 @@ impl Live {
             }
             if now >= next_lag {
                 next_lag = now + lag_every;
-                self.measure_lag(&consumer).await;
+                self.measure_lag(consumer, expected_cseq - 1).await;
             }
         }
     }
@@ -543,10 +584,15 @@ impl Live {
         }
     }
 
-    async fn measure_lag(&self, consumer: &PullConsumer) {
+    /// Records the fold lag: the messages not yet folded — those the consumer has not
+    /// delivered and those delivered after consumer sequence `folded_cseq`, the last
+    /// folded (fetched ahead, waiting for the fold) — and, while behind, the age of the
+    /// last folded event.
+    async fn measure_lag(&self, consumer: &PullConsumer, folded_cseq: u64) {
         let mut consumer = consumer.clone();
         if let Ok(info) = consumer.info().await {
-            let pending = info.num_pending;
+            let fetched_ahead = info.delivered.consumer_sequence.saturating_sub(folded_cseq);
+            let pending = info.num_pending + fetched_ahead;
             let millis = match (pending, self.last_published) {
                 (0, _) | (_, None) => 0,
                 (_, Some(at)) => (Utc::now() - at).num_milliseconds().max(0),
@@ -690,20 +736,101 @@ fn decode_batch(batch: Vec<Message>) -> Vec<Delivered> {
         .collect()
 }
 
-/// One pull request's worth of messages.
-async fn fetch_batch(consumer: &PullConsumer, settings: &AggregatorSettings) -> Result<Vec<Message>, String> {
-    let mut messages = consumer
-        .fetch()
-        .max_messages(settings.batch_size)
-        .expires(Duration::from_millis(settings.fetch_wait_ms))
-        .messages()
-        .await
-        .map_err(|err| err.to_string())?;
-    let mut batch = Vec::with_capacity(settings.batch_size);
+/// One pull request's worth of messages: up to `batch_size`, or what came within `wait`.
+async fn fetch_batch(consumer: &PullConsumer, batch_size: usize, wait: Duration) -> Result<Vec<Message>, String> {
+    let mut messages =
+        consumer.fetch().max_messages(batch_size).expires(wait).messages().await.map_err(|err| err.to_string())?;
+    let mut batch = Vec::with_capacity(batch_size);
     while let Some(message) = messages.next().await {
         batch.push(message.map_err(|err| err.to_string())?);
     }
     Ok(batch)
+}
+
+/// Decoded batches queued between the fetch task and the fold (the fetch task holds
+/// one more while this queue is full).
+const FETCHED_AHEAD: usize = 2;
+
+/// A batch as the fetch task hands it to the fold: its messages decoded, one for each
+/// message fetched and in delivery order (so its length says whether the fetch was a
+/// full batch), or why the fetch failed.
+type FetchedBatch = Result<Vec<Delivered>, String>;
+
+/// The fetch task of one session: it pulls and decodes batches
+/// ([`fetch_batch`], [`decode_batch`]) ahead of the fold and queues them, at most
+/// [`FETCHED_AHEAD`], so the fold does not wait for the network and the decoding. It
+/// acks nothing: a batch still queued when the session ends is dropped, un-acked.
+struct FetchAhead {
+    /// `None` once it has been waited for.
+    task: Option<AbortOnDropHandle<()>>,
+    batches: mpsc::Receiver<FetchedBatch>,
+}
+
+impl FetchAhead {
+    /// Starts fetching from `consumer`; the task stops by itself when `stop` fires
+    /// (lease lost or shutdown: no pull request is sent after it) or after a fetch error.
+    fn start(consumer: PullConsumer, settings: &AggregatorSettings, stop: CancellationToken) -> Self {
+        let (out, batches) = mpsc::channel(FETCHED_AHEAD);
+        let (batch_size, wait) = (settings.batch_size, Duration::from_millis(settings.fetch_wait_ms));
+        let task = AbortOnDropHandle::new(tokio::spawn(fetch_and_decode(consumer, batch_size, wait, stop, out)));
+        Self { task: Some(task), batches }
+    }
+
+    /// The next batch in delivery order; `Err` when the fetch failed (the task has
+    /// stopped: nothing comes after it). A panic of the task is raised here, as it was
+    /// when the fold fetched and decoded itself.
+    async fn next(&mut self) -> FetchedBatch {
+        if let Some(batch) = self.batches.recv().await {
+            return batch;
+        }
+        // The task queues its error before it stops, and `stop` fires only after the
+        // lease is lost or shutdown comes, which the fold's `select!` sees first: a
+        // task that ended without a word panicked.
+        if let Some(task) = self.task.take()
+            && let Err(err) = task.await
+            && err.is_panic()
+        {
+            std::panic::resume_unwind(err.into_panic());
+        }
+        Err("the fetch task stopped".into())
+    }
+
+    /// Stops the task and waits until it has stopped, so that no fetch of this session
+    /// runs once the consumer is re-created or the lease is another's. The batches
+    /// queued are dropped: never acked, they are delivered again by the consumer the
+    /// next session or leader creates from the checkpoint.
+    async fn stop(self) {
+        let Self { task, batches } = self;
+        drop(batches);
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+/// The loop of a [`FetchAhead`] task: fetch, decode, queue, until `stop`, a fetch
+/// error (queued last) or the fold is gone.
+async fn fetch_and_decode(
+    consumer: PullConsumer,
+    batch_size: usize,
+    wait: Duration,
+    stop: CancellationToken,
+    out: mpsc::Sender<FetchedBatch>,
+) {
+    loop {
+        let fetched = tokio::select! {
+            biased;
+            () = stop.cancelled() => return,
+            fetched = fetch_batch(&consumer, batch_size, wait) => fetched,
+        };
+        let failed = fetched.is_err();
+        // An empty batch (nothing came within `wait`) is queued too: it tells the fold
+        // it is caught up and wakes it for its commit, sweep and lag timers.
+        if out.send(fetched.map(decode_batch)).await.is_err() || failed {
+            return;
+        }
+    }
 }
 
 /// Most messages in one window: `commit_max_events` and the batch that closes it.
@@ -711,10 +838,14 @@ fn max_window(settings: &AggregatorSettings) -> usize {
     settings.commit_max_events.max(settings.batch_size) + settings.batch_size
 }
 
-/// Unacked messages the consumer may have out: a window being stored and the next
-/// being folded.
+/// Unacked messages the consumer may have out: a window being stored, the next being
+/// folded (the batch in the fold's hands included), and what the fetch task holds —
+/// [`FETCHED_AHEAD`] batches queued and the one it is fetching or waiting to queue.
+/// Were there less room, the server would stop delivering to the fetch ahead; it
+/// would come back short after `fetch_wait_ms`, be taken for "caught up", and the
+/// fold would stall and commit after every batch.
 fn max_ack_pending(settings: &AggregatorSettings) -> usize {
-    2 * max_window(settings)
+    2 * max_window(settings) + (FETCHED_AHEAD + 1) * settings.batch_size
 }
 
 /// Deletes the durable consumer and creates it again, starting after `position`.

@@ -44,6 +44,6 @@ pub(crate) fn describe() {
         "1 while this aggregator holds the leadership lease and folds, else 0"
     );
     describe_gauge!("proxybus_aggregator_last_seq", "Stream sequence folded up to");
-    describe_gauge!("proxybus_aggregator_fold_lag_messages", "Messages in PROXY_FEEDBACK not yet delivered");
+    describe_gauge!("proxybus_aggregator_fold_lag_messages", "Messages in PROXY_FEEDBACK not yet folded");
     describe_gauge!("proxybus_aggregator_fold_lag_seconds", "Age of the newest folded event while behind");
 }
