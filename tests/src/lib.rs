@@ -18,6 +18,7 @@
 //!   whole region.
 //! - `docker.rs` (feature `docker`): `DockerNats`, NATS with JetStream in a container via
 //!   testcontainers.
+//! - `discovery.rs`: [`resolvers_serving`], how many resolvers answer `$SRV.PING`.
 //! - `connect.rs`: client options that reconnect quickly and forever, and server credentials.
 //! - `process.rs`: finding the binary, spawning, the ports file, signalling and reaping.
 //! - `proxies.rs`: [`TestProxy`] (HTTP CONNECT, HTTPS CONNECT, SOCKS4/4a, SOCKS5/5h, logging every tunnel) and
@@ -51,6 +52,7 @@
 
 mod cluster;
 mod connect;
+mod discovery;
 #[cfg(feature = "docker")]
 mod docker;
 mod faulty_upstream;
@@ -63,6 +65,7 @@ mod service_process;
 mod supercluster;
 
 pub use cluster::NatsCluster;
+pub use discovery::resolvers_serving;
 #[cfg(feature = "docker")]
 pub use docker::DockerNats;
 pub use faulty_upstream::{Fault, FaultyUpstream, HEALTHY_PROXY, HOSTILE_URLS, TlsFault};
