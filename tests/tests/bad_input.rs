@@ -24,25 +24,13 @@ use proxybus_shared::subject::{self, HEALTH_BUCKET};
 use proxybus_shared::{
     Codec, ConnectionType, Encoding, FeedbackPhase, ProxyFeedback, ProxyRequest, ProxyResponse, ResponseSource,
 };
-use proxybus_tests::NatsServer;
+use proxybus_tests::{NatsServer, TestInventory, documentation_proxy};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(10);
 const TOKEN: &str = "bad-input-token-1234";
 const EMBEDDED: &str = "socks5://feed:pw@embedded.example:1080";
-const PROXY_URL: &str = "http://u:pw1@203.0.113.1:3128";
-
-const INVENTORY: &str = r#"
-default_region = "us-east"
-[defaults]
-strategy = "round_robin"
-ttl_seconds = 300
-[[regions.us-east.proxies]]
-url = "http://u:pw1@203.0.113.1:3128"
-[[regions.us-east.proxies]]
-url = "http://u:pw2@203.0.113.2:3128"
-"#;
 
 /// The three services on one nats-server.
 struct Bench {
@@ -86,8 +74,7 @@ async fn bench() -> Bench {
     tokio::spawn(proxybus_aggregator::run_with_stats(aggregator, stats.clone(), stop.clone().cancelled_owned()));
 
     let dir = tempfile::tempdir().unwrap();
-    let inventory = dir.path().join("inventory.toml");
-    std::fs::write(&inventory, INVENTORY).unwrap();
+    let inventory = TestInventory::documentation(2).write(dir.path().join("inventory.toml"));
     let settings = proxybus_pool::PoolSettings {
         listen: "127.0.0.1:0".parse().unwrap(),
         inventory,
@@ -138,7 +125,7 @@ fn feedback() -> ProxyFeedback {
     ProxyFeedback {
         latency_ms: Some(40),
         ..ProxyFeedback::new(
-            PROXY_URL,
+            &documentation_proxy(1),
             "binance".parse().unwrap(),
             ConnectionType::Http,
             FeedbackPhase::Request,
