@@ -34,7 +34,7 @@
 //! - [`shutdown`]: the SIGINT/SIGTERM every binary stops on.
 //! - [`telemetry`]: tracing set-up, plain or JSON.
 //! - `testing` (the crate's tests, and feature `testing`): test oracles shared with the fuzz
-//!   targets.
+//!   targets, and a buffer that keeps what a test's code logged.
 
 pub mod breaker;
 pub mod budget;
