@@ -33,6 +33,8 @@
 //! - [`schema`]: JSON Schemas of the messages, generated from the types.
 //! - [`shutdown`]: the SIGINT/SIGTERM every binary stops on.
 //! - [`telemetry`]: tracing set-up, plain or JSON.
+//! - `testing` (the crate's tests, and feature `testing`): test oracles shared with the fuzz
+//!   targets, and a buffer that keeps what a test's code logged.
 
 pub mod breaker;
 pub mod budget;
@@ -51,6 +53,8 @@ pub mod schema;
 pub mod shutdown;
 pub mod subject;
 pub mod telemetry;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use codec::{Codec, DecodeError, Encoding};
 pub use messages::*;

@@ -611,6 +611,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::testing::{kept_anyway, userinfo_parts};
 
     fn assert_no_secret(redacted: &str, secrets: &[&str]) {
         for secret in secrets {
@@ -892,22 +893,6 @@ mod tests {
 
     fn credential() -> impl Strategy<Value = String> {
         prop_oneof!["\\PC{1,16}", "[a-zA-Z0-9%:@/?#\\[\\] \t\"'-]{1,16}", "[\\u{80}-\\u{10ffff}]{1,8}", any::<String>()]
-    }
-
-    /// `(scheme, user, password, after)` of text shaped `[scheme://]user:password@after`,
-    /// the user info being what comes before the last `@`.
-    fn userinfo_parts(text: &str) -> Option<(&str, &str, &str, &str)> {
-        let (scheme, rest) = text.split_once("://").unwrap_or(("", text));
-        let (userinfo, after) = rest.rsplit_once('@')?;
-        let (user, password) = userinfo.split_once(':')?;
-        Some((scheme, user, password, after))
-    }
-
-    /// Whether `password` can show only as a part of what redaction keeps on purpose.
-    fn kept_anyway(text: &str, password: &str) -> bool {
-        let Some((scheme, user, _, after)) = userinfo_parts(text) else { return true };
-        let kept = format!("{scheme}://{user}:{REDACTED}@{after}?{REDACTED} {scheme}://{REDACTED}:{REDACTED}@{after}");
-        password.is_empty() || password.contains(REDACTED) || kept.contains(password) || REDACTED.contains(password)
     }
 
     proptest! {

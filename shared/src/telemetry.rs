@@ -239,24 +239,9 @@ mod tests {
     }
 
     /// Logs one event per level from `target` through the subscriber; what was written.
-    #[derive(Clone, Default)]
-    struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Buffer {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
     fn written(wire_logs: bool, format: LogFormat) -> String {
-        let buffer = Buffer::default();
-        let writer = buffer.clone();
-        let subscriber = subscriber(format, Some("trace"), wire_logs, move || writer.clone());
+        let buffer = crate::testing::LogBuffer::default();
+        let subscriber = subscriber(format, Some("trace"), wire_logs, buffer.clone());
         tracing::subscriber::with_default(subscriber, || {
             tracing::trace!(target: "async_nats::connection", payload = "PLANTED-TRACE", "got PLANTED-TRACE-MSG");
             tracing::trace!(target: "hyper_util::client", "PLANTED-HYPER-UTIL");
@@ -264,7 +249,7 @@ mod tests {
             tracing::debug!(target: "async_nats::connection", "debug-kept");
             tracing::trace!(target: "proxybus_resolver::service", "own-trace-kept");
         });
-        String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap()
+        buffer.text()
     }
 
     #[test]

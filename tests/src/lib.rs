@@ -18,6 +18,7 @@
 //!   whole region.
 //! - `docker.rs` (feature `docker`): `DockerNats`, NATS with JetStream in a container via
 //!   testcontainers.
+//! - `discovery.rs`: [`resolvers_serving`], how many resolvers answer `$SRV.PING`.
 //! - `connect.rs`: client options that reconnect quickly and forever, and server credentials.
 //! - `process.rs`: finding the binary, spawning, the ports file, signalling and reaping.
 //! - `proxies.rs`: [`TestProxy`] (HTTP CONNECT, HTTPS CONNECT, SOCKS4/4a, SOCKS5/5h, logging every tunnel) and
@@ -25,6 +26,7 @@
 //! - `faulty_upstream.rs`: [`FaultyUpstream`], a proxy service (axum, plain or TLS) whose
 //!   [`Fault`] is switched at run time: slow, an HTTP status, garbage, a hostile `proxy_url`,
 //!   a failing TLS handshake, a reset connection, flapping.
+//! - `inventory.rs`: [`TestInventory`], a pool inventory a test writes for the pool service.
 //! - `monitor.rs`: readiness probes on the client port and the HTTP monitoring endpoint.
 //! - `service_process.rs`: [`ServiceProcess`], a service run as a child process a test can kill
 //!   and restart.
@@ -51,9 +53,11 @@
 
 mod cluster;
 mod connect;
+mod discovery;
 #[cfg(feature = "docker")]
 mod docker;
 mod faulty_upstream;
+mod inventory;
 mod measurement;
 mod monitor;
 mod process;
@@ -63,9 +67,11 @@ mod service_process;
 mod supercluster;
 
 pub use cluster::NatsCluster;
+pub use discovery::resolvers_serving;
 #[cfg(feature = "docker")]
 pub use docker::DockerNats;
 pub use faulty_upstream::{Fault, FaultyUpstream, HEALTHY_PROXY, HOSTILE_URLS, TlsFault};
+pub use inventory::{TestInventory, documentation_proxy};
 pub use measurement::{Latencies, MemorySampler, MemorySamples, resident_kib};
 pub use proxies::{ProxyCredentials, ProxyLog, TestProxy, WsEchoServer};
 pub use server::{NatsServer, NatsServerBuilder};

@@ -24,25 +24,13 @@ use proxybus_shared::subject::{self, HEALTH_BUCKET};
 use proxybus_shared::{
     Codec, ConnectionType, Encoding, FeedbackPhase, ProxyFeedback, ProxyRequest, ProxyResponse, ResponseSource,
 };
-use proxybus_tests::NatsServer;
+use proxybus_tests::{NatsServer, TestInventory, documentation_proxy};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(10);
 const TOKEN: &str = "bad-input-token-1234";
 const EMBEDDED: &str = "socks5://feed:pw@embedded.example:1080";
-const PROXY_URL: &str = "http://u:pw1@203.0.113.1:3128";
-
-const INVENTORY: &str = r#"
-default_region = "us-east"
-[defaults]
-strategy = "round_robin"
-ttl_seconds = 300
-[[regions.us-east.proxies]]
-url = "http://u:pw1@203.0.113.1:3128"
-[[regions.us-east.proxies]]
-url = "http://u:pw2@203.0.113.2:3128"
-"#;
 
 /// The three services on one nats-server.
 struct Bench {
@@ -86,8 +74,7 @@ async fn bench() -> Bench {
     tokio::spawn(proxybus_aggregator::run_with_stats(aggregator, stats.clone(), stop.clone().cancelled_owned()));
 
     let dir = tempfile::tempdir().unwrap();
-    let inventory = dir.path().join("inventory.toml");
-    std::fs::write(&inventory, INVENTORY).unwrap();
+    let inventory = TestInventory::documentation(2).write(dir.path().join("inventory.toml"));
     let settings = proxybus_pool::PoolSettings {
         listen: "127.0.0.1:0".parse().unwrap(),
         inventory,
@@ -138,7 +125,7 @@ fn feedback() -> ProxyFeedback {
     ProxyFeedback {
         latency_ms: Some(40),
         ..ProxyFeedback::new(
-            PROXY_URL,
+            &documentation_proxy(1),
             "binance".parse().unwrap(),
             ConnectionType::Http,
             FeedbackPhase::Request,
@@ -190,47 +177,324 @@ const ODD_IDS: [(&str, &str); 5] = [
     ("newline", "feed-1\nforged log line"),
 ];
 
+/// Where a bad input goes, and so which reply it must get.
+enum Part {
+    /// A NATS request to the resolver on `subject`: an error reply with a 4xx code when
+    /// `refused`, else an answer from the embedded settings; either way the resolver still
+    /// answers a good request after it. A request the NATS client refuses, or that no
+    /// subscription matches, is recorded as such.
+    Resolver { subject: String, headers: Option<HeaderMap>, refused: bool },
+    /// A message published into `PROXY_FEEDBACK` on `subject`: not stored by the stream, or
+    /// stored and dead-lettered (with the stored sequence and a reason) and counted as such.
+    Aggregator { subject: String, headers: Option<HeaderMap> },
+    /// A JSON feedback message on `proxy.v1.feedback.binance.http` that is folded although
+    /// odd; `why`, for the table.
+    Folded { why: &'static str },
+    /// An HTTP `POST` of `content_type` on the pool's `path`: a 4xx answer.
+    Pool { path: &'static str, content_type: &'static str },
+}
+
+/// One input of the table: what it is (the table's first column, and what a failure names),
+/// where it goes and what must come back, and its bytes.
+struct Case {
+    input: String,
+    part: Part,
+    body: Vec<u8>,
+}
+
+impl Case {
+    /// A request the resolver must refuse with an error reply.
+    fn resolver(input: impl Into<String>, subject: &str, headers: Option<HeaderMap>, body: Vec<u8>) -> Self {
+        Self { input: input.into(), part: Part::Resolver { subject: subject.into(), headers, refused: true }, body }
+    }
+
+    /// A message the aggregator must not fold.
+    fn aggregator(input: impl Into<String>, subject: &str, headers: Option<HeaderMap>, body: Vec<u8>) -> Self {
+        Self { input: input.into(), part: Part::Aggregator { subject: subject.into(), headers }, body }
+    }
+
+    /// A JSON feedback message the aggregator folds, for the reason `why`.
+    fn folded(input: impl Into<String>, body: Vec<u8>, why: &'static str) -> Self {
+        Self { input: input.into(), part: Part::Folded { why }, body }
+    }
+
+    /// A body the pool must answer with a 4xx.
+    fn pool(input: impl Into<String>, path: &'static str, content_type: &'static str, body: Vec<u8>) -> Self {
+        Self { input: input.into(), part: Part::Pool { path, content_type }, body }
+    }
+}
+
+/// The subject of a good request.
+const REQ: &str = "proxy.v1.request.binance.http";
+/// The subject of good feedback.
+const FB: &str = "proxy.v1.feedback.binance.http";
+const MIB: usize = 1024 * 1024;
+/// The content type of the pool's JSON bodies.
+const JSON: &str = "application/json";
+
+/// A feedback event as JSON with `"latency_ms":{latency}` written in place of the valid 40.
+fn feedback_with_latency(latency: &str) -> Vec<u8> {
+    serde_json::to_string(&feedback_json())
+        .unwrap()
+        .replace(r#""latency_ms":40"#, &format!(r#""latency_ms":{latency}"#))
+        .into_bytes()
+}
+
+/// Odd feedback that the aggregator folds all the same (sent before the baseline is taken).
+fn odd_but_folded() -> Vec<Case> {
+    // Feeds' clocks: the fold never reads them (it folds by the stream's time), so an
+    // event dated 1970 or 9999 is folded like any other.
+    let mut cases: Vec<Case> = [("1970", "1970-01-01T00:00:00Z"), ("9999", "9999-12-31T23:59:59Z")]
+        .into_iter()
+        .map(|(what, at)| {
+            let mut dated = feedback_json();
+            dated["timestamp"] = json!(at);
+            let why = "folded at the stream's time (the fold never reads a feed's clock)";
+            Case::folded(format!("`timestamp` in {what} (`{at}`)"), serde_json::to_vec(&dated).unwrap(), why)
+        })
+        .collect();
+    // An unknown field is ignored (forward compatibility); serde_json skips it without
+    // recursing, so even 10 000 levels cost nothing.
+    let deep = serde_json::to_string(&feedback_json()).unwrap().replacen(
+        '{',
+        &format!(r#"{{"extra":{},"#, deep_json(10_000)),
+        1,
+    );
+    cases.push(Case::folded(
+        "JSON nested 10 000 levels (in an unknown field)",
+        deep.into_bytes(),
+        "folded: unknown fields are skipped (iteratively) by the JSON decoder",
+    ));
+    cases
+}
+
+/// Every malformed input, in the order of the table of docs/reliability.md: the resolver's,
+/// the aggregator's, then the pool's.
+fn bad_inputs() -> Vec<Case> {
+    let json = || Some(json_headers());
+    let valid = msgpack(&request_body("feed-1"));
+    let valid_json = serde_json::to_vec(&request_body("feed-1")).unwrap();
+    let valid_fb = msgpack(&feedback_json());
+    let valid_fb_json = serde_json::to_vec(&feedback_json()).unwrap();
+    let deep_request = format!(
+        r#"{{"exchange_id":"binance","connection_type":"http","client_id":"f","metadata":{{"x":{}}}}}"#,
+        deep_json(10_000)
+    );
+    let huge_latency = feedback_with_latency(&u64::MAX.to_string());
+    let mut cases = Vec::new();
+
+    // ---- the resolver ----
+    let wrong = json!({"exchange_id": 42, "connection_type": ["http"], "client_id": {"a": 1}});
+    cases.extend([
+        Case::resolver("truncated MessagePack", REQ, None, valid[..valid.len() / 2].to_vec()),
+        Case::resolver("truncated JSON", REQ, json(), valid_json[..valid_json.len() - 5].to_vec()),
+        Case::resolver(
+            "wrong types (number, array, object for strings)",
+            REQ,
+            json(),
+            serde_json::to_vec(&wrong).unwrap(),
+        ),
+        Case::resolver(
+            "1 MiB `client_id` (just under NATS max_payload)",
+            REQ,
+            json(),
+            serde_json::to_vec(&request_body(&"x".repeat(MIB - 512))).unwrap(),
+        ),
+        Case::resolver(
+            "60 KiB `client_id` (under the resolver's 64 KiB limit)",
+            REQ,
+            json(),
+            serde_json::to_vec(&request_body(&"x".repeat(60 * 1024))).unwrap(),
+        ),
+        Case::resolver("JSON nested 10 000 levels (in `metadata`)", REQ, json(), deep_request.clone().into_bytes()),
+        Case::resolver("MessagePack nested 10 000 levels (in `metadata`)", REQ, None, deep_msgpack(10_000)),
+    ]);
+    cases.extend(ODD_IDS.map(|(what, id)| {
+        let body = serde_json::to_vec(&request_body(id)).unwrap();
+        let refused = id.chars().any(char::is_control);
+        let part = Part::Resolver { subject: REQ.into(), headers: json(), refused };
+        Case { input: format!("{what} in `client_id`"), part, body }
+    }));
+    let mut odd_exchange = request_body("feed-1");
+    odd_exchange["exchange_id"] = json!("binance\u{202e}");
+    let mut nul_request_id = request_body("feed-1");
+    nul_request_id["request_id"] = json!("id-\u{0}");
+    let mut xml = HeaderMap::new();
+    xml.insert("Content-Type", "application/xml");
+    cases.extend([
+        Case::resolver("RTL override in `exchange_id`", REQ, json(), serde_json::to_vec(&odd_exchange).unwrap()),
+        Case::resolver("NUL in `request_id`", REQ, json(), serde_json::to_vec(&nul_request_id).unwrap()),
+        Case::resolver("subject with `*` (`proxy.v1.request.*.http`)", "proxy.v1.request.*.http", None, valid.clone()),
+        Case::resolver(
+            "subject with an empty token (`proxy.v1.request..http`)",
+            "proxy.v1.request..http",
+            None,
+            valid.clone(),
+        ),
+        Case::resolver(
+            "subject with a unicode token (`proxy.v1.request.bïnance.http`)",
+            "proxy.v1.request.bïnance.http",
+            None,
+            valid.clone(),
+        ),
+        Case::resolver("oversized payload (2 MiB, over NATS max_payload)", REQ, None, vec![b'x'; 2 * MIB]),
+        Case::resolver("empty payload", REQ, None, Vec::new()),
+        Case::resolver("unsupported Content-Type (`application/xml`)", REQ, Some(xml), valid.clone()),
+    ]);
+
+    // ---- the aggregator ----
+    let mut wrong = feedback_json();
+    wrong["success"] = json!("yes");
+    wrong["proxy_id"] = json!(12345);
+    let mut huge = feedback_json();
+    huge["error_details"] = json!("x".repeat(MIB - 1024));
+    let mut deep_fb = msgpack(&feedback_json());
+    // One more entry in the top map (a map16: ProxyFeedback has more than 15 fields).
+    assert_eq!(deep_fb[0], 0xde, "a feedback event is a map16");
+    deep_fb[2] += 1;
+    deep_fb.extend(rmp_serde::to_vec(&"extra").unwrap());
+    deep_fb.extend(std::iter::repeat_n(0x91, 10_000));
+    deep_fb.push(0xc0);
+    cases.extend([
+        Case::aggregator("truncated MessagePack", FB, None, valid_fb[..valid_fb.len() / 2].to_vec()),
+        Case::aggregator("truncated JSON", FB, json(), valid_fb_json[..valid_fb_json.len() - 7].to_vec()),
+        Case::aggregator(
+            "wrong types (`success: \"yes\"`, numeric `proxy_id`)",
+            FB,
+            json(),
+            serde_json::to_vec(&wrong).unwrap(),
+        ),
+        Case::aggregator("1 MiB `error_details`", FB, json(), serde_json::to_vec(&huge).unwrap()),
+        Case::aggregator("MessagePack nested 10 000 levels (in an unknown field)", FB, None, deep_fb),
+    ]);
+    cases.extend([("NaN", "NaN"), ("negative", "-5"), ("fractional", "12.5"), ("over u64", "1e30")].map(
+        |(what, latency)| {
+            Case::aggregator(format!("{what} `latency_ms` ({latency})"), FB, json(), feedback_with_latency(latency))
+        },
+    ));
+    cases.push(Case::aggregator("huge `latency_ms` (u64::MAX, 584 million years)", FB, json(), huge_latency.clone()));
+    cases.extend(ODD_IDS.into_iter().filter(|(_, id)| id.chars().any(char::is_control)).map(|(what, id)| {
+        let mut odd = feedback_json();
+        odd["client_id"] = json!(id);
+        odd["event_id"] = json!(uuid::Uuid::new_v4().to_string());
+        Case::aggregator(format!("{what} in `client_id`"), FB, json(), serde_json::to_vec(&odd).unwrap())
+    }));
+    let mut mismatched = feedback_json();
+    mismatched["exchange_id"] = json!("kraken");
+    let mut odd = feedback_json();
+    odd["exchange_id"] = json!("bïnance");
+    cases.extend([
+        Case::aggregator("`exchange_id` not the subject's", FB, json(), serde_json::to_vec(&mismatched).unwrap()),
+        Case::aggregator("unicode `exchange_id`", FB, json(), serde_json::to_vec(&odd).unwrap()),
+        Case::aggregator(
+            "subject with `*` (`proxy.v1.feedback.*.http`)",
+            "proxy.v1.feedback.*.http",
+            None,
+            valid_fb.clone(),
+        ),
+        Case::aggregator(
+            "subject with an empty token (`proxy.v1.feedback..http`)",
+            "proxy.v1.feedback..http",
+            None,
+            valid_fb.clone(),
+        ),
+        Case::aggregator(
+            "subject with too many tokens (`proxy.v1.feedback.binance.http.x`)",
+            "proxy.v1.feedback.binance.http.x",
+            None,
+            valid_fb.clone(),
+        ),
+        Case::aggregator("oversized payload (2 MiB)", FB, None, vec![b'x'; 2 * MIB]),
+        Case::aggregator("empty payload", FB, None, Vec::new()),
+    ]);
+
+    // ---- the pool ----
+    let mut odd_exchange = request_body("feed-1");
+    odd_exchange["exchange_id"] = json!("binance\u{0}");
+    let wrong = json!({"exchange_id": 42, "connection_type": 1, "client_id": []});
+    cases.extend([
+        Case::pool("truncated JSON", paths::REQUEST, JSON, valid_json[..valid_json.len() - 5].to_vec()),
+        Case::pool("wrong types", paths::REQUEST, JSON, serde_json::to_vec(&wrong).unwrap()),
+        Case::pool("MessagePack body", paths::REQUEST, "application/msgpack", msgpack(&request_body("feed-1"))),
+        Case::pool(
+            "1 MiB `client_id`",
+            paths::REQUEST,
+            JSON,
+            serde_json::to_vec(&request_body(&"x".repeat(MIB))).unwrap(),
+        ),
+        Case::pool("JSON nested 10 000 levels", paths::REQUEST, JSON, deep_request.into_bytes()),
+        Case::pool("NUL in `exchange_id`", paths::REQUEST, JSON, serde_json::to_vec(&odd_exchange).unwrap()),
+        Case::pool(
+            "newline in `client_id`",
+            paths::REQUEST,
+            JSON,
+            serde_json::to_vec(&request_body("feed-1\nforged")).unwrap(),
+        ),
+    ]);
+    cases.extend([("NaN", "NaN"), ("negative", "-5"), ("over u64", "1e30")].map(|(what, latency)| {
+        Case::pool(format!("{what} `latency_ms`"), paths::FEEDBACK, JSON, feedback_with_latency(latency))
+    }));
+    let mut odd = feedback_json();
+    odd["client_id"] = json!("feed-\u{0}-1");
+    cases.extend([
+        Case::pool("huge `latency_ms` (u64::MAX)", paths::FEEDBACK, JSON, huge_latency),
+        Case::pool("NUL in `client_id`", paths::FEEDBACK, JSON, serde_json::to_vec(&odd).unwrap()),
+        Case::pool("truncated JSON", paths::FEEDBACK, JSON, valid_fb_json[..valid_fb_json.len() - 7].to_vec()),
+        Case::pool("health batch not a list", paths::HEALTH, JSON, br#"{"proxy_id":"0011223344556677"}"#.to_vec()),
+        Case::pool("health with wrong types", paths::HEALTH, JSON, br#"[{"proxy_id":1,"state":true}]"#.to_vec()),
+        Case::pool("oversized payload (2 MiB)", paths::HEALTH, JSON, vec![b'['; 2 * MIB]),
+    ]);
+    cases
+}
+
 impl Bench {
     fn row(&mut self, input: &str, part: &str, reply: String) {
         println!("{input} | {part} | {reply}");
         self.rows.push([input.to_owned(), part.to_owned(), reply]);
     }
 
-    /// A good request answered from the embedded settings.
-    async fn resolver_still_answers(&self) {
+    /// A good request answered from the embedded settings; `after` names what was sent
+    /// before it, for a failure.
+    async fn resolver_still_answers(&self, after: &str) {
         let request = ProxyRequest::new("binance".parse().unwrap(), ConnectionType::Http, "feed-good");
         let body = Codec::default().encode(Encoding::MsgPack, &request).unwrap();
-        let reply = tokio::time::timeout(WAIT, self.client.request("proxy.v1.request.binance.http", body))
+        let reply = tokio::time::timeout(WAIT, self.client.request(REQ, body))
             .await
-            .expect("the resolver answers in time")
-            .expect("a reply");
-        let answer: ProxyResponse = Codec::default().decode(reply.headers.as_ref(), &reply.payload).unwrap();
-        assert!(matches!(answer.source, ResponseSource::Embedded | ResponseSource::Cache), "{answer:?}");
-        assert_eq!(answer.proxy_url.as_deref(), Some(EMBEDDED));
+            .unwrap_or_else(|_| panic!("after {after}: the resolver answers in time"))
+            .unwrap_or_else(|err| panic!("after {after}: a reply: {err}"));
+        let answer: ProxyResponse = Codec::default()
+            .decode(reply.headers.as_ref(), &reply.payload)
+            .unwrap_or_else(|err| panic!("after {after}: not an answer: {err}"));
+        assert!(matches!(answer.source, ResponseSource::Embedded | ResponseSource::Cache), "after {after}: {answer:?}");
+        assert_eq!(answer.proxy_url.as_deref(), Some(EMBEDDED), "after {after}");
     }
 
-    /// Sends a bad request to the resolver; the reply must be an error reply.
-    async fn resolver(&mut self, input: &str, subject: &str, headers: Option<HeaderMap>, body: Vec<u8>) {
-        self.resolver_expecting(input, subject, headers, body, true).await;
+    /// Sends `case` where it goes and asserts the reply its part must get; records the row.
+    async fn check(&mut self, case: Case) {
+        let Case { input, part, body } = case;
+        match part {
+            Part::Resolver { subject, headers, refused } => {
+                self.resolver(&input, &subject, headers, body, refused).await;
+            }
+            Part::Aggregator { subject, headers } => self.aggregator(&input, &subject, headers, body).await,
+            Part::Folded { why } => self.aggregator_folds(&input, body, why).await,
+            Part::Pool { path, content_type } => self.pool(&input, path, content_type, body).await,
+        }
     }
 
     /// Sends a request to the resolver; the reply must be an error reply when `refused`,
     /// else an answer.
-    async fn resolver_expecting(
-        &mut self,
-        input: &str,
-        subject: &str,
-        headers: Option<HeaderMap>,
-        body: Vec<u8>,
-        refused: bool,
-    ) {
+    async fn resolver(&mut self, input: &str, subject: &str, headers: Option<HeaderMap>, body: Vec<u8>, refused: bool) {
         let call = async {
             match headers {
                 Some(headers) => self.client.request_with_headers(subject.to_owned(), headers, body.into()).await,
                 None => self.client.request(subject.to_owned(), body.into()).await,
             }
         };
-        let reply = match tokio::time::timeout(WAIT, call).await.expect("no hang: a reply or an error in time") {
+        let reply = match tokio::time::timeout(WAIT, call)
+            .await
+            .unwrap_or_else(|_| panic!("{input}: no hang: a reply or an error in time"))
+        {
             Ok(reply) if !refused => {
                 let answer: ProxyResponse = Codec::default()
                     .decode(reply.headers.as_ref(), &reply.payload)
@@ -239,9 +503,11 @@ impl Bench {
                 format!("answered (`{}`): the id is opaque text", answer.source.as_str())
             }
             Ok(reply) => {
-                let headers = reply.headers.as_ref().expect("an error reply has headers");
+                let headers = reply.headers.as_ref().unwrap_or_else(|| panic!("{input}: an error reply has headers"));
                 let code = headers.get(subject::SERVICE_ERROR_CODE_HEADER).map(|v| v.to_string());
-                let body: Value = Codec::default().decode(Some(headers), &reply.payload).expect("an ErrorReply");
+                let body: Value = Codec::default()
+                    .decode(Some(headers), &reply.payload)
+                    .unwrap_or_else(|err| panic!("{input}: not an ErrorReply: {err}"));
                 let code = code.unwrap_or_else(|| panic!("{input}: not an error reply: {body}"));
                 assert!(code.starts_with('4'), "{input}: {code} {body}");
                 format!(
@@ -257,19 +523,26 @@ impl Bench {
                 kind => format!("refused by the NATS client: {kind:?}"),
             },
         };
-        self.resolver_still_answers().await;
+        self.resolver_still_answers(input).await;
         self.row(input, "resolver", reply);
     }
 
     /// Publishes a bad feedback message into `PROXY_FEEDBACK` and waits for its dead letter.
     async fn aggregator(&mut self, input: &str, subject: &str, headers: Option<HeaderMap>, body: Vec<u8>) {
-        let mut dead = self.client.subscribe(subject::FEEDBACK_DEAD_WILDCARD).await.unwrap();
-        self.client.flush().await.unwrap();
+        let mut dead = self
+            .client
+            .subscribe(subject::FEEDBACK_DEAD_WILDCARD)
+            .await
+            .unwrap_or_else(|err| panic!("{input}: subscribing to dead letters: {err}"));
+        self.client.flush().await.unwrap_or_else(|err| panic!("{input}: flushing: {err}"));
         let dead_before = self.aggregator.snapshot().dead_lettered;
         let mut headers = headers.unwrap_or_default();
         headers.insert("Nats-Msg-Id", uuid::Uuid::new_v4().to_string().as_str());
         let stored = match self.js.publish_with_headers(subject.to_owned(), headers, body.into()).await {
-            Ok(ack) => tokio::time::timeout(WAIT, ack).await.expect("an ack in time").map_err(|e| e.to_string()),
+            Ok(ack) => tokio::time::timeout(WAIT, ack)
+                .await
+                .unwrap_or_else(|_| panic!("{input}: an ack in time"))
+                .map_err(|e| e.to_string()),
             Err(err) => Err(err.to_string()),
         };
         let reply = match stored {
@@ -278,11 +551,12 @@ impl Bench {
                 let letter = tokio::time::timeout(WAIT, dead.next())
                     .await
                     .unwrap_or_else(|_| panic!("{input}: no dead letter (folded or lost?)"))
-                    .unwrap();
-                let headers = letter.headers.expect("dead letters have headers");
+                    .unwrap_or_else(|| panic!("{input}: the dead letters' subscription ended"));
+                let headers = letter.headers.unwrap_or_else(|| panic!("{input}: dead letters have headers"));
                 assert_eq!(
                     headers.get(subject::DEAD_SEQ_HEADER).map(|v| v.to_string()),
-                    Some(ack.sequence.to_string())
+                    Some(ack.sequence.to_string()),
+                    "{input}: the dead letter names the stored message"
                 );
                 let reason = headers.get(subject::DEAD_REASON_HEADER).map(|v| v.to_string()).unwrap_or_default();
                 assert!(!reason.is_empty(), "{input}: a reason");
@@ -292,8 +566,8 @@ impl Bench {
                     }
                 })
                 .await
-                .expect("the dead letter is counted");
-                assert_eq!(self.aggregator.snapshot().dead_lettered, dead_before + 1);
+                .unwrap_or_else(|_| panic!("{input}: the dead letter is counted"));
+                assert_eq!(self.aggregator.snapshot().dead_lettered, dead_before + 1, "{input}: one dead letter");
                 format!("dead letter on `{}`: {}", letter.subject, short(&reason))
             }
         };
@@ -303,8 +577,12 @@ impl Bench {
     /// Publishes a JSON feedback message that is folded although odd; records `why`.
     async fn aggregator_folds(&mut self, input: &str, body: Vec<u8>, why: &str) {
         let folded = self.aggregator.snapshot().events_folded;
-        let subject = "proxy.v1.feedback.binance.http";
-        self.js.publish_with_headers(subject, json_headers(), body.into()).await.unwrap().await.unwrap();
+        self.js
+            .publish_with_headers(FB, json_headers(), body.into())
+            .await
+            .unwrap_or_else(|err| panic!("{input}: publishing: {err}"))
+            .await
+            .unwrap_or_else(|err| panic!("{input}: stored: {err}"));
         tokio::time::timeout(WAIT, async {
             while self.aggregator.snapshot().events_folded == folded {
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -315,7 +593,7 @@ impl Bench {
         self.row(input, "aggregator", why.to_owned());
     }
 
-    /// Posts a bad body to the pool; the answer must be a 4xx JSON error.
+    /// Posts a bad body to the pool; the answer must be a 4xx.
     async fn pool(&mut self, input: &str, path: &str, content_type: &str, body: Vec<u8>) {
         let answer = self
             .http
@@ -326,7 +604,7 @@ impl Bench {
             .timeout(WAIT)
             .send()
             .await
-            .expect("the pool answers in time");
+            .unwrap_or_else(|err| panic!("{input} on {path}: the pool answers in time: {err}"));
         let status = answer.status();
         let text = answer.text().await.unwrap_or_default();
         assert!(status.is_client_error(), "{input} on {path}: {status} {text}");
@@ -382,9 +660,6 @@ fn short(text: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_input_is_refused_by_every_live_service_and_changes_nothing() {
     let mut bench = bench().await;
-    const REQ: &str = "proxy.v1.request.binance.http";
-    const FB: &str = "proxy.v1.feedback.binance.http";
-    const MIB: usize = 1024 * 1024;
 
     // A first good feedback event, folded, so PROXY_HEALTH has a record to keep.
     let good = Codec::default().encode(Encoding::MsgPack, &feedback()).unwrap();
@@ -396,287 +671,30 @@ async fn malformed_input_is_refused_by_every_live_service_and_changes_nothing() 
     })
     .await
     .expect("the good event is folded");
-    bench.resolver_still_answers().await;
-    // Feeds' clocks: the fold never reads them (it folds by the stream's time), so an
-    // event dated 1970 or 9999 is folded like any other.
-    for (what, at) in [("1970", "1970-01-01T00:00:00Z"), ("9999", "9999-12-31T23:59:59Z")] {
-        let mut dated = feedback_json();
-        dated["timestamp"] = json!(at);
-        let body = serde_json::to_vec(&dated).unwrap();
-        let why = "folded at the stream's time (the fold never reads a feed's clock)";
-        bench.aggregator_folds(&format!("`timestamp` in {what} (`{at}`)"), body, why).await;
+    bench.resolver_still_answers("the first good event").await;
+    for case in odd_but_folded() {
+        bench.check(case).await;
     }
-    // An unknown field is ignored (forward compatibility); serde_json skips it without
-    // recursing, so even 10 000 levels cost nothing.
-    let deep = serde_json::to_string(&feedback_json()).unwrap().replacen(
-        '{',
-        &format!(r#"{{"extra":{},"#, deep_json(10_000)),
-        1,
-    );
-    bench
-        .aggregator_folds(
-            "JSON nested 10 000 levels (in an unknown field)",
-            deep.into_bytes(),
-            "folded: unknown fields are skipped (iteratively) by the JSON decoder",
-        )
-        .await;
     // The pool follows what the aggregator published.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let folded_before = bench.aggregator.snapshot().events_folded;
     let health_before = bench.health().await;
     let proxies_before = bench.pool_proxies().await;
 
-    // ---- the resolver ----
-    let valid = msgpack(&request_body("feed-1"));
-    bench.resolver("truncated MessagePack", REQ, None, valid[..valid.len() / 2].to_vec()).await;
-    let valid_json = serde_json::to_vec(&request_body("feed-1")).unwrap();
-    bench.resolver("truncated JSON", REQ, Some(json_headers()), valid_json[..valid_json.len() - 5].to_vec()).await;
-    let wrong = json!({"exchange_id": 42, "connection_type": ["http"], "client_id": {"a": 1}});
-    bench
-        .resolver(
-            "wrong types (number, array, object for strings)",
-            REQ,
-            Some(json_headers()),
-            serde_json::to_vec(&wrong).unwrap(),
-        )
-        .await;
-    let mut huge = request_body(&"x".repeat(MIB - 512));
-    bench
-        .resolver(
-            "1 MiB `client_id` (just under NATS max_payload)",
-            REQ,
-            Some(json_headers()),
-            serde_json::to_vec(&huge).unwrap(),
-        )
-        .await;
-    huge["client_id"] = json!("x".repeat(60 * 1024));
-    bench
-        .resolver(
-            "60 KiB `client_id` (under the resolver's 64 KiB limit)",
-            REQ,
-            Some(json_headers()),
-            serde_json::to_vec(&huge).unwrap(),
-        )
-        .await;
-    let deep = format!(
-        r#"{{"exchange_id":"binance","connection_type":"http","client_id":"f","metadata":{{"x":{}}}}}"#,
-        deep_json(10_000)
-    );
-    bench.resolver("JSON nested 10 000 levels (in `metadata`)", REQ, Some(json_headers()), deep.into_bytes()).await;
-    bench.resolver("MessagePack nested 10 000 levels (in `metadata`)", REQ, None, deep_msgpack(10_000)).await;
-    for (what, id) in ODD_IDS {
-        let body = serde_json::to_vec(&request_body(id)).unwrap();
-        let refused = id.chars().any(char::is_control);
-        bench.resolver_expecting(&format!("{what} in `client_id`"), REQ, Some(json_headers()), body, refused).await;
+    let (to_pool, over_nats): (Vec<Case>, Vec<Case>) =
+        bad_inputs().into_iter().partition(|case| matches!(case.part, Part::Pool { .. }));
+    for case in over_nats {
+        bench.check(case).await;
     }
-    let mut odd_exchange = request_body("feed-1");
-    odd_exchange["exchange_id"] = json!("binance\u{202e}");
-    bench
-        .resolver(
-            "RTL override in `exchange_id`",
-            REQ,
-            Some(json_headers()),
-            serde_json::to_vec(&odd_exchange).unwrap(),
-        )
-        .await;
-    let mut nul_request_id = request_body("feed-1");
-    nul_request_id["request_id"] = json!("id-\u{0}");
-    bench
-        .resolver("NUL in `request_id`", REQ, Some(json_headers()), serde_json::to_vec(&nul_request_id).unwrap())
-        .await;
-    bench
-        .resolver("subject with `*` (`proxy.v1.request.*.http`)", "proxy.v1.request.*.http", None, valid.clone())
-        .await;
-    bench
-        .resolver(
-            "subject with an empty token (`proxy.v1.request..http`)",
-            "proxy.v1.request..http",
-            None,
-            valid.clone(),
-        )
-        .await;
-    bench
-        .resolver(
-            "subject with a unicode token (`proxy.v1.request.bïnance.http`)",
-            "proxy.v1.request.bïnance.http",
-            None,
-            valid.clone(),
-        )
-        .await;
-    bench.resolver("oversized payload (2 MiB, over NATS max_payload)", REQ, None, vec![b'x'; 2 * MIB]).await;
-    bench.resolver("empty payload", REQ, None, Vec::new()).await;
-    let mut ct = HeaderMap::new();
-    ct.insert("Content-Type", "application/xml");
-    bench.resolver("unsupported Content-Type (`application/xml`)", REQ, Some(ct), valid.clone()).await;
-
-    // ---- the aggregator ----
-    let valid_fb = msgpack(&feedback_json());
-    bench.aggregator("truncated MessagePack", FB, None, valid_fb[..valid_fb.len() / 2].to_vec()).await;
-    let valid_fb_json = serde_json::to_vec(&feedback_json()).unwrap();
-    bench
-        .aggregator("truncated JSON", FB, Some(json_headers()), valid_fb_json[..valid_fb_json.len() - 7].to_vec())
-        .await;
-    let mut wrong = feedback_json();
-    wrong["success"] = json!("yes");
-    wrong["proxy_id"] = json!(12345);
-    bench
-        .aggregator(
-            "wrong types (`success: \"yes\"`, numeric `proxy_id`)",
-            FB,
-            Some(json_headers()),
-            serde_json::to_vec(&wrong).unwrap(),
-        )
-        .await;
-    let mut huge = feedback_json();
-    huge["error_details"] = json!("x".repeat(MIB - 1024));
-    bench.aggregator("1 MiB `error_details`", FB, Some(json_headers()), serde_json::to_vec(&huge).unwrap()).await;
-    let mut deep_fb = msgpack(&feedback_json());
-    // One more entry in the top map (a map16: ProxyFeedback has more than 15 fields).
-    assert_eq!(deep_fb[0], 0xde);
-    deep_fb[2] += 1;
-    deep_fb.extend(rmp_serde::to_vec(&"extra").unwrap());
-    deep_fb.extend(std::iter::repeat_n(0x91, 10_000));
-    deep_fb.push(0xc0);
-    bench.aggregator("MessagePack nested 10 000 levels (in an unknown field)", FB, None, deep_fb).await;
-    for (what, latency) in [("NaN", "NaN"), ("negative", "-5"), ("fractional", "12.5"), ("over u64", "1e30")] {
-        let text = serde_json::to_string(&feedback_json())
-            .unwrap()
-            .replace(r#""latency_ms":40"#, &format!(r#""latency_ms":{latency}"#));
-        bench
-            .aggregator(&format!("{what} `latency_ms` ({latency})"), FB, Some(json_headers()), text.into_bytes())
-            .await;
-    }
-    let huge_latency = serde_json::to_string(&feedback_json())
-        .unwrap()
-        .replace(r#""latency_ms":40"#, &format!(r#""latency_ms":{}"#, u64::MAX));
-    bench
-        .aggregator(
-            "huge `latency_ms` (u64::MAX, 584 million years)",
-            FB,
-            Some(json_headers()),
-            huge_latency.clone().into_bytes(),
-        )
-        .await;
-    for (what, id) in ODD_IDS.into_iter().filter(|(_, id)| id.chars().any(char::is_control)) {
-        let mut odd = feedback_json();
-        odd["client_id"] = json!(id);
-        odd["event_id"] = json!(uuid::Uuid::new_v4().to_string());
-        bench
-            .aggregator(&format!("{what} in `client_id`"), FB, Some(json_headers()), serde_json::to_vec(&odd).unwrap())
-            .await;
-    }
-    let mut mismatched = feedback_json();
-    mismatched["exchange_id"] = json!("kraken");
-    bench
-        .aggregator(
-            "`exchange_id` not the subject's",
-            FB,
-            Some(json_headers()),
-            serde_json::to_vec(&mismatched).unwrap(),
-        )
-        .await;
-    let mut odd = feedback_json();
-    odd["exchange_id"] = json!("bïnance");
-    bench.aggregator("unicode `exchange_id`", FB, Some(json_headers()), serde_json::to_vec(&odd).unwrap()).await;
-    bench
-        .aggregator("subject with `*` (`proxy.v1.feedback.*.http`)", "proxy.v1.feedback.*.http", None, valid_fb.clone())
-        .await;
-    bench
-        .aggregator(
-            "subject with an empty token (`proxy.v1.feedback..http`)",
-            "proxy.v1.feedback..http",
-            None,
-            valid_fb.clone(),
-        )
-        .await;
-    bench
-        .aggregator(
-            "subject with too many tokens (`proxy.v1.feedback.binance.http.x`)",
-            "proxy.v1.feedback.binance.http.x",
-            None,
-            valid_fb.clone(),
-        )
-        .await;
-    bench.aggregator("oversized payload (2 MiB)", FB, None, vec![b'x'; 2 * MIB]).await;
-    bench.aggregator("empty payload", FB, None, Vec::new()).await;
-
     assert_eq!(bench.aggregator.snapshot().events_folded, folded_before, "no bad event was folded");
     assert_eq!(bench.health().await, health_before, "PROXY_HEALTH unchanged");
-
-    // ---- the pool ----
-    let valid_req = serde_json::to_vec(&request_body("feed-1")).unwrap();
-    bench.pool("truncated JSON", paths::REQUEST, "application/json", valid_req[..valid_req.len() - 5].to_vec()).await;
-    bench
-        .pool(
-            "wrong types",
-            paths::REQUEST,
-            "application/json",
-            serde_json::to_vec(&json!({"exchange_id": 42, "connection_type": 1, "client_id": []})).unwrap(),
-        )
-        .await;
-    bench.pool("MessagePack body", paths::REQUEST, "application/msgpack", msgpack(&request_body("feed-1"))).await;
-    bench
-        .pool(
-            "1 MiB `client_id`",
-            paths::REQUEST,
-            "application/json",
-            serde_json::to_vec(&request_body(&"x".repeat(MIB))).unwrap(),
-        )
-        .await;
-    let deep = format!(
-        r#"{{"exchange_id":"binance","connection_type":"http","client_id":"f","metadata":{{"x":{}}}}}"#,
-        deep_json(10_000)
-    );
-    bench.pool("JSON nested 10 000 levels", paths::REQUEST, "application/json", deep.into_bytes()).await;
-    let mut odd_exchange = request_body("feed-1");
-    odd_exchange["exchange_id"] = json!("binance\u{0}");
-    bench
-        .pool("NUL in `exchange_id`", paths::REQUEST, "application/json", serde_json::to_vec(&odd_exchange).unwrap())
-        .await;
-    bench
-        .pool(
-            "newline in `client_id`",
-            paths::REQUEST,
-            "application/json",
-            serde_json::to_vec(&request_body("feed-1\nforged")).unwrap(),
-        )
-        .await;
-    for (what, latency) in [("NaN", "NaN"), ("negative", "-5"), ("over u64", "1e30")] {
-        let text = serde_json::to_string(&feedback_json())
-            .unwrap()
-            .replace(r#""latency_ms":40"#, &format!(r#""latency_ms":{latency}"#));
-        bench.pool(&format!("{what} `latency_ms`"), paths::FEEDBACK, "application/json", text.into_bytes()).await;
+    for case in to_pool {
+        bench.check(case).await;
     }
-    bench
-        .pool("huge `latency_ms` (u64::MAX)", paths::FEEDBACK, "application/json", huge_latency.clone().into_bytes())
-        .await;
-    let mut odd = feedback_json();
-    odd["client_id"] = json!("feed-\u{0}-1");
-    bench.pool("NUL in `client_id`", paths::FEEDBACK, "application/json", serde_json::to_vec(&odd).unwrap()).await;
-    bench
-        .pool("truncated JSON", paths::FEEDBACK, "application/json", valid_fb_json[..valid_fb_json.len() - 7].to_vec())
-        .await;
-    bench
-        .pool(
-            "health batch not a list",
-            paths::HEALTH,
-            "application/json",
-            br#"{"proxy_id":"0011223344556677"}"#.to_vec(),
-        )
-        .await;
-    bench
-        .pool(
-            "health with wrong types",
-            paths::HEALTH,
-            "application/json",
-            br#"[{"proxy_id":1,"state":true}]"#.to_vec(),
-        )
-        .await;
-    bench.pool("oversized payload (2 MiB)", paths::HEALTH, "application/json", vec![b'['; 2 * MIB]).await;
 
     assert_eq!(bench.pool_proxies().await, proxies_before, "the pool's proxies unchanged");
     assert_eq!(bench.health().await, health_before, "PROXY_HEALTH unchanged");
-    bench.resolver_still_answers().await;
+    bench.resolver_still_answers("every bad input").await;
 
     // Still folding: one more good event is folded.
     let good = Codec::default().encode(Encoding::MsgPack, &feedback()).unwrap();

@@ -13,11 +13,10 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use common::{event, folded_total};
-use futures::StreamExt;
 use proxybus_shared::feedback::{FeedbackStreamConfig, ensure_feedback_stream, publish_feedback};
 use proxybus_shared::subject::FEEDBACK_STREAM;
 use proxybus_shared::{Codec, ConnectionType, Encoding, ProxyRequest, subject};
-use proxybus_tests::NatsCluster;
+use proxybus_tests::{NatsCluster, resolvers_serving};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -69,21 +68,6 @@ fn start_resolver(cluster: &NatsCluster, url: String, stop: &CancellationToken) 
         };
         proxybus_resolver::run_with_client(client, config, stop.cancelled_owned()).await.unwrap();
     });
-}
-
-/// How many resolvers answer `$SRV.PING.proxybus-resolver` within 300 ms.
-async fn resolvers_serving(client: &async_nats::Client) -> usize {
-    let inbox = client.new_inbox();
-    let mut pongs = client.subscribe(inbox.clone()).await.unwrap();
-    let ping = format!("$SRV.PING.{}", subject::RESOLVER_SERVICE);
-    if client.publish_with_reply(ping, inbox, "".into()).await.is_err() {
-        return 0;
-    }
-    let mut serving = 0;
-    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(300), pongs.next()).await {
-        serving += 1;
-    }
-    serving
 }
 
 /// A feed asking one request at a time on a connection to `url` until `stop`.

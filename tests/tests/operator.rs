@@ -13,24 +13,10 @@ use proxybus_shared::subject::HEALTH_BUCKET;
 use proxybus_shared::{
     ConnectionType, ExchangeId, HealthStats, OperatorAction, OperatorEvent, ProxyId, ProxyRequest, proxy_id,
 };
-use proxybus_tests::NatsServer;
+use proxybus_tests::{NatsServer, TestInventory, documentation_proxy};
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(15);
-
-/// Three proxies in one region (never dialled: selection only).
-const INVENTORY: &str = r#"
-default_region = "us-east"
-[defaults]
-strategy = "round_robin"
-ttl_seconds = 300
-[[regions.us-east.proxies]]
-url = "http://u:pw1@203.0.113.1:3128"
-[[regions.us-east.proxies]]
-url = "http://u:pw2@203.0.113.2:3128"
-[[regions.us-east.proxies]]
-url = "http://u:pw3@203.0.113.3:3128"
-"#;
 
 struct Bench {
     server: NatsServer,
@@ -55,8 +41,8 @@ async fn bench() -> Bench {
     aggregator.settings.fetch_wait_ms = 100;
     tokio::spawn(proxybus_aggregator::run(aggregator, stop.clone().cancelled_owned()));
     let dir = tempfile::tempdir().unwrap();
-    let inventory = dir.path().join("inventory.toml");
-    std::fs::write(&inventory, INVENTORY).unwrap();
+    // Three proxies in one region (never dialled: selection only).
+    let inventory = TestInventory::documentation(3).write(dir.path().join("inventory.toml"));
     let settings = proxybus_pool::PoolSettings {
         listen: "127.0.0.1:0".parse().unwrap(),
         inventory,
@@ -89,7 +75,7 @@ fn binance() -> ExchangeId {
 }
 
 fn proxy(n: u8) -> ProxyId {
-    proxy_id(&format!("http://u:pw{n}@203.0.113.{n}:3128"))
+    proxy_id(&documentation_proxy(n.into()))
 }
 
 fn event(proxy: ProxyId, action: OperatorAction, exchange: Option<&str>, seconds: Option<u64>) -> OperatorEvent {

@@ -24,7 +24,7 @@ use proxybus_shared::{
     Codec, ConnectionType, Encoding, ExchangeId, HealthState, HealthStats, ProxyRequest, Region, ResponseSource,
     proxy_id, redact_url, subject,
 };
-use proxybus_tests::NatsSuperCluster;
+use proxybus_tests::{NatsSuperCluster, TestInventory};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -55,18 +55,12 @@ fn proxy_url(region: &str, n: usize) -> String {
 
 /// A pool inventory with default region `home`, serving `home` and `also`.
 fn write_inventory(dir: &Path, home: &str, also: &[&str]) -> PathBuf {
-    let mut text = format!(
-        "default_region = \"{home}\"\n[defaults]\nstrategy = \"round_robin\"\nttl_seconds = 60\nsticky = false\n"
-    );
-    for region in std::iter::once(&home).chain(also) {
-        text.push_str(&format!("[regions.{region}]\n"));
-        for n in 0..PROXIES {
-            text.push_str(&format!("[[regions.{region}.proxies]]\nurl = \"{}\"\n", proxy_url(region, n)));
-        }
-    }
-    let path = dir.join(format!("{home}.toml"));
-    std::fs::write(&path, text).unwrap();
-    path
+    std::iter::once(&home)
+        .chain(also)
+        .fold(TestInventory::new(home).ttl_seconds(60).sticky(false), |inventory, region| {
+            inventory.region(region, (0..PROXIES).map(|n| proxy_url(region, n)))
+        })
+        .write(dir.join(format!("{home}.toml")))
 }
 
 /// One region's pool service (HTTP on loopback), serving until `stop`.

@@ -17,7 +17,7 @@ use proxybus_lab::{Lab, LabConfig, LabExchange, LabProxyConfig, ProxyFault, Prox
 use proxybus_shared::config::{AuthMethod, ExternalProxyServiceConfig, ProxySettings};
 use proxybus_shared::nats::NatsSettings;
 use proxybus_shared::{ConnectionType, ExchangeId, ProxyId, ProxyRequest, ResponseSource};
-use proxybus_tests::NatsServer;
+use proxybus_tests::{NatsServer, TestInventory};
 use tokio_util::sync::CancellationToken;
 
 const TOKEN: &str = "selection-pool-token-1";
@@ -129,14 +129,12 @@ async fn ask(nats: &async_nats::Client, client_id: &str, excluded: &[&ProxyId]) 
 #[tokio::test]
 async fn exclude_proxy_ids_is_honoured_by_the_cache_the_pool_the_stale_cache_and_the_embedded_settings() {
     let dir = tempfile::tempdir().unwrap();
-    let inventory = dir.path().join("inventory.toml");
     let pool_urls = ["http://u:pw-a@10.1.0.1:3128", "http://u:pw-b@10.1.0.2:3128", "http://u:pw-c@10.1.0.3:3128"];
-    let entries: String = pool_urls.iter().map(|u| format!("[[regions.us-east.proxies]]\nurl = \"{u}\"\n")).collect();
-    std::fs::write(
-        &inventory,
-        format!("default_region = \"us-east\"\n[defaults]\nstrategy = \"round_robin\"\nttl_seconds = 2\nwhen_all_ejected = \"fail\"\n[regions.us-east]\n{entries}"),
-    )
-    .unwrap();
+    let inventory = TestInventory::new("us-east")
+        .ttl_seconds(2)
+        .when_all_ejected("fail")
+        .region("us-east", pool_urls)
+        .write(dir.path().join("inventory.toml"));
     let embedded_urls = ["socks5://e:pw-1@10.9.0.1:1080", "socks5://e:pw-2@10.9.0.2:1080"];
     let proxy: ProxySettings = proxybus_shared::config::from_toml_str(&format!(
         "[default.websocket.pool]\nproxies = [{{ url = \"{}\" }}, {{ url = \"{}\" }}]",
@@ -405,14 +403,9 @@ async fn a_feed_past_the_weight_limit_through_one_proxy_is_steered_to_others_bef
 #[tokio::test]
 async fn a_session_key_keeps_one_proxy_for_every_feed_of_the_session_through_the_resolver() {
     let dir = tempfile::tempdir().unwrap();
-    let inventory = dir.path().join("inventory.toml");
-    let entries: String =
-        (1..=3).map(|n| format!("[[regions.us-east.proxies]]\nurl = \"http://u:pw@10.2.0.{n}:3128\"\n")).collect();
-    std::fs::write(
-        &inventory,
-        format!("default_region = \"us-east\"\n[defaults]\nstrategy = \"round_robin\"\n[regions.us-east]\n{entries}"),
-    )
-    .unwrap();
+    let inventory = TestInventory::new("us-east")
+        .region("us-east", (1..=3).map(|n| format!("http://u:pw@10.2.0.{n}:3128")))
+        .write(dir.path().join("inventory.toml"));
     let pipeline = start_pipeline(&inventory, ProxySettings::default(), Default::default()).await;
     let session = |key: &str| LeaseOptions { session_key: Some(key.into()), ..LeaseOptions::default() };
     let a = feed(&pipeline, |c| c.client_id = "feed-a".into()).await;

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use proxybus_aggregator::AggregatorConfig;
 use proxybus_aggregator::replay::ReplayArgs;
-use proxybus_shared::config::{AGGREGATOR_CONFIG_VAR, EnvSource, PROXY_CONFIG_VAR};
+use proxybus_shared::config::{AGGREGATOR_CONFIG_VAR, DEPRECATED_PROXY_CONFIG_VARS, EnvSource, PROXY_CONFIG_VAR};
 use proxybus_shared::telemetry;
 
 #[derive(Debug, Parser)]
@@ -30,17 +30,13 @@ struct Cli {
 
 impl Cli {
     /// Fills a file not given on the command line from its variable, the same way in
-    /// every service (`EnvSource::renamed`): the seed's ProxySettings file is
+    /// every service ([`EnvSource::file_path`]): the seed's ProxySettings file is
     /// `PROXYBUS_PROXY_CONFIG`, as for the resolver, whose old name `PROXYBUS_CONFIG` still
     /// works with a deprecation warning.
     /// Called after telemetry is set up, so that a deprecation would be logged.
     fn fill_from(&mut self, env: &EnvSource) {
-        if self.config.is_none() {
-            self.config = env.renamed(AGGREGATOR_CONFIG_VAR, &[]).map(PathBuf::from);
-        }
-        if self.proxy_config.is_none() {
-            self.proxy_config = env.renamed(PROXY_CONFIG_VAR, &["PROXYBUS_CONFIG"]).map(PathBuf::from);
-        }
+        self.config = env.file_path(self.config.take(), AGGREGATOR_CONFIG_VAR, &[]);
+        self.proxy_config = env.file_path(self.proxy_config.take(), PROXY_CONFIG_VAR, DEPRECATED_PROXY_CONFIG_VARS);
     }
 }
 

@@ -35,10 +35,8 @@ async fn main() -> ExitCode {
     proxybus_shared::telemetry::init_from_env(&env);
     if args.check {
         // Only the inventory is checked: no token or TLS files are needed for that.
-        let inventory = args
-            .inventory
-            .clone()
-            .or_else(|| env.non_empty("PROXYBUS_POOL_INVENTORY").map(PathBuf::from))
+        let inventory = env
+            .file_path(args.inventory.clone(), "PROXYBUS_POOL_INVENTORY", &[])
             .unwrap_or_else(|| PoolSettings::default().inventory);
         return match Inventory::load(&inventory) {
             Ok(inventory) => {

@@ -135,7 +135,7 @@ impl PoolConfig {
     /// The settings file to read: the `--config` flag, else `PROXYBUS_POOL_CONFIG`
     /// ([`config::POOL_CONFIG_VAR`]); `None`: defaults and variables only.
     pub fn file(flag: Option<PathBuf>, env: &EnvSource) -> Option<PathBuf> {
-        flag.or_else(|| env.renamed(config::POOL_CONFIG_VAR, &[]).map(PathBuf::from))
+        env.file_path(flag, config::POOL_CONFIG_VAR, &[])
     }
 }
 

@@ -6,12 +6,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use proxybus_resolver::ResolverConfig;
-use proxybus_shared::config::{EnvSource, PROXY_CONFIG_VAR, RESOLVER_CONFIG_VAR};
-
-/// The old name of [`PROXY_CONFIG_VAR`], still read with a deprecation warning.
-const DEPRECATED_PROXY_CONFIG_VARS: &[&str] = &["PROXYBUS_CONFIG"];
-/// The old name of [`RESOLVER_CONFIG_VAR`], still read with a deprecation warning.
-const DEPRECATED_RESOLVER_CONFIG_VARS: &[&str] = &["PROXYBUS_CONFIG_RESOLVER"];
+use proxybus_shared::config::{
+    DEPRECATED_PROXY_CONFIG_VARS, DEPRECATED_RESOLVER_CONFIG_VARS, EnvSource, PROXY_CONFIG_VAR, RESOLVER_CONFIG_VAR,
+};
 
 /// Answers proxy requests on the NATS bus.
 #[derive(Debug, Parser)]
@@ -29,12 +26,12 @@ struct Args {
 
 impl Args {
     /// Fills each file not given on the command line from its variable, or from the
-    /// variable's deprecated old name (with a warning, so call it after telemetry is set up).
+    /// variable's deprecated old name (with a warning, so call it after telemetry is set up):
+    /// [`EnvSource::file_path`].
     fn or_from_env(self, env: &EnvSource) -> Self {
-        let from_env = |name, deprecated| env.renamed(name, deprecated).map(PathBuf::from);
         Self {
-            config: self.config.or_else(|| from_env(RESOLVER_CONFIG_VAR, DEPRECATED_RESOLVER_CONFIG_VARS)),
-            proxy_config: self.proxy_config.or_else(|| from_env(PROXY_CONFIG_VAR, DEPRECATED_PROXY_CONFIG_VARS)),
+            config: env.file_path(self.config, RESOLVER_CONFIG_VAR, DEPRECATED_RESOLVER_CONFIG_VARS),
+            proxy_config: env.file_path(self.proxy_config, PROXY_CONFIG_VAR, DEPRECATED_PROXY_CONFIG_VARS),
         }
     }
 }

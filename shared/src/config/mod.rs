@@ -81,6 +81,27 @@ impl EnvSource {
         tracing::warn!(variable = old, replacement = name, "{old} is deprecated; set {name} instead");
         Some(value)
     }
+
+    /// The file a service reads: `flag` (its command-line flag) when given, else the value
+    /// of the variable `name`, else of the first of its `deprecated` old names that is set,
+    /// with the warning of [`EnvSource::renamed`]. The variables are read only when no flag
+    /// is given, so a flag never draws a warning; call it after telemetry is set up, so that
+    /// the warning is logged.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::path::PathBuf;
+    /// use proxybus_shared::config::{DEPRECATED_PROXY_CONFIG_VARS, EnvSource, PROXY_CONFIG_VAR};
+    ///
+    /// let env: EnvSource = [("PROXYBUS_CONFIG", "old.toml")].into_iter().collect();
+    /// let file = |flag: Option<&str>| env.file_path(flag.map(PathBuf::from), PROXY_CONFIG_VAR, DEPRECATED_PROXY_CONFIG_VARS);
+    /// assert_eq!(file(Some("flag.toml")), Some(PathBuf::from("flag.toml")));
+    /// assert_eq!(file(None), Some(PathBuf::from("old.toml"))); // and a deprecation warning
+    /// ```
+    pub fn file_path(&self, flag: Option<PathBuf>, name: &str, deprecated: &[&str]) -> Option<PathBuf> {
+        flag.or_else(|| self.renamed(name, deprecated).map(PathBuf::from))
+    }
 }
 
 /// Writes `contents` to `path` (created or truncated) readable and writable by the
@@ -120,6 +141,10 @@ pub const POOL_CONFIG_VAR: &str = "PROXYBUS_POOL_CONFIG";
 /// Variable naming the seed's `ProxySettings` file (exchanges, pools, `external_service`),
 /// shared by the resolver and the aggregator.
 pub const PROXY_CONFIG_VAR: &str = "PROXYBUS_PROXY_CONFIG";
+/// The old names of [`PROXY_CONFIG_VAR`], still read with a deprecation warning.
+pub const DEPRECATED_PROXY_CONFIG_VARS: &[&str] = &["PROXYBUS_CONFIG"];
+/// The old names of [`RESOLVER_CONFIG_VAR`], still read with a deprecation warning.
+pub const DEPRECATED_RESOLVER_CONFIG_VARS: &[&str] = &["PROXYBUS_CONFIG_RESOLVER"];
 
 impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for EnvSource {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
@@ -539,11 +564,43 @@ mod tests {
     #[test]
     fn renamed_variables_prefer_the_new_name_and_still_read_the_old_one() {
         let both: EnvSource = [(PROXY_CONFIG_VAR, "new.toml"), ("PROXYBUS_CONFIG", "old.toml")].into_iter().collect();
-        assert_eq!(both.renamed(PROXY_CONFIG_VAR, &["PROXYBUS_CONFIG"]), Some("new.toml"));
+        assert_eq!(both.renamed(PROXY_CONFIG_VAR, DEPRECATED_PROXY_CONFIG_VARS), Some("new.toml"));
         let old: EnvSource = [("PROXYBUS_CONFIG", "old.toml"), (PROXY_CONFIG_VAR, " ")].into_iter().collect();
-        assert_eq!(old.renamed(PROXY_CONFIG_VAR, &["PROXYBUS_CONFIG"]), Some("old.toml"));
+        assert_eq!(old.renamed(PROXY_CONFIG_VAR, DEPRECATED_PROXY_CONFIG_VARS), Some("old.toml"));
         let none: EnvSource = [("PROXYBUS_CONFIG", "")].into_iter().collect();
-        assert_eq!(none.renamed(PROXY_CONFIG_VAR, &["PROXYBUS_CONFIG"]), None);
+        assert_eq!(none.renamed(PROXY_CONFIG_VAR, DEPRECATED_PROXY_CONFIG_VARS), None);
+    }
+
+    /// `env.file_path(flag, PROXY_CONFIG_VAR, DEPRECATED_PROXY_CONFIG_VARS)` and what it logged
+    /// at `warn`.
+    fn proxy_config_file(flag: Option<&str>, env: &[(&str, &str)]) -> (Option<PathBuf>, String) {
+        let env: EnvSource = env.iter().copied().collect();
+        let logs = crate::testing::LogBuffer::default();
+        let subscriber =
+            crate::telemetry::subscriber(crate::telemetry::LogFormat::Plain, Some("warn"), false, logs.clone());
+        let file = tracing::subscriber::with_default(subscriber, || {
+            env.file_path(flag.map(PathBuf::from), PROXY_CONFIG_VAR, DEPRECATED_PROXY_CONFIG_VARS)
+        });
+        (file, logs.text())
+    }
+
+    #[test]
+    fn a_file_comes_from_the_flag_then_the_variable_then_its_deprecated_name_with_a_warning() {
+        let all = [(PROXY_CONFIG_VAR, "var.toml"), ("PROXYBUS_CONFIG", "old.toml")];
+        let (file, logs) = proxy_config_file(Some("flag.toml"), &all);
+        assert_eq!(file, Some(PathBuf::from("flag.toml")), "the flag wins");
+        assert_eq!(logs, "", "no warning: the variables are not read");
+        let (file, logs) = proxy_config_file(None, &all);
+        assert_eq!(file, Some(PathBuf::from("var.toml")), "the variable wins over its old name");
+        assert_eq!(logs, "", "no warning: the old name is not read");
+        let (file, logs) = proxy_config_file(None, &[(PROXY_CONFIG_VAR, " "), ("PROXYBUS_CONFIG", "old.toml")]);
+        assert_eq!(file, Some(PathBuf::from("old.toml")), "the old name when the variable is blank");
+        assert!(logs.contains("WARN"), "{logs}");
+        assert!(logs.contains("PROXYBUS_CONFIG is deprecated; set PROXYBUS_PROXY_CONFIG instead"), "{logs}");
+        let (file, logs) = proxy_config_file(Some("flag.toml"), &[("PROXYBUS_CONFIG", "old.toml")]);
+        assert_eq!(file, Some(PathBuf::from("flag.toml")), "the flag wins over the old name");
+        assert_eq!(logs, "", "no warning about a variable the flag overrides");
+        assert_eq!(proxy_config_file(None, &[]), (None, String::new()));
     }
 
     #[test]

@@ -17,8 +17,8 @@ use proxybus_client::{ClientConfig, ProxyClient};
 use proxybus_shared::config::{AuthMethod, ConnectionProxies, ExternalProxyServiceConfig, ProxyConfig, ProxySettings};
 use proxybus_shared::nats::NatsSettings;
 use proxybus_shared::subject::{FEEDBACK_STREAM, HEALTH_BUCKET};
-use proxybus_shared::{ConnectionType, ExchangeId, FallbackPolicy, FeedbackPhase, ResponseSource, subject};
-use proxybus_tests::{Latencies, NatsServer, ServiceProcess};
+use proxybus_shared::{ConnectionType, ExchangeId, FallbackPolicy, FeedbackPhase, ResponseSource};
+use proxybus_tests::{Latencies, NatsServer, ServiceProcess, resolvers_serving};
 use secrecy::SecretString;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -253,22 +253,6 @@ pub(crate) async fn feed_client(url: &str, n: usize) -> ProxyClient {
 pub(crate) async fn folded_total(js: &jetstream::Context) -> u64 {
     let Ok(bucket) = js.get_key_value(HEALTH_BUCKET).await else { return 0 };
     proxybus_shared::kv::health_stats(&bucket).await.map(|all| all.values().map(|s| s.total).sum()).unwrap_or(0)
-}
-
-/// How many resolvers answer `$SRV.PING.proxybus-resolver` within 300 ms.
-pub(crate) async fn resolvers_serving(client: &async_nats::Client) -> usize {
-    use futures::StreamExt;
-    let inbox = client.new_inbox();
-    let Ok(mut pongs) = client.subscribe(inbox.clone()).await else { return 0 };
-    let ping = format!("$SRV.PING.{}", subject::RESOLVER_SERVICE);
-    if client.publish_with_reply(ping, inbox, "".into()).await.is_err() {
-        return 0;
-    }
-    let mut serving = 0;
-    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(300), pongs.next()).await {
-        serving += 1;
-    }
-    serving
 }
 
 /// One request of a feed: when it was sent, where its answer came from, or why it failed.
