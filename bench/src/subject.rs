@@ -113,11 +113,7 @@ impl SubjectProcess {
     pub fn spawn(exe: &Path, name: &'static str, args: &[String]) -> anyhow::Result<Self> {
         let log = std::env::temp_dir().join(format!("proxybus-bench-{}-{name}.log", std::process::id()));
         let stderr = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let mut command = Command::new(exe);
-        if let Ok(workers) = std::env::var(format!("PBX_WORKERS_{}", name.replace('-', "_"))) {
-            command.env("TOKIO_WORKER_THREADS", workers);
-        }
-        let mut child = command
+        let mut child = Command::new(exe)
             .arg("subject")
             .args(args)
             .stdin(Stdio::piped())
