@@ -344,6 +344,20 @@ pub fn parse_request(subject: &str) -> Result<(ExchangeId, ConnectionType), Subj
     parse_exchange_connection(subject, REQUEST_PREFIX)
 }
 
+/// Whether `subject` is exactly `proxy.v1.request.{exchange}.{connection_type}`:
+/// [`parse_request`]'s answer for a subject that names these, compared in place
+/// (no token list, no owned [`ExchangeId`]). The resolver checks every request's
+/// subject against its body this way and parses only a subject that differs, for
+/// the error message.
+pub fn is_request_for(subject: &str, exchange: &ExchangeId, connection_type: ConnectionType) -> bool {
+    subject
+        .strip_prefix(REQUEST_PREFIX)
+        .and_then(|rest| rest.strip_prefix('.'))
+        .and_then(|rest| rest.strip_prefix(exchange.as_str()))
+        .and_then(|rest| rest.strip_prefix('.'))
+        .is_some_and(|rest| rest == connection_type.as_str())
+}
+
 /// Parses `proxy.v1.request_region.{region}.{exchange}.{connection_type}`.
 pub fn parse_regional_request(subject: &str) -> Result<(Region, ExchangeId, ConnectionType), SubjectError> {
     let tokens = tokens_after(subject, REGIONAL_REQUEST_PREFIX, 3)?;
@@ -383,6 +397,28 @@ fn tokens_after<'a>(subject: &'a str, prefix: &'static str, expected: usize) -> 
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn is_request_for_agrees_with_parse_request() {
+        let binance: ExchangeId = "binance".parse().unwrap();
+        for subject in [
+            "proxy.v1.request.binance.http",
+            "proxy.v1.request.binance.websocket",
+            "proxy.v1.request.binance",
+            "proxy.v1.request.binancex.http",
+            "proxy.v1.request.binance.http.extra",
+            "proxy.v1.request.binance.HTTP",
+            "proxy.v1.requestx.binance.http",
+            "proxy.v1.request..binance.http",
+            "proxy.v1.feedback.binance.http",
+            "",
+        ] {
+            for connection_type in [ConnectionType::Http, ConnectionType::Websocket] {
+                let parsed = parse_request(subject).is_ok_and(|(e, c)| e == binance && c == connection_type);
+                assert_eq!(is_request_for(subject, &binance, connection_type), parsed, "{subject} {connection_type}");
+            }
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -29,7 +29,9 @@ use bytes::Bytes;
 use futures::future::Either;
 use futures::{FutureExt, Stream, StreamExt};
 use proxybus_shared::subject::{SERVICE_ERROR_CODE_HEADER, SERVICE_ERROR_HEADER};
-use proxybus_shared::{Codec, DecodeError, Encoding, ErrorCode, ErrorReply, ProxyRequest, subject};
+use proxybus_shared::{
+    Codec, ConnectionType, DecodeError, Encoding, ErrorCode, ErrorReply, ExchangeId, ProxyRequest, subject,
+};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
@@ -114,48 +116,46 @@ pub(crate) fn validate(
     let mut request: ProxyRequest = codec
         .decode_as(encoding, payload)
         .map_err(|err| Refusal::bad(shorten(&format!("malformed request: {err}")), None))?;
-    let request_id = request.request_id.clone();
-    let bad_subject = |err: subject::SubjectError| Refusal::bad(shorten(&err.to_string()), request_id.clone());
-    let (exchange, connection_type) = if is_regional(subject) {
+    let bad_subject = |err: subject::SubjectError, request: &ProxyRequest| {
+        Refusal::bad(shorten(&err.to_string()), request.request_id.clone())
+    };
+    if subject::is_request_for(subject, &request.exchange_id, request.connection_type) {
+        // The usual case, checked without parsing: the subject names what the body asks for.
+    } else if is_regional(subject) {
         // Sent to one region's resolvers: the body asks for that region, or for none.
-        let (region, exchange, connection_type) = subject::parse_regional_request(subject).map_err(bad_subject)?;
+        let (region, exchange, connection_type) =
+            subject::parse_regional_request(subject).map_err(|err| bad_subject(err, &request))?;
         match &request.region {
             None => request.region = Some(region),
             Some(asked) if *asked == region => {}
             Some(asked) => {
-                return Err(Refusal::bad(format!("region {asked} does not match the subject's {region}"), request_id));
+                let refusal = format!("region {asked} does not match the subject's {region}");
+                return Err(Refusal::bad(refusal, request.request_id.clone()));
             }
         }
-        (exchange, connection_type)
+        check_tokens(&request, &exchange, connection_type)?;
     } else {
-        subject::parse_request(subject).map_err(bad_subject)?
-    };
-    if exchange != request.exchange_id {
-        return Err(Refusal::bad(
-            format!("exchange_id {} does not match the subject's {exchange}", request.exchange_id),
-            request_id,
-        ));
+        let (exchange, connection_type) = subject::parse_request(subject).map_err(|err| bad_subject(err, &request))?;
+        check_tokens(&request, &exchange, connection_type)?;
     }
-    if connection_type != request.connection_type {
-        return Err(Refusal::bad(
-            format!("connection_type {} does not match the subject's {connection_type}", request.connection_type),
-            request_id,
-        ));
-    }
+
     if request.client_id.is_empty()
         || request.client_id.len() > MAX_CLIENT_ID
         || request.client_id.chars().any(char::is_control)
     {
         // Control characters (NUL, line breaks) would reach logs and cache keys as they are.
-        return Err(Refusal::bad(format!("client_id must be 1 to {MAX_CLIENT_ID} printable characters"), request_id));
+        return Err(Refusal::bad(
+            format!("client_id must be 1 to {MAX_CLIENT_ID} printable characters"),
+            request.request_id.clone(),
+        ));
     }
     if let Some(problem) = request.session_key_problem() {
-        return Err(Refusal::bad(problem, request_id));
+        return Err(Refusal::bad(problem, request.request_id.clone()));
     }
     if request.exclude_proxy_ids.len() > ProxyRequest::MAX_EXCLUDED {
         return Err(Refusal::bad(
             format!("exclude_proxy_ids lists more than {} proxies", ProxyRequest::MAX_EXCLUDED),
-            request_id,
+            request.request_id.clone(),
         ));
     }
     match &request.request_id {
@@ -166,6 +166,25 @@ pub(crate) fn validate(
         None => request.request_id = Some(ids.next_id()),
     }
     Ok(request)
+}
+
+/// The subject's tokens against the body: `exchange_id` and `connection_type` must
+/// be the subject's.
+fn check_tokens(request: &ProxyRequest, exchange: &ExchangeId, connection_type: ConnectionType) -> Result<(), Refusal> {
+    let request_id = || request.request_id.clone();
+    if *exchange != request.exchange_id {
+        return Err(Refusal::bad(
+            format!("exchange_id {} does not match the subject's {exchange}", request.exchange_id),
+            request_id(),
+        ));
+    }
+    if connection_type != request.connection_type {
+        return Err(Refusal::bad(
+            format!("connection_type {} does not match the subject's {connection_type}", request.connection_type),
+            request_id(),
+        ));
+    }
+    Ok(())
 }
 
 /// Whether `subject` is a region-addressed request subject (`proxy.v1.request_region.…`).
