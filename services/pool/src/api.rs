@@ -34,6 +34,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::auth::{self, Auth};
 use crate::metrics::{self as m, HealthSource};
+use crate::request_body;
 use crate::selector::{SelectError, Selector};
 
 /// What every handler shares.
@@ -89,6 +90,7 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), time_out))
         .layer(middleware::from_fn(count_requests))
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        .layer(middleware::from_fn(request_body::finish_reading_body))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

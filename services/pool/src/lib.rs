@@ -29,6 +29,8 @@
 //! - `publish.rs`: the inventory (ids and regions only) into KV bucket `PROXY_INVENTORY`.
 //! - [`active_check`]: TCP connect and HTTP CONNECT checks.
 //! - `api.rs`: routes, JSON errors, timeouts, body limit; `auth.rs`: tokens and allowlist.
+//! - `request_body.rs`: what a handler left unread of an HTTP/1 body is read before the
+//!   answer, so that an early answer (413, 401 …) does not break the kept-alive connection.
 //! - `tls.rs`: rustls with optional or required client certificates.
 //! - `reload.rs`: SIGHUP and file-change reloads of the inventory.
 //! - `metrics.rs`: metric names and the gauges set at scrape time.
@@ -61,6 +63,7 @@ mod leases;
 mod metrics;
 mod publish;
 mod reload;
+mod request_body;
 mod selector;
 mod server;
 mod sessions;

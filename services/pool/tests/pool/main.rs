@@ -5,6 +5,7 @@
 mod active_checks;
 mod helpers;
 mod http;
+mod keep_alive;
 mod nats_health;
 mod reload;
 mod retry;
