@@ -161,6 +161,10 @@ pub struct Row {
     pub throughput_ratio: Option<f64>,
     /// Subject p99 / baseline p99.
     pub p99_ratio: Option<f64>,
+    /// Lowest and highest throughput ratio of one round of the subject to the
+    /// baseline round measured beside it (round *i* against round *i*), when both
+    /// sides have the same rounds: how far the machine's noise moves the ratio.
+    pub round_ratio_range: Option<[f64; 2]>,
     /// Peak RSS (VmHWM) of the subject process, bytes (largest over the rounds).
     pub peak_rss_bytes: Option<u64>,
     /// Upstream calls per round (`singleflight`).
@@ -183,6 +187,7 @@ impl Row {
             baseline: None,
             throughput_ratio: None,
             p99_ratio: None,
+            round_ratio_range: None,
             peak_rss_bytes: None,
             upstream_calls: None,
             target: None,
@@ -198,6 +203,7 @@ impl Row {
             (Some(s), Some(b)) if b > 0.0 => Some(s / b),
             _ => None,
         };
+        self.round_ratio_range = round_ratio_range(&self.subject.rounds, &baseline.rounds);
         self.baseline_name = Some(baseline_name.into());
         self.baseline = Some(baseline);
         self
@@ -225,6 +231,17 @@ impl Row {
     pub fn note(mut self, note: impl Into<String>) -> Self {
         self.note = note.into();
         self
+    }
+
+    /// The note, with the per-round ratio range when there is one.
+    fn full_note(&self) -> Option<String> {
+        let range = self.round_ratio_range.map(|[low, high]| format!("per-round ratios {low:.2}–{high:.2}"));
+        match (self.note.is_empty(), range) {
+            (true, None) => None,
+            (true, Some(range)) => Some(range),
+            (false, None) => Some(self.note.clone()),
+            (false, Some(range)) => Some(format!("{range}; {}", self.note)),
+        }
     }
 
     /// One line for the progress log.
@@ -321,15 +338,31 @@ impl Report {
                 )),
             );
         }
-        let notes: Vec<&Row> = self.rows.iter().filter(|r| !r.note.is_empty()).collect();
+        let notes: Vec<(&Row, String)> = self.rows.iter().filter_map(|r| r.full_note().map(|n| (r, n))).collect();
         if !notes.is_empty() {
             out.push('\n');
-            for row in notes {
-                let _ = writeln!(out, "- {} {}: {}", row.scenario, row.case, row.note);
+            for (row, note) in notes {
+                let _ = writeln!(out, "- {} {}: {note}", row.scenario, row.case);
             }
         }
         out
     }
+}
+
+/// The lowest and highest of subject round *i* / baseline round *i* (throughput),
+/// `None` unless both have the same number (two or more) of rounds, all measured.
+fn round_ratio_range(subject: &[Round], baseline: &[Round]) -> Option<[f64; 2]> {
+    if subject.len() != baseline.len() || subject.len() < 2 {
+        return None;
+    }
+    let ratios: Vec<f64> = subject
+        .iter()
+        .zip(baseline)
+        .map(|(s, b)| (b.rate() > 0.0).then(|| s.rate() / b.rate()))
+        .collect::<Option<_>>()?;
+    let low = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let high = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    Some([low, high])
 }
 
 /// `12.3 / 9.8` (µs with one decimal), `—` where unmeasured.
@@ -425,7 +458,12 @@ mod tests {
         }
         let row = Row::new("x", "y", "s", &subject).against("b", &baseline).min_ratio(0.9);
         assert_eq!(row.throughput_ratio, Some(0.9));
+        assert_eq!(row.round_ratio_range, Some([0.8, 1.0]), "round i against round i");
+        assert_eq!(row.full_note().as_deref(), Some("per-round ratios 0.80–1.00"));
         assert!(row.target.unwrap().met);
+        let mut one_round = Series::new();
+        one_round.push(Round { ops: 5, seconds: 1.0 }, None);
+        assert_eq!(Row::new("x", "y", "s", &one_round).against("b", &baseline).round_ratio_range, None);
     }
 
     #[test]
