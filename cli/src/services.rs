@@ -45,6 +45,25 @@ fn role(data: &Value) -> String {
     }
 }
 
+/// An endpoint's stats `data` as one `key: value` line per field (the role is its
+/// own column), so the table stays as wide as its longest field instead of the
+/// whole object on one line (a resolver's is some 400 characters).
+fn data_lines(data: &Value) -> String {
+    match data {
+        Value::Null => String::new(),
+        Value::Object(fields) => fields
+            .iter()
+            .filter(|(key, _)| !matches!(key.as_str(), "role" | "leader_since"))
+            .map(|(key, value)| match value {
+                Value::String(text) => format!("{key}: {text}"),
+                other => format!("{key}: {other}"),
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+        other => other.to_string(),
+    }
+}
+
 pub(crate) async fn run(client: &async_nats::Client, args: ServicesArgs) -> anyhow::Result<ExitCode> {
     let wait = Duration::from_millis(args.wait_ms);
     let mut stats = gather(client, "$SRV.STATS", wait).await?;
@@ -69,7 +88,7 @@ pub(crate) async fn run(client: &async_nats::Client, args: ServicesArgs) -> anyh
                 endpoint["num_requests"].to_string(),
                 endpoint["num_errors"].to_string(),
                 format!("{:.3} ms", avg_ns as f64 / 1e6),
-                if endpoint["data"].is_null() { String::new() } else { endpoint["data"].to_string() },
+                data_lines(&endpoint["data"]),
             ]);
         }
     }
@@ -88,5 +107,13 @@ mod tests {
         assert_eq!(role(&active), "active since 2026-12-02T16:00:00Z");
         assert_eq!(role(&serde_json::json!({ "role": "standby", "leader_since": null })), "standby");
         assert_eq!(role(&Value::Null), "");
+    }
+
+    #[test]
+    fn data_is_one_line_per_field_without_the_role() {
+        let data = serde_json::json!({ "role": "active", "leader_since": "t", "events_folded": 118, "lag": { "n": 1 }, "state": "ok" });
+        assert_eq!(data_lines(&data), "events_folded: 118\nlag: {\"n\":1}\nstate: ok");
+        assert_eq!(data_lines(&Value::Null), "");
+        assert_eq!(data_lines(&serde_json::json!(7)), "7");
     }
 }

@@ -397,7 +397,10 @@ fn print_banner(nats_url: &str, inventory: &Path, lab: Option<&proxybus_lab::Lab
     println!("  metrics     http://{}{}", running.metrics_addr, paths::METRICS);
     println!("  dashboard   http://{}/", running.dashboard_addr);
     let me = command_name();
-    println!("try: {me} request binance websocket | {me} health --watch | {me} services");
+    println!("try, in another terminal:");
+    for command in ["request binance websocket", "health --watch", "services"] {
+        println!("  {me} {command}");
+    }
     println!("Ctrl-C stops everything.");
 }
 
