@@ -100,21 +100,21 @@ pub struct CachedAnswer {
     /// The answer as first given (source `service` or `embedded`), without a
     /// `request_id`; shared with every other key that got the same answer.
     pub response: Arc<ProxyResponse>,
-    /// When it was stored.
-    pub stored_at: Instant,
-    /// How long it is fresh.
-    pub ttl: Duration,
+    /// When it stops being fresh (stored + TTL). One instant rather than the time
+    /// stored and the TTL: 16 bytes less in each of the 100 000 entries a busy
+    /// resolver holds (docs/benchmarks.md, `resolver-memory`).
+    pub expires_at: Instant,
 }
 
 impl CachedAnswer {
     /// Time left before the answer expires, `None` once it has.
     pub fn remaining(&self, now: Instant) -> Option<Duration> {
-        (self.stored_at + self.ttl).checked_duration_since(now).filter(|d| !d.is_zero())
+        self.expires_at.checked_duration_since(now).filter(|d| !d.is_zero())
     }
 
     /// Whether the answer expired less than `max_staleness` ago (or is still fresh).
     pub fn servable_stale(&self, now: Instant, max_staleness: Duration) -> bool {
-        now < self.stored_at + self.ttl + max_staleness
+        now < self.expires_at + max_staleness
     }
 }
 
@@ -153,7 +153,7 @@ impl AnswerCache {
     /// The answer stored under `key`, fresh or not.
     pub fn get(&self, key: &CacheKey) -> Option<CachedAnswer> {
         let answer = self.entries.get(key)?;
-        if answer.stored_at.elapsed() > answer.ttl + self.max_staleness {
+        if Instant::now() > answer.expires_at + self.max_staleness {
             self.entries.invalidate(key);
             return None;
         }
@@ -165,7 +165,7 @@ impl AnswerCache {
     pub fn insert(&self, key: CacheKey, mut response: ProxyResponse, ttl: Duration) {
         response.request_id = String::new();
         let response = self.answers.share(response);
-        self.entries.insert(key, CachedAnswer { response, stored_at: Instant::now(), ttl });
+        self.entries.insert(key, CachedAnswer { response, expires_at: Instant::now() + ttl });
     }
 
     /// Drops the answer under `key`.
