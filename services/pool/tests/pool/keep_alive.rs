@@ -98,6 +98,22 @@ async fn an_unread_body_of_an_unauthorized_request_does_not_break_the_connection
     app.stop().await;
 }
 
+/// The same kind of early answer, from the router: no such route (404), a route
+/// that takes no `POST` (405); the handler never reads the 1 MiB body either way.
+#[tokio::test]
+async fn an_unread_body_of_a_404_or_a_405_does_not_break_the_connection() {
+    let app = spawn_app(&one_region("round_robin", &[1]), |_| {}).await;
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    let auth = format!("Authorization: Bearer {TOKEN}\r\n");
+    for (path, status) in [("/api/v1/no-such-route", "404"), ("/healthz", "405")] {
+        let answer = post(&mut stream, &post_head(path, MIB, &auth), &vec![b' '; MIB]).await;
+        assert!(answer.starts_with(&format!("http/1.1 {status}")), "{path}: {answer}");
+        assert!(!answer.contains("connection: close"), "the connection is kept: {answer}");
+        healthz_answers(&mut stream, &format!("a {status} on an unread 1 MiB body to {path}")).await;
+    }
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn a_client_that_stops_sending_its_body_gets_connection_close() {
     let app = spawn_app(&one_region("round_robin", &[1]), |_| {}).await;

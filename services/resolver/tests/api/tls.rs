@@ -108,28 +108,15 @@ async fn mutual_tls_presents_the_client_certificate() {
 
 /// Builds a resolver from `vars` and returns what it logged while starting.
 fn resolver_and_its_start_logs(vars: &[(&str, &str)]) -> (proxybus_resolver::Resolver, String) {
-    #[derive(Clone, Default)]
-    struct Buffer(Arc<std::sync::Mutex<Vec<u8>>>);
-    impl std::io::Write for Buffer {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let buffer = Buffer::default();
-    let writer = buffer.clone();
+    let buffer = proxybus_shared::testing::LogBuffer::default();
     let logs = proxybus_shared::telemetry::subscriber(
         proxybus_shared::telemetry::LogFormat::Plain,
         Some("warn"),
         false,
-        move || writer.clone(),
+        buffer.clone(),
     );
     let resolver = tracing::subscriber::with_default(logs, || resolver(vars));
-    let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
-    (resolver, text)
+    (resolver, buffer.text())
 }
 
 #[tokio::test]
