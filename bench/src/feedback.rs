@@ -90,7 +90,7 @@ pub fn event(i: u64, proxies: &[ProxyFixture]) -> ProxyFeedback {
     ProxyFeedback {
         schema_version: proxybus_shared::SCHEMA_VERSION,
         event_id: uuid::Uuid::new_v4(),
-        proxy_id: proxy.id.clone(),
+        proxy_id: proxy.id,
         proxy_url: proxy.url.clone(),
         exchange_id: exchange,
         connection_type: if i.is_multiple_of(2) { ConnectionType::Websocket } else { ConnectionType::Http },

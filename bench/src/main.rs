@@ -9,6 +9,11 @@ use clap::{Args, Parser, Subcommand};
 use proxybus_bench::subject::{self, SubjectKind};
 use proxybus_bench::{Bus, Options, Scenario, Size};
 
+/// mimalloc, as the services' binaries use: the measured subjects and the bare baselines
+/// both run in this binary (docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// proxybus measured against bare NATS, baseline and subject alternately in one run.
 #[derive(Debug, Parser)]
 #[command(name = "proxybus-bench", version, about)]

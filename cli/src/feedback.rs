@@ -78,7 +78,7 @@ pub(crate) async fn run(client: &async_nats::Client, args: FeedbackArgs) -> anyh
     let event = ProxyFeedback {
         schema_version: SCHEMA_VERSION,
         event_id: uuid::Uuid::new_v4(),
-        proxy_id: args.proxy_id.clone(),
+        proxy_id: args.proxy_id,
         proxy_url,
         exchange_id: args.exchange.clone(),
         connection_type: args.connection_type,

@@ -169,10 +169,7 @@ async fn health_shows_the_bucket_filtered_by_region() {
     assert!(output.status.success(), "{}", stderr(&output));
     let shown: Vec<HealthStats> = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(shown.len(), 1);
-    assert_eq!(
-        (shown[0].proxy_id.clone(), shown[0].state),
-        (proxy_id("http://u:pw@10.0.0.2:3128"), HealthState::Ejected)
-    );
+    assert_eq!((shown[0].proxy_id, shown[0].state), (proxy_id("http://u:pw@10.0.0.2:3128"), HealthState::Ejected));
 
     let output = proxybus(&server, &["health"]).await;
     let text = stdout(&output);

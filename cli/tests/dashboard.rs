@@ -275,7 +275,7 @@ async fn the_page_lists_the_proxies_turns_one_ejected_live_and_shows_no_password
         let drain = proxybus_shared::OperatorEvent {
             schema_version: SCHEMA_VERSION,
             event_id: uuid::Uuid::new_v4(),
-            proxy_id: drained_id.clone(),
+            proxy_id: drained_id,
             action: proxybus_shared::OperatorAction::Drain,
             exchange_id: None,
             duration_seconds: Some(7200),

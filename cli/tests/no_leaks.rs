@@ -244,7 +244,7 @@ async fn no_password_or_token_leaves_the_pipeline_at_trace_level() {
 
     // Wait for the fold: the ejected proxy in PROXY_HEALTH, and pushes recorded.
     let js = jetstream::new(bus.clone());
-    let ejected = lease.proxy_id.clone().unwrap();
+    let ejected = lease.proxy_id.unwrap();
     tokio::time::timeout(WAIT, async {
         loop {
             let stored = match js.get_key_value(HEALTH_BUCKET).await {

@@ -75,7 +75,7 @@ async fn up_serves_requests_ejects_after_five_failures_and_leaves_nothing_behind
     let output = proxybus(&data, &["request", "binance", "websocket", "--json"]).await;
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let first: ProxyResponse = serde_json::from_slice(&output.stdout).unwrap();
-    let chosen = first.proxy_id.clone().expect("a proxy from the pool");
+    let chosen = first.proxy_id.expect("a proxy from the pool");
     let region = first.region.clone().expect("the pool says which region").to_string();
     let url = first.proxy_url.clone().unwrap();
 
@@ -490,7 +490,7 @@ url = "http://feed:pw-three@192.0.2.3:3128"
     let output = proxybus(&data, &["request", "binance", "websocket", "--json"]).await;
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let first: ProxyResponse = serde_json::from_slice(&output.stdout).unwrap();
-    let chosen = first.proxy_id.clone().expect("a proxy from the pool");
+    let chosen = first.proxy_id.expect("a proxy from the pool");
     let url = first.proxy_url.clone().unwrap();
     for _ in 0..5 {
         let output = proxybus(

@@ -114,7 +114,7 @@ impl ProxyClient {
                 if about_the_lease {
                     self.invalidate(&lease).await;
                 }
-                let failed = lease.proxy_id.clone().filter(|_| about_the_lease);
+                let failed = lease.proxy_id.filter(|_| about_the_lease);
                 let err = ClientError::Connect(ConnectError {
                     message: redact_details(&err.message, lease.proxy.as_ref()),
                     ..err
@@ -303,7 +303,7 @@ impl ProxyClient {
                 if verdict {
                     self.invalidate(&lease).await;
                 }
-                let failed = lease.proxy_id.clone().filter(|_| verdict);
+                let failed = lease.proxy_id.filter(|_| verdict);
                 (Ok((response, lease)), failed)
             }
             outcome => {
@@ -315,7 +315,7 @@ impl ProxyClient {
                     self.report(event);
                 }
                 self.invalidate(&lease).await;
-                let failed = lease.proxy_id.clone().filter(|_| is_about_the_proxy(err.kind, err.status_code));
+                let failed = lease.proxy_id.filter(|_| is_about_the_proxy(err.kind, err.status_code));
                 let err = ClientError::Connect(ConnectError {
                     message: redact_details(&err.message, lease.proxy.as_ref()),
                     ..err

@@ -51,7 +51,7 @@ impl ProxyLease {
         Some(ProxyFeedback {
             schema_version: proxybus_shared::SCHEMA_VERSION,
             event_id: uuid::Uuid::new_v4(),
-            proxy_id: self.proxy_id.clone().unwrap_or_else(|| proxy.id()),
+            proxy_id: self.proxy_id.unwrap_or_else(|| proxy.id()),
             proxy_url: proxy.redacted(),
             exchange_id: self.exchange.clone(),
             connection_type: self.connection_type,

@@ -158,14 +158,14 @@ impl ProxyClient {
         let mut near = self.inner.near_limit.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         near.retain(|_, until| *until > now);
-        near.keys().filter(|(ex, _)| ex == exchange).map(|(_, id)| id.clone()).collect()
+        near.keys().filter(|(ex, _)| ex == exchange).map(|(_, id)| *id).collect()
     }
 
     /// Keeps `proxy` out of this feed's leases for `exchange` until `until` (a usage
     /// header put its IP near the exchange's limit for the rest of the window).
     pub(crate) fn avoid_until(&self, exchange: &ExchangeId, proxy: &ProxyId, until: Instant) {
         let mut near = self.inner.near_limit.lock().unwrap_or_else(|p| p.into_inner());
-        near.insert((exchange.clone(), proxy.clone()), until);
+        near.insert((exchange.clone(), *proxy), until);
     }
 
     /// Ok(Ok) a lease, Ok(Err) the resolver's error reply, Err why the resolver could not be asked.

@@ -381,7 +381,7 @@ impl BudgetBook {
     /// Holds `budget` unless the one held for its pair was updated later
     /// (`updated_at`); returns whether it is now held.
     pub fn record(&mut self, budget: RateBudget) -> bool {
-        let of_proxy = self.by_proxy.entry(budget.proxy_id.clone()).or_default();
+        let of_proxy = self.by_proxy.entry(budget.proxy_id).or_default();
         if of_proxy.get(&budget.exchange_id).is_some_and(|held| held.updated_at > budget.updated_at) {
             return false;
         }
@@ -475,11 +475,11 @@ pub async fn fold_into_bucket(
             Some(entry) if entry.operation == kv::Operation::Put => {
                 let budget = codec
                     .decode_as::<RateBudget>(Encoding::MsgPack, &entry.value)
-                    .unwrap_or_else(|_| RateBudget::new(event.proxy_id.clone(), event.exchange_id.clone()));
+                    .unwrap_or_else(|_| RateBudget::new(event.proxy_id, event.exchange_id.clone()));
                 (budget, Some(entry.revision))
             }
-            Some(entry) => (RateBudget::new(event.proxy_id.clone(), event.exchange_id.clone()), Some(entry.revision)),
-            None => (RateBudget::new(event.proxy_id.clone(), event.exchange_id.clone()), None),
+            Some(entry) => (RateBudget::new(event.proxy_id, event.exchange_id.clone()), Some(entry.revision)),
+            None => (RateBudget::new(event.proxy_id, event.exchange_id.clone()), None),
         };
         if !limits.fold(&mut budget, event) {
             return Ok(None);
@@ -512,7 +512,7 @@ mod tests {
         let budget = |exchange: &ExchangeId, weight_used, seconds| RateBudget {
             weight_used,
             updated_at: at + chrono::Duration::seconds(seconds),
-            ..RateBudget::new(proxy.clone(), exchange.clone())
+            ..RateBudget::new(proxy, exchange.clone())
         };
         let mut book = BudgetBook::default();
         assert!(book.record(budget(&binance, 10, 5)));

@@ -144,7 +144,7 @@ impl EmbeddedSelector {
                         .iter()
                         .min_by_key(|c| leases.get(&c.id).copied().unwrap_or(0))
                         .expect("usable is not empty");
-                    *leases.entry(chosen.id.clone()).or_insert(0) += 1;
+                    *leases.entry(chosen.id).or_insert(0) += 1;
                     (chosen, "embedded_least_connections")
                 }
             };

@@ -960,9 +960,12 @@ pub struct ProxyInventory {
 /// assert_eq!(id.as_str().parse::<ProxyId>(), Ok(id.clone()));
 /// assert!("not-a-proxy-id".parse::<ProxyId>().is_err());
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct ProxyId(String);
+///
+/// The 16 digits are held inline (no heap allocation): a `ProxyId` is copied, compared
+/// and hashed as 16 bytes, which the aggregator does for every event it folds. Its
+/// order is the order of the hex strings.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProxyId([u8; ProxyId::LEN]);
 
 /// A string that is not 16 lowercase hex digits was offered as a `proxy_id`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -975,12 +978,80 @@ impl ProxyId {
 
     /// Wraps the hex of an 8-byte digest prefix.
     pub(crate) fn from_digest_prefix(bytes: &[u8]) -> Self {
-        Self(hex::encode(&bytes[..Self::LEN / 2]))
+        let mut digits = [0; Self::LEN];
+        hex::encode_to_slice(&bytes[..Self::LEN / 2], &mut digits).expect("16 hex digits for 8 bytes");
+        Self(digits)
     }
 
     /// The id as its 16 hex digits.
     pub fn as_str(&self) -> &str {
-        &self.0
+        // Only lowercase hex digits are ever stored (`parse_digits`, `from_digest_prefix`).
+        std::str::from_utf8(&self.0).expect("a proxy id holds ASCII hex digits")
+    }
+
+    /// The id of `text` when it is 16 lowercase hex digits.
+    fn parse_digits(text: &str) -> Result<Self, InvalidProxyId> {
+        let bytes = text.as_bytes();
+        if bytes.len() == Self::LEN && bytes.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            let mut digits = [0; Self::LEN];
+            digits.copy_from_slice(bytes);
+            Ok(Self(digits))
+        } else {
+            let shown: String = text.chars().take(32).collect();
+            Err(InvalidProxyId(shown))
+        }
+    }
+}
+
+impl fmt::Debug for ProxyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ProxyId").field(&self.as_str()).finish()
+    }
+}
+
+impl Serialize for ProxyId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ProxyId {
+    /// Reads the string in place, without copying it first.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_str(ParseStr::new("16 lowercase hex digits", Self::parse_digits))
+    }
+}
+
+/// A serde visitor that parses a string where it lies (borrowed from the input or a
+/// transient buffer of the deserializer), so that a value made from a string — a
+/// [`ProxyId`], a [`Uuid`] — costs no heap allocation to read.
+struct ParseStr<F> {
+    expecting: &'static str,
+    parse: F,
+}
+
+impl<F> ParseStr<F> {
+    fn new<T, E>(expecting: &'static str, parse: F) -> Self
+    where
+        F: FnOnce(&str) -> Result<T, E>,
+    {
+        Self { expecting, parse }
+    }
+}
+
+impl<T, E, F> serde::de::Visitor<'_> for ParseStr<F>
+where
+    F: FnOnce(&str) -> Result<T, E>,
+    E: fmt::Display,
+{
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.expecting)
+    }
+
+    fn visit_str<Er: serde::de::Error>(self, text: &str) -> Result<T, Er> {
+        (self.parse)(text).map_err(Er::custom)
     }
 }
 
@@ -988,13 +1059,7 @@ impl TryFrom<String> for ProxyId {
     type Error = InvalidProxyId;
 
     fn try_from(value: String) -> Result<Self, Self::Error> {
-        let valid = value.len() == Self::LEN && value.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-        if valid {
-            Ok(Self(value))
-        } else {
-            let shown: String = value.chars().take(32).collect();
-            Err(InvalidProxyId(shown))
-        }
+        Self::parse_digits(&value)
     }
 }
 
@@ -1002,19 +1067,19 @@ impl std::str::FromStr for ProxyId {
     type Err = InvalidProxyId;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::try_from(s.to_owned())
+        Self::parse_digits(s)
     }
 }
 
 impl From<ProxyId> for String {
     fn from(id: ProxyId) -> Self {
-        id.0
+        id.as_str().to_owned()
     }
 }
 
 impl fmt::Display for ProxyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
@@ -1035,7 +1100,7 @@ impl JsonSchema for ProxyId {
 /// UUIDs travel as their hyphenated string in every encoding (the `uuid` crate
 /// would write 16 raw bytes to non-human-readable formats such as MessagePack).
 mod uuid_as_string {
-    use serde::{Deserialize, Deserializer, Serializer};
+    use serde::{Deserializer, Serializer};
     use uuid::Uuid;
 
     pub(super) fn serialize<S: Serializer>(id: &Uuid, serializer: S) -> Result<S::Ok, S::Error> {
@@ -1043,7 +1108,6 @@ mod uuid_as_string {
     }
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Uuid, D::Error> {
-        let text = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
-        Uuid::parse_str(&text).map_err(serde::de::Error::custom)
+        deserializer.deserialize_str(super::ParseStr::new("a UUID string", Uuid::parse_str))
     }
 }

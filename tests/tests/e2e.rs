@@ -111,7 +111,7 @@ async fn a_feed_gets_a_proxy_of_the_pool_through_nats_and_the_resolver() {
     let client = feed(&pipeline, "feed-e2e-1").await;
     let lease = client.get_proxy(&binance(), ConnectionType::Websocket, None).await.unwrap();
     assert_eq!(lease.source, ResponseSource::Service, "{lease:?}");
-    let id = lease.proxy_id.clone().expect("a proxy, not a direct connection");
+    let id = lease.proxy_id.expect("a proxy, not a direct connection");
     assert!(inventory.contains(&id), "{id} is not in the pool's inventory");
     assert_eq!(lease.region.as_ref().map(|r| r.as_str()), Some("us-east"), "the inventory's default region");
     let again = client.get_proxy(&binance(), ConnectionType::Websocket, None).await.unwrap();
@@ -129,11 +129,11 @@ async fn an_ejected_proxy_stops_being_handed_out() {
     let pipeline = start_pipeline().await;
     let client = feed(&pipeline, "feed-e2e-2").await;
     let lease = client.get_proxy(&binance(), ConnectionType::Websocket, None).await.unwrap();
-    let ejected = lease.proxy_id.clone().unwrap();
+    let ejected = lease.proxy_id.unwrap();
 
     // The aggregator's verdict, as it publishes it.
     let mut stats =
-        HealthStats::new(ejected.clone(), lease.proxy.as_ref().unwrap().redacted(), lease.region.clone(), Utc::now());
+        HealthStats::new(ejected, lease.proxy.as_ref().unwrap().redacted(), lease.region.clone(), Utc::now());
     stats.state = HealthState::Ejected;
     stats.ejected_until = Some(Utc::now() + chrono::Duration::minutes(5));
     stats.consecutive_failures = 5;

@@ -95,7 +95,7 @@ fn event(proxy: ProxyId, action: OperatorAction, exchange: Option<&str>, seconds
 /// The pool's answer to `client` for binance websockets.
 fn lease(pool: &proxybus_pool::Selector, client: &str) -> ProxyId {
     let request = ProxyRequest::new(binance(), ConnectionType::Websocket, client);
-    pool.select(&request).unwrap().proxy.expect("a proxy").id().clone()
+    *pool.select(&request).unwrap().proxy.expect("a proxy").id()
 }
 
 /// Waits until the pool's copy of `proxy`'s health satisfies `done`.
@@ -124,10 +124,10 @@ async fn a_drained_proxy_gets_no_new_lease_and_keeps_its_existing_ones() {
     // Every proxy gets a holder before the drain.
     let holders: Vec<(String, ProxyId)> =
         (0..3).map(|i| format!("holder-{i}")).map(|c| (c.clone(), lease(&bench.pool, &c))).collect();
-    let drained = holders[0].1.clone();
+    let drained = holders[0].1;
     assert_eq!(holders.iter().map(|(_, p)| p).collect::<BTreeSet<_>>().len(), 3, "round robin over three");
 
-    publish_operator_event(&bench.js, &event(drained.clone(), OperatorAction::Drain, None, None)).await.unwrap();
+    publish_operator_event(&bench.js, &event(drained, OperatorAction::Drain, None, None)).await.unwrap();
     pool_sees(&bench.pool, &drained, |s| s.operator_controls.iter().any(|c| c.action == OperatorAction::Drain)).await;
 
     let fresh: BTreeSet<ProxyId> = (0..12).map(|i| lease(&bench.pool, &format!("new-feed-{i}"))).collect();
@@ -138,7 +138,7 @@ async fn a_drained_proxy_gets_no_new_lease_and_keeps_its_existing_ones() {
     }
     assert_eq!(bench.pool.active_leases(&drained), 1, "the holder's lease, and no other");
 
-    publish_operator_event(&bench.js, &event(drained.clone(), OperatorAction::Undrain, None, None)).await.unwrap();
+    publish_operator_event(&bench.js, &event(drained, OperatorAction::Undrain, None, None)).await.unwrap();
     pool_sees(&bench.pool, &drained, |s| s.operator_controls.is_empty()).await;
     let after: BTreeSet<ProxyId> = (0..6).map(|i| lease(&bench.pool, &format!("later-feed-{i}"))).collect();
     assert!(after.contains(&drained), "undrained, it serves new leases again");
@@ -151,17 +151,14 @@ async fn a_drained_proxy_gets_no_new_lease_and_keeps_its_existing_ones() {
 async fn a_ban_for_a_while_expires_by_itself_and_replay_rebuilds_operator_bans() {
     let bench = bench().await;
     let (timed, lasting) = (proxy(1), proxy(2));
-    publish_operator_event(&bench.js, &event(timed.clone(), OperatorAction::Ban, Some("binance"), Some(2)))
-        .await
-        .unwrap();
-    publish_operator_event(&bench.js, &event(lasting.clone(), OperatorAction::Ban, None, None)).await.unwrap();
+    publish_operator_event(&bench.js, &event(timed, OperatorAction::Ban, Some("binance"), Some(2))).await.unwrap();
+    publish_operator_event(&bench.js, &event(lasting, OperatorAction::Ban, None, None)).await.unwrap();
     pool_sees(&bench.pool, &timed, |s| !s.operator_controls.is_empty()).await;
     pool_sees(&bench.pool, &lasting, |s| !s.operator_controls.is_empty()).await;
     let during: BTreeSet<ProxyId> = (0..6).map(|i| lease(&bench.pool, &format!("feed-{i}"))).collect();
     assert_eq!(during, BTreeSet::from([proxy(3)]), "both banned proxies are out for binance");
     let coinbase = ProxyRequest::new("coinbase".parse().unwrap(), ConnectionType::Http, "feed-cb");
-    let other: BTreeSet<ProxyId> =
-        (0..6).map(|_| bench.pool.select(&coinbase).unwrap().proxy.unwrap().id().clone()).collect();
+    let other: BTreeSet<ProxyId> = (0..6).map(|_| *bench.pool.select(&coinbase).unwrap().proxy.unwrap().id()).collect();
     assert!(other.contains(&timed), "a ban of binance leaves coinbase alone");
 
     // Replay from the start, while the timed ban is still in force, rebuilds both bans.

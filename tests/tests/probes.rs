@@ -33,7 +33,7 @@ fn lab_proxy(last: u8, fault: ProxyFault) -> LabProxyConfig {
 /// A feed's failure through `proxy`: a proxy fault.
 fn timeout(proxy: &ProxyId, url: &str) -> ProxyFeedback {
     ProxyFeedback {
-        proxy_id: proxy.clone(),
+        proxy_id: *proxy,
         region: Some("us-east".parse().unwrap()),
         error_kind: Some(ErrorKind::Timeout),
         ..ProxyFeedback::new(

@@ -111,13 +111,13 @@ fn binance() -> ExchangeId {
 }
 
 fn excluding(ids: &[&ProxyId]) -> LeaseOptions {
-    LeaseOptions { exclude_proxy_ids: ids.iter().map(|id| (*id).clone()).collect(), ..LeaseOptions::default() }
+    LeaseOptions { exclude_proxy_ids: ids.iter().map(|id| *(*id)).collect(), ..LeaseOptions::default() }
 }
 
 /// Asks the resolver as a feed without a local cache would.
 async fn ask(nats: &async_nats::Client, client_id: &str, excluded: &[&ProxyId]) -> proxybus_shared::ProxyResponse {
     let mut request = ProxyRequest::new(binance(), ConnectionType::Websocket, client_id);
-    request.exclude_proxy_ids = excluded.iter().map(|id| (*id).clone()).collect();
+    request.exclude_proxy_ids = excluded.iter().map(|id| *(*id)).collect();
     let codec = proxybus_shared::Codec::default();
     let body = codec.encode(proxybus_shared::Encoding::MsgPack, &request).unwrap();
     let reply =
@@ -155,12 +155,12 @@ async fn exclude_proxy_ids_is_honoured_by_the_cache_the_pool_the_stale_cache_and
     // The cache: the feed's answer is cached; a retry excluding it is answered afresh
     // by the pool, and the cached answer still serves the feed's ordinary requests.
     let first = ask(&nats, "feed-1", &[]).await;
-    let mine = first.proxy_id.clone().unwrap();
+    let mine = first.proxy_id.unwrap();
     assert_eq!(first.source, ResponseSource::Service);
     assert_eq!(ask(&nats, "feed-1", &[]).await.source, ResponseSource::Cache);
     let retry = ask(&nats, "feed-1", &[&mine]).await;
     assert_eq!(retry.source, ResponseSource::Service, "not from the cache");
-    let other = retry.proxy_id.clone().unwrap();
+    let other = retry.proxy_id.unwrap();
     assert_ne!(other, mine);
     let cached = ask(&nats, "feed-1", &[]).await;
     assert_eq!((cached.source, cached.proxy_id.as_ref()), (ResponseSource::Cache, Some(&mine)), "cache not poisoned");
@@ -210,7 +210,7 @@ async fn exclude_proxy_ids_is_honoured_by_the_cache_the_pool_the_stale_cache_and
     })
     .await;
     let lease = client.get_proxy(&binance(), ConnectionType::Websocket, None).await.unwrap();
-    let held = lease.proxy_id.clone().unwrap();
+    let held = lease.proxy_id.unwrap();
     let around = client.get_proxy_with(&binance(), ConnectionType::Websocket, &excluding(&[&held])).await.unwrap();
     assert_ne!(around.proxy_id.as_ref(), Some(&held));
     assert_ne!(around.source, ResponseSource::Cache);
@@ -354,7 +354,7 @@ async fn a_feed_past_the_weight_limit_through_one_proxy_is_steered_to_others_bef
         let (response, lease) = client.send_http(&binance(), request).await.unwrap();
         assert_eq!(response.status(), 200, "poll {i} through {:?}", lease.proxy_id);
         let used: u32 = response.headers()["x-mbx-used-weight-1m"].to_str().unwrap().parse().unwrap();
-        used_by.insert(lease.proxy_id.clone().unwrap(), used);
+        used_by.insert(lease.proxy_id.unwrap(), used);
     }
     // Nobody was told 429 or 418, and the weight was spread over more than one IP.
     let stats = lab.simulator().stats();
@@ -366,7 +366,7 @@ async fn a_feed_past_the_weight_limit_through_one_proxy_is_steered_to_others_bef
     assert!(used_by.len() >= 2, "one proxy took it all: {used_by:?}");
     assert!(used_by.values().all(|used| *used <= limits.request_weight_limit), "{used_by:?}");
     let near: Vec<ProxyId> =
-        used_by.iter().filter(|(_, used)| limits.weight_near_limit(**used)).map(|(id, _)| id.clone()).collect();
+        used_by.iter().filter(|(_, used)| limits.weight_near_limit(**used)).map(|(id, _)| *id).collect();
     assert!(!near.is_empty(), "the feed moved because a proxy came near the limit: {used_by:?}");
 
     // The shared budget: the pool folded the reported weight into PROXY_BUDGETS
@@ -419,7 +419,7 @@ async fn a_session_key_keeps_one_proxy_for_every_feed_of_the_session_through_the
     let other = a.get_proxy_with(&binance(), ConnectionType::Websocket, &session("eth-book")).await.unwrap();
     assert_ne!(other.proxy_id, first.proxy_id, "another session of the same feed is its own");
     let cached = a.get_proxy_with(&binance(), ConnectionType::Websocket, &session("btc-book")).await.unwrap();
-    assert_eq!((cached.source, cached.proxy_id), (ResponseSource::Cache, first.proxy_id.clone()));
+    assert_eq!((cached.source, cached.proxy_id), (ResponseSource::Cache, first.proxy_id));
     // Through the resolver without the client's cache: the resolver keeps each session's answer apart too.
     let nats = pipeline.server.connect().await.unwrap();
     for (key, expected) in [("btc-book", &first.proxy_id), ("eth-book", &other.proxy_id)] {

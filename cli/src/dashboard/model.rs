@@ -187,7 +187,7 @@ impl Model {
         {
             return Vec::new();
         }
-        let id = stats.proxy_id.clone();
+        let id = stats.proxy_id;
         let changed = self.stored.get(&id) != Some(&stats);
         let mut history = self.views.get(&id).map(|v| v.history.clone()).unwrap_or_default();
         if changed
@@ -199,7 +199,7 @@ impl Model {
             }
         }
         let at = stats.updated_at;
-        self.stored.insert(id.clone(), stats);
+        self.stored.insert(id, stats);
         self.refresh(&id, now, at, history)
     }
 
@@ -235,7 +235,7 @@ impl Model {
         }
         let view = FeedbackView {
             at: event.timestamp,
-            proxy_id: event.proxy_id.clone(),
+            proxy_id: event.proxy_id,
             exchange: event.exchange_id.to_string(),
             connection: event.connection_type,
             success: event.success,
@@ -299,7 +299,7 @@ impl Model {
             self.timeline.push_back(entry);
         }
         updates.push(Update::of("proxy", &view));
-        self.views.insert(id.clone(), view);
+        self.views.insert(*id, view);
         updates
     }
 }
@@ -355,7 +355,7 @@ fn happenings(before: Option<&ProxyView>, after: &ProxyView, at: DateTime<Utc>) 
     let entry = |kind, exchange: Option<&str>, until| TimelineEntry {
         at,
         kind,
-        proxy_id: after.proxy_id.clone(),
+        proxy_id: after.proxy_id,
         region: after.region.clone(),
         exchange: exchange.map(str::to_owned),
         until,

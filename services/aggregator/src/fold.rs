@@ -183,14 +183,14 @@ impl FeedbackFolder {
 
     /// Puts a stored record in place of what the folder holds for its proxy.
     pub fn insert(&mut self, record: ProxyHealth) {
-        let id = record.stats.proxy_id.clone();
+        let id = record.stats.proxy_id;
         if let Some(old) = self.proxies.get(&id) {
             let old_key = old.region_key();
             if let Some(members) = self.regions.get_mut(&old_key) {
                 members.remove(&id);
             }
         }
-        self.regions.entry(record.region_key()).or_default().insert(id.clone());
+        self.regions.entry(record.region_key()).or_default().insert(id);
         self.proxies.insert(id, record);
     }
 
@@ -305,7 +305,7 @@ impl FeedbackFolder {
             return FoldOutcome { duplicate: true, ..FoldOutcome::default() };
         }
         if !self.proxies.contains_key(id) {
-            let stats = HealthStats::new(id.clone(), String::new(), None, at);
+            let stats = HealthStats::new(*id, String::new(), None, at);
             self.insert(ProxyHealth {
                 stats,
                 fold: FoldState { decayed_at_ms: at.timestamp_millis(), ..FoldState::default() },
@@ -328,14 +328,19 @@ impl FeedbackFolder {
         let id = &event.proxy_id;
         match self.proxies.get_mut(id) {
             None => {
-                let stats = HealthStats::new(id.clone(), redact_url(&event.proxy_url), event.region.clone(), at);
+                let stats = HealthStats::new(*id, redact_url(&event.proxy_url), event.region.clone(), at);
                 self.insert(ProxyHealth {
                     stats,
                     fold: FoldState { decayed_at_ms: at.timestamp_millis(), ..FoldState::default() },
                 });
             }
             Some(proxy) => {
-                proxy.stats.proxy_url = redact_url(&event.proxy_url);
+                // The stored URL is redacted and redaction is idempotent (`redact_url`'s
+                // property test and fuzz target): an event repeating it leaves it as it
+                // is, without redacting it again (nearly every event of a proxy does).
+                if event.proxy_url != proxy.stats.proxy_url {
+                    proxy.stats.proxy_url = redact_url(&event.proxy_url);
+                }
                 if event.region.is_some() && event.region != proxy.stats.region {
                     let mut record = proxy.clone();
                     record.stats.region = event.region.clone();

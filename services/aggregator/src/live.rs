@@ -31,9 +31,10 @@
 //!
 //! # Fetching ahead
 //! Fetching and decoding are pipelined with the fold too: for each session (one
-//! consumer) a task pulls batches, decodes them and queues them, at most
-//! [`FETCHED_AHEAD`], for the fold loop, which folds them in delivery order exactly
-//! as if it had fetched them itself; a short batch still means "caught up". A fetch
+//! consumer) a task pulls batches and hands each on at once, so its next pull request
+//! is out while the batch is decoded; a second task decodes them and queues them, at
+//! most [`FETCHED_AHEAD`], for the fold loop, which folds them in delivery order
+//! exactly as if it had fetched them itself; a short batch still means "caught up". A fetch
 //! error is queued after the batches before it; the fold commits what it has folded
 //! and resets, as before. Batches still queued when a session ends are never acked,
 //! whatever the end:
@@ -47,9 +48,9 @@
 //! - the next session, or the next leader, deletes the consumer and creates it again
 //!   after the checkpoint, so the dropped batches are delivered again and folded then.
 //!
-//! The task stops when the term's stop token fires (lease lost or shutdown), before
-//! it sends another pull request, and the session stops it and waits for it before it
-//! returns, so a consumer is never re-created while a fetch of the previous one runs
+//! The fetch task stops when the term's stop token fires (lease lost or shutdown),
+//! before it sends another pull request, and the session stops both tasks and waits
+//! for them before it returns, so a consumer is never re-created while a fetch of the previous one runs
 //! and no fetch outlives the lease.
 //!
 //! # Who folds
@@ -459,7 +460,7 @@ impl Live {
                                 "operator event folded"
                             );
                         }
-                        window.changed.insert(event.proxy_id().clone());
+                        window.changed.insert(*event.proxy_id());
                     }
                     window.ejected += u64::from(outcome.ejected);
                     window.suppressed += u64::from(outcome.ejection_suppressed);
@@ -571,7 +572,7 @@ impl Live {
             .folder
             .proxies()
             .filter(|proxy| proxybus_shared::health::has_expired(&proxy.stats, now))
-            .map(|proxy| proxy.stats.proxy_id.clone())
+            .map(|proxy| proxy.stats.proxy_id)
             .collect();
         if ids.is_empty() {
             return;
@@ -747,76 +748,88 @@ async fn fetch_batch(consumer: &PullConsumer, batch_size: usize, wait: Duration)
     Ok(batch)
 }
 
-/// Decoded batches queued between the fetch task and the fold (the fetch task holds
+/// Decoded batches queued between the decode task and the fold (the decode task holds
 /// one more while this queue is full).
 const FETCHED_AHEAD: usize = 2;
+/// Fetched batches queued between the fetch task and the decode task (the fetch task
+/// holds one more while this queue is full).
+const FETCHED_RAW: usize = 1;
 
 /// A batch as the fetch task hands it to the fold: its messages decoded, one for each
 /// message fetched and in delivery order (so its length says whether the fetch was a
 /// full batch), or why the fetch failed.
 type FetchedBatch = Result<Vec<Delivered>, String>;
 
-/// The fetch task of one session: it pulls and decodes batches
-/// ([`fetch_batch`], [`decode_batch`]) ahead of the fold and queues them, at most
-/// [`FETCHED_AHEAD`], so the fold does not wait for the network and the decoding. It
-/// acks nothing: a batch still queued when the session ends is dropped, un-acked.
+/// The fetch of one session, two tasks ahead of the fold: one pulls batches
+/// ([`fetch_batch`]) and hands them on at once, so that the next pull request is out
+/// while the last batch is decoded; the other decodes them ([`decode_batch`]) and
+/// queues them, at most [`FETCHED_AHEAD`], so the fold waits neither for the network
+/// nor for the decoding. It acks nothing: a batch still queued when the session ends
+/// is dropped, un-acked.
 struct FetchAhead {
-    /// `None` once it has been waited for.
-    task: Option<AbortOnDropHandle<()>>,
+    /// The fetch task and the decode task; empty once they have been waited for.
+    tasks: Vec<AbortOnDropHandle<()>>,
     batches: mpsc::Receiver<FetchedBatch>,
 }
 
 impl FetchAhead {
-    /// Starts fetching from `consumer`; the task stops by itself when `stop` fires
-    /// (lease lost or shutdown: no pull request is sent after it) or after a fetch error.
+    /// Starts fetching from `consumer`; the fetch task stops by itself when `stop` fires
+    /// (lease lost or shutdown: no pull request is sent after it) or after a fetch
+    /// error, and the decode task when the fetch task has stopped and its batches are
+    /// queued.
     fn start(consumer: PullConsumer, settings: &AggregatorSettings, stop: CancellationToken) -> Self {
+        let (raw_out, raw) = mpsc::channel(FETCHED_RAW);
         let (out, batches) = mpsc::channel(FETCHED_AHEAD);
         let (batch_size, wait) = (settings.batch_size, Duration::from_millis(settings.fetch_wait_ms));
-        let task = AbortOnDropHandle::new(tokio::spawn(fetch_and_decode(consumer, batch_size, wait, stop, out)));
-        Self { task: Some(task), batches }
+        let fetch = AbortOnDropHandle::new(tokio::spawn(fetch_batches(consumer, batch_size, wait, stop, raw_out)));
+        let decode = AbortOnDropHandle::new(tokio::spawn(decode_batches(raw, out)));
+        Self { tasks: vec![fetch, decode], batches }
     }
 
-    /// The next batch in delivery order; `Err` when the fetch failed (the task has
-    /// stopped: nothing comes after it). A panic of the task is raised here, as it was
+    /// The next batch in delivery order; `Err` when the fetch failed (the tasks have
+    /// stopped: nothing comes after it). A panic of a task is raised here, as it was
     /// when the fold fetched and decoded itself.
     async fn next(&mut self) -> FetchedBatch {
         if let Some(batch) = self.batches.recv().await {
             return batch;
         }
-        // The task queues its error before it stops, and `stop` fires only after the
-        // lease is lost or shutdown comes, which the fold's `select!` sees first: a
+        // The fetch task queues its error before it stops, and `stop` fires only after
+        // the lease is lost or shutdown comes, which the fold's `select!` sees first: a
         // task that ended without a word panicked.
-        if let Some(task) = self.task.take()
-            && let Err(err) = task.await
-            && err.is_panic()
-        {
-            std::panic::resume_unwind(err.into_panic());
+        for task in std::mem::take(&mut self.tasks) {
+            if let Err(err) = task.await
+                && err.is_panic()
+            {
+                std::panic::resume_unwind(err.into_panic());
+            }
         }
         Err("the fetch task stopped".into())
     }
 
-    /// Stops the task and waits until it has stopped, so that no fetch of this session
-    /// runs once the consumer is re-created or the lease is another's. The batches
-    /// queued are dropped: never acked, they are delivered again by the consumer the
-    /// next session or leader creates from the checkpoint.
+    /// Stops the tasks and waits until they have stopped, so that no fetch of this
+    /// session runs once the consumer is re-created or the lease is another's. The
+    /// batches queued are dropped: never acked, they are delivered again by the
+    /// consumer the next session or leader creates from the checkpoint.
     async fn stop(self) {
-        let Self { task, batches } = self;
+        let Self { tasks, batches } = self;
         drop(batches);
-        if let Some(task) = task {
+        for task in &tasks {
             task.abort();
+        }
+        for task in tasks {
             let _ = task.await;
         }
     }
 }
 
-/// The loop of a [`FetchAhead`] task: fetch, decode, queue, until `stop`, a fetch
-/// error (queued last) or the fold is gone.
-async fn fetch_and_decode(
+/// The loop of a [`FetchAhead`] fetch task: fetch and hand on, until `stop`, a fetch
+/// error (handed on last) or the decode task is gone.
+async fn fetch_batches(
     consumer: PullConsumer,
     batch_size: usize,
     wait: Duration,
     stop: CancellationToken,
-    out: mpsc::Sender<FetchedBatch>,
+    out: mpsc::Sender<Result<Vec<Message>, String>>,
 ) {
     loop {
         let fetched = tokio::select! {
@@ -825,9 +838,19 @@ async fn fetch_and_decode(
             fetched = fetch_batch(&consumer, batch_size, wait) => fetched,
         };
         let failed = fetched.is_err();
-        // An empty batch (nothing came within `wait`) is queued too: it tells the fold
-        // it is caught up and wakes it for its commit, sweep and lag timers.
-        if out.send(fetched.map(decode_batch)).await.is_err() || failed {
+        // An empty batch (nothing came within `wait`) is handed on too: it tells the
+        // fold it is caught up and wakes it for its commit, sweep and lag timers.
+        if out.send(fetched).await.is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// The loop of a [`FetchAhead`] decode task: decode each fetched batch and queue it
+/// for the fold, in order, until the fetch task has stopped or the fold is gone.
+async fn decode_batches(mut fetched: mpsc::Receiver<Result<Vec<Message>, String>>, out: mpsc::Sender<FetchedBatch>) {
+    while let Some(batch) = fetched.recv().await {
+        if out.send(batch.map(decode_batch)).await.is_err() {
             return;
         }
     }
@@ -839,13 +862,14 @@ fn max_window(settings: &AggregatorSettings) -> usize {
 }
 
 /// Unacked messages the consumer may have out: a window being stored, the next being
-/// folded (the batch in the fold's hands included), and what the fetch task holds —
-/// [`FETCHED_AHEAD`] batches queued and the one it is fetching or waiting to queue.
+/// folded (the batch in the fold's hands included), and what the fetch ahead holds —
+/// [`FETCHED_AHEAD`] decoded batches queued, one the decode task holds, [`FETCHED_RAW`]
+/// fetched batches queued and the one the fetch task is fetching or waiting to queue.
 /// Were there less room, the server would stop delivering to the fetch ahead; it
 /// would come back short after `fetch_wait_ms`, be taken for "caught up", and the
 /// fold would stall and commit after every batch.
 fn max_ack_pending(settings: &AggregatorSettings) -> usize {
-    2 * max_window(settings) + (FETCHED_AHEAD + 1) * settings.batch_size
+    2 * max_window(settings) + (FETCHED_AHEAD + 1 + FETCHED_RAW + 1) * settings.batch_size
 }
 
 /// Deletes the durable consumer and creates it again, starting after `position`.

@@ -112,7 +112,7 @@ impl Pusher {
         {
             let mut pending = self.pending.lock().expect("not poisoned");
             for stats in changed {
-                pending.insert(stats.proxy_id.clone(), stats.clone());
+                pending.insert(stats.proxy_id, stats.clone());
             }
         }
         self.notify.notify_one();
@@ -135,7 +135,7 @@ impl Pusher {
     fn put_back(&self, batch: Vec<HealthStats>) {
         let mut pending = self.pending.lock().expect("not poisoned");
         for stats in batch {
-            pending.entry(stats.proxy_id.clone()).or_insert(stats);
+            pending.entry(stats.proxy_id).or_insert(stats);
         }
     }
 

@@ -308,7 +308,7 @@ impl Judge {
         self.decisions.readmissions += u64::from(outcome.readmitted);
         let Some(proxy) = self.folder.get(event.proxy_id()) else { return };
         let decision = |action: String, exchange_id: Option<ExchangeId>, until: Option<DateTime<Utc>>| Decision {
-            proxy_id: proxy.stats.proxy_id.clone(),
+            proxy_id: proxy.stats.proxy_id,
             action,
             exchange_id,
             at,

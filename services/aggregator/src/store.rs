@@ -281,7 +281,7 @@ impl HealthStore {
         };
         self.set_head(revision, checkpoint.clone());
         let mut records: BTreeMap<ProxyId, ProxyHealth> =
-            self.read_all().await?.into_iter().map(|r| (r.stats.proxy_id.clone(), r)).collect();
+            self.read_all().await?.into_iter().map(|r| (r.stats.proxy_id, r)).collect();
         let mut position = records.values().map(|r| r.stats.last_seq).max().unwrap_or(0);
         if let Some(bytes) = checkpoint {
             let corrupt = || StoreError::CorruptCheckpoint(self.checkpoint_key.clone());
@@ -310,7 +310,7 @@ impl HealthStore {
                 if stale {
                     tracing::info!(proxy_id = %record.stats.proxy_id, "repairing a commit that a crash interrupted");
                     self.put_record(record).await?;
-                    records.insert(record.stats.proxy_id.clone(), record.clone());
+                    records.insert(record.stats.proxy_id, record.clone());
                 }
             }
             position = position.max(last_seq);

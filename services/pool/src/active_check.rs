@@ -208,7 +208,7 @@ impl ProbeBudget {
     /// Whether a probe of `proxy` for `exchange` may run at `now`; if so, it is counted.
     pub fn try_take(&self, proxy: &ProxyId, exchange: &ExchangeId, now: Instant) -> bool {
         let mut last = self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let key = (proxy.clone(), exchange.clone());
+        let key = (*proxy, exchange.clone());
         match last.get(&key) {
             Some(at) if now.saturating_duration_since(*at) < self.spacing => false,
             _ => {
@@ -256,7 +256,7 @@ pub fn probe_feedback(
     ProxyFeedback {
         schema_version: proxybus_shared::SCHEMA_VERSION,
         event_id: uuid::Uuid::new_v4(),
-        proxy_id: proxy.id().clone(),
+        proxy_id: *proxy.id(),
         proxy_url: proxy.redacted_url().to_owned(),
         exchange_id: exchange.clone(),
         connection_type: ConnectionType::Http,

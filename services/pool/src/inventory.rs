@@ -500,7 +500,7 @@ impl Inventory {
                 })
                 .collect();
             for proxy in &proxies {
-                by_id.insert(proxy.id.clone(), proxy.clone());
+                by_id.insert(proxy.id, proxy.clone());
             }
             pools.insert(
                 region.clone(),

@@ -63,7 +63,7 @@ impl LeaseTable {
     pub(crate) fn grant(&mut self, session: Session, proxy: ProxyId, expires: Instant) {
         self.end(&session);
         self.seq += 1;
-        *self.active.entry(proxy.clone()).or_default() += 1;
+        *self.active.entry(proxy).or_default() += 1;
         self.expiries.insert((expires, self.seq), session.clone());
         self.by_session.insert(session, Lease { proxy, expires, seq: self.seq });
     }
@@ -248,10 +248,10 @@ mod tests {
         let b = proxybus_shared::proxy_id("http://b:1");
         let mut table = LeaseTable::default();
         let now = Instant::now();
-        table.grant(session("c1"), a.clone(), now + Duration::from_secs(10));
-        table.grant(session("c2"), a.clone(), now + Duration::from_secs(20));
+        table.grant(session("c1"), a, now + Duration::from_secs(10));
+        table.grant(session("c2"), a, now + Duration::from_secs(20));
         assert_eq!(table.active(&a), 2);
-        table.grant(session("c1"), b.clone(), now + Duration::from_secs(10));
+        table.grant(session("c1"), b, now + Duration::from_secs(10));
         assert_eq!((table.active(&a), table.active(&b)), (1, 1), "a new grant ends the session's old lease");
         assert!(!table.release(&session("c2"), &b), "release names the proxy the lease is on");
         tokio::time::advance(Duration::from_secs(10)).await;

@@ -9,6 +9,11 @@ use clap::Parser;
 use proxybus_pool::{Inventory, PoolConfig, PoolSettings};
 use proxybus_shared::config::EnvSource;
 
+/// mimalloc instead of the system allocator: the services allocate per message and
+/// glibc malloc was a fifth of the aggregator's CPU (docs/benchmarks.md, round 4).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The reference proxy service of proxybus: proxy inventories per region with
 /// health-aware selection, over HTTP.
 #[derive(Debug, Parser)]

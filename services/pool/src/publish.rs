@@ -21,7 +21,7 @@ pub(crate) fn inventory_record(inventory_id: &str, inventory: &Inventory) -> Pro
         inventory_id: inventory_id.to_owned(),
         proxies: inventory
             .proxies()
-            .map(|proxy| InventoryProxy { proxy_id: proxy.id().clone(), region: proxy.region().clone() })
+            .map(|proxy| InventoryProxy { proxy_id: *proxy.id(), region: proxy.region().clone() })
             .collect(),
         updated_at: chrono::Utc::now(),
     }

@@ -125,7 +125,7 @@ impl Selection {
         ProxyResponse {
             schema_version: proxybus_shared::SCHEMA_VERSION,
             proxy_url: self.proxy.as_ref().map(|p| p.url().expose().to_owned()),
-            proxy_id: self.proxy.as_ref().map(|p| p.id().clone()),
+            proxy_id: self.proxy.as_ref().map(|p| *p.id()),
             strategy: self.strategy.to_owned(),
             ttl_seconds: self.ttl_seconds,
             fallback_policy: self.fallback_policy,
@@ -405,7 +405,7 @@ impl Selector {
             // No other proxy may be chosen: the session stays where it is for another round.
             selection = self.choose(request, None, None)?;
         }
-        let Some(proxy) = selection.proxy.as_ref().map(|p| p.id().clone()) else { return Ok(selection) };
+        let Some(proxy) = selection.proxy.as_ref().map(|p| *p.id()) else { return Ok(selection) };
         let session = self.record_session_use(request, key, proxy, selection.strategy, due, now);
         if let Some(seconds) = session.rotate_in_seconds {
             selection.ttl_seconds = selection.ttl_seconds.min(seconds);
@@ -503,11 +503,7 @@ impl Selector {
         {
             let sample = latency as f64;
             let decay = self.options.ewma_decay;
-            state
-                .latency
-                .entry(proxy.id().clone())
-                .or_insert_with(|| PeakEwma::new(sample, decay, now))
-                .observe(sample, now);
+            state.latency.entry(*proxy.id()).or_insert_with(|| PeakEwma::new(sample, decay, now)).observe(sample, now);
         }
         if matches!(feedback.phase, FeedbackPhase::Disconnected | FeedbackPhase::Failed) {
             let session = Session {
@@ -517,7 +513,7 @@ impl Selector {
             };
             state.leases.release(&session, proxy.id());
         }
-        let ejected = state.local.entry(proxy.id().clone()).or_default().fold(feedback, &self.options.health, now);
+        let ejected = state.local.entry(*proxy.id()).or_default().fold(feedback, &self.options.health, now);
         if ejected {
             metrics::counter!(m::EJECTIONS, "source" => "feedback").increment(1);
             tracing::warn!(proxy_id = %proxy.id(), proxy_url = %proxy.redacted_url(), "proxy ejected after consecutive failures");
@@ -537,7 +533,7 @@ impl Selector {
         metrics::counter!(m::HEALTH_UPDATES, "source" => source.as_str(), "outcome" => outcome).increment(1);
         if newer {
             tracing::debug!(proxy_id = %stats.proxy_id, state = ?stats.state, "health statistics applied");
-            state.pushed.insert(stats.proxy_id.clone(), stats);
+            state.pushed.insert(stats.proxy_id, stats);
         }
         newer
     }
@@ -560,8 +556,8 @@ impl Selector {
     /// Folds the result of one active check of `proxy`.
     pub fn record_check(&self, proxy: &ProxyId, passed: bool) {
         let mut state = self.state();
-        state.checked.insert(proxy.clone());
-        let changed = state.local.entry(proxy.clone()).or_default().fold_check(passed, &self.options.health);
+        state.checked.insert(*proxy);
+        let changed = state.local.entry(*proxy).or_default().fold_check(passed, &self.options.health);
         if changed {
             tracing::warn!(proxy_id = %proxy, up = passed, "active checks changed the proxy's state");
         }
@@ -599,7 +595,7 @@ impl Selector {
                     local.barred.iter().filter(|(_, until)| **until > now).map(|(ex, _)| ex.clone()).collect();
                 barred.sort();
                 ProxyView {
-                    proxy_id: proxy.id().clone(),
+                    proxy_id: *proxy.id(),
                     proxy_url: proxy.redacted_url().to_owned(),
                     region: proxy.region().clone(),
                     weight: proxy.weight(),
@@ -831,9 +827,9 @@ impl<'a> Choice<'a> {
         let now = self.now;
         let ttl = Duration::from_secs(pool.ttl_seconds());
         if self.home.sticky() && strategy != "panic" && strategy != "session" {
-            state.sticky.bind(session.clone(), proxy.id().clone(), now + ttl, now);
+            state.sticky.bind(session.clone(), *proxy.id(), now + ttl, now);
         }
-        state.leases.grant(session, proxy.id().clone(), now + ttl);
+        state.leases.grant(session, *proxy.id(), now + ttl);
         metrics::counter!(m::SELECTIONS, "region" => pool.region().to_string(), "strategy" => strategy).increment(1);
         Selection {
             region: Some(pool.region().clone()),

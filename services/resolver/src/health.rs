@@ -62,7 +62,7 @@ impl HealthBook {
     pub fn record(&self, stats: HealthStats) {
         let mut book = self.stats.write().unwrap_or_else(|p| p.into_inner());
         if book.get(&stats.proxy_id).is_none_or(|known| health::is_newer(&stats, known)) {
-            book.insert(stats.proxy_id.clone(), stats);
+            book.insert(stats.proxy_id, stats);
         }
     }
 
@@ -231,7 +231,7 @@ mod tests {
         let kraken: ExchangeId = "kraken".parse().unwrap();
         let id = proxy_id("http://p1:1");
         assert!(book.usable(&id, &binance), "unknown proxies are usable");
-        let mut stats = HealthStats::new(id.clone(), "http://p1:1".into(), None, Utc::now());
+        let mut stats = HealthStats::new(id, "http://p1:1".into(), None, Utc::now());
         stats.exchanges.insert(
             binance.clone(),
             ExchangeHealth { state: ExchangeState::Banned, banned_until: None, ..Default::default() },
@@ -254,7 +254,7 @@ mod tests {
         let book = HealthBook::default();
         let binance: ExchangeId = "binance".parse().unwrap();
         let id = proxy_id("http://p2:1");
-        let mut stats = HealthStats::new(id.clone(), "http://p2:1".into(), None, Utc::now());
+        let mut stats = HealthStats::new(id, "http://p2:1".into(), None, Utc::now());
         let control = |action| proxybus_shared::OperatorControl {
             action,
             exchange_id: None,

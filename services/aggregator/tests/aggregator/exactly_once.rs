@@ -43,7 +43,7 @@ fn mixed_events(n: usize, proxies: usize) -> (Vec<proxybus_shared::ProxyFeedback
                 _ => None,
             };
             let e = event(k % proxies, ["binance", "kraken", "coinbase"][k % 3], kind.is_none(), kind);
-            *expected.entry(e.proxy_id.clone()).or_insert(0) += 1;
+            *expected.entry(e.proxy_id).or_insert(0) += 1;
             e
         })
         .collect();
@@ -100,7 +100,7 @@ async fn ten_thousand_events_survive_an_aggregator_killed_at_random_points() {
     let survivor = Running::start(settings.clone());
     wait_for_total(&js, HEALTH_BUCKET, 10_000, Duration::from_secs(90)).await;
     let stored = records(&js, HEALTH_BUCKET).await;
-    let totals: BTreeMap<ProxyId, u64> = stored.iter().map(|(id, r)| (id.clone(), r.stats.total)).collect();
+    let totals: BTreeMap<ProxyId, u64> = stored.iter().map(|(id, r)| (*id, r.stats.total)).collect();
     assert_eq!(totals, expected, "every proxy counts exactly its events (seed {seed})");
     for record in stored.values() {
         assert_eq!(record.stats.successes + record.stats.failures, record.stats.total);
@@ -134,7 +134,7 @@ async fn a_nats_server_restart_mid_stream_loses_and_doubles_nothing() {
     tokio::time::timeout(Duration::from_secs(90), publisher).await.expect("published in time").unwrap();
     wait_for_total(&js, HEALTH_BUCKET, 3000, Duration::from_secs(60)).await;
     let stored = records(&js, HEALTH_BUCKET).await;
-    let totals: BTreeMap<ProxyId, u64> = stored.iter().map(|(id, r)| (id.clone(), r.stats.total)).collect();
+    let totals: BTreeMap<ProxyId, u64> = stored.iter().map(|(id, r)| (*id, r.stats.total)).collect();
     assert_eq!(totals, expected);
     let mut stream = js.get_stream("PROXY_FEEDBACK").await.unwrap();
     assert_eq!(stream.info().await.unwrap().state.messages, 3000, "the stream itself holds each event once");

@@ -137,7 +137,7 @@ async fn killing_the_active_aggregator_five_times_under_load_loses_and_doubles_n
                 k += 50;
                 publish_all(&js, &batch, 50).await;
                 for event in &batch {
-                    *published.entry(event.proxy_id.clone()).or_default() += 1;
+                    *published.entry(event.proxy_id).or_default() += 1;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }

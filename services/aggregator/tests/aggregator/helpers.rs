@@ -152,7 +152,7 @@ impl Drop for Crashable {
 /// Every record of `bucket`, by proxy id.
 pub(crate) async fn records(js: &jetstream::Context, bucket: &str) -> BTreeMap<ProxyId, ProxyHealth> {
     let Ok(store) = js.get_key_value(bucket).await else { return BTreeMap::new() };
-    read_bucket(&store).await.unwrap().into_iter().map(|r| (r.stats.proxy_id.clone(), r)).collect()
+    read_bucket(&store).await.unwrap().into_iter().map(|r| (r.stats.proxy_id, r)).collect()
 }
 
 /// Sum of `total` over `bucket`.

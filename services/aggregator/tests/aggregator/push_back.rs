@@ -82,7 +82,7 @@ async fn a_proxy_service_receives_health_batches_and_the_bus_gets_every_change()
     publish_all(&js, &events, 40).await;
     eventually(Duration::from_secs(20), "all four proxies pushed", || async {
         let got = received.lock().unwrap();
-        let mut ids: Vec<_> = got.iter().flat_map(|(_, batch)| batch.iter().map(|s| s.proxy_id.clone())).collect();
+        let mut ids: Vec<_> = got.iter().flat_map(|(_, batch)| batch.iter().map(|s| s.proxy_id)).collect();
         ids.sort();
         ids.dedup();
         ids.len() == 4

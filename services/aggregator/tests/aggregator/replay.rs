@@ -146,8 +146,7 @@ async fn a_stricter_what_if_policy_ejects_more_and_leaves_live_state_alone() {
         "the stricter policy ejects more: {:?}",
         report.candidate.ejections
     );
-    let ejected: std::collections::BTreeSet<_> =
-        report.candidate.ejections.iter().map(|d| d.proxy_id.clone()).collect();
+    let ejected: std::collections::BTreeSet<_> = report.candidate.ejections.iter().map(|d| d.proxy_id).collect();
     assert_eq!(ejected, (0..4).map(crate::helpers::pid).collect(), "the four failing proxies, not the healthy one");
     for decision in &report.candidate.ejections {
         assert_eq!(decision.action, "ejected");

@@ -24,13 +24,13 @@ async fn ask_excluding(app: &TestApp, client: &str, excluded: &[ProxyId]) -> req
 async fn an_excluded_proxy_is_never_answered_sticky_by_strategy_or_in_panic_mode() {
     let app = spawn_app(&sticky_inventory("panic"), |_| {}).await;
     let first = app.ask("binance", "feed-a").await;
-    let mine = first.proxy_id.clone().unwrap();
+    let mine = first.proxy_id.unwrap();
     assert_eq!(app.ask("binance", "feed-a").await.strategy, "sticky");
 
     // The retry: not the sticky proxy, and the session moves to the new one.
     let retry: proxybus_shared::ProxyResponse =
         ask_excluding(&app, "feed-a", std::slice::from_ref(&mine)).await.json().await.unwrap();
-    let moved = retry.proxy_id.clone().unwrap();
+    let moved = retry.proxy_id.unwrap();
     assert_ne!(moved, mine, "the excluded sticky proxy is not answered");
     assert_eq!(retry.strategy, "round_robin");
     let again = app.ask("binance", "feed-a").await;

@@ -146,7 +146,7 @@ fn sticky_sessions_keep_the_proxy_until_it_is_ejected() {
     let selector = selector(&toml);
     let first = selector.respond(&request("binance", "feed-a")).unwrap();
     assert_eq!(first.strategy, "round_robin");
-    let mine = first.proxy_id.clone().unwrap();
+    let mine = first.proxy_id.unwrap();
     for i in 0..20 {
         selector.respond(&request("binance", &format!("other-{i}"))).unwrap();
         let again = selector.respond(&request("binance", "feed-a")).unwrap();
@@ -158,7 +158,7 @@ fn sticky_sessions_keep_the_proxy_until_it_is_ejected() {
     assert_eq!(coinbase[0], "round_robin");
 
     let mut ejected = stats(1, HealthState::Ejected);
-    ejected.proxy_id = mine.clone();
+    ejected.proxy_id = mine;
     selector.apply_health(ejected, HealthSource::Http);
     let moved = selector.respond(&request("binance", "feed-a")).unwrap();
     assert_ne!(moved.proxy_id.as_ref(), Some(&mine), "an ejected proxy is not sticky");

@@ -35,7 +35,7 @@ async fn a_session_keeps_its_proxy_across_clients_while_healthy_and_moves_after_
 
     // Three answers with one proxy, whichever client continues the session.
     let first = ask_session(&app, "feed-a", "book-btc").await;
-    let mine = first.proxy_id.clone().unwrap();
+    let mine = first.proxy_id.unwrap();
     assert_eq!(
         (first.metadata["session_uses"].as_u64(), first.metadata["session_rotated"].as_bool()),
         (Some(1), Some(false))
@@ -52,14 +52,14 @@ async fn a_session_keeps_its_proxy_across_clients_while_healthy_and_moves_after_
 
     // The fourth answer: the rotation is due, the session moves to another proxy and stays there.
     let rotated = ask_session(&app, "feed-a", "book-btc").await;
-    let moved = rotated.proxy_id.clone().unwrap();
+    let moved = rotated.proxy_id.unwrap();
     assert_ne!(moved, mine, "rotated away");
     assert_eq!(rotated.metadata["session_rotated"].as_bool(), Some(true));
-    assert_eq!(ask_session(&app, "feed-c", "book-btc").await.proxy_id, Some(moved.clone()));
+    assert_eq!(ask_session(&app, "feed-c", "book-btc").await.proxy_id, Some(moved));
 
     // Unhealthy: the session leaves its proxy at once (not a rotation) and keeps the new one.
     let mut ejected = stats(1, HealthState::Ejected);
-    ejected.proxy_id = moved.clone();
+    ejected.proxy_id = moved;
     app.selector.apply_health(ejected, HealthSource::Http);
     let away = ask_session(&app, "feed-a", "book-btc").await;
     assert_ne!(away.proxy_id.as_ref(), Some(&moved));
@@ -117,6 +117,6 @@ async fn sessions_opened_together_rotate_at_spread_times_within_the_jitter() {
     tokio::time::advance(Duration::from_secs(251)).await;
     let late: Vec<ProxyResponse> = (0..40).map(ask).collect();
     assert_eq!(rotated(&late) + midway, 40, "everyone moved by `after`");
-    let moved_to: BTreeSet<_> = late.iter().filter_map(|a| a.proxy_id.clone()).collect();
+    let moved_to: BTreeSet<_> = late.iter().filter_map(|a| a.proxy_id).collect();
     assert!(moved_to.len() > 1, "spread over the pool");
 }
