@@ -149,9 +149,11 @@ async fn read_stream(
     let pending = ordered.cached_info().num_pending;
     let total = pending.min(target - start_seq + 1);
     let messages = ordered.messages().await.map_err(|err| AggregatorError::Replay(err.to_string()))?;
-    // A task reads and decodes (on the other core), this one folds.
+    // A task reads, another decodes, this one folds: three stages on two cores.
+    let (read_tx, read_rx) = tokio::sync::mpsc::channel(READ_BATCHES_QUEUED);
     let (decoded_tx, mut decoded) = tokio::sync::mpsc::channel(DECODED_BATCHES_QUEUED);
-    let reader = tokio::spawn(read_and_decode(messages, target, total, decoded_tx));
+    let reader = tokio::spawn(read_messages(messages, target, total, read_tx));
+    let decoder = tokio::spawn(decode(read_rx, decoded_tx));
     let mut done = 0;
     while let Some(batch) = decoded.recv().await {
         for Decoded { event, seq, at } in batch? {
@@ -167,15 +169,26 @@ async fn read_stream(
         }
     }
     let _ = reader.await;
+    let _ = decoder.await;
     Ok(read)
 }
 
-/// Messages decoded per hand-over from the reading task to the fold.
+/// Messages per hand-over from the reading task to the decoding task and on to the fold.
 const DECODED_BATCH: usize = 256;
-/// Hand-overs queued at most (bounds the memory of a fold slower than the reader).
+/// Hand-overs queued at most between the decoding task and the fold (bounds the
+/// memory of a fold slower than the reader).
 const DECODED_BATCHES_QUEUED: usize = 16;
+/// Hand-overs queued at most between the reading task and the decoding task.
+const READ_BATCHES_QUEUED: usize = 4;
 
-/// One message as read: the event or why it cannot be folded, its stream sequence and time.
+/// One message as read: the message, its stream sequence and time.
+struct Read {
+    message: jetstream::Message,
+    seq: u64,
+    at: DateTime<Utc>,
+}
+
+/// One message as decoded: the event or why it cannot be folded, its stream sequence and time.
 struct Decoded {
     event: Result<intake::StreamEvent, String>,
     seq: u64,
@@ -183,14 +196,14 @@ struct Decoded {
 }
 
 /// Reads up to `total` messages (and none after stream sequence `target`) from the
-/// ordered consumer's `messages`, decodes them ([`intake::read_event`]) and sends them
-/// to `out` in batches of [`DECODED_BATCH`]; an error ends the reading and is sent last.
-/// Stops early, with a warning, when no message comes for [`IDLE_TIMEOUT`].
-async fn read_and_decode<S, E>(
+/// ordered consumer's `messages` and sends them to `out` in batches of
+/// [`DECODED_BATCH`]; an error ends the reading and is sent last. Stops early, with a
+/// warning, when no message comes for [`IDLE_TIMEOUT`].
+async fn read_messages<S, E>(
     mut messages: S,
     target: u64,
     total: u64,
-    out: tokio::sync::mpsc::Sender<Result<Vec<Decoded>, AggregatorError>>,
+    out: tokio::sync::mpsc::Sender<Result<Vec<Read>, AggregatorError>>,
 ) where
     S: futures::Stream<Item = Result<jetstream::Message, E>> + Unpin,
     E: std::fmt::Display,
@@ -215,12 +228,11 @@ async fn read_and_decode<S, E>(
             Ok(info) => info,
             Err(err) => break Some(AggregatorError::Replay(err.to_string())),
         };
-        let seq = info.stream_sequence;
+        let (seq, at) = (info.stream_sequence, offset_to_chrono(info.published));
         if seq > target {
             break None;
         }
-        let event = intake::read_event(message.subject.as_str(), message.headers.as_ref(), &message.payload);
-        batch.push(Decoded { event, seq, at: offset_to_chrono(info.published) });
+        batch.push(Read { message, seq, at });
         (done, last_seq) = (done + 1, seq);
         if seq == target {
             break None;
@@ -234,6 +246,29 @@ async fn read_and_decode<S, E>(
     }
     if let Some(err) = error {
         let _ = out.send(Err(err)).await;
+    }
+}
+
+/// Decodes ([`intake::read_event`]) each batch [`read_messages`] sends and passes it
+/// on to `out` in order, the error that ended the reading included.
+async fn decode(
+    mut read: tokio::sync::mpsc::Receiver<Result<Vec<Read>, AggregatorError>>,
+    out: tokio::sync::mpsc::Sender<Result<Vec<Decoded>, AggregatorError>>,
+) {
+    while let Some(batch) = read.recv().await {
+        let decoded = batch.map(|batch| {
+            batch
+                .into_iter()
+                .map(|Read { message, seq, at }| Decoded {
+                    event: intake::read_event(message.subject.as_str(), message.headers.as_ref(), &message.payload),
+                    seq,
+                    at,
+                })
+                .collect()
+        });
+        if out.send(decoded).await.is_err() {
+            return;
+        }
     }
 }
 
