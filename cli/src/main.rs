@@ -6,7 +6,8 @@ use clap::Parser;
 use proxybus_cli::Cli;
 use proxybus_shared::config::EnvSource;
 
-/// mimalloc instead of the system allocator: the services allocate per message and
+/// mimalloc instead of the system allocator (without transparent huge pages, which
+/// raised the resting RSS by ~13 MiB): the services allocate per message and
 /// glibc malloc was a fifth of the aggregator's CPU (docs/benchmarks.md, round 4).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
