@@ -1111,3 +1111,48 @@ mod uuid_as_string {
         deserializer.deserialize_str(super::ParseStr::new("a UUID string", Uuid::parse_str))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A proxy id and an event id are read from the string where it lies, in every form
+    /// serde hands a string over: borrowed (MessagePack), escaped (JSON, unescaped into
+    /// a buffer), and owned; anything else is refused with the reason.
+    #[test]
+    fn ids_are_read_from_strings_in_every_form_and_nothing_else() {
+        let id: ProxyId = "00ff10aa20bb30cc".parse().expect("valid");
+        let packed = rmp_serde::to_vec(&id).expect("encodes");
+        assert_eq!(rmp_serde::from_slice::<ProxyId>(&packed).expect("msgpack"), id);
+        assert_eq!(serde_json::from_str::<ProxyId>(r#""00ff10aa20bb30cc""#).expect("json"), id);
+        assert_eq!(serde_json::from_str::<ProxyId>(r#""\u0030\u0030ff10aa20bb30cc""#).expect("escaped"), id);
+        assert_eq!(serde_json::from_value::<ProxyId>(serde_json::json!("00ff10aa20bb30cc")).expect("owned"), id);
+        for bad in [r#""00FF10AA20BB30CC""#, r#""00ff10aa20bb30c""#, r#""00ff10aa20bb30ccd""#, "1234", "null"] {
+            let err = serde_json::from_str::<ProxyId>(bad).expect_err(bad).to_string();
+            assert!(err.contains("proxy_id") || err.contains("16 lowercase hex digits"), "{bad}: {err}");
+        }
+        // MessagePack `bin 8` of the same 16 bytes: not a string.
+        let mut bin = vec![0xc4, 16];
+        bin.extend_from_slice(b"00ff10aa20bb30cc");
+        assert!(rmp_serde::from_slice::<ProxyId>(&bin).is_err(), "msgpack bin is not a string");
+        // Ordered as the hex strings are.
+        let mut ids: Vec<ProxyId> =
+            ["f0", "0a", "a0", "09"].iter().map(|p| format!("{p}00000000000000").parse().unwrap()).collect();
+        ids.sort();
+        let shown: Vec<&str> = ids.iter().map(ProxyId::as_str).collect();
+        assert_eq!(shown, ["0900000000000000", "0a00000000000000", "a000000000000000", "f000000000000000"]);
+
+        #[derive(Deserialize)]
+        struct WithUuid {
+            #[serde(with = "uuid_as_string")]
+            id: Uuid,
+        }
+        let uuid = Uuid::parse_str("67e55044-10b1-426f-9247-bb680e5fe0c8").expect("valid");
+        let json = r#"{"id":"67e55044-10b1-426f-9247-bb680e5fe0c8"}"#;
+        assert_eq!(serde_json::from_str::<WithUuid>(json).expect("json").id, uuid);
+        let escaped = r#"{"id":"\u0036\u0037e55044-10b1-426f-9247-bb680e5fe0c8"}"#;
+        assert_eq!(serde_json::from_str::<WithUuid>(escaped).expect("escaped").id, uuid);
+        assert!(serde_json::from_str::<WithUuid>(r#"{"id":"not-a-uuid"}"#).is_err());
+        assert!(serde_json::from_str::<WithUuid>(r#"{"id":7}"#).is_err());
+    }
+}
