@@ -121,7 +121,9 @@ impl CachedAnswer {
 /// The bounded answer cache.
 #[derive(Clone)]
 pub struct AnswerCache {
-    entries: moka::sync::Cache<CacheKey, CachedAnswer>,
+    /// Hashed with foldhash (randomly seeded per process) rather than moka's SipHash-1-3:
+    /// every request, cache hits included, hashes its key here.
+    entries: moka::sync::Cache<CacheKey, CachedAnswer, foldhash::fast::RandomState>,
     answers: Arc<SharedAnswers>,
     max_staleness: Duration,
 }
@@ -146,7 +148,7 @@ impl AnswerCache {
         let entries = moka::sync::Cache::builder()
             .max_capacity(max_entries)
             .initial_capacity(max_entries.min(1 << 20) as usize)
-            .build();
+            .build_with_hasher(foldhash::fast::RandomState::default());
         Self { entries, answers: Arc::default(), max_staleness }
     }
 

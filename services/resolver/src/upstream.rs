@@ -9,7 +9,7 @@
 //! failure of that endpoint.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -19,7 +19,7 @@ use proxybus_shared::http::paths;
 use proxybus_shared::{ProxyId, ProxyRequest, ProxyResponse, ProxyScheme, ProxyUrl, redact_text, redact_url};
 use tokio::time::Instant;
 
-use crate::metrics::ResolverMetrics;
+use crate::metrics::{CallSeries, ResolverMetrics};
 
 /// Why no upstream answer could be had.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -47,6 +47,13 @@ pub enum UpstreamError {
 pub struct Endpoint {
     base: String,
     name: String,
+    /// `{base}/api/v1/proxy/request`, parsed once: formatting and parsing it (IDNA
+    /// included) for every call was 1.1 % of the resolver's samples on cold misses
+    /// (docs/benchmarks.md, round 5). The parse error, redacted, when `base` is no URL.
+    request_url: Result<reqwest::Url, String>,
+    /// This endpoint's upstream call series, registered on its first call (the
+    /// recorder may be installed after the endpoint is made).
+    series: OnceLock<CallSeries>,
     breaker: CircuitBreaker,
     /// Latency EWMA in microseconds (0 = no sample yet).
     latency_ewma_us: AtomicU64,
@@ -64,7 +71,23 @@ impl Endpoint {
                 metrics.breaker_opened(name);
             }
         });
-        Self { base, name, breaker, latency_ewma_us: AtomicU64::new(0), probe_ok: AtomicBool::new(true) }
+        let request_url = reqwest::Url::parse(&format!("{base}{}", paths::REQUEST))
+            .map_err(|err| format!("invalid endpoint URL {name}: {err}"));
+        Self {
+            base,
+            name,
+            request_url,
+            series: OnceLock::new(),
+            breaker,
+            latency_ewma_us: AtomicU64::new(0),
+            probe_ok: AtomicBool::new(true),
+        }
+    }
+
+    /// The endpoint's call series (`proxybus_resolver_upstream_calls_total` and
+    /// `_duration_seconds` by outcome), looked up in the recorder once, not per call.
+    fn series(&self) -> &CallSeries {
+        self.series.get_or_init(|| CallSeries::register(&self.name))
     }
 
     /// The base URL as configured (may hold credentials: do not log it).
@@ -250,12 +273,12 @@ impl Upstream {
             return CallOutcome::Refused;
         };
         let started = Instant::now();
-        let url = format!("{}{}", endpoint.base(), paths::REQUEST);
-        let mut call = self.client.post(&url).json(request);
-        if let Some(id) = &request.request_id {
-            call = call.header(proxybus_shared::http::REQUEST_ID_HEADER, id);
-        }
         let result = async {
+            let url = endpoint.request_url.clone()?;
+            let mut call = self.client.post(url).json(request);
+            if let Some(id) = &request.request_id {
+                call = call.header(proxybus_shared::http::REQUEST_ID_HEADER, id);
+            }
             let response = call.send().await.map_err(|err| describe(&err))?;
             let status = response.status();
             if !status.is_success() {
@@ -270,12 +293,12 @@ impl Upstream {
             Ok(answer) => {
                 permit.success();
                 endpoint.record_latency(elapsed);
-                self.metrics.upstream_call(endpoint.name(), true, elapsed);
+                self.metrics.upstream_call(endpoint.series(), true, elapsed);
                 CallOutcome::Answer(answer)
             }
             Err(reason) => {
                 permit.failure();
-                self.metrics.upstream_call(endpoint.name(), false, elapsed);
+                self.metrics.upstream_call(endpoint.series(), false, elapsed);
                 tracing::warn!(
                     endpoint = %endpoint.name(),
                     exchange = %request.exchange_id,

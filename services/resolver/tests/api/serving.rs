@@ -153,6 +153,20 @@ async fn metrics_endpoint_and_srv_stats_report_the_seed_metrics() {
         assert!(body.contains(metric), "{metric} missing from /metrics:\n{body}");
     }
     assert!(body.contains("source=\"cache\""), "{body}");
+    // One upstream call (the second ask was a cache hit), counted in this endpoint's series.
+    let endpoint = format!("endpoint=\"{}\"", upstream.url);
+    let calls = |outcome: &str| {
+        body.lines()
+            .find(|line| {
+                line.starts_with("proxybus_resolver_upstream_calls_total{")
+                    && line.contains(&endpoint)
+                    && line.contains(&format!("outcome=\"{outcome}\""))
+            })
+            .and_then(|line| line.rsplit(' ').next())
+            .map(str::to_owned)
+    };
+    assert_eq!(calls("ok").as_deref(), Some("1"), "{body}");
+    assert_eq!(calls("error").as_deref(), Some("0"), "registered with the endpoint, not yet counted:\n{body}");
     assert!(!body.contains(":pw@"), "no proxy credentials in metrics");
 }
 
