@@ -91,4 +91,14 @@ async fn a_json_request_gets_a_json_answer_with_its_request_id() {
     assert_eq!(answer["proxy_id"], proxybus_shared::proxy_id("http://p:1").as_str());
     let cached = app.ask("binance", Http, "py-feed").await;
     assert_eq!(cached.source, ResponseSource::Cache, "the same client, in msgpack, hits the cache");
+    // The header's name spelled as HTTP clients do (nats-py sends the dict it is given).
+    let mut lower = HeaderMap::new();
+    lower.insert("content-type", "application/json");
+    let reply = app.request("proxy.v1.request.binance.http", Some(lower), Bytes::from_static(body)).await;
+    let answer: serde_json::Value = serde_json::from_slice(&reply.payload).expect("a JSON reply to content-type");
+    assert_eq!(answer["request_id"], "abc-123");
+    assert_eq!(
+        reply.headers.as_ref().and_then(|h| h.get("Content-Type")).map(|v| v.as_str()),
+        Some("application/json")
+    );
 }
