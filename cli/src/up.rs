@@ -342,8 +342,8 @@ where
     tokio::spawn(async move { part.await.map_err(anyhow::Error::from) })
 }
 
-/// Connects `up`'s own client and waits until the resolver and the aggregator answer
-/// `$SRV.PING` (20 s each at most).
+/// Connects `up`'s own client and waits until the resolver and the aggregator serve
+/// (their `$SRV.INFO` lists an endpoint; 20 s each at most).
 async fn wait_for_services(nats: &NatsSettings) -> anyhow::Result<async_nats::Client> {
     let client = nats.connect().await.context("cannot connect to NATS")?;
     for service in [subject::RESOLVER_SERVICE, subject::AGGREGATOR_SERVICE] {

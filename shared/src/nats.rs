@@ -259,7 +259,7 @@ pub async fn ensure_supported_once_connected(client: &async_nats::Client) -> Res
     ensure_supported(client)
 }
 
-/// A NATS micro-service that did not answer `$SRV.PING.{name}` in time.
+/// A NATS micro-service that did not list an endpoint in `$SRV.INFO.{name}` in time.
 #[derive(Debug, thiserror::Error)]
 #[error("{name} did not register within {limit:?}")]
 pub struct ServiceNotRegistered {
@@ -269,23 +269,33 @@ pub struct ServiceNotRegistered {
     pub limit: std::time::Duration,
 }
 
-/// Waits until the micro-service `name` answers `$SRV.PING.{name}` (the NATS micro-services
-/// protocol), asking every 100 ms with a 500 ms timeout per ask, for at most `limit`.
+/// Waits until an instance of the micro-service `name` serves: its `$SRV.INFO.{name}`
+/// answer (the NATS micro-services protocol) lists at least one endpoint. Asks every
+/// 100 ms with a 500 ms timeout per ask, for at most `limit`.
+///
+/// Not `$SRV.PING`: a service answers PING as soon as it starts, before its endpoints
+/// subscribe, and a request sent in between finds no responder. async-nats lists an
+/// endpoint in INFO once its subscription was sent, on the connection the INFO answer
+/// then follows, so the server knows the subscription before the answer arrives.
 ///
 /// # Errors
-/// [`ServiceNotRegistered`] when no instance answered within `limit`.
+/// [`ServiceNotRegistered`] when no instance listed an endpoint within `limit`.
 pub async fn wait_for_service(
     client: &async_nats::Client,
     name: &str,
     limit: std::time::Duration,
 ) -> Result<(), ServiceNotRegistered> {
     use std::time::Duration;
-    let subject = format!("$SRV.PING.{name}");
+    let subject = format!("$SRV.INFO.{name}");
+    let serves = |payload: &[u8]| {
+        serde_json::from_slice::<serde_json::Value>(payload)
+            .is_ok_and(|info| info["endpoints"].as_array().is_some_and(|endpoints| !endpoints.is_empty()))
+    };
     tokio::time::timeout(limit, async {
         loop {
             if let Ok(Ok(reply)) =
                 tokio::time::timeout(Duration::from_millis(500), client.request(subject.clone(), "".into())).await
-                && !reply.payload.is_empty()
+                && serves(&reply.payload)
             {
                 return;
             }

@@ -46,3 +46,29 @@ async fn user_and_password_from_the_environment_authenticate() {
     let ConnectError::Connect(err) = err else { panic!("expected a connect error, got {err:?}") };
     assert_eq!(err.kind(), async_nats::ConnectErrorKind::AuthorizationViolation, "{err}");
 }
+
+#[tokio::test]
+async fn a_service_is_waited_for_until_it_serves_not_until_it_answers_ping() {
+    use async_nats::service::ServiceExt;
+    use std::time::Duration;
+    let server = NatsServer::start().await.unwrap();
+    let client = server.connect().await.unwrap();
+    let service = client.service_builder().start("proxybus-test-service", "1.0.0").await.unwrap();
+    let ping = client.request("$SRV.PING.proxybus-test-service", "".into()).await.unwrap();
+    assert!(!ping.payload.is_empty(), "it answers PING already");
+    let waiting = tokio::spawn({
+        let client = client.clone();
+        async move {
+            proxybus_shared::nats::wait_for_service(&client, "proxybus-test-service", Duration::from_secs(10)).await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(!waiting.is_finished(), "no endpoint yet: a request would find no responder");
+    let _endpoint = service.endpoint("proxybus.test.echo").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("returns once it serves").unwrap().unwrap();
+
+    let err = proxybus_shared::nats::wait_for_service(&client, "proxybus-nobody", Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert_eq!(err.name, "proxybus-nobody");
+}

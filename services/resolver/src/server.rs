@@ -248,9 +248,14 @@ async fn register(
     region: Option<&Region>,
 ) -> Result<Registration, ResolverError> {
     let refused = |e: async_nats::Error| ResolverError::Register(e.to_string());
+    // The region in `$SRV.INFO` metadata: which resolvers serve where, and (with the
+    // endpoint list) when one is ready — `$SRV.PING` is answered as soon as the
+    // service starts, before its endpoints subscribe.
+    let metadata = region.map(|r| std::collections::HashMap::from([("region".to_owned(), r.as_str().to_owned())]));
     let service = client
         .service_builder()
         .description("Chooses a proxy for a feed's connection to an exchange")
+        .metadata(metadata.unwrap_or_default())
         .queue_group(RESOLVER_SERVICE)
         .stats_handler(move |_endpoint, _stats| serde_json::to_value(metrics.snapshot()).unwrap_or_default())
         .start(RESOLVER_SERVICE, env!("CARGO_PKG_VERSION"))

@@ -211,13 +211,13 @@ pub(crate) fn upstream_vars(endpoints: &[&FakeUpstream]) -> Vec<(&'static str, S
 }
 
 impl TestApp {
-    /// Starts nats-server and a resolver configured by `vars`; returns once it answers `$SRV.PING`.
+    /// Starts nats-server and a resolver configured by `vars`; returns once it serves (`$SRV.INFO`).
     pub(crate) async fn spawn(vars: &[(&str, &str)]) -> Self {
         let nats = NatsServer::start().await.expect("nats-server starts");
         Self::spawn_on(nats, vars).await
     }
 
-    /// Starts a resolver configured by `vars` on a running `nats`; returns once it answers `$SRV.PING`.
+    /// Starts a resolver configured by `vars` on a running `nats`; returns once it serves (`$SRV.INFO`).
     pub(crate) async fn spawn_on(nats: NatsServer, vars: &[(&str, &str)]) -> Self {
         proxybus_shared::telemetry::init_for_tests();
         let mut all: Vec<(&str, &str)> = QUIET.to_vec();
@@ -233,7 +233,7 @@ impl TestApp {
         app
     }
 
-    /// Waits until `n` resolvers answer `$SRV.PING.proxybus-resolver`.
+    /// Waits until `n` resolvers serve their request endpoints (`$SRV.INFO.proxybus-resolver`).
     pub(crate) async fn wait_for_instances(&self, n: usize) {
         wait_for_instances(&self.client, n).await;
     }
@@ -294,22 +294,38 @@ impl Drop for TestApp {
     }
 }
 
-/// Waits until `n` resolvers answer `$SRV.PING.proxybus-resolver`.
+/// Waits until `n` resolvers serve their request endpoints (`$SRV.INFO.proxybus-resolver`).
 pub(crate) async fn wait_for_instances(client: &async_nats::Client, n: usize) {
     use futures::StreamExt;
+    // `$SRV.INFO`, not `$SRV.PING`: a resolver answers PING as soon as its service
+    // starts, before its request endpoints subscribe (a request sent then finds no
+    // responder). INFO lists an endpoint only once its subscription was sent, on the
+    // connection the INFO reply then follows.
+    let ready = |info: &serde_json::Value| {
+        let endpoints: Vec<&str> = info["endpoints"]
+            .as_array()
+            .map(|all| all.iter().filter_map(|e| e["name"].as_str()).collect())
+            .unwrap_or_default();
+        let regional = info["metadata"]["region"].is_string();
+        endpoints.contains(&"request") && (!regional || endpoints.contains(&"request_region"))
+    };
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let inbox = client.new_inbox();
         let mut replies = client.subscribe(inbox.clone()).await.unwrap();
-        client.publish_with_reply("$SRV.PING.proxybus-resolver", inbox, Bytes::new()).await.unwrap();
+        client.publish_with_reply("$SRV.INFO.proxybus-resolver", inbox, Bytes::new()).await.unwrap();
         let mut seen = 0;
-        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(200), replies.next()).await {
-            seen += 1;
+        while let Ok(Some(reply)) = tokio::time::timeout(Duration::from_millis(200), replies.next()).await {
+            if reply.status.is_some() {
+                continue; // "no responders": nothing has started yet
+            }
+            let info: serde_json::Value = serde_json::from_slice(&reply.payload).expect("$SRV.INFO is JSON");
+            seen += usize::from(ready(&info));
         }
         if seen >= n {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "only {seen} of {n} resolvers answer $SRV.PING");
+        assert!(tokio::time::Instant::now() < deadline, "only {seen} of {n} resolvers serve (per $SRV.INFO)");
     }
 }
 

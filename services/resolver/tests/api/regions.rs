@@ -44,6 +44,13 @@ async fn a_resolver_names_its_region_and_answers_its_regions_subject() {
         subject::regional_request(&"us-east".parse().unwrap(), &"binance".parse().unwrap(), ConnectionType::Http);
     let err = app.client.request(us_east, request(None)).await.unwrap_err();
     assert_eq!(err.kind(), async_nats::client::RequestErrorKind::NoResponders);
+    // `$SRV.INFO` names the region and lists both endpoints.
+    let info = app.client.request("$SRV.INFO.proxybus-resolver", "".into()).await.unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&info.payload).unwrap();
+    assert_eq!(info["metadata"]["region"], "eu-west", "{info}");
+    let subjects: Vec<&str> =
+        info["endpoints"].as_array().unwrap().iter().filter_map(|e| e["subject"].as_str()).collect();
+    assert_eq!(subjects, ["proxy.v1.request.*.*", "proxy.v1.request_region.eu-west.*.*"], "{info}");
 }
 
 #[tokio::test]
