@@ -245,6 +245,18 @@ async fn the_page_lists_the_proxies_turns_one_ejected_live_and_shows_no_password
         })
         .await;
         until("the feed is shown", || async { rows(&browser, "#feeds tr.feed").await == 1 }).await;
+        // The feeds chart spans the last minute or so around its samples, not years (a
+        // newcomer saw its axis run from 2027 to 2029, each feed a dot at the left edge).
+        let span = browser
+            .execute(
+                "const x = window.proxybusCharts.feeds.scales.x; return [x.min, x.max, Date.now() / 1000];",
+                vec![],
+            )
+            .await
+            .unwrap();
+        let [min, max, now] = [0, 1, 2].map(|i| span[i].as_f64().unwrap_or_else(|| panic!("x scale: {span}")));
+        assert!(max - min >= 59.0 && max - min <= 3_600.0, "feeds chart spans {} s: {span}", max - min);
+        assert!((now - max).abs() < 120.0, "feeds chart ends {} s from now: {span}", now - max);
         until("binance's bar shows", || async { rows(&browser, "#proxies td .chip.cooldown").await == 1 }).await;
         // Marks this page load: a reload would lose it.
         browser.execute("window.loadedOnce = 'yes'; return true;", vec![]).await.unwrap();

@@ -15,6 +15,8 @@
   const rows = new Map();
   const sparks = new Map();
   const charts = {};
+  // The uPlot instances by name, for the browser test and the console (read only).
+  window.proxybusCharts = charts;
 
   const nowMs = () => Date.now() + model.skew;
   const nowS = () => Math.floor(nowMs() / 1000);
@@ -249,6 +251,12 @@
     if (charts.feeds && charts.feedsNames !== names) { charts.feeds.destroy(); delete charts.feeds; $('feeds-chart').replaceChildren(); }
     charts.feedsNames = names;
     const samples = model.feedSamples.filter((s) => s[1].length === feeds.length);
+    // At least the last minute: uPlot gives a lone point a day of time axis (a page open
+    // for seconds showed 2027 to 2029, each feed a dot at the left edge), so while the
+    // samples span less than a minute an empty one a minute before the newest comes first.
+    if (samples.length && samples[samples.length - 1][0] - samples[0][0] < 60) {
+      samples.unshift([samples[samples.length - 1][0] - 60, feeds.map(() => null)]);
+    }
     const data = [samples.map((s) => s[0]), ...feeds.map((_, i) => samples.map((s) => s[1][i]))];
     chart('feeds', $('feeds-chart'), feeds.map((f, i) => ({ label: `${f.name} msgs/s`, stroke: PALETTE[i % PALETTE.length], width: 1.5 })), data, false);
   }
