@@ -6,18 +6,23 @@
 //! every feed, the opposite of what a pool is for.
 //!
 //! Freshness is decided with `tokio::time::Instant` stored in each entry, so TTL
-//! logic follows paused test time; moka (whose clock is its own) only bounds the
-//! size and drops entries once they are too old even to be served stale.
+//! logic follows paused test time; the cache itself (quick_cache) only bounds the
+//! size, and an entry too old even to be served stale is dropped when a lookup
+//! meets it.
 //!
 //! Memory: one resolver holds an answer for every feed it serves (100 000 keys
 //! is an ordinary load), while a pool hands out a few hundred distinct answers.
 //! So an entry holds only its key, its times and an `Arc` of the answer, and
 //! equal answers are stored once ([`SharedAnswers`]): a `ProxyResponse` with its
-//! strings and `metadata` map is about a kibibyte, an entry about 300 bytes
-//! (mostly moka's own bookkeeping).
+//! strings and `metadata` map is about a kibibyte, an entry its key, an `Arc`, an
+//! instant and the cache's own slot.
 //!
-//! The cache is moka's synchronous one: a lookup is a hash-map read that never
-//! waits on I/O, so the service answers cache hits in place without a task.
+//! The cache is quick_cache's synchronous one (S3-FIFO eviction, sharded locks, no
+//! background work): a lookup is a hash-map read under a shard's read lock that
+//! never waits on I/O, so the service answers cache hits in place without a task.
+//! It replaced moka, whose lookup (read log, frequency sketch, epoch-based
+//! reclamation) was the largest single item in answering a cache hit, 3 % of the
+//! resolver's samples (docs/benchmarks.md, round 5).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -29,6 +34,8 @@ use std::time::Duration;
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use proxybus_shared::{ConnectionType, ExchangeId, ProxyResponse, ProxyScheme, Region};
+use quick_cache::UnitWeighter;
+use quick_cache::sync::DefaultLifecycle;
 use tokio::time::Instant;
 
 /// Cache key: `client_id:exchange:connection_type:region` (`-` for no region).
@@ -118,12 +125,21 @@ impl CachedAnswer {
     }
 }
 
+/// The entries: at most `max_entries` of them (one unit of weight each).
+type Entries = quick_cache::sync::Cache<
+    CacheKey,
+    CachedAnswer,
+    UnitWeighter,
+    foldhash::fast::RandomState,
+    DefaultLifecycle<CacheKey, CachedAnswer>,
+>;
+
 /// The bounded answer cache.
 #[derive(Clone)]
 pub struct AnswerCache {
-    /// Hashed with foldhash (randomly seeded per process) rather than moka's SipHash-1-3:
+    /// Hashed with foldhash (randomly seeded per process) rather than SipHash-1-3:
     /// every request, cache hits included, hashes its key here.
-    entries: moka::sync::Cache<CacheKey, CachedAnswer, foldhash::fast::RandomState>,
+    entries: Arc<Entries>,
     answers: Arc<SharedAnswers>,
     max_staleness: Duration,
 }
@@ -131,7 +147,7 @@ pub struct AnswerCache {
 impl fmt::Debug for AnswerCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AnswerCache")
-            .field("entries", &self.entries.entry_count())
+            .field("entries", &self.entries.len())
             .field("distinct_answers", &self.answers.len())
             .finish()
     }
@@ -141,14 +157,16 @@ impl AnswerCache {
     /// A cache of at most `max_entries` answers, each kept for its TTL plus `max_staleness`.
     pub fn new(max_entries: u64, max_staleness: Duration) -> Self {
         // Room for the bound up front: tables grown by doubling while requests
-        // allocate around them leave holes that keep the peak RSS high. No
-        // per-entry expiry in moka (its timer wheel costs memory per key, and runs
-        // on the std clock): an entry too old to serve even stale is dropped when
-        // a lookup meets it, and the size bound evicts the rest.
-        let entries = moka::sync::Cache::builder()
-            .max_capacity(max_entries)
-            .initial_capacity(max_entries.min(1 << 20) as usize)
-            .build_with_hasher(foldhash::fast::RandomState::default());
+        // allocate around them leave holes that keep the peak RSS high. An entry
+        // too old to serve even stale is dropped when a lookup meets it, and the
+        // size bound evicts the rest.
+        let entries = Arc::new(Entries::with(
+            usize::try_from(max_entries.min(1 << 20)).unwrap_or(1 << 20),
+            max_entries,
+            UnitWeighter,
+            foldhash::fast::RandomState::default(),
+            DefaultLifecycle::default(),
+        ));
         Self { entries, answers: Arc::default(), max_staleness }
     }
 
@@ -156,7 +174,7 @@ impl AnswerCache {
     pub fn get(&self, key: &CacheKey) -> Option<CachedAnswer> {
         let answer = self.entries.get(key)?;
         if Instant::now() > answer.expires_at + self.max_staleness {
-            self.entries.invalidate(key);
+            self.entries.remove(key);
             return None;
         }
         Some(answer)
@@ -172,12 +190,12 @@ impl AnswerCache {
 
     /// Drops the answer under `key`.
     pub fn invalidate(&self, key: &CacheKey) {
-        self.entries.invalidate(key);
+        self.entries.remove(key);
     }
 
-    /// Approximate number of entries.
+    /// Number of entries.
     pub fn len(&self) -> u64 {
-        self.entries.entry_count()
+        self.entries.len() as u64
     }
 
     /// Whether the cache is (approximately) empty.
@@ -376,8 +394,22 @@ mod tests {
         drop((a, b));
         cache.invalidate(&key("a"));
         cache.invalidate(&key("b"));
-        cache.entries.run_pending_tasks();
         assert!(weak.upgrade().is_none(), "freed with the last entry holding it");
+    }
+
+    #[test]
+    fn the_size_bound_holds_and_recent_answers_stay() {
+        let cache = AnswerCache::new(100, Duration::from_secs(60));
+        let binance: ExchangeId = "binance".parse().unwrap();
+        let key = |i: usize| CacheKey::new(&format!("feed-{i}"), &binance, ConnectionType::Http, None);
+        for i in 0..1_000 {
+            cache.insert(key(i), answer(&format!("http://p{}:1", i % 7)), Duration::from_secs(10));
+            // Feed 0 keeps asking: a key in use is not the one evicted.
+            assert!(cache.get(&key(0)).is_some(), "feed 0's answer evicted after {i} inserts");
+        }
+        assert!(cache.len() <= 100, "{} entries over a bound of 100", cache.len());
+        assert!(cache.len() >= 50, "only {} of 100 slots used", cache.len());
+        assert!(cache.distinct_answers() <= 7);
     }
 
     #[tokio::test]
