@@ -46,7 +46,7 @@ pub fn banner(lab: &Lab) -> String {
     text.push_str(")\n");
     for (proxy, config) in lab.proxies().iter().zip(&lab.config().proxies) {
         text.push_str(&format!(
-            "  proxy       {:<40} {:<13} from {:<11} {:?}\n",
+            "  proxy       {:<40} {:<13} from {:<11} {}\n",
             proxybus_shared::redact_url(&proxy.url()),
             config.region,
             config.source_ip.to_string(),

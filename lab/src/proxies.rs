@@ -130,6 +130,22 @@ pub enum ProxyFault {
     RefuseCredentials,
 }
 
+/// What the proxy does, in words: `works`, `dead`, `slow (300 ms per handshake)`,
+/// `flapping (20 s up, 10 s down)`, `refuses credentials` (the lab's banner).
+impl std::fmt::Display for ProxyFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProxyFault::None => f.write_str("works"),
+            ProxyFault::Dead => f.write_str("dead"),
+            ProxyFault::Slow { delay_ms } => write!(f, "slow ({delay_ms} ms per handshake)"),
+            ProxyFault::Flapping { up_seconds, down_seconds } => {
+                write!(f, "flapping ({up_seconds} s up, {down_seconds} s down)")
+            }
+            ProxyFault::RefuseCredentials => f.write_str("refuses credentials"),
+        }
+    }
+}
+
 impl ProxyFault {
     /// Whether the fault makes the proxy dead `elapsed` after its start.
     fn is_down(self, elapsed: Duration) -> bool {
@@ -638,6 +654,25 @@ async fn serve_socks4(mut stream: TcpStream, shared: &Shared) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn faults_read_as_words_in_the_banner() {
+        use super::ProxyFault;
+        let said: Vec<String> = [
+            ProxyFault::None,
+            ProxyFault::Dead,
+            ProxyFault::Slow { delay_ms: 300 },
+            ProxyFault::Flapping { up_seconds: 20, down_seconds: 10 },
+            ProxyFault::RefuseCredentials,
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        assert_eq!(
+            said,
+            ["works", "dead", "slow (300 ms per handshake)", "flapping (20 s up, 10 s down)", "refuses credentials"]
+        );
+    }
+
     use super::*;
 
     #[test]
