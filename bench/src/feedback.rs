@@ -205,6 +205,10 @@ pub async fn publish(bus: &mut Bus, options: &Options) -> anyhow::Result<Vec<Row
         if stats.published != n as u64 || stats.dropped != 0 {
             bail!("client published {} of {n} events, dropped {}", stats.published, stats.dropped);
         }
+        let stored = jetstream.get_stream(FEEDBACK_STREAM).await?.info().await?.state.messages;
+        if stored != n as u64 {
+            bail!("the stream holds {stored} of the {n} events the client reported (each exactly once expected)");
+        }
         if round > 0 {
             baseline.push(bare, None);
             subject.push(reported, None);

@@ -1,7 +1,13 @@
 //! The feedback queue: `report` never blocks; a background task publishes to
 //! JetStream with `Nats-Msg-Id: {event_id}` and awaits each ack, retrying what
 //! failed (the stream's duplicate window makes a retry of an event whose ack was
-//! lost fold once). When the queue is full the oldest events are dropped and
+//! lost fold once). Up to [`WINDOW`] events are published ahead of their acks, a
+//! sliding window: each ack that comes in lets the next event go. (Batches of 64
+//! whose acks were all awaited before the next batch left the connection idle
+//! between batches: 0.75× a bare publisher with 256 acks in flight,
+//! docs/benchmarks.md `publish`.) After a failure nothing new is published until
+//! every ack is in; the failed events then go back to the front of the queue in
+//! their order, so a feed's events reach the stream in the order they happened. When the queue is full the oldest events are dropped and
 //! counted (`proxybus_client_feedback_dropped_total` and a warning), never silently.
 
 use std::collections::VecDeque;
@@ -11,13 +17,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use proxybus_shared::ProxyFeedback;
 use proxybus_shared::feedback::{self, PublishFeedbackErrorKind};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-/// Most events published before their acks are awaited.
-const BATCH: usize = 64;
+/// Most events published whose acks are not yet in.
+const WINDOW: usize = 256;
 /// How long one publish and its ack may take before the event is retried.
 const ACK_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -126,75 +134,83 @@ impl Reporter {
 }
 
 async fn publish_loop(jetstream: jetstream::Context, shared: Arc<Shared>) {
+    let published_total = metrics::counter!("proxybus_client_feedback_published_total");
     let mut backoff = Duration::from_millis(50);
+    let mut acks = FuturesUnordered::new();
+    // Events whose publish or ack failed, by the order they were taken from the queue.
+    let mut failed: Vec<(u64, ProxyFeedback)> = Vec::new();
+    let mut taken: u64 = 0;
     loop {
-        let batch: Vec<ProxyFeedback> = {
-            let mut queue = shared.lock();
-            let n = queue.len().min(BATCH);
-            shared.in_flight.store(n, Ordering::Relaxed);
-            queue.drain(..n).collect()
-        };
-        if batch.is_empty() {
-            shared.wake.notified().await;
-            continue;
-        }
-        tracing::trace!(events = batch.len(), "publishing feedback batch");
-        let mut pending = Vec::with_capacity(batch.len());
-        let mut failed = Vec::new();
-        for event in batch {
+        // Publish while the window has room and nothing has failed.
+        while failed.is_empty() && acks.len() < WINDOW {
+            let Some(event) = shared.lock().pop_front() else { break };
+            let order = taken;
+            taken += 1;
+            shared.in_flight.store(acks.len() + 1, Ordering::Relaxed);
             match tokio::time::timeout(ACK_TIMEOUT, feedback::send_feedback(&jetstream, &event)).await {
-                Ok(Ok(ack)) => pending.push((event, ack)),
+                Ok(Ok(ack)) => acks.push(async move {
+                    let result = tokio::time::timeout(ACK_TIMEOUT, ack.into_future()).await;
+                    (order, event, result)
+                }),
                 Ok(Err(err)) if err.kind() == PublishFeedbackErrorKind::Encode => {
                     tracing::error!(%err, "cannot encode feedback; dropped");
                     shared.dropped.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(Err(err)) => {
                     tracing::debug!(%err, "feedback publish failed; will retry");
-                    failed.push(event);
+                    failed.push((order, event));
                 }
                 Err(_) => {
                     tracing::debug!("feedback publish timed out; will retry");
-                    failed.push(event);
+                    failed.push((order, event));
                 }
             }
+            shared.in_flight.store(acks.len() + failed.len(), Ordering::Relaxed);
         }
-        // Acks are awaited together: after a disconnect every lost one times out
-        // at the same moment instead of one after another.
-        let acks = pending.into_iter().map(|(event, ack)| async move {
-            let result = tokio::time::timeout(ACK_TIMEOUT, ack.into_future()).await;
-            (event, result)
-        });
-        for (event, result) in futures::future::join_all(acks).await {
-            match result {
-                Ok(Ok(_)) => {
-                    shared.published.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!("proxybus_client_feedback_published_total").increment(1);
-                }
-                Ok(Err(err)) => {
-                    tracing::debug!(%err, "feedback ack failed; will retry");
-                    failed.push(event);
-                }
-                Err(_) => {
-                    tracing::debug!("feedback ack timed out; will retry");
-                    failed.push(event);
-                }
+        if acks.is_empty() {
+            if failed.is_empty() {
+                shared.wake.notified().await;
+                continue;
             }
-        }
-        if failed.is_empty() {
-            shared.in_flight.store(0, Ordering::Relaxed);
-            backoff = Duration::from_millis(50);
+            // Every ack is in: the failed events go back to the front of the queue in
+            // the order they were taken, and publishing resumes after a back-off.
+            shared.retries.fetch_add(failed.len() as u64, Ordering::Relaxed);
+            failed.sort_unstable_by_key(|(order, _)| *order);
+            {
+                let mut queue = shared.lock();
+                for (_, event) in failed.drain(..).rev() {
+                    queue.push_front(event);
+                }
+                shared.in_flight.store(0, Ordering::Relaxed);
+                shared.trim(&mut queue);
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
             continue;
         }
-        shared.retries.fetch_add(failed.len() as u64, Ordering::Relaxed);
-        {
-            let mut queue = shared.lock();
-            for event in failed.into_iter().rev() {
-                queue.push_front(event);
+        // An ack, or new events while the window has room.
+        tokio::select! {
+            Some((order, event, result)) = acks.next() => {
+                match result {
+                    Ok(Ok(_)) => {
+                        shared.published.fetch_add(1, Ordering::Relaxed);
+                        published_total.increment(1);
+                        if failed.is_empty() {
+                            backoff = Duration::from_millis(50);
+                        }
+                    }
+                    Ok(Err(err)) => {
+                        tracing::debug!(%err, "feedback ack failed; will retry");
+                        failed.push((order, event));
+                    }
+                    Err(_) => {
+                        tracing::debug!("feedback ack timed out; will retry");
+                        failed.push((order, event));
+                    }
+                }
+                shared.in_flight.store(acks.len() + failed.len(), Ordering::Relaxed);
             }
-            shared.in_flight.store(0, Ordering::Relaxed);
-            shared.trim(&mut queue);
+            () = shared.wake.notified(), if failed.is_empty() && acks.len() < WINDOW => {}
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }
