@@ -10,6 +10,7 @@ in ``LOGS`` so a test can scan them for credentials.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import shutil
@@ -202,7 +203,11 @@ class Proxybus:
 
 
 async def wait_for_services(url: str, names: tuple[str, ...], timeout: float = 60.0) -> None:
-    """Waits until every micro-service in ``names`` answers ``$SRV.PING`` and stream PROXY_FEEDBACK exists."""
+    """Waits until every micro-service in ``names`` serves and stream PROXY_FEEDBACK exists.
+
+    A service serves once its ``$SRV.INFO`` lists an endpoint: ``$SRV.PING`` is answered as soon
+    as it starts, before its endpoints subscribe, and a request sent then finds no responder.
+    """
     nc = await nats.connect(url)
     try:
         deadline = time.monotonic() + timeout
@@ -210,8 +215,9 @@ async def wait_for_services(url: str, names: tuple[str, ...], timeout: float = 6
         while time.monotonic() < deadline:
             for name in list(missing):
                 try:
-                    await nc.request(f"$SRV.PING.{name}", b"", timeout=0.5)
-                    missing.discard(name)
+                    reply = await nc.request(f"$SRV.INFO.{name}", b"", timeout=0.5)
+                    if json.loads(reply.data).get("endpoints"):
+                        missing.discard(name)
                 except Exception:  # noqa: S112 - not up yet
                     continue
             if not missing:
