@@ -143,10 +143,15 @@ async fn publish_loop(jetstream: jetstream::Context, shared: Arc<Shared>) {
     loop {
         // Publish while the window has room and nothing has failed.
         while failed.is_empty() && acks.len() < WINDOW {
-            let Some(event) = shared.lock().pop_front() else { break };
+            let event = {
+                // Counted in flight under the queue's lock, so `pending` never misses it.
+                let mut queue = shared.lock();
+                let Some(event) = queue.pop_front() else { break };
+                shared.in_flight.store(acks.len() + 1, Ordering::Relaxed);
+                event
+            };
             let order = taken;
             taken += 1;
-            shared.in_flight.store(acks.len() + 1, Ordering::Relaxed);
             match tokio::time::timeout(ACK_TIMEOUT, feedback::send_feedback(&jetstream, &event)).await {
                 Ok(Ok(ack)) => acks.push(async move {
                     let result = tokio::time::timeout(ACK_TIMEOUT, ack.into_future()).await;
