@@ -152,6 +152,7 @@ async fn publish_loop(jetstream: jetstream::Context, shared: Arc<Shared>) {
             };
             let order = taken;
             taken += 1;
+            tracing::trace!(event_id = %event.event_id, in_flight = acks.len(), "publishing a feedback event");
             match tokio::time::timeout(ACK_TIMEOUT, feedback::send_feedback(&jetstream, &event)).await {
                 Ok(Ok(ack)) => acks.push(async move {
                     let result = tokio::time::timeout(ACK_TIMEOUT, ack.into_future()).await;
