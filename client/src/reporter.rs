@@ -162,14 +162,8 @@ async fn publish_loop(jetstream: jetstream::Context, shared: Arc<Shared>) {
                     tracing::error!(%err, "cannot encode feedback; dropped");
                     shared.dropped.fetch_add(1, Ordering::Relaxed);
                 }
-                Ok(Err(err)) => {
-                    tracing::debug!(%err, "feedback publish failed; will retry");
-                    failed.push((order, event));
-                }
-                Err(_) => {
-                    tracing::debug!("feedback publish timed out; will retry");
-                    failed.push((order, event));
-                }
+                Ok(Err(err)) => set_aside(&mut failed, order, event, "publish", &err),
+                Err(_) => set_aside(&mut failed, order, event, "publish", &"timed out"),
             }
             shared.in_flight.store(acks.len() + failed.len(), Ordering::Relaxed);
         }
@@ -205,18 +199,25 @@ async fn publish_loop(jetstream: jetstream::Context, shared: Arc<Shared>) {
                             backoff = Duration::from_millis(50);
                         }
                     }
-                    Ok(Err(err)) => {
-                        tracing::debug!(%err, "feedback ack failed; will retry");
-                        failed.push((order, event));
-                    }
-                    Err(_) => {
-                        tracing::debug!("feedback ack timed out; will retry");
-                        failed.push((order, event));
-                    }
+                    Ok(Err(err)) => set_aside(&mut failed, order, event, "ack", &err),
+                    Err(_) => set_aside(&mut failed, order, event, "ack", &"timed out"),
                 }
                 shared.in_flight.store(acks.len() + failed.len(), Ordering::Relaxed);
             }
             () = shared.wake.notified(), if failed.is_empty() && acks.len() < WINDOW => {}
         }
     }
+}
+
+/// Sets `event` (taken `order`-th from the queue) aside for a retry, saying at debug
+/// which `step` (`publish` or `ack`) failed and why.
+fn set_aside(
+    failed: &mut Vec<(u64, ProxyFeedback)>,
+    order: u64,
+    event: ProxyFeedback,
+    step: &str,
+    why: &dyn std::fmt::Display,
+) {
+    tracing::debug!(step, %why, "feedback not acknowledged; will retry");
+    failed.push((order, event));
 }
