@@ -133,8 +133,8 @@ pub struct ProxyRequest {
     /// Correlation id (a UUID); the resolver makes one when absent and echoes it.
     #[serde(default)]
     pub request_id: Option<String>,
-    /// Free-form metadata.
-    #[serde(default)]
+    /// Free-form metadata (null reads as empty, in JSON as in MessagePack).
+    #[serde(default, deserialize_with = "null_as_empty_metadata")]
     pub metadata: Metadata,
     /// Proxy URL schemes the caller can use (an aiohttp feed without
     /// `aiohttp-socks` can use `http` and `https` proxies only for REST); absent,
@@ -175,6 +175,15 @@ where
     T: Deserialize<'de>,
 {
     Ok(Option::<Vec<T>>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+/// Metadata that may be sent as null: MessagePack's nil already read as an empty
+/// map, JSON's `null` was refused (found by the `bad_input` property test).
+fn null_as_empty_metadata<'de, D>(deserializer: D) -> Result<Metadata, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    Ok(Option::<Metadata>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 /// A map that may be sent as null.
@@ -252,8 +261,8 @@ pub struct ProxyResponse {
     /// The request's id, echoed (an upstream proxy service may omit it).
     #[serde(default)]
     pub request_id: String,
-    /// Free-form metadata.
-    #[serde(default)]
+    /// Free-form metadata (null reads as empty, in JSON as in MessagePack).
+    #[serde(default, deserialize_with = "null_as_empty_metadata")]
     pub metadata: Metadata,
     /// Region of the resolver that answered (its `PROXYBUS_RESOLVER_REGION`); absent when that
     /// resolver has no region set, and in a proxy service's own answers. Next to `region` (the
@@ -1119,6 +1128,21 @@ mod tests {
     /// A proxy id and an event id are read from the string where it lies, in every form
     /// serde hands a string over: borrowed (MessagePack), escaped (JSON, unescaped into
     /// a buffer), and owned; anything else is refused with the reason.
+    #[test]
+    fn null_metadata_reads_as_empty_in_both_encodings() {
+        let json = br#"{"schema_version":1,"proxy_url":null,"strategy":"s","ttl_seconds":1,"source":"service","request_id":"","metadata":null}"#;
+        let codec = crate::Codec::default();
+        let from_json: ProxyResponse = codec.decode_as(crate::Encoding::Json, json).unwrap();
+        assert!(from_json.metadata.is_empty());
+        let value: serde_json::Value = serde_json::from_slice(json).unwrap();
+        let msgpack = rmp_serde::to_vec_named(&value).unwrap();
+        let from_msgpack: ProxyResponse = codec.decode_as(crate::Encoding::MsgPack, &msgpack).unwrap();
+        assert_eq!(from_json, from_msgpack);
+        let request = br#"{"exchange_id":"binance","connection_type":"http","client_id":"c","metadata":null}"#;
+        let request: ProxyRequest = codec.decode_as(crate::Encoding::Json, request).unwrap();
+        assert!(request.metadata.is_empty());
+    }
+
     #[test]
     fn ids_are_read_from_strings_in_every_form_and_nothing_else() {
         let id: ProxyId = "00ff10aa20bb30cc".parse().expect("valid");
