@@ -113,7 +113,20 @@ impl SubjectProcess {
     pub fn spawn(exe: &Path, name: &'static str, args: &[String]) -> anyhow::Result<Self> {
         let log = std::env::temp_dir().join(format!("proxybus-bench-{}-{name}.log", std::process::id()));
         let stderr = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let mut child = Command::new(exe)
+        // `PROXYBUS_BENCH_SUBJECT_WRAPPER="valgrind --tool=callgrind"` runs each
+        // subject under that command, for instruction counts that do not depend on
+        // the machine's load (docs/benchmarks.md, "How it measures").
+        let wrapper = std::env::var("PROXYBUS_BENCH_SUBJECT_WRAPPER").unwrap_or_default();
+        let mut words = wrapper.split_whitespace();
+        let mut command = match words.next() {
+            Some(program) => {
+                let mut command = Command::new(program);
+                command.args(words).arg(exe);
+                command
+            }
+            None => Command::new(exe),
+        };
+        let mut child = command
             .arg("subject")
             .args(args)
             .stdin(Stdio::piped())

@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
-use proxybus_shared::{ConnectionType, ExchangeId, ProxyResponse, ProxyScheme, Region};
+use proxybus_shared::{ConnectionType, ExchangeId, ProxyRequest, ProxyResponse, ProxyScheme, Region};
 use quick_cache::UnitWeighter;
 use quick_cache::sync::DefaultLifecycle;
 use tokio::time::Instant;
@@ -50,19 +50,30 @@ impl CacheKey {
         connection_type: ConnectionType,
         region: Option<&Region>,
     ) -> Self {
-        let region = region.map_or("-", Region::as_str);
-        let connection_type = connection_type.as_str();
-        let exchange = exchange.as_str();
-        // Pieces pushed, not `format!`: this runs for every request, cache hits included.
-        let mut key =
-            String::with_capacity(client_id.len() + exchange.len() + connection_type.len() + region.len() + 3);
-        for (i, piece) in [client_id, exchange, connection_type, region].into_iter().enumerate() {
-            if i > 0 {
-                key.push(':');
-            }
-            key.push_str(piece);
-        }
+        let mut key = String::new();
+        write_base(&mut key, client_id, exchange, connection_type, region);
         Self(key.into())
+    }
+
+    /// The key of `request`'s answer in `region`: [`new`](Self::new) with the
+    /// request's client, exchange and connection type, then
+    /// [`accepting`](Self::accepting) its `proxy_schemes` and
+    /// [`for_session`](Self::for_session) its `session_key`.
+    pub fn for_request(request: &ProxyRequest, region: Option<&Region>) -> Self {
+        let mut key = String::new();
+        Self::write_for_request(&mut key, request, region);
+        Self(key.into())
+    }
+
+    /// Writes the text of [`for_request`](Self::for_request)'s key into `out`
+    /// (cleared first): a cache lookup by text ([`AnswerCache::get_for`]) allocates
+    /// nothing, where a `CacheKey` is two allocations for every request, cache hits
+    /// included.
+    pub fn write_for_request(out: &mut String, request: &ProxyRequest, region: Option<&Region>) {
+        out.clear();
+        write_base(out, &request.client_id, &request.exchange_id, request.connection_type, region);
+        write_schemes(out, &request.proxy_schemes);
+        write_session(out, request.session_key.as_deref());
     }
 
     /// The key of an answer limited to the `accepted` proxy schemes
@@ -73,20 +84,21 @@ impl CacheKey {
         if accepted.is_empty() {
             return self;
         }
-        let mut schemes: Vec<&str> = accepted.iter().map(|s| s.as_str()).collect();
-        schemes.sort_unstable();
-        schemes.dedup();
-        Self(format!("{}:{}", self.0, schemes.join("+")).into())
+        let mut key = self.0.to_string();
+        write_schemes(&mut key, accepted);
+        Self(key.into())
     }
 
     /// The key of an answer for one logical session (`ProxyRequest.session_key`):
     /// the key, then `:session=` and the session key; unchanged without one. A
     /// feed's sessions each keep their own answer, as the pool keeps their proxies.
     pub fn for_session(self, session_key: Option<&str>) -> Self {
-        match session_key {
-            None => self,
-            Some(session) => Self(format!("{}:session={session}", self.0).into()),
+        if session_key.is_none() {
+            return self;
         }
+        let mut key = self.0.to_string();
+        write_session(&mut key, session_key);
+        Self(key.into())
     }
 
     /// The key as text.
@@ -98,6 +110,54 @@ impl CacheKey {
 impl fmt::Display for CacheKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+/// A key and its text are equal and hash alike (the derived `Hash` hashes the
+/// `str`), so the cache can be read with a `&str` ([`AnswerCache::get_for`]).
+impl std::borrow::Borrow<str> for CacheKey {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+/// `client_id:exchange:connection_type:region`, pieces pushed rather than
+/// `format!`ted: this runs for every request, cache hits included.
+fn write_base(
+    out: &mut String,
+    client_id: &str,
+    exchange: &ExchangeId,
+    connection_type: ConnectionType,
+    region: Option<&Region>,
+) {
+    let region = region.map_or("-", Region::as_str);
+    let pieces = [client_id, exchange.as_str(), connection_type.as_str(), region];
+    out.reserve(pieces.iter().map(|p| p.len() + 1).sum());
+    for (i, piece) in pieces.into_iter().enumerate() {
+        if i > 0 {
+            out.push(':');
+        }
+        out.push_str(piece);
+    }
+}
+
+/// `:` and the accepted schemes sorted, deduplicated, joined by `+`; nothing when none.
+fn write_schemes(out: &mut String, accepted: &[ProxyScheme]) {
+    if accepted.is_empty() {
+        return;
+    }
+    let mut schemes: Vec<&str> = accepted.iter().map(|s| s.as_str()).collect();
+    schemes.sort_unstable();
+    schemes.dedup();
+    out.push(':');
+    out.push_str(&schemes.join("+"));
+}
+
+/// `:session=` and the session key; nothing without one.
+fn write_session(out: &mut String, session_key: Option<&str>) {
+    if let Some(session) = session_key {
+        out.push_str(":session=");
+        out.push_str(session);
     }
 }
 
@@ -172,8 +232,27 @@ impl AnswerCache {
 
     /// The answer stored under `key`, fresh or not.
     pub fn get(&self, key: &CacheKey) -> Option<CachedAnswer> {
+        self.get_text(key.as_str(), Instant::now())
+    }
+
+    /// The answer stored for `request` in `region` ([`CacheKey::for_request`]),
+    /// fresh or not at `now`, looked up by the key's text written into a buffer
+    /// of this thread: no allocation on a hit.
+    pub fn get_for(&self, request: &ProxyRequest, region: Option<&Region>, now: Instant) -> Option<CachedAnswer> {
+        thread_local! {
+            static KEY_TEXT: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+        }
+        KEY_TEXT.with_borrow_mut(|text| {
+            CacheKey::write_for_request(text, request, region);
+            self.get_text(text, now)
+        })
+    }
+
+    /// The answer stored under the key whose text is `key`; one too old even to
+    /// be served stale at `now` is dropped.
+    fn get_text(&self, key: &str, now: Instant) -> Option<CachedAnswer> {
         let answer = self.entries.get(key)?;
-        if Instant::now() > answer.expires_at + self.max_staleness {
+        if now > answer.expires_at + self.max_staleness {
             self.entries.remove(key);
             return None;
         }
@@ -356,6 +435,34 @@ mod tests {
             CacheKey::new("f", &binance, ConnectionType::Websocket, Some(&region)).as_str(),
             "f:binance:websocket:eu-west"
         );
+    }
+
+    #[test]
+    fn a_request_is_looked_up_by_the_text_of_its_key() {
+        let binance: ExchangeId = "binance".parse().unwrap();
+        let region: Region = "eu-west".parse().unwrap();
+        let cache = AnswerCache::new(10, Duration::from_secs(60));
+        let mut request = ProxyRequest::new(binance.clone(), ConnectionType::Http, "feed-1");
+        let combos: [(&[ProxyScheme], Option<&str>); 4] = [
+            (&[], None),
+            (&[ProxyScheme::Socks5, ProxyScheme::Http], None),
+            (&[], Some("s-1")),
+            (&[ProxyScheme::Https], Some("s-2")),
+        ];
+        for (i, (schemes, session)) in combos.into_iter().enumerate() {
+            request.proxy_schemes = schemes.to_vec();
+            request.session_key = session.map(str::to_owned);
+            let built = CacheKey::new("feed-1", &binance, ConnectionType::Http, Some(&region))
+                .accepting(schemes)
+                .for_session(session);
+            assert_eq!(CacheKey::for_request(&request, Some(&region)), built, "{built}");
+            assert!(cache.get_for(&request, Some(&region), Instant::now()).is_none(), "{built} not stored yet");
+            let url = format!("http://p{i}:1");
+            cache.insert(built.clone(), answer(&url), Duration::from_secs(10));
+            let found = cache.get_for(&request, Some(&region), Instant::now()).expect("stored under the same text");
+            assert_eq!(found.response.proxy_url.as_deref(), Some(url.as_str()), "{built}");
+            assert!(cache.get_for(&request, None, Instant::now()).is_none(), "another region is another key");
+        }
     }
 
     #[tokio::test(start_paused = true)]

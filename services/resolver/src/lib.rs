@@ -32,6 +32,7 @@ mod cache;
 mod discovery;
 mod health;
 mod metrics;
+mod replies;
 mod requests;
 mod resolver;
 mod scatter;

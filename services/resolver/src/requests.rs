@@ -37,6 +37,7 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, Span};
 
+use crate::replies::EncodedReplies;
 use crate::resolver::{Answer, Resolver};
 use crate::settings::MAX_CLIENT_ID;
 
@@ -210,6 +211,8 @@ pub(crate) struct Responder {
     resolver: Arc<Resolver>,
     codec: Codec,
     ids: RequestIds,
+    /// Cache-hit replies kept encoded but for their `request_id`.
+    replies: EncodedReplies,
 }
 
 /// A validated request that needs an upstream call: for [`Responder::answer_later`].
@@ -225,7 +228,7 @@ pub(crate) struct Deferred {
 impl Responder {
     /// A responder for `resolver`'s answers, decoding with `codec`.
     pub(crate) fn new(resolver: Arc<Resolver>, codec: Codec) -> Self {
-        Self { resolver, codec, ids: RequestIds::default() }
+        Self { resolver, codec, ids: RequestIds::default(), replies: EncodedReplies::default() }
     }
 
     /// Answers `request` now if that needs no upstream call (an error reply, a
@@ -284,7 +287,7 @@ impl Responder {
         let (reply, headers) = match outcome {
             Ok(Ok(answer)) => {
                 metrics.answered(answer.source(), started.elapsed());
-                (answer.encode(&self.codec, encoding), encoding.headers())
+                (self.replies.encode(&self.codec, encoding, &answer), encoding.headers())
             }
             Ok(Err(refusal)) => {
                 metrics.failed(refusal.code, started.elapsed());

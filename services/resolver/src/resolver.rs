@@ -222,17 +222,16 @@ impl Resolver {
         if !self.proxy.enabled {
             return Some(Answer::Made(self.direct(request_id(), region.filter(|r| !r.is_any()).cloned())));
         }
-        let key = CacheKey::new(&request.client_id, exchange, request.connection_type, region)
-            .accepting(&request.proxy_schemes)
-            .for_session(request.session_key.as_deref());
         // A retry through another proxy (`exclude_proxy_ids`) is answered afresh:
         // the cached answer is likely the very proxy it excludes.
-        let cached = if request.exclude_proxy_ids.is_empty() { self.cache.get(&key) } else { None };
+        let now = Instant::now();
+        let cached = if request.exclude_proxy_ids.is_empty() { self.cache.get_for(request, region, now) } else { None };
         if let Some(entry) = cached {
             if !self.keepable(&entry.response, exchange) {
+                let key = CacheKey::for_request(request, region);
                 tracing::info!(request_id = request.request_id.as_deref().unwrap_or_default(), cache_key = %key, "cached proxy is ejected or banned; resolving again");
                 self.cache.invalidate(&key);
-            } else if let Some(remaining) = entry.remaining(Instant::now()) {
+            } else if let Some(remaining) = entry.remaining(now) {
                 return Some(Answer::Cached {
                     shared: entry.response,
                     source: ResponseSource::Cache,
@@ -244,6 +243,7 @@ impl Resolver {
         }
         let delegated = scattered || self.delegates(exchange);
         if !delegated {
+            let key = CacheKey::for_request(request, region);
             return self.embedded_first(key, request, request_id(), region.cloned()).map(Answer::Made);
         }
         None
@@ -266,9 +266,7 @@ impl Resolver {
             self.metrics.fallback("fail");
             return Err(ResolveError::NoProxyAvailable);
         }
-        let key = CacheKey::new(&request.client_id, exchange, request.connection_type, region.as_ref())
-            .accepting(&request.proxy_schemes)
-            .for_session(request.session_key.as_deref());
+        let key = CacheKey::for_request(request, region.as_ref());
         let request_id = request.request_id.clone().unwrap_or_default();
         // `any` names no region an answer could be in.
         let region = region.filter(|region| !region.is_any());
