@@ -74,8 +74,8 @@ use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, PullConsum
 use async_nats::jetstream::{self, Message};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
+use proxybus_shared::ProxyId;
 use proxybus_shared::subject::{AGGREGATOR_CONSUMER, FEEDBACK_STREAM};
-use proxybus_shared::{HealthStats, ProxyId};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -686,19 +686,9 @@ impl CommitJob {
         {
             tracing::debug!(error = %err, "ack failed; the messages will be redelivered and skipped");
         }
-        // The stats as stored (read back from the commit's bytes, a chunk at a time).
-        for chunk in commit.records().chunks(PUBLISH_CHUNK) {
-            let public: Vec<HealthStats> = chunk
-                .iter()
-                .filter_map(|(key, bytes)| match crate::record::decode_stats(bytes) {
-                    Ok(stats) => Some(stats),
-                    Err(err) => {
-                        tracing::error!(proxy_id = %key, error = %err, "cannot read back committed stats");
-                        None
-                    }
-                })
-                .collect();
-            publisher.publish(&public).await;
+        // The stats as stored, encoded with the records, a chunk at a time.
+        for chunk in commit.published().chunks(PUBLISH_CHUNK) {
+            publisher.publish(chunk).await;
         }
         Ok(())
     }

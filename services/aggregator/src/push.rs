@@ -13,10 +13,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::Client;
+use bytes::Bytes;
 use proxybus_shared::breaker::{BreakerConfig, CircuitBreaker};
 use proxybus_shared::config::ExternalProxyServiceConfig;
 use proxybus_shared::http::{HttpClientError, TlsFiles, proxy_service_client};
-use proxybus_shared::{Codec, Encoding, HealthStats, ProxyId, redact_url, subject};
+use proxybus_shared::{Codec, Encoding, HealthStats, ProxyId, redact_url};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -85,24 +86,34 @@ impl HealthPublisher {
         Ok(Self { client, pushers })
     }
 
-    /// Publishes each of `changed` on its health subject and queues it for every endpoint.
-    pub(crate) async fn publish(&self, changed: &[HealthStats]) {
-        let codec = Codec::default();
-        for stats in changed {
-            match codec.encode(Encoding::MsgPack, stats) {
-                Ok(payload) => {
-                    let subject = subject::health_or_no_region(stats.region.as_ref());
-                    if let Err(err) =
-                        self.client.publish_with_headers(subject, Encoding::MsgPack.headers(), payload).await
-                    {
-                        tracing::warn!(error = %err, "cannot publish health stats");
-                    }
-                }
-                Err(err) => tracing::error!(error = %err, "cannot encode health stats"),
+    /// Publishes each of `changed` — `(subject, HealthStats as msgpack)`, as a commit
+    /// encoded them ([`EncodedCommit::published`](crate::store::EncodedCommit::published))
+    /// — on its health subject, and queues the stats for every endpoint (read from the
+    /// same bytes, only when there are endpoints).
+    pub(crate) async fn publish(&self, changed: &[(String, Bytes)]) {
+        for (subject, payload) in changed {
+            if let Err(err) =
+                self.client.publish_with_headers(subject.clone(), Encoding::MsgPack.headers(), payload.clone()).await
+            {
+                tracing::warn!(error = %err, "cannot publish health stats");
             }
         }
+        if self.pushers.is_empty() {
+            return;
+        }
+        let codec = Codec::new(usize::MAX);
+        let stats: Vec<HealthStats> = changed
+            .iter()
+            .filter_map(|(subject, payload)| match codec.decode_as(Encoding::MsgPack, payload) {
+                Ok(stats) => Some(stats),
+                Err(err) => {
+                    tracing::error!(%subject, error = %err, "cannot read back committed stats");
+                    None
+                }
+            })
+            .collect();
         for pusher in &self.pushers {
-            pusher.offer(changed);
+            pusher.offer(&stats);
         }
     }
 }

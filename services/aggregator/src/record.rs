@@ -3,16 +3,9 @@
 //! field, `fold_state`, that readers of `HealthStats` ignore as an unknown field.
 
 use proxybus_shared::{Codec, DecodeError, Encoding, HealthStats};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::fold::{FoldState, ProxyHealth};
-
-#[derive(Serialize)]
-struct StoredRef<'a> {
-    #[serde(flatten)]
-    stats: &'a HealthStats,
-    fold_state: &'a FoldState,
-}
 
 #[derive(Deserialize)]
 struct FoldOnly {
@@ -41,9 +34,31 @@ pub fn encode(record: &ProxyHealth) -> Result<bytes::Bytes, RecordError> {
 /// Appends the stored form of `record` to `out` (what [`encode`] returns), so that a
 /// commit encodes each record once into one buffer and puts slices of it.
 pub fn encode_into(record: &ProxyHealth, out: &mut Vec<u8>) -> Result<(), RecordError> {
-    let stored = StoredRef { stats: &record.stats, fold_state: &record.fold };
-    rmp_serde::encode::write_named(out, &stored).map_err(|err| RecordError::Encode(err.into()))
+    encode_both(record, out, &mut Vec::new())
 }
+
+/// Appends the stored form of `record` to `stored` and its public form — the
+/// `HealthStats` alone, as published on `proxy.v1.health.{region}` — to `public`,
+/// encoding the stats once: the stored form is the public map with one more entry,
+/// `fold_state`. Publishing used to read each committed record back and encode its
+/// stats again, a tenth of the aggregator's samples during `fold`
+/// (docs/benchmarks.md, round 6).
+pub fn encode_both(record: &ProxyHealth, stored: &mut Vec<u8>, public: &mut Vec<u8>) -> Result<(), RecordError> {
+    let encode_err = |err: rmp_serde::encode::Error| RecordError::Encode(err.into());
+    let start = public.len();
+    rmp_serde::encode::write_named(public, &record.stats).map_err(encode_err)?;
+    let stats = &public[start..];
+    let mut fields = stats;
+    let entries = rmp::decode::read_map_len(&mut fields)
+        .map_err(|err| encode_err(rmp_serde::encode::Error::Syntax(format!("stats are not a map: {err}"))))?;
+    rmp::encode::write_map_len(stored, entries + 1).map_err(|err| encode_err(err.into()))?;
+    stored.extend_from_slice(fields);
+    rmp::encode::write_str(stored, FOLD_STATE).map_err(|err| encode_err(err.into()))?;
+    rmp_serde::encode::write_named(stored, &record.fold).map_err(encode_err)
+}
+
+/// The stored record's field that holds the fold's own state.
+const FOLD_STATE: &str = "fold_state";
 
 /// Reads a stored value; a value without `fold_state` (written by something else)
 /// starts the fold's own state afresh.
@@ -62,4 +77,51 @@ pub fn decode_stats(bytes: &[u8]) -> Result<HealthStats, RecordError> {
 /// The stats as published and pushed: without the fold's own state.
 pub fn public_json(stats: &[HealthStats]) -> Result<bytes::Bytes, RecordError> {
     Ok(Codec::default().encode(Encoding::Json, &stats)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::DateTime;
+    use proxybus_shared::ProxyId;
+    use serde::Serialize;
+
+    use super::*;
+    use crate::fold::FoldState;
+
+    /// The stored form as serde writes it with `flatten`: what `encode_both` must match.
+    #[derive(Serialize)]
+    struct Flattened<'a> {
+        #[serde(flatten)]
+        stats: &'a HealthStats,
+        fold_state: &'a FoldState,
+    }
+
+    fn record(n: u64, region: Option<&str>) -> ProxyHealth {
+        let id: ProxyId = format!("{n:016x}").parse().unwrap();
+        let region = region.map(|r| r.parse().unwrap());
+        let mut stats = HealthStats::new(id, format!("http://10.0.0.{n}:3128"), region, DateTime::UNIX_EPOCH);
+        stats.total = n;
+        stats.failures = n / 3;
+        let mut fold = FoldState::default();
+        for ms in 0..n {
+            fold.latency.record(ms * 37);
+        }
+        ProxyHealth { stats, fold }
+    }
+
+    #[test]
+    fn the_stored_form_is_the_public_stats_and_the_fold_state() {
+        let codec = Codec::default();
+        for record in [record(1, None), record(40, Some("eu-west")), record(700, Some("us-east"))] {
+            let (mut stored, mut public) = (vec![0xaa], vec![0xbb]);
+            encode_both(&record, &mut stored, &mut public).unwrap();
+            let (stored, public) = (&stored[1..], &public[1..]);
+            let flattened = Flattened { stats: &record.stats, fold_state: &record.fold };
+            assert_eq!(stored, rmp_serde::to_vec_named(&flattened).unwrap(), "the bytes serde's flatten writes");
+            assert_eq!(public, &codec.encode(Encoding::MsgPack, &record.stats).unwrap()[..], "the stats as published");
+            assert_eq!(decode(stored).unwrap(), record);
+            assert_eq!(decode_stats(public).unwrap(), record.stats);
+            assert_eq!(decode_stats(stored).unwrap(), record.stats, "readers of HealthStats skip fold_state");
+        }
+    }
 }

@@ -43,8 +43,8 @@ use async_nats::jetstream::{self, kv};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::stream::FuturesUnordered;
 use futures::{StreamExt, TryStreamExt};
-use proxybus_shared::ProxyId;
 use proxybus_shared::kv::BucketConfig;
+use proxybus_shared::{ProxyId, subject};
 
 use crate::fold::ProxyHealth;
 use crate::record::{self, RecordError};
@@ -144,6 +144,8 @@ pub(crate) struct EncodedCommit {
     values: Vec<Bytes>,
     /// `(proxy_id, stored record)`; the record is a slice of one of `values`.
     records: Vec<(String, Bytes)>,
+    /// `(health subject, HealthStats)` of each record, as published (msgpack).
+    published: Vec<(String, Bytes)>,
 }
 
 impl EncodedCommit {
@@ -155,10 +157,13 @@ impl EncodedCommit {
         part_records: usize,
     ) -> Result<Self, StoreError> {
         let part_records = part_records.max(1);
-        let mut commit = Self { last_seq, values: Vec::new(), records: Vec::new() };
+        let mut commit = Self { last_seq, values: Vec::new(), records: Vec::new(), published: Vec::new() };
         // The value being filled, and (key, range) of its records.
         let mut buffer: Vec<u8> = Vec::new();
         let mut in_buffer: Vec<(String, Range<usize>)> = Vec::new();
+        // Every record's public form, and (subject, range) of each.
+        let mut public: Vec<u8> = Vec::new();
+        let mut public_ranges: Vec<(String, Range<usize>)> = Vec::new();
         for record in records {
             if buffer.is_empty() {
                 buffer.resize(PART_HEADER, 0);
@@ -166,8 +171,11 @@ impl EncodedCommit {
             let start = buffer.len();
             buffer.extend_from_slice(&[0; 4]);
             let key = record.stats.proxy_id.to_string();
-            record::encode_into(record, &mut buffer)
+            let public_start = public.len();
+            record::encode_both(record, &mut buffer, &mut public)
                 .map_err(|source| StoreError::Invalid { key: key.clone(), source })?;
+            public_ranges
+                .push((subject::health_or_no_region(record.stats.region.as_ref()), public_start..public.len()));
             let len = buffer.len() - start - 4;
             buffer[start..start + 4].copy_from_slice(&(len as u32).to_be_bytes());
             in_buffer.push((key, start + 4..buffer.len()));
@@ -188,12 +196,15 @@ impl EncodedCommit {
         if !in_buffer.is_empty() || commit.values.is_empty() {
             commit.seal(&mut buffer, &mut in_buffer);
         }
+        let public = Bytes::from(public);
+        commit.published = public_ranges.into_iter().map(|(subject, range)| (subject, public.slice(range))).collect();
         Ok(commit)
     }
 
-    /// `(proxy_id, stored record)` of each record, in the order given.
-    pub(crate) fn records(&self) -> &[(String, Bytes)] {
-        &self.records
+    /// `(subject, stats)` of each record as published on `proxy.v1.health.{region}`
+    /// (its `HealthStats` alone, msgpack), in the order given.
+    pub(crate) fn published(&self) -> &[(String, Bytes)] {
+        &self.published
     }
 
     /// Closes the value in `buffer`: writes its header and hands out its records.
@@ -567,6 +578,11 @@ mod tests {
         for ((key, bytes), record) in commit.records.iter().zip(&records) {
             assert_eq!(key, record.stats.proxy_id.as_str());
             assert_eq!(bytes, &record::encode(record).unwrap(), "the put is the checkpoint's bytes");
+        }
+        assert_eq!(commit.published.len(), records.len(), "each record is published");
+        for ((subject, bytes), record) in commit.published.iter().zip(&records) {
+            assert_eq!(subject, &subject::health_or_no_region(record.stats.region.as_ref()));
+            assert_eq!(record::decode_stats(bytes).unwrap(), record.stats, "the published stats are the record's");
         }
         let single = EncodedCommit::new(5, &records, 200).unwrap();
         assert_eq!(single.values.len(), 1);
