@@ -686,9 +686,14 @@ impl CommitJob {
         {
             tracing::debug!(error = %err, "ack failed; the messages will be redelivered and skipped");
         }
-        // The stats as stored, encoded with the records, a chunk at a time.
-        for chunk in commit.published().chunks(PUBLISH_CHUNK) {
-            publisher.publish(chunk).await;
+        // The stats as stored (the public part of each record), a chunk at a time.
+        let mut published = commit.published();
+        loop {
+            let chunk: Vec<_> = published.by_ref().take(PUBLISH_CHUNK).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            publisher.publish(&chunk).await;
         }
         Ok(())
     }

@@ -90,10 +90,12 @@ impl HealthPublisher {
     /// encoded them ([`EncodedCommit::published`](crate::store::EncodedCommit::published))
     /// — on its health subject, and queues the stats for every endpoint (read from the
     /// same bytes, only when there are endpoints).
-    pub(crate) async fn publish(&self, changed: &[(String, Bytes)]) {
+    pub(crate) async fn publish(&self, changed: &[(Arc<str>, Bytes)]) {
         for (subject, payload) in changed {
-            if let Err(err) =
-                self.client.publish_with_headers(subject.clone(), Encoding::MsgPack.headers(), payload.clone()).await
+            if let Err(err) = self
+                .client
+                .publish_with_headers(subject.to_string(), Encoding::MsgPack.headers(), payload.clone())
+                .await
             {
                 tracing::warn!(error = %err, "cannot publish health stats");
             }

@@ -47,7 +47,7 @@ use proxybus_shared::kv::BucketConfig;
 use proxybus_shared::{ProxyId, subject};
 
 use crate::fold::ProxyHealth;
-use crate::record::{self, RecordError};
+use crate::record::{self, PublicPart, RecordError};
 
 /// Why state could not be loaded or committed.
 #[derive(Debug, thiserror::Error)]
@@ -144,8 +144,9 @@ pub(crate) struct EncodedCommit {
     values: Vec<Bytes>,
     /// `(proxy_id, stored record)`; the record is a slice of one of `values`.
     records: Vec<(String, Bytes)>,
-    /// `(health subject, HealthStats)` of each record, as published (msgpack).
-    published: Vec<(String, Bytes)>,
+    /// Each record's health subject and where its public form is in it, in the
+    /// order of `records`.
+    published: Vec<(Arc<str>, PublicPart)>,
 }
 
 impl EncodedCommit {
@@ -161,9 +162,9 @@ impl EncodedCommit {
         // The value being filled, and (key, range) of its records.
         let mut buffer: Vec<u8> = Vec::new();
         let mut in_buffer: Vec<(String, Range<usize>)> = Vec::new();
-        // Every record's public form, and (subject, range) of each.
-        let mut public: Vec<u8> = Vec::new();
-        let mut public_ranges: Vec<(String, Range<usize>)> = Vec::new();
+        let mut scratch: Vec<u8> = Vec::new();
+        // The health subject of each region, made once.
+        let mut subjects: BTreeMap<Option<&str>, Arc<str>> = BTreeMap::new();
         for record in records {
             if buffer.is_empty() {
                 buffer.resize(PART_HEADER, 0);
@@ -171,11 +172,14 @@ impl EncodedCommit {
             let start = buffer.len();
             buffer.extend_from_slice(&[0; 4]);
             let key = record.stats.proxy_id.to_string();
-            let public_start = public.len();
-            record::encode_both(record, &mut buffer, &mut public)
+            let part = record::encode_stored(record, &mut buffer, &mut scratch)
                 .map_err(|source| StoreError::Invalid { key: key.clone(), source })?;
-            public_ranges
-                .push((subject::health_or_no_region(record.stats.region.as_ref()), public_start..public.len()));
+            let region = record.stats.region.as_ref();
+            let subject = subjects
+                .entry(region.map(|r| r.as_str()))
+                .or_insert_with(|| subject::health_or_no_region(region).into())
+                .clone();
+            commit.published.push((subject, part));
             let len = buffer.len() - start - 4;
             buffer[start..start + 4].copy_from_slice(&(len as u32).to_be_bytes());
             in_buffer.push((key, start + 4..buffer.len()));
@@ -196,15 +200,18 @@ impl EncodedCommit {
         if !in_buffer.is_empty() || commit.values.is_empty() {
             commit.seal(&mut buffer, &mut in_buffer);
         }
-        let public = Bytes::from(public);
-        commit.published = public_ranges.into_iter().map(|(subject, range)| (subject, public.slice(range))).collect();
         Ok(commit)
     }
 
     /// `(subject, stats)` of each record as published on `proxy.v1.health.{region}`
-    /// (its `HealthStats` alone, msgpack), in the order given.
-    pub(crate) fn published(&self) -> &[(String, Bytes)] {
-        &self.published
+    /// (its `HealthStats` alone, msgpack), in the order given; each payload is made
+    /// when the iterator reaches it, so a commit of 100 000 records does not hold
+    /// them all twice (`aggregator-memory`).
+    pub(crate) fn published(&self) -> impl Iterator<Item = (Arc<str>, Bytes)> + '_ {
+        self.records
+            .iter()
+            .zip(&self.published)
+            .map(|((_, stored), (subject, part))| (subject.clone(), part.payload(stored)))
     }
 
     /// Closes the value in `buffer`: writes its header and hands out its records.
@@ -579,9 +586,10 @@ mod tests {
             assert_eq!(key, record.stats.proxy_id.as_str());
             assert_eq!(bytes, &record::encode(record).unwrap(), "the put is the checkpoint's bytes");
         }
-        assert_eq!(commit.published.len(), records.len(), "each record is published");
-        for ((subject, bytes), record) in commit.published.iter().zip(&records) {
-            assert_eq!(subject, &subject::health_or_no_region(record.stats.region.as_ref()));
+        let published: Vec<_> = commit.published().collect();
+        assert_eq!(published.len(), records.len(), "each record is published");
+        for ((subject, bytes), record) in published.iter().zip(&records) {
+            assert_eq!(&**subject, subject::health_or_no_region(record.stats.region.as_ref()));
             assert_eq!(record::decode_stats(bytes).unwrap(), record.stats, "the published stats are the record's");
         }
         let single = EncodedCommit::new(5, &records, 200).unwrap();
