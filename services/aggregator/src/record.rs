@@ -65,7 +65,7 @@ impl PublicPart {
 /// Appends the stored form of `record` to `out` and says where its public form is
 /// in it, encoding the stats once (into `scratch`, cleared first): the stored form
 /// is the public map with one more entry, `fold_state`, last. Publishing used to
-/// read each committed record back and encode its stats again, a tenth of the
+/// read each committed record back and encode its stats again, 7 % of the
 /// aggregator's samples during `fold` (docs/benchmarks.md, round 6).
 pub fn encode_stored(
     record: &ProxyHealth,
