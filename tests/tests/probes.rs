@@ -78,12 +78,24 @@ async fn an_ejected_proxy_is_readmitted_by_probes_alone_and_an_idle_one_has_heal
     let config = LabConfig {
         dir: dir.path().to_owned(),
         simulator: Default::default(),
-        proxies: vec![lab_proxy(2, ProxyFault::None), lab_proxy(3, ProxyFault::Dead)],
+        proxies: vec![
+            lab_proxy(2, ProxyFault::None),
+            lab_proxy(3, ProxyFault::Dead),
+            // In a region of its own, so that its ejection is not held back by
+            // `max_ejection_percent` while the good proxy is out.
+            LabProxyConfig {
+                kind: ProxyKind::Socks5,
+                region: "eu-west".into(),
+                ..lab_proxy(4, ProxyFault::RefuseCredentials)
+            },
+        ],
         inventory_strategy: "round_robin".into(),
     };
     let lab = Lab::start(config).await.unwrap();
     let (good_url, dead_url) = (lab.proxies()[0].url(), lab.proxies()[1].url());
     let (good, dead) = (proxybus_shared::proxy_id(&good_url), proxybus_shared::proxy_id(&dead_url));
+    let refusing_url = lab.proxies()[2].url();
+    let refusing = proxybus_shared::proxy_id(&refusing_url);
 
     let server = NatsServer::start().await.unwrap();
     let stop = CancellationToken::new();
@@ -97,10 +109,14 @@ async fn an_ejected_proxy_is_readmitted_by_probes_alone_and_an_idle_one_has_heal
     tokio::spawn(proxybus_aggregator::run(aggregator, stop.clone().cancelled_owned()));
     let js = jetstream::new(server.connect().await.unwrap());
 
-    // A feed's two timeouts eject the good proxy.
-    for _ in 0..2 {
+    // A feed's two timeouts eject the good proxy; two refused logins eject the SOCKS one.
+    let refused_login = |_| ProxyFeedback {
+        error_kind: Some(ErrorKind::ProxyAuth),
+        region: Some("eu-west".parse().unwrap()),
+        ..timeout(&refusing, &refusing_url)
+    };
+    for event in [timeout(&good, &good_url), timeout(&good, &good_url), refused_login(()), refused_login(())] {
         tokio::time::timeout(WAIT, async {
-            let event = timeout(&good, &good_url);
             while publish_feedback(&js, &event).await.is_err() {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -109,6 +125,7 @@ async fn an_ejected_proxy_is_readmitted_by_probes_alone_and_an_idle_one_has_heal
         .expect("the aggregator made PROXY_FEEDBACK");
     }
     let ejected = wait_for(&js, &good, "ejected by the feed", |s| s.state == HealthState::Ejected).await;
+    wait_for(&js, &refusing, "the SOCKS proxy ejected by refused logins", |s| s.state == HealthState::Ejected).await;
     assert!(ejected.ejected_until.unwrap() > chrono::Utc::now() + chrono::Duration::minutes(50));
     assert!(record(&js, &dead).await.is_none(), "no feed ever used the dead proxy");
 
@@ -155,6 +172,13 @@ async fn an_ejected_proxy_is_readmitted_by_probes_alone_and_an_idle_one_has_heal
     .await
     .expect("the pool serves the readmitted proxy again");
     assert_eq!(answer.proxy.unwrap().id(), &good);
+
+    // The SOCKS proxy that refuses every login accepts TCP, which is all a probe checks
+    // of it: that pass is not evidence, so it readmitted nothing while the good proxy
+    // went through probation on the same rounds.
+    let refusing_now = record(&js, &refusing).await.unwrap();
+    assert_eq!(refusing_now.state, HealthState::Ejected, "{refusing_now:?}");
+    assert_eq!(refusing_now.successes, 0, "no probe success was published for it: {refusing_now:?}");
 
     // The dead proxy carried no traffic, yet it has health: its probes' failures.
     let idle = wait_for(&js, &dead, "the dead proxy's probes", |s| s.failures >= 1).await;

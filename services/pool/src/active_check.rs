@@ -322,7 +322,16 @@ pub async fn check_round(selector: &Selector, connect_target: Option<&str>, time
     probe_round(selector, &target, &exchange, &unlimited, None, timeout).await;
 }
 
-/// One round: every enabled proxy the budget allows, checked, recorded and published.
+/// Whether a passing check of `proxy` went through the proxy's own protocol (an
+/// `http` proxy asked to `CONNECT` to `target.connect_target`), not just a TCP
+/// connect: only such a pass is published as the probe's success. A failure is
+/// published whatever the check (a proxy that refuses TCP is down).
+pub fn speaks_through(proxy: &Proxy, target: &ProbeTarget) -> bool {
+    proxy.url().scheme() == ProxyScheme::Http && target.connect_target.is_some()
+}
+
+/// One round: every enabled proxy the budget allows, checked, recorded, and
+/// published (failures, and passes that [`speaks_through`] the proxy).
 async fn probe_round(
     selector: &Selector,
     target: &ProbeTarget,
@@ -353,6 +362,12 @@ async fn probe_round(
             }
         }
         selector.record_check(proxy.id(), result.is_ok());
+        if result.is_ok() && !speaks_through(&proxy, target) {
+            // A TCP accept says nothing of the proxy's credentials or protocol: a SOCKS
+            // proxy that refuses every login passes it. Published as a success, it
+            // would readmit that proxy after the feeds' `proxy_auth` failures ejected it.
+            continue;
+        }
         if let Some(publisher) = publisher {
             let event = probe_feedback(&proxy, exchange, &result, latency, &publisher.client_id);
             if let Err(err) = proxybus_shared::feedback::publish_feedback(&publisher.jetstream, &event).await {
