@@ -85,23 +85,25 @@ impl EncodedReplies {
         let (source, ttl_seconds, resolver_region) = (*source, *ttl_seconds, resolver_region.as_ref());
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         let slot = &mut slots[slot_of(shared, encoding, ttl_seconds)];
-        if !slot.as_ref().is_some_and(|kept| kept.holds(shared, encoding, source, ttl_seconds, resolver_region)) {
-            match split(codec, encoding, shared, source, ttl_seconds, resolver_region)? {
-                Some((before, after)) => {
-                    *slot = Some(Halves {
-                        answer: shared.clone(),
-                        encoding,
-                        source,
-                        ttl_seconds,
-                        resolver_region: resolver_region.cloned(),
-                        before,
-                        after,
-                    });
-                }
-                None => return answer.encode(codec, encoding),
-            }
-        }
-        let Some(kept) = slot.as_ref() else { return answer.encode(codec, encoding) };
+        let fresh =
+            slot.as_ref().is_some_and(|kept| kept.holds(shared, encoding, source, ttl_seconds, resolver_region));
+        let kept = if fresh {
+            slot.as_ref()
+        } else {
+            split(codec, encoding, shared, source, ttl_seconds, resolver_region)?.map(|(before, after)| {
+                &*slot.insert(Halves {
+                    answer: shared.clone(),
+                    encoding,
+                    source,
+                    ttl_seconds,
+                    resolver_region: resolver_region.cloned(),
+                    before,
+                    after,
+                })
+            })
+        };
+        // No halves: the answer holds the sentinel elsewhere too.
+        let Some(kept) = kept else { return answer.encode(codec, encoding) };
         // The id's own bytes: its length prefix (msgpack) or quotes (JSON) and itself.
         let mut body = Vec::with_capacity(kept.before.len() + request_id.len() + 8 + kept.after.len());
         body.extend_from_slice(&kept.before);
