@@ -5,8 +5,10 @@
 //!
 //! The page lists every proxy; after five failures reported for one proxy its row turns ejected
 //! without a reload; a password planted in a feedback message, a health message and the lab feeds'
-//! counters appears nowhere in the page's DOM or its event stream. The test leaves a screenshot
-//! in `docs/dashboard.png` (shown in the README).
+//! counters appears nowhere in the page's DOM or its event stream. The test saves a screenshot
+//! under the build's temporary directory, or where `PROXYBUS_DASHBOARD_SCREENSHOT` names (how
+//! `docs/dashboard.png`, shown in the README, is refreshed), so a test run leaves the tracked
+//! picture as it was.
 
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -313,7 +315,9 @@ async fn the_page_lists_the_proxies_turns_one_ejected_live_and_shows_no_password
         tokio::time::sleep(Duration::from_secs(2)).await;
         let png = browser.screenshot().await.unwrap();
         assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
-        std::fs::write(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/dashboard.png"), png).unwrap();
+        let screenshot = std::env::var_os("PROXYBUS_DASHBOARD_SCREENSHOT")
+            .map_or_else(|| std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png"), Into::into);
+        std::fs::write(&screenshot, png).unwrap();
 
         let dom = browser.source().await.unwrap();
         let dom_text = browser.execute("return document.body.innerText;", vec![]).await.unwrap().to_string();
