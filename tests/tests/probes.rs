@@ -1,8 +1,10 @@
 //! Probes in the stream (issue #14 item 3), against the exchange lab: the real pool
-//! service probes real lab proxies on 127.0.0.x (TCP connect, `CONNECT
-//! api.binance.com:443`, `GET /api/v3/ping` over TLS to the simulator through the
-//! tunnel), publishes the results into `PROXY_FEEDBACK` with `probe: true`, and the
-//! real aggregator re-admits an ejected proxy on its probes alone.
+//! service probes real lab proxies on 127.0.0.x — a tunnel to `api.binance.com:443`
+//! in each proxy's own protocol (HTTP `CONNECT`, inside TLS for the `https` proxy,
+//! SOCKS5 with its login), then `GET /api/v3/ping` over TLS to the simulator through
+//! the tunnel — publishes the results into `PROXY_FEEDBACK` with `probe: true`, and
+//! the real aggregator re-admits ejected proxies of every scheme on their probes
+//! alone, while a SOCKS proxy refusing every login stays out.
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -58,7 +60,7 @@ async fn wait_for(
     what: &str,
     done: impl Fn(&HealthStats) -> bool,
 ) -> HealthStats {
-    tokio::time::timeout(WAIT, async {
+    let waited = tokio::time::timeout(WAIT, async {
         loop {
             if let Some(stats) = record(js, proxy).await
                 && done(&stats)
@@ -68,8 +70,12 @@ async fn wait_for(
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     })
-    .await
-    .unwrap_or_else(|_| panic!("{what}: {:?}", futures::executor::block_on(record(js, proxy))))
+    .await;
+    match waited {
+        Ok(stats) => stats,
+        // Read in this runtime: blocking on it here would stall the connection's task, and the test.
+        Err(_) => panic!("{what}: {:?}", record(js, proxy).await),
+    }
 }
 
 #[tokio::test]
@@ -88,6 +94,9 @@ async fn an_ejected_proxy_is_readmitted_by_probes_alone_and_an_idle_one_has_heal
                 region: "eu-west".into(),
                 ..lab_proxy(4, ProxyFault::RefuseCredentials)
             },
+            // Working SOCKS5 and HTTPS proxies, each in a region of its own for the same reason.
+            LabProxyConfig { kind: ProxyKind::Socks5, region: "ap-east".into(), ..lab_proxy(5, ProxyFault::None) },
+            LabProxyConfig { kind: ProxyKind::Https, region: "sa-east".into(), ..lab_proxy(6, ProxyFault::None) },
         ],
         inventory_strategy: "round_robin".into(),
     };
@@ -96,6 +105,9 @@ async fn an_ejected_proxy_is_readmitted_by_probes_alone_and_an_idle_one_has_heal
     let (good, dead) = (proxybus_shared::proxy_id(&good_url), proxybus_shared::proxy_id(&dead_url));
     let refusing_url = lab.proxies()[2].url();
     let refusing = proxybus_shared::proxy_id(&refusing_url);
+    let (socks_url, https_url) = (lab.proxies()[3].url(), lab.proxies()[4].url());
+    let (socks, https) = (proxybus_shared::proxy_id(&socks_url), proxybus_shared::proxy_id(&https_url));
+    assert!(socks_url.starts_with("socks5h://") && https_url.starts_with("https://"), "{socks_url} {https_url}");
 
     let server = NatsServer::start().await.unwrap();
     let stop = CancellationToken::new();
@@ -109,13 +121,22 @@ async fn an_ejected_proxy_is_readmitted_by_probes_alone_and_an_idle_one_has_heal
     tokio::spawn(proxybus_aggregator::run(aggregator, stop.clone().cancelled_owned()));
     let js = jetstream::new(server.connect().await.unwrap());
 
-    // A feed's two timeouts eject the good proxy; two refused logins eject the SOCKS one.
+    // A feed's two timeouts eject each good proxy; two refused logins eject the refusing SOCKS one.
     let refused_login = |_| ProxyFeedback {
         error_kind: Some(ErrorKind::ProxyAuth),
         region: Some("eu-west".parse().unwrap()),
         ..timeout(&refusing, &refusing_url)
     };
-    for event in [timeout(&good, &good_url), timeout(&good, &good_url), refused_login(()), refused_login(())] {
+    let timeout_in = |proxy: &ProxyId, url: &str, region: &str| ProxyFeedback {
+        region: Some(region.parse().unwrap()),
+        ..timeout(proxy, url)
+    };
+    let mut events = vec![timeout(&good, &good_url), timeout(&good, &good_url), refused_login(()), refused_login(())];
+    for _ in 0..2 {
+        events.push(timeout_in(&socks, &socks_url, "ap-east"));
+        events.push(timeout_in(&https, &https_url, "sa-east"));
+    }
+    for event in events {
         tokio::time::timeout(WAIT, async {
             while publish_feedback(&js, &event).await.is_err() {
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -126,6 +147,11 @@ async fn an_ejected_proxy_is_readmitted_by_probes_alone_and_an_idle_one_has_heal
     }
     let ejected = wait_for(&js, &good, "ejected by the feed", |s| s.state == HealthState::Ejected).await;
     wait_for(&js, &refusing, "the SOCKS proxy ejected by refused logins", |s| s.state == HealthState::Ejected).await;
+    for (proxy, what) in
+        [(&socks, "the SOCKS5 proxy ejected by the feed"), (&https, "the HTTPS proxy ejected by the feed")]
+    {
+        wait_for(&js, proxy, what, |s| s.state == HealthState::Ejected).await;
+    }
     assert!(ejected.ejected_until.unwrap() > chrono::Utc::now() + chrono::Duration::minutes(50));
     assert!(record(&js, &dead).await.is_none(), "no feed ever used the dead proxy");
 
@@ -173,12 +199,21 @@ async fn an_ejected_proxy_is_readmitted_by_probes_alone_and_an_idle_one_has_heal
     .expect("the pool serves the readmitted proxy again");
     assert_eq!(answer.proxy.unwrap().id(), &good);
 
-    // The SOCKS proxy that refuses every login accepts TCP, which is all a probe checks
-    // of it: that pass is not evidence, so it readmitted nothing while the good proxy
-    // went through probation on the same rounds.
-    let refusing_now = record(&js, &refusing).await.unwrap();
-    assert_eq!(refusing_now.state, HealthState::Ejected, "{refusing_now:?}");
-    assert_eq!(refusing_now.successes, 0, "no probe success was published for it: {refusing_now:?}");
+    // The working SOCKS5 and HTTPS proxies were probed in their own protocols (SOCKS5 with
+    // its login; CONNECT inside TLS to the proxy, trusted through `ca_file`), and their
+    // passing pings through the tunnel readmitted them, as the HTTP proxy's did.
+    for (proxy, what) in [(&socks, "the SOCKS5 proxy readmitted"), (&https, "the HTTPS proxy readmitted")] {
+        let back = wait_for(&js, proxy, what, |s| s.state != HealthState::Ejected).await;
+        assert_eq!((back.ejections, back.ejected_until), (1, None), "{what}, early, on probes: {back:?}");
+    }
+
+    // The SOCKS proxy that refuses every login accepts TCP, but a probe logs in: its
+    // probes fail with `proxy_auth`, so it stays out while the others came back.
+    let refusing_now =
+        wait_for(&js, &refusing, "the refusing proxy's probes", |s| s.failures > 2 && s.state == HealthState::Ejected)
+            .await;
+    assert_eq!(refusing_now.successes, 0, "no probe of it passed: {refusing_now:?}");
+    assert_eq!(refusing_now.last_error_kind, Some(ErrorKind::ProxyAuth), "{refusing_now:?}");
 
     // The dead proxy carried no traffic, yet it has health: its probes' failures.
     let idle = wait_for(&js, &dead, "the dead proxy's probes", |s| s.failures >= 1).await;

@@ -1,8 +1,10 @@
-//! Active checks, also called probes: every `interval_seconds`, a TCP connect to
-//! each enabled proxy and, for `http` proxies when a `connect_target` is configured,
-//! an HTTP `CONNECT` through it (with the proxy's credentials) that must answer
-//! 2xx, then optionally `GET {ping_path}` over TLS to that target through the
-//! tunnel (`/api/v3/ping` for Binance), which must answer 2xx.
+//! Active checks, also called probes: every `interval_seconds`, a connection to
+//! each enabled proxy and, when a `connect_target` is configured, a tunnel through
+//! it to that target in the proxy's own protocol, with the proxy's credentials —
+//! HTTP `CONNECT` (inside TLS to the proxy for `https`), SOCKS5/5h or SOCKS4/4a —
+//! opened by the client library's [`tunnel::open`], as a feed opens it; then,
+//! optionally, `GET {ping_path}` over TLS to that target through the tunnel
+//! (`/api/v3/ping` for Binance), which must answer 2xx.
 //!
 //! Results feed this service's own health state (`unhealthy_threshold` failures in
 //! a row take a proxy out, `healthy_threshold` passes bring it back) and, when the
@@ -15,13 +17,13 @@
 //! `max_per_minute` ([`ProbeBudget`]), whatever the interval says.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use base64::Engine;
 use futures::StreamExt;
-use proxybus_shared::{ConnectionType, ErrorKind, ExchangeId, FeedbackPhase, ProxyFeedback, ProxyId, ProxyScheme};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use proxybus_client::tunnel::{self, BoxedStream, ConnectError, Target, TunnelTls};
+use proxybus_shared::{ConnectionType, ErrorKind, ExchangeId, FeedbackPhase, ProxyFeedback, ProxyId};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -37,18 +39,20 @@ const CONCURRENCY: usize = 16;
 /// Why a check failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
-    /// Connect, CONNECT or the ping took longer than the timeout.
+    /// Connect, tunnel or ping took longer than the timeout.
     #[error("timed out")]
     Timeout,
-    /// The TCP connection failed.
+    /// The TCP connection to the proxy failed (a check without `connect_target`).
     #[error("connect failed: {0}")]
     Io(#[from] std::io::Error),
-    /// The proxy answered CONNECT with something other than 2xx.
-    #[error("CONNECT answered {0:?}")]
-    Refused(String),
-    /// TLS to the target through the tunnel failed.
-    #[error("TLS to the target failed: {0}")]
-    Tls(String),
+    /// The tunnel through the proxy to the target, or TLS to the target, failed:
+    /// refused credentials (`proxy_auth`: HTTP 407, a SOCKS login refused), a refused
+    /// `CONNECT`, a SOCKS error, TLS. Its message never holds the proxy's password.
+    #[error("tunnel: {0}")]
+    Tunnel(#[from] ConnectError),
+    /// The target URL made of `connect_target` is not one (`host:port` expected).
+    #[error("connect_target {0:?} is not host:port")]
+    BadTarget(String),
     /// The target answered the ping with a status other than 2xx.
     #[error("ping answered {status}")]
     Status {
@@ -64,12 +68,21 @@ impl CheckError {
     pub fn kind(&self) -> (ErrorKind, Option<u16>) {
         match self {
             CheckError::Timeout => (ErrorKind::Timeout, None),
-            CheckError::Io(err) if err.kind() == std::io::ErrorKind::TimedOut => (ErrorKind::Timeout, None),
-            CheckError::Io(_) | CheckError::Refused(_) => (ErrorKind::Refused, None),
-            CheckError::Tls(_) => (ErrorKind::Tls, None),
+            CheckError::Io(err) => (tunnel::classify_io(err), None),
+            CheckError::Tunnel(err) => (err.kind, err.status_code),
+            CheckError::BadTarget(_) => (ErrorKind::Other, None),
             CheckError::Status { status, .. } => {
                 (ErrorKind::from_status(*status).unwrap_or(ErrorKind::Other), Some(*status))
             }
+        }
+    }
+
+    /// The `Retry-After` seconds the target sent with a refusal, if any.
+    pub fn retry_after_seconds(&self) -> Option<u64> {
+        match self {
+            CheckError::Status { retry_after_seconds, .. } => *retry_after_seconds,
+            CheckError::Tunnel(err) => err.retry_after_seconds,
+            _ => None,
         }
     }
 }
@@ -77,91 +90,76 @@ impl CheckError {
 /// Where a probe goes through the proxy, and how it asks.
 #[derive(Debug, Clone, Default)]
 pub struct ProbeTarget {
-    /// `host:port` to `CONNECT` to (http proxies); none: TCP connect only.
+    /// `host:port` to open a tunnel to through every proxy; none: a TCP connect to the proxy only.
     pub connect_target: Option<String>,
     /// Path to `GET` over TLS through the tunnel; none: no ping.
     pub ping_path: Option<String>,
-    /// Trust for that TLS: the public web roots plus the configured CA file.
-    pub tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
+    /// Trust for TLS to the target and to `https` proxies: the public web roots plus the
+    /// configured CA file; none: the public web roots only.
+    pub tls: Option<TunnelTls>,
 }
 
 impl ProbeTarget {
     /// The target these settings describe; errors name an unreadable CA file.
     pub fn from_settings(settings: &ActiveCheckSettings) -> Result<Self, String> {
-        let tls = match &settings.ping_path {
-            None => None,
-            Some(_) => Some(Arc::new(client_tls(settings.ca_file.as_deref())?)),
+        let extra_roots = match settings.ca_file.as_deref() {
+            Some(path) => proxybus_client::read_pem_certificates(path)?,
+            None => Vec::new(),
         };
-        Ok(Self { connect_target: settings.connect_target.clone(), ping_path: settings.ping_path.clone(), tls })
-    }
-}
-
-/// TLS to exchanges: the public web roots (webpki-roots) plus the certificates of `ca_file`.
-fn client_tls(ca_file: Option<&std::path::Path>) -> Result<tokio_rustls::rustls::ClientConfig, String> {
-    use tokio_rustls::rustls;
-    use tokio_rustls::rustls::pki_types::CertificateDer;
-    use tokio_rustls::rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(path) = ca_file {
-        for cert in CertificateDer::pem_file_iter(path).map_err(|err| format!("{}: {err}", path.display()))? {
-            let cert = cert.map_err(|err| format!("{}: {err}", path.display()))?;
-            roots.add(cert).map_err(|err| format!("{}: {err}", path.display()))?;
+        let tls = TunnelTls::new(&extra_roots, &[]).map_err(|err| err.message)?;
+        if let Some(connect_target) = &settings.connect_target {
+            target_of(connect_target, false).map_err(|err| err.to_string())?;
         }
+        Ok(Self {
+            connect_target: settings.connect_target.clone(),
+            ping_path: settings.ping_path.clone(),
+            tls: Some(tls),
+        })
     }
-    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|err| err.to_string())
-        .map(|builder| builder.with_root_certificates(roots).with_no_client_auth())
+
+    fn tls(&self) -> &TunnelTls {
+        static PUBLIC_ROOTS: OnceLock<TunnelTls> = OnceLock::new();
+        self.tls.as_ref().unwrap_or_else(|| {
+            PUBLIC_ROOTS.get_or_init(|| TunnelTls::new(&[], &[]).expect("the public web roots are valid roots"))
+        })
+    }
 }
 
-/// Checks one proxy once (TCP connect, `CONNECT`, ping), within `timeout`.
+/// Checks one proxy once (TCP connect, or tunnel and ping), within `timeout`.
 pub async fn check(proxy: &Proxy, target: &ProbeTarget, timeout: Duration) -> Result<(), CheckError> {
-    tokio::time::timeout(timeout, check_inner(proxy, target)).await.map_err(|_| CheckError::Timeout)?
+    tokio::time::timeout(timeout, check_inner(proxy, target, timeout)).await.map_err(|_| CheckError::Timeout)?
 }
 
-async fn check_inner(proxy: &Proxy, target: &ProbeTarget) -> Result<(), CheckError> {
+async fn check_inner(proxy: &Proxy, target: &ProbeTarget, timeout: Duration) -> Result<(), CheckError> {
     let url = proxy.url();
-    let mut stream = TcpStream::connect((url.host().to_string(), url.port())).await?;
-    let Some(connect_target) = target.connect_target.as_deref().filter(|_| url.scheme() == ProxyScheme::Http) else {
+    let Some(connect_target) = target.connect_target.as_deref() else {
+        TcpStream::connect((url.host().to_string(), url.port())).await?;
         return Ok(());
     };
-    let mut head = format!("CONNECT {connect_target} HTTP/1.1\r\nHost: {connect_target}\r\n");
-    if let Some((user, password)) = url.credentials() {
-        head.push_str(&format!(
-            "Proxy-Authorization: Basic {}\r\n",
-            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
-        ));
+    let to = target_of(connect_target, target.ping_path.is_some())?;
+    let stream = tunnel::open(Some(url), &to, target.tls(), timeout).await?;
+    match &target.ping_path {
+        Some(path) => ping(stream, &to.host, path).await,
+        None => Ok(()),
     }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).await?;
-    let answer = read_head(&mut stream).await?;
-    let status_line = answer.lines().next().unwrap_or_default().to_owned();
-    if !status_line.split_whitespace().nth(1).is_some_and(|code| code.starts_with('2')) {
-        return Err(CheckError::Refused(status_line.chars().take(64).collect()));
-    }
-    let (Some(path), Some(tls)) = (&target.ping_path, &target.tls) else { return Ok(()) };
-    let host = connect_target.rsplit_once(':').map_or(connect_target, |(host, _)| host);
-    ping(stream, host, path, tls.clone()).await
 }
 
-/// `GET path` over TLS to `host` through the open tunnel: 2xx passes.
-async fn ping(
-    stream: TcpStream,
-    host: &str,
-    path: &str,
-    tls: Arc<tokio_rustls::rustls::ClientConfig>,
-) -> Result<(), CheckError> {
-    let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host.to_owned())
-        .map_err(|err| CheckError::Tls(err.to_string()))?;
-    let mut tls_stream = tokio_rustls::TlsConnector::from(tls)
-        .connect(name, stream)
-        .await
-        .map_err(|err| CheckError::Tls(err.to_string()))?;
+/// The tunnel's target: `connect_target` (`host:port`, `[v6]:port`), with TLS when pinged.
+fn target_of(connect_target: &str, tls: bool) -> Result<Target, CheckError> {
+    let bad = || CheckError::BadTarget(connect_target.to_owned());
+    let port = connect_target.rsplit_once(':').and_then(|(_, port)| port.parse::<u16>().ok()).ok_or_else(bad)?;
+    let url = url::Url::parse(&format!("https://{connect_target}/")).map_err(|_| bad())?;
+    let mut to = Target::from_url(&url).map_err(|_| bad())?;
+    (to.port, to.tls) = (port, tls);
+    Ok(to)
+}
+
+/// `GET path` to `host` over the tunnel's TLS stream: 2xx passes.
+async fn ping(mut stream: BoxedStream, host: &str, path: &str) -> Result<(), CheckError> {
     let request =
         format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: proxybus-probe\r\nConnection: close\r\n\r\n");
-    tls_stream.write_all(request.as_bytes()).await?;
-    let head = read_head(&mut tls_stream).await?;
+    stream.write_all(request.as_bytes()).await?;
+    let head = read_head(&mut stream).await?;
     let mut lines = head.lines();
     let status: u16 = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|c| c.parse().ok()).unwrap_or(0);
     if (200..300).contains(&status) {
@@ -175,7 +173,7 @@ async fn ping(
 }
 
 /// Reads an HTTP answer's head (up to 4 KiB or the blank line).
-async fn read_head<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) -> Result<String, CheckError> {
+async fn read_head(stream: &mut BoxedStream) -> Result<String, CheckError> {
     let mut buffer = vec![0_u8; 4096];
     let mut read = 0;
     while read < buffer.len() {
@@ -246,11 +244,8 @@ pub fn probe_feedback(
         Ok(()) => (None, None, None, None),
         Err(err) => {
             let (kind, status) = err.kind();
-            let retry = match err {
-                CheckError::Status { retry_after_seconds, .. } => *retry_after_seconds,
-                _ => None,
-            };
-            (Some(kind), status, retry, Some(proxybus_shared::redact_text(&format!("probe: {err}"))))
+            let details = proxybus_shared::redact_text(&format!("probe: {err}"));
+            (Some(kind), status, err.retry_after_seconds(), Some(details))
         }
     };
     ProxyFeedback {
@@ -290,7 +285,7 @@ pub async fn run(
     let target = match ProbeTarget::from_settings(&settings) {
         Ok(target) => target,
         Err(err) => {
-            tracing::error!(error = %err, "active checks off: cannot build their TLS trust");
+            tracing::error!(error = %err, "active checks off: cannot build their target or TLS trust");
             return;
         }
     };
@@ -322,12 +317,12 @@ pub async fn check_round(selector: &Selector, connect_target: Option<&str>, time
     probe_round(selector, &target, &exchange, &unlimited, None, timeout).await;
 }
 
-/// Whether a passing check of `proxy` went through the proxy's own protocol (an
-/// `http` proxy asked to `CONNECT` to `target.connect_target`), not just a TCP
-/// connect: only such a pass is published as the probe's success. A failure is
-/// published whatever the check (a proxy that refuses TCP is down).
-pub fn speaks_through(proxy: &Proxy, target: &ProbeTarget) -> bool {
-    proxy.url().scheme() == ProxyScheme::Http && target.connect_target.is_some()
+/// Whether a passing check went through the proxy's own protocol (a tunnel to
+/// `target.connect_target`, whatever the proxy's scheme), not just a TCP connect:
+/// only such a pass is published as the probe's success. A failure is published
+/// whatever the check (a proxy that refuses TCP is down).
+pub fn speaks_through(target: &ProbeTarget) -> bool {
+    target.connect_target.is_some()
 }
 
 /// One round: every enabled proxy the budget allows, checked, recorded, and
@@ -362,10 +357,11 @@ async fn probe_round(
             }
         }
         selector.record_check(proxy.id(), result.is_ok());
-        if result.is_ok() && !speaks_through(&proxy, target) {
-            // A TCP accept says nothing of the proxy's credentials or protocol: a SOCKS
-            // proxy that refuses every login passes it. Published as a success, it
-            // would readmit that proxy after the feeds' `proxy_auth` failures ejected it.
+        if result.is_ok() && !speaks_through(target) {
+            // Without a target to tunnel to, a pass is a TCP accept, which says nothing of
+            // the proxy's credentials or protocol: a SOCKS proxy that refuses every login
+            // passes it. Published as a success, it would readmit that proxy after the
+            // feeds' `proxy_auth` failures ejected it.
             continue;
         }
         if let Some(publisher) = publisher {

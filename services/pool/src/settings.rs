@@ -26,7 +26,7 @@
 //! | `active_checks.enabled` | `…_ACTIVE_CHECKS__ENABLED` | `false` | TCP connect (+ HTTP CONNECT for http proxies) checks |
 //! | `active_checks.interval_seconds` | `…__INTERVAL_SECONDS` | `15` | between rounds |
 //! | `active_checks.timeout_seconds` | `…__TIMEOUT_SECONDS` | `3` | per check |
-//! | `active_checks.connect_target` | `…__CONNECT_TARGET` | — | `host:port` to ask http proxies to CONNECT to; none: TCP only |
+//! | `active_checks.connect_target` | `…__CONNECT_TARGET` | — | `host:port` every proxy opens a tunnel to (HTTP CONNECT, SOCKS); none: TCP connect only |
 //! | `active_checks.unhealthy_threshold` / `healthy_threshold` | … | `2` / `1` | checks in a row that take a proxy out / bring it back |
 //! | `sessions.idle_seconds` | `…_SESSIONS__IDLE_SECONDS` | `3600` | a `session_key` session unused this long is forgotten |
 //! | `sessions.exchanges.{id}.rotate_after_uses` | `…_SESSIONS__EXCHANGES__BINANCE__ROTATE_AFTER_USES` | `0` | answers after which a session moves to another proxy (0: never) |
@@ -381,7 +381,8 @@ pub struct ActiveCheckSettings {
     pub interval_seconds: u64,
     /// Per check.
     pub timeout_seconds: u64,
-    /// `host:port` http proxies are asked to CONNECT to.
+    /// `host:port` every proxy is asked to open a tunnel to, in its own protocol (HTTP
+    /// `CONNECT`, inside TLS for `https` proxies; SOCKS5/4); none: a TCP connect only.
     pub connect_target: Option<String>,
     /// Failed checks in a row that take a proxy out.
     pub unhealthy_threshold: u32,
@@ -395,7 +396,8 @@ pub struct ActiveCheckSettings {
     /// Path to `GET` over TLS through the tunnel to `connect_target`, e.g. `/api/v3/ping`
     /// (Binance's "Test connectivity", weight 1); none: no ping (default).
     pub ping_path: Option<String>,
-    /// PEM file of extra CAs the ping trusts besides the public web roots (e.g. the lab's `ca.pem`).
+    /// PEM file of extra CAs trusted besides the public web roots, by the ping and by TLS
+    /// to `https` proxies (e.g. the lab's `ca.pem`).
     pub ca_file: Option<PathBuf>,
     /// Most probes per proxy and exchange per minute, whatever `interval_seconds` says
     /// (default 2: two pings a minute cost 2 of Binance's 6 000 request weight a minute per IP).

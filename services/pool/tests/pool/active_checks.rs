@@ -1,17 +1,26 @@
-//! Active checks against listeners the test starts on 127.0.0.1.
+//! Active checks against listeners and proxies the test starts on 127.0.0.1: the
+//! harness's real HTTP, HTTPS, SOCKS5 and SOCKS4 proxies (`proxybus_tests::TestProxy`),
+//! and a scripted HTTP proxy whose every answer the test chooses.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use proxybus_pool::active_check::{self, CheckError};
+use proxybus_pool::ActiveCheckSettings;
+use proxybus_pool::active_check::{self, ProbeTarget};
+use proxybus_shared::ErrorKind;
+use proxybus_tests::{ProxyCredentials, TestProxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::helpers::*;
 
-/// A fake HTTP proxy answering every CONNECT with `status`; records the requests' heads.
+/// A scripted HTTP proxy answering every CONNECT with `status`; records the requests' heads.
 async fn fake_proxy(status: &'static str) -> (u16, Arc<Mutex<Vec<String>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    fake_proxy_on(TcpListener::bind("127.0.0.1:0").await.unwrap(), status)
+}
+
+/// [`fake_proxy`] on a listener the test bound.
+fn fake_proxy_on(listener: TcpListener, status: &'static str) -> (u16, Arc<Mutex<Vec<String>>>) {
     let port = listener.local_addr().unwrap().port();
     let heads = Arc::new(Mutex::new(Vec::new()));
     let seen = heads.clone();
@@ -57,7 +66,7 @@ async fn failed_checks_take_a_proxy_out_and_passing_ones_bring_it_back() {
     let dead = closed_port().await;
     let good_url = format!("http://feed:p%40ss@127.0.0.1:{good}");
     let refusing_url = format!("http://127.0.0.1:{refusing}");
-    let dead_url = format!("socks5://127.0.0.1:{dead}");
+    let dead_url = format!("http://127.0.0.1:{dead}");
     let selector = selector(&inventory(&[good_url.clone(), refusing_url.clone(), dead_url.clone()]));
     let target = Some("stream.binance.com:9443");
     let probe = active_check::ProbeTarget { connect_target: target.map(str::to_owned), ..Default::default() };
@@ -70,9 +79,9 @@ async fn failed_checks_take_a_proxy_out_and_passing_ones_bring_it_back() {
     assert!(head.starts_with("CONNECT stream.binance.com:9443 HTTP/1.1\r\n"), "{head}");
     assert!(head.contains("Proxy-Authorization: Basic ZmVlZDpwQHNz\r\n"), "decoded credentials, base64: {head}");
     let refused = active_check::check(&proxy(&refusing_url), &probe, timeout).await.unwrap_err();
-    assert!(matches!(refused, CheckError::Refused(ref line) if line.contains("407")), "{refused:?}");
+    assert_eq!(refused.kind(), (ErrorKind::ProxyAuth, Some(407)), "{refused:?}");
     let dead_err = active_check::check(&proxy(&dead_url), &probe, timeout).await.unwrap_err();
-    assert!(matches!(dead_err, CheckError::Io(_)), "{dead_err:?}");
+    assert_eq!(dead_err.kind(), (ErrorKind::Refused, None), "{dead_err:?}");
 
     // One failed round is not enough (unhealthy_threshold = 2); two are.
     active_check::check_round(&selector, target, timeout).await;
@@ -88,11 +97,78 @@ async fn failed_checks_take_a_proxy_out_and_passing_ones_bring_it_back() {
 
     // The dead proxy comes up: one passing check (healthy_threshold = 1) brings it back.
     let listener = TcpListener::bind(("127.0.0.1", dead)).await.expect("the closed port is free again");
-    let accept = tokio::spawn(async move { while listener.accept().await.is_ok() {} });
+    fake_proxy_on(listener, "200 Connection established");
     active_check::check_round(&selector, target, timeout).await;
     let back = selector.proxies(None).into_iter().find(|v| v.proxy_id == proxybus_shared::proxy_id(&dead_url)).unwrap();
-    assert_eq!(back.local.check, "up", "socks proxies get a TCP check only");
-    accept.abort();
+    assert_eq!(back.local.check, "up");
+}
+
+/// A listener standing for the exchange: it accepts connections and holds them.
+async fn exchange_stand_in() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    addr.to_string()
+}
+
+#[tokio::test]
+async fn every_scheme_is_probed_in_its_own_protocol_with_its_credentials() {
+    let target = exchange_stand_in().await;
+    let login = Some(ProxyCredentials::new("feed", "p@ss:w/rd"));
+    let http = TestProxy::http_connect(login.clone()).await.unwrap();
+    let https = TestProxy::https_connect(login.clone()).await.unwrap();
+    let socks5 = TestProxy::socks5(login.clone()).await.unwrap();
+    let socks4 = TestProxy::socks4(login).await.unwrap();
+    // The https proxy's certificate comes from a CA of its own: the probe trusts it through `ca_file`.
+    let ca = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(ca.path(), https.ca_pem().unwrap()).unwrap();
+    let settings = ActiveCheckSettings {
+        connect_target: Some(target.clone()),
+        ca_file: Some(ca.path().into()),
+        ..Default::default()
+    };
+    let probe = ProbeTarget::from_settings(&settings).unwrap();
+    assert!(active_check::speaks_through(&probe), "with a target, every pass went through the proxy");
+
+    const WRONG: &str = "not-the-password";
+    let passing = [
+        (http.url(), &http),
+        (https.url(), &https),
+        (socks5.url(), &socks5),
+        (socks5.url_as("socks5h"), &socks5),
+        (socks4.url(), &socks4),
+        (socks4.url_as("socks4a"), &socks4),
+    ];
+    let refusing = [http.url_with("feed", WRONG), https.url_with("feed", WRONG), socks5.url_with("feed", WRONG)];
+    let urls: Vec<String> = passing.iter().map(|(url, _)| url.clone()).chain(refusing.iter().cloned()).collect();
+    let selector = selector(&inventory(&urls));
+    let inventory = selector.inventory();
+    let proxy = |url: &str| inventory.proxy(&proxybus_shared::proxy_id(url)).unwrap().clone();
+    let timeout = Duration::from_secs(5);
+
+    for (url, through) in &passing {
+        let before = through.log().tunnels().len();
+        active_check::check(&proxy(url), &probe, timeout).await.unwrap_or_else(|err| panic!("{url}: {err}"));
+        let tunnels = through.log().tunnels();
+        assert_eq!(tunnels.len(), before + 1, "{url}: one tunnel opened: {tunnels:?}");
+        assert!(tunnels.last().unwrap().ends_with(target.rsplit_once(':').unwrap().1), "{url}: {tunnels:?}");
+    }
+    for url in &refusing {
+        let err = active_check::check(&proxy(url), &probe, timeout).await.unwrap_err();
+        assert_eq!(err.kind().0, ErrorKind::ProxyAuth, "{url}: {err:?}");
+        assert!(!err.to_string().contains(WRONG), "the password is not in the error: {err}");
+    }
+
+    // Without a target the check is a TCP connect, which a refusing proxy passes too:
+    // such a pass is not published as a probe's success.
+    let tcp_only = ProbeTarget::default();
+    assert!(!active_check::speaks_through(&tcp_only));
+    active_check::check(&proxy(&refusing[2]), &tcp_only, timeout).await.expect("TCP accepted");
 }
 
 #[tokio::test]
