@@ -152,6 +152,8 @@ struct Running {
     pool_url: String,
     /// The pool's proxy selection (for the banner's count of proxies and regions).
     selector: std::sync::Arc<proxybus_pool::Selector>,
+    /// The pool's active checks, when on (for the banner).
+    probes: Option<proxybus_pool::ActiveCheckSettings>,
     /// The file the pool's API token was written to.
     token_file: PathBuf,
     /// Where every part's series are served.
@@ -195,7 +197,8 @@ async fn run_parts(url: &str, data_dir: &Path, args: &UpArgs, parts: &PartSettin
     let token = uuid::Uuid::new_v4().simple().to_string();
     let token_file = data_dir.join("pool.token");
     proxybus_shared::config::write_private(&token_file, &token)?;
-    let (pool_url, selector, pool_task) = start_pool(&nats, inventory.clone(), &token, args, parts, &stop).await?;
+    let (pool_url, selector, probes, pool_task) =
+        start_pool(&nats, inventory.clone(), &token, args, parts, lab.as_ref(), &stop).await?;
     let proxy_services = ExternalProxyServiceConfig {
         enabled: true,
         endpoints: vec![pool_url.clone()],
@@ -211,6 +214,7 @@ async fn run_parts(url: &str, data_dir: &Path, args: &UpArgs, parts: &PartSettin
     let running = Running {
         pool_url,
         selector,
+        probes,
         token_file,
         metrics_addr,
         dashboard_addr,
@@ -286,21 +290,52 @@ async fn start_pool(
     token: &str,
     args: &UpArgs,
     parts: &PartSettings,
+    lab: Option<&proxybus_lab::Lab>,
     stop: &CancellationToken,
-) -> anyhow::Result<(String, std::sync::Arc<proxybus_pool::Selector>, JoinHandle<anyhow::Result<()>>)> {
+) -> anyhow::Result<(
+    String,
+    std::sync::Arc<proxybus_pool::Selector>,
+    Option<proxybus_pool::ActiveCheckSettings>,
+    JoinHandle<anyhow::Result<()>>,
+)> {
     let mut settings = parts.pool.clone();
     settings.inventory = inventory;
     if settings.listen == proxybus_pool::PoolSettings::default().listen {
         settings.listen = args.pool_listen;
     }
+    if let Some(lab) = lab
+        && !settings.active_checks.enabled
+    {
+        demo_probes(&mut settings.active_checks, lab);
+    }
     settings.auth.tokens.push(token.to_owned().into());
+    let probes = settings.active_checks.enabled.then(|| settings.active_checks.clone());
     let config = proxybus_pool::PoolConfig { settings, nats: Some(nats.clone()) };
     let pool = proxybus_pool::PoolServer::bind(config).await?;
     let url = format!("http://{}", pool.local_addr());
     let selector = pool.selector();
     let task = spawn_part(pool.serve(stop.clone().cancelled_owned()));
-    Ok((url, selector, task))
+    Ok((url, selector, probes, task))
 }
+
+/// The demo's probes (`--demo`, unless the config file turns `[pool.active_checks]` on
+/// itself): every lab proxy, every [`DEMO_PROBE_INTERVAL_SECONDS`], opens a tunnel to the
+/// lab's Binance (`api.binance.com:443`, which the lab's proxies send to its simulator)
+/// and pings it (`GET /api/v3/ping`, weight 1) over TLS trusting the lab's CA — so a
+/// proxy no feed was given still has health, and an ejected one can come back on its
+/// probes (docs/health.md, "Probes"). The pool's default of 2 probes a minute per proxy holds.
+fn demo_probes(checks: &mut proxybus_pool::ActiveCheckSettings, lab: &proxybus_lab::Lab) {
+    checks.enabled = true;
+    checks.interval_seconds = DEMO_PROBE_INTERVAL_SECONDS;
+    checks.connect_target = Some("api.binance.com:443".into());
+    checks.ping_path = Some("/api/v3/ping".into());
+    checks.ca_file = Some(lab.ca_path().to_owned());
+    checks.exchange = "binance".parse().expect("a valid exchange id");
+}
+
+/// Seconds between the demo's probe rounds: 30, as the pool's `max_per_minute` default
+/// (2) allows, so that a 90-second demo shows three rounds.
+const DEMO_PROBE_INTERVAL_SECONDS: u64 = 30;
 
 /// Starts the aggregator, folding feedback into health and pushing it to `proxy_services`.
 /// Its own metrics listener is off: `up` serves every part's series on one `/metrics`.
@@ -383,6 +418,14 @@ fn print_banner(nats_url: &str, inventory: &Path, lab: Option<&proxybus_lab::Lab
         inventory.display(),
         running.token_file.display()
     );
+    if let Some(probes) = &running.probes {
+        let target = probes.connect_target.as_deref().unwrap_or("none: a TCP connect");
+        let ping = probes.ping_path.as_deref().map(|path| format!(", GET {path}")).unwrap_or_default();
+        println!(
+            "  probes      every {} s, through each proxy to {target}{ping} (published for {}, probe: true)",
+            probes.interval_seconds, probes.exchange
+        );
+    }
     println!(
         "  resolver    {}.{{exchange}}.{{http|websocket}} (queue group {})",
         subject::REQUEST_PREFIX,

@@ -388,6 +388,37 @@ async fn demo_feeds_flow_through_the_lab_and_real_refusals_become_bans_and_eject
     .expect("the dashboard got the demo feeds' counters, with messages");
     assert!(feeds.iter().all(|f| f["name"].is_string() && f["reconnects"].is_u64()), "{feeds:?}");
 
+    // The demo probes every lab proxy through itself to the lab's Binance: the working
+    // ones pass, the dead one and the geo-restricted one (451 on the ping) fail.
+    assert!(
+        banner.contains("probes      every 30 s, through each proxy to api.binance.com:443, GET /api/v3/ping"),
+        "{banner}"
+    );
+    let metrics = banner
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("metrics").map(str::trim))
+        .expect("up prints its metrics address")
+        .to_owned();
+    let (passed, failed) = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let text = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
+            let count = |result: &str| {
+                let label = format!("result=\"{result}\"");
+                text.lines()
+                    .find(|l| l.starts_with("proxybus_pool_active_checks_total") && l.contains(&label))
+                    .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            };
+            if count("pass") >= 2.0 && count("fail") >= 2.0 {
+                return (count("pass"), count("fail"));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
+    .await
+    .expect("the demo's probes ran: two lab proxies pass, two fail");
+    assert!(passed >= 2.0 && failed >= 2.0, "{passed} passed, {failed} failed");
+
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(up_pid as i32), nix::sys::signal::Signal::SIGINT).unwrap();
     let status = tokio::time::timeout(Duration::from_secs(30), up.wait()).await.expect("up stopped").unwrap();
     assert!(status.success(), "{status}");
