@@ -13,20 +13,39 @@
 
 use std::time::Duration;
 
-/// CPU time of every thread of `pid` so far; `None` when `/proc` cannot tell
+/// What the scheduler counted for a process: time on a CPU, and how many times one
+/// of its threads was put on a CPU (the third field of `schedstat`, "# of timeslices
+/// run on this cpu": each wake-up from a wait counts once, so per request it says how
+/// many hand-offs between threads, or between processes, a request costs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Spent {
+    /// Time on a CPU, kernel and user.
+    pub on_cpu: Duration,
+    /// Times a thread of the process was put on a CPU.
+    pub runs: u64,
+}
+
+/// [`Spent`] by every thread of `pid` so far; `None` when `/proc` cannot tell
 /// (the process is gone, or the kernel lacks `CONFIG_SCHEDSTATS`).
-pub fn process_cpu(pid: u32) -> Option<Duration> {
+pub fn process_sched(pid: u32) -> Option<Spent> {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    let mut total: u64 = 0;
+    let mut total = Spent::default();
     let mut threads = 0;
     for task in tasks.flatten() {
         let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) else { continue };
-        if let Some(ns) = text.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()) {
-            total += ns;
+        let mut fields = text.split_whitespace().map(|n| n.parse::<u64>().ok());
+        if let (Some(Some(ns)), Some(_waited), Some(Some(runs))) = (fields.next(), fields.next(), fields.next()) {
+            total.on_cpu += Duration::from_nanos(ns);
+            total.runs += runs;
             threads += 1;
         }
     }
-    (threads > 0).then(|| Duration::from_nanos(total))
+    (threads > 0).then_some(total)
+}
+
+/// CPU time of every thread of `pid` so far ([`process_sched`]).
+pub fn process_cpu(pid: u32) -> Option<Duration> {
+    process_sched(pid).map(|spent| spent.on_cpu)
 }
 
 /// The CPU time a set of processes spends between [`CpuMeter::start`] and
@@ -34,24 +53,27 @@ pub fn process_cpu(pid: u32) -> Option<Duration> {
 #[derive(Debug, Clone)]
 pub struct CpuMeter {
     pids: Vec<Option<u32>>,
-    at_start: Vec<Option<Duration>>,
+    at_start: Vec<Option<Spent>>,
 }
 
 impl CpuMeter {
-    /// Reads the CPU time of each of `pids` now (a `None` pid is measured as unknown).
+    /// Reads what each of `pids` spent so far (a `None` pid is measured as unknown).
     pub fn start(pids: &[Option<u32>]) -> Self {
-        let at_start = pids.iter().map(|pid| pid.and_then(process_cpu)).collect();
+        let at_start = pids.iter().map(|pid| pid.and_then(process_sched)).collect();
         Self { pids: pids.to_vec(), at_start }
     }
 
-    /// The CPU time each process spent since [`start`](Self::start), in the order given.
-    pub fn stop(&self) -> Vec<Option<Duration>> {
+    /// What each process spent since [`start`](Self::start), in the order given.
+    pub fn stop(&self) -> Vec<Option<Spent>> {
         self.pids
             .iter()
             .zip(&self.at_start)
             .map(|(pid, start)| {
-                let now = pid.and_then(process_cpu)?;
-                Some(now.saturating_sub((*start)?))
+                let (now, start) = (pid.and_then(process_sched)?, (*start)?);
+                Some(Spent {
+                    on_cpu: now.on_cpu.saturating_sub(start.on_cpu),
+                    runs: now.runs.saturating_sub(start.runs),
+                })
             })
             .collect()
     }
@@ -73,7 +95,7 @@ mod tests {
             for _ in 0..10_000 {
                 x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
             }
-            let spent = meter.stop()[0].expect("schedstat of this process is readable");
+            let spent = meter.stop()[0].expect("schedstat of this process is readable").on_cpu;
             if spent >= Duration::from_millis(5) || started.elapsed() > Duration::from_secs(20) {
                 break spent;
             }
@@ -82,6 +104,7 @@ mod tests {
         let threads = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().count() as u32;
         assert!(own <= started.elapsed() * threads, "more CPU ({own:?}) than {threads} threads could spend");
         let spent = meter.stop();
+        assert!(spent[0].is_some_and(|s| s.runs >= 1), "this thread ran: {spent:?}");
         assert_eq!(spent.len(), 2);
         assert_eq!(spent[1], None, "an unknown pid stays unknown");
         assert_eq!(process_cpu(u32::MAX), None, "no such process");

@@ -7,6 +7,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::cpu::Spent;
 use crate::{Counts, Options, Size};
 
 /// One timed round: `ops` operations in `seconds`.
@@ -38,16 +39,21 @@ pub struct Series {
     cpu: [CpuSum; 3],
 }
 
-/// CPU time summed over the rounds that measured it, and their operations.
+/// CPU time and times on a CPU summed over the rounds that measured them, and their operations.
 #[derive(Debug, Clone, Copy, Default)]
 struct CpuSum {
     spent: Duration,
+    runs: u64,
     ops: u64,
 }
 
 impl CpuSum {
     fn per_op_us(&self) -> Option<f64> {
         (self.ops > 0).then(|| self.spent.as_secs_f64() * 1e6 / self.ops as f64)
+    }
+
+    fn runs_per_op(&self) -> Option<f64> {
+        (self.ops > 0).then(|| self.runs as f64 / self.ops as f64)
     }
 }
 
@@ -66,12 +72,13 @@ impl Series {
         Self { rounds: Vec::new(), latency: None, cpu: [CpuSum::default(); 3] }
     }
 
-    /// Adds the CPU time spent during a round of `ops` operations by the processes of
-    /// [`CPU_PROCESSES`], in that order (a `None` is not counted: unknown, not zero).
-    pub fn push_cpu(&mut self, ops: u64, spent: &[Option<Duration>]) {
+    /// Adds what the processes of [`CPU_PROCESSES`] spent, in that order, during a round
+    /// of `ops` operations (a `None` is not counted: unknown, not zero).
+    pub fn push_cpu(&mut self, ops: u64, spent: &[Option<Spent>]) {
         for (sum, spent) in self.cpu.iter_mut().zip(spent) {
             if let Some(spent) = spent {
-                sum.spent += *spent;
+                sum.spent += spent.on_cpu;
+                sum.runs += spent.runs;
                 sum.ops += ops;
             }
         }
@@ -107,6 +114,9 @@ impl Series {
             cpu_us_per_op: self.cpu[0].per_op_us(),
             server_cpu_us_per_op: self.cpu[1].per_op_us(),
             requester_cpu_us_per_op: self.cpu[2].per_op_us(),
+            runs_per_op: self.cpu[0].runs_per_op(),
+            server_runs_per_op: self.cpu[1].runs_per_op(),
+            requester_runs_per_op: self.cpu[2].runs_per_op(),
         }
     }
 }
@@ -131,6 +141,13 @@ pub struct Stat {
     pub server_cpu_us_per_op: Option<f64>,
     /// CPU time of the requesting process (the load generator) per operation, µs.
     pub requester_cpu_us_per_op: Option<f64>,
+    /// Times a thread of the measured process was put on a CPU, per operation: its
+    /// wake-ups, so the hand-offs a request costs it ([`crate::cpu::Spent::runs`]).
+    pub runs_per_op: Option<f64>,
+    /// The same for the nats-server.
+    pub server_runs_per_op: Option<f64>,
+    /// The same for the requesting process.
+    pub requester_runs_per_op: Option<f64>,
 }
 
 /// A target of the issue and whether this row meets it.
@@ -469,12 +486,15 @@ mod tests {
     #[test]
     fn cpu_per_operation_sums_only_the_rounds_that_measured_it() {
         let mut series = Series::new();
-        let ms = |n| Some(Duration::from_millis(n));
+        let ms = |n: u64| Some(Spent { on_cpu: Duration::from_millis(n), runs: n * 100 });
         series.push_cpu(1_000, &[ms(10), None, ms(4)]);
         series.push_cpu(3_000, &[ms(30), ms(6), None]);
         let stat = series.stat();
         // 40 ms over 4 000 ops; 6 ms over the 3 000 ops that measured it; 4 ms over 1 000.
         assert_eq!(stat.cpu_us_per_op.map(|v| (v * 1000.0).round()), Some(10_000.0));
+        // 4 000 runs over 4 000 ops; 600 over 3 000.
+        assert_eq!((stat.runs_per_op, stat.server_runs_per_op), (Some(1.0), Some(0.2)));
+        assert_eq!(stat.requester_runs_per_op, Some(0.4));
         assert_eq!(stat.server_cpu_us_per_op.map(|v| (v * 1000.0).round()), Some(2_000.0));
         assert_eq!(stat.requester_cpu_us_per_op.map(|v| (v * 1000.0).round()), Some(4_000.0));
         assert_eq!(Series::new().stat().cpu_us_per_op, None, "nothing measured is unknown, not zero");

@@ -183,16 +183,33 @@ pub async fn resolve_hit(bus: &mut Bus, options: &Options) -> anyhow::Result<Vec
     Ok(rows)
 }
 
-/// The CPU time per request of nats-server and the requester on both sides of `row`.
+/// The CPU time per request of nats-server and the requester on both sides of `row`,
+/// and the times each process was put on a CPU per request ([`runs_note`]).
 pub(crate) fn cpu_note(row: &Row) -> String {
     let us = |v: Option<f64>| v.map_or("—".to_owned(), |v| format!("{v:.1}"));
     let base = row.baseline.as_ref();
+    let base_runs = base.map_or("—".to_owned(), runs_note);
     format!(
-        "CPU µs per request (subject / baseline): nats-server {} / {}, requester {} / {}",
+        "CPU µs per request (subject / baseline): nats-server {} / {}, requester {} / {}; \
+         on a CPU per request, subject: {}; baseline: {base_runs}",
         us(row.subject.server_cpu_us_per_op),
         us(base.and_then(|b| b.server_cpu_us_per_op)),
         us(row.subject.requester_cpu_us_per_op),
         us(base.and_then(|b| b.requester_cpu_us_per_op)),
+        runs_note(&row.subject),
+    )
+}
+
+/// How many times per request a thread of the responder, of the nats-server and of the
+/// requester was put on a CPU: the wake-ups, so the hand-offs, a request costs each
+/// ([`crate::cpu::Spent::runs`]). At concurrency 1 each is a wake-up from idle.
+pub(crate) fn runs_note(stat: &Stat) -> String {
+    let runs = |v: Option<f64>| v.map_or("—".to_owned(), |v| format!("{v:.2}"));
+    format!(
+        "responder {} times, nats-server {}, requester {}",
+        runs(stat.runs_per_op),
+        runs(stat.server_runs_per_op),
+        runs(stat.requester_runs_per_op)
     )
 }
 
@@ -262,8 +279,9 @@ pub async fn resolve_miss(bus: &mut Bus, options: &Options) -> anyhow::Result<Ve
                 .target(target, met)
                 .note(format!(
                     "concurrency {concurrency}, {keys} new keys per round; pool requests per cold round {upstream:?}; \
-                     resolver CPU {} µs per cold request",
-                    round_trip_us(cold.stat().cpu_us_per_op)
+                     resolver CPU {} µs per cold request; on a CPU per cold request: {}",
+                    round_trip_us(cold.stat().cpu_us_per_op),
+                    runs_note(&cold.stat())
                 )),
             false,
         ));
@@ -276,8 +294,9 @@ pub async fn resolve_miss(bus: &mut Bus, options: &Options) -> anyhow::Result<Ve
             )
             .note(format!(
                 "the same concurrency and count as the cold keys, in the same rounds; bare responder CPU {} µs \
-                 per request",
-                round_trip_us(round_trip.stat().cpu_us_per_op)
+                 per request; on a CPU per request: {}",
+                round_trip_us(round_trip.stat().cpu_us_per_op),
+                runs_note(&round_trip.stat())
             )),
             true,
         ));
