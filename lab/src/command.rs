@@ -44,13 +44,15 @@ pub fn banner(lab: &Lab) -> String {
     let names: Vec<&str> = crate::simulator::EXCHANGE_HOSTS.iter().map(|(n, _)| *n).collect();
     text.push_str(&names.join(", "));
     text.push_str(")\n");
+    let simulator = &lab.config().simulator;
     for (proxy, config) in lab.proxies().iter().zip(&lab.config().proxies) {
         text.push_str(&format!(
-            "  proxy       {:<40} {:<13} from {:<11} {}\n",
+            "  proxy       {:<40} {:<13} from {:<11} {}{}\n",
             proxybus_shared::redact_url(&proxy.url()),
             config.region,
             config.source_ip.to_string(),
-            config.fault
+            config.fault,
+            exchange_verdicts(simulator, config.source_ip.into())
         ));
     }
     text.push_str(&format!(
@@ -60,6 +62,25 @@ pub fn banner(lab: &Lab) -> String {
         lab.manifest_path().display()
     ));
     text
+}
+
+/// What the simulated exchanges answer every request from `ip`, whatever its rate:
+/// `, but binance answers 451 (restricted location)` and the like, or nothing. A proxy
+/// that works still gets these verdicts on its exit address, as a real one would.
+fn exchange_verdicts(simulator: &crate::simulator::SimulatorSettings, ip: std::net::IpAddr) -> String {
+    let mut verdicts = Vec::new();
+    for (name, rules) in [("binance", &simulator.binance), ("coinbase", &simulator.coinbase)] {
+        if rules.waf_blocked_ips.contains(&ip) {
+            verdicts.push(format!("{name} answers 403 (WAF)"));
+        }
+        if rules.geo_restricted_ips.contains(&ip) {
+            verdicts.push(format!("{name} answers 451 (restricted location)"));
+        }
+    }
+    match verdicts.is_empty() {
+        true => String::new(),
+        false => format!(", but {}", verdicts.join(", ")),
+    }
 }
 
 /// Runs the lab of `args` until `shutdown` resolves or `--duration` passes.
@@ -88,4 +109,26 @@ pub async fn run(args: &LabArgs, default_dir: PathBuf, shutdown: impl Future<Out
     );
     lab.stop().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use super::*;
+    use crate::simulator::SimulatorSettings;
+
+    #[test]
+    fn the_banner_names_what_an_exchange_answers_a_proxys_exit_address() {
+        let ip = |last| IpAddr::V4(Ipv4Addr::new(127, 0, 0, last));
+        let mut simulator = SimulatorSettings::default();
+        simulator.binance.geo_restricted_ips = vec![ip(3)];
+        simulator.coinbase.waf_blocked_ips = vec![ip(6), ip(3)];
+        assert_eq!(exchange_verdicts(&simulator, ip(2)), "", "an address every exchange serves");
+        assert_eq!(exchange_verdicts(&simulator, ip(6)), ", but coinbase answers 403 (WAF)");
+        assert_eq!(
+            exchange_verdicts(&simulator, ip(3)),
+            ", but binance answers 451 (restricted location), coinbase answers 403 (WAF)"
+        );
+    }
 }

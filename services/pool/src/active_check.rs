@@ -326,7 +326,7 @@ pub fn speaks_through(target: &ProbeTarget) -> bool {
 }
 
 /// One round: every enabled proxy the budget allows, checked, recorded, and
-/// published (failures, and passes that [`speaks_through`] the proxy).
+/// published (failures, and passes when [`speaks_through`] holds).
 async fn probe_round(
     selector: &Selector,
     target: &ProbeTarget,
