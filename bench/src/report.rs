@@ -141,8 +141,8 @@ pub struct Stat {
     pub server_cpu_us_per_op: Option<f64>,
     /// CPU time of the requesting process (the load generator) per operation, µs.
     pub requester_cpu_us_per_op: Option<f64>,
-    /// Times a thread of the measured process was put on a CPU, per operation: its
-    /// wake-ups, so the hand-offs a request costs it ([`crate::cpu::Spent::runs`]).
+    /// Times a thread of the measured process was switched onto a CPU, per operation:
+    /// mostly its wake-ups, so about the hand-offs a request costs it ([`crate::cpu::Spent::runs`]).
     pub runs_per_op: Option<f64>,
     /// The same for the nats-server.
     pub server_runs_per_op: Option<f64>,

@@ -201,8 +201,10 @@ pub(crate) fn cpu_note(row: &Row) -> String {
 }
 
 /// How many times per request a thread of the responder, of the nats-server and of the
-/// requester was put on a CPU: the wake-ups, so the hand-offs, a request costs each
-/// ([`crate::cpu::Spent::runs`]). At concurrency 1 each is a wake-up from idle.
+/// requester was switched onto a CPU ([`crate::cpu::Spent::runs`]): for the responder and
+/// the requester, which wait for messages, about the hand-offs a request costs each (at
+/// concurrency 1 almost all are wake-ups from idle); nats-server's Go runtime also wakes
+/// on its own timers.
 pub(crate) fn runs_note(stat: &Stat) -> String {
     let runs = |v: Option<f64>| v.map_or("—".to_owned(), |v| format!("{v:.2}"));
     format!(

@@ -430,10 +430,9 @@ async fn demo_feeds_flow_through_the_lab_and_real_refusals_become_bans_and_eject
     };
     assert!(number_before(" over websockets") > 0, "trades flowed over websockets: {summary}");
     assert!(number_before(" by REST") > 0, "REST polls were answered: {summary}");
-    // The feeds' own 451 count may be 0: the pool's probes can meet the geo-restricted
-    // proxy's 451 first, and then no binance feed is given that proxy (its ban, from a real
-    // 451, is checked above).
-    assert!(summary.contains("http_451="), "{summary}");
+    // No count of 451s is asserted: the pool's probes can meet the geo-restricted proxy's
+    // 451 first, and then no binance feed is given that proxy (its ban, from a real 451, is
+    // checked above).
     assert!(!summary.contains("http_429=0 "), "{summary}");
     assert!(rest.contains("-- what the exchanges did"), "the live view ran");
     assert!(rest.contains("exchange lab stopped") && rest.contains("nats-server stopped"), "{rest}");

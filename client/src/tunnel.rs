@@ -250,14 +250,14 @@ async fn http_connect<S: AsyncRead + AsyncWrite + Unpin>(
             status_code: Some(407),
             ..ConnectError::new(ErrorKind::ProxyAuth, "proxy refused the credentials (407)")
         }),
+        0 if status_line.is_empty() => {
+            Err(ConnectError::new(ErrorKind::Refused, "proxy closed the connection before answering CONNECT"))
+        }
         0 => Err(ConnectError::new(ErrorKind::Other, "proxy answered CONNECT with something that is not HTTP")),
-        status => Err(ConnectError {
-            status_code: Some(status),
-            ..ConnectError::new(
-                if status == 502 || status == 503 || status == 504 { ErrorKind::Refused } else { ErrorKind::Other },
-                format!("proxy answered CONNECT with {status}"),
-            )
-        }),
+        // The proxy's own refusal, whatever the code: a 403, 429 or 451 here is the proxy's
+        // policy, not the exchange's verdict, so no `status_code` is reported for the
+        // exchange to be judged by (docs/health.md: a failed tunnel is a proxy fault).
+        status => Err(ConnectError::new(ErrorKind::Refused, format!("proxy answered CONNECT with {status}"))),
     }
 }
 
@@ -318,6 +318,43 @@ async fn tls_handshake(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A proxy on 127.0.0.1 that reads a CONNECT head and answers `answer` (nothing:
+    /// closes the connection), then `open` through it.
+    async fn connect_answered(answer: &str) -> ConnectError {
+        let answer = answer.to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let mut reader = BufReader::new(stream);
+            let mut line = String::new();
+            while reader.read_line(&mut line).await.unwrap_or(0) > 0 && !line.ends_with("\r\n\r\n") {}
+            let _ = reader.get_mut().write_all(answer.as_bytes()).await;
+        });
+        let proxy = ProxyUrl::parse(&format!("http://feed:s3cret@{addr}")).unwrap();
+        let target = Target { host: "api.binance.com".into(), port: 443, tls: false };
+        let tls = TunnelTls::new(&[], &[]).unwrap();
+        open(Some(&proxy), &target, &tls, Duration::from_secs(5)).await.unwrap_err()
+    }
+
+    #[tokio::test]
+    async fn a_proxys_refusal_of_connect_is_a_proxy_fault_whatever_its_code() {
+        // Squid denies CONNECT to ports outside `SSL_ports` with 403; a proxy's own 451 or 429
+        // must not be taken for the exchange's verdict on the proxy.
+        for status in ["403 Forbidden", "451 Unavailable For Legal Reasons", "429 Too Many Requests", "502 Bad Gateway"]
+        {
+            let err = connect_answered(&format!("HTTP/1.1 {status}\r\n\r\n")).await;
+            assert_eq!((err.kind, err.status_code), (ErrorKind::Refused, None), "{status}: {err}");
+            assert!(err.message.contains(&status[..3]) && !err.message.contains("s3cret"), "{err}");
+        }
+        let err = connect_answered("HTTP/1.1 407 Proxy Authentication Required\r\n\r\n").await;
+        assert_eq!((err.kind, err.status_code), (ErrorKind::ProxyAuth, Some(407)));
+        let err = connect_answered("").await;
+        assert_eq!(err.kind, ErrorKind::Refused, "closed before answering: {err}");
+        let err = connect_answered("SSH-2.0-OpenSSH_9.2\r\n\r\n").await;
+        assert_eq!(err.kind, ErrorKind::Other, "not HTTP: {err}");
+    }
 
     #[test]
     fn io_errors_are_classified() {

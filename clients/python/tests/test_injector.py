@@ -20,6 +20,7 @@ from websockets.http11 import Response
 
 from cryptofeed_proxybus import NatsSettings, ProxybusClient, ProxyInjector, ProxySettings, exchange_id_of
 from cryptofeed_proxybus.injector import MIN_BAR_SECONDS
+from cryptofeed_proxybus.outcomes import error_kind_of_exception
 
 
 async def echo(ws: Any) -> None:
@@ -159,6 +160,19 @@ async def test_a_refused_proxy_login_is_proxy_auth(nats_server: NatsServer) -> N
     finally:
         injector.close()
         await proxy.stop()
+
+
+def test_a_proxys_own_refusal_of_connect_is_a_proxy_fault_whatever_its_status() -> None:
+    # Squid answers 403 to CONNECT outside its SSL_ports; a proxy's own 429 or 451 is its
+    # policy: none of them is the exchange's verdict, so no status goes with them.
+    for status in (403, 429, 451, 502):
+        err = websockets.exceptions.InvalidProxyStatus(Response(status, "Refused", Headers()))
+        assert error_kind_of_exception(err) == ("refused", None), status
+    login = websockets.exceptions.InvalidProxyStatus(Response(407, "Proxy Authentication Required", Headers()))
+    assert error_kind_of_exception(login) == ("proxy_auth", 407)
+    # The exchange's own refusal of the handshake keeps its status and kind.
+    handshake = websockets.exceptions.InvalidStatus(Response(451, "Unavailable For Legal Reasons", Headers()))
+    assert error_kind_of_exception(handshake) == ("http_451", 451)
 
 
 async def test_proxying_off_leaves_the_call_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:

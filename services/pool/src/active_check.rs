@@ -45,6 +45,9 @@ pub enum CheckError {
     /// The TCP connection to the proxy failed (a check without `connect_target`).
     #[error("connect failed: {0}")]
     Io(#[from] std::io::Error),
+    /// Sending the ping or reading its answer through the tunnel failed.
+    #[error("ping failed: {0}")]
+    Ping(std::io::Error),
     /// The tunnel through the proxy to the target, or TLS to the target, failed:
     /// refused credentials (`proxy_auth`: HTTP 407, a SOCKS login refused), a refused
     /// `CONNECT`, a SOCKS error, TLS. Its message never holds the proxy's password.
@@ -68,7 +71,7 @@ impl CheckError {
     pub fn kind(&self) -> (ErrorKind, Option<u16>) {
         match self {
             CheckError::Timeout => (ErrorKind::Timeout, None),
-            CheckError::Io(err) => (tunnel::classify_io(err), None),
+            CheckError::Io(err) | CheckError::Ping(err) => (tunnel::classify_io(err), None),
             CheckError::Tunnel(err) => (err.kind, err.status_code),
             CheckError::BadTarget(_) => (ErrorKind::Other, None),
             CheckError::Status { status, .. } => {
@@ -94,19 +97,23 @@ pub struct ProbeTarget {
     pub connect_target: Option<String>,
     /// Path to `GET` over TLS through the tunnel; none: no ping.
     pub ping_path: Option<String>,
-    /// Trust for TLS to the target and to `https` proxies: the public web roots plus the
-    /// configured CA file; none: the public web roots only.
+    /// Trust for TLS to the target and to `https` proxies ([`ProbeTarget::from_settings`]);
+    /// none: the public web roots only.
     pub tls: Option<TunnelTls>,
 }
 
 impl ProbeTarget {
-    /// The target these settings describe; errors name an unreadable CA file.
+    /// The target these settings describe: TLS to the target trusts the public web roots
+    /// and `ca_file`, TLS to `https` proxies those and `proxy_ca_file`. Errors name an
+    /// unreadable CA file, a certificate rustls cannot use as a root, or a `connect_target`
+    /// that is not `host:port`.
     pub fn from_settings(settings: &ActiveCheckSettings) -> Result<Self, String> {
-        let extra_roots = match settings.ca_file.as_deref() {
-            Some(path) => proxybus_client::read_pem_certificates(path)?,
-            None => Vec::new(),
+        let read = |file: Option<&std::path::Path>| match file {
+            Some(path) => proxybus_client::read_pem_certificates(path),
+            None => Ok(Vec::new()),
         };
-        let tls = TunnelTls::new(&extra_roots, &[]).map_err(|err| err.message)?;
+        let (extra_roots, proxy_ca) = (read(settings.ca_file.as_deref())?, read(settings.proxy_ca_file.as_deref())?);
+        let tls = TunnelTls::new(&extra_roots, &proxy_ca).map_err(|err| err.message)?;
         if let Some(connect_target) = &settings.connect_target {
             target_of(connect_target, false).map_err(|err| err.to_string())?;
         }
@@ -156,10 +163,12 @@ fn target_of(connect_target: &str, tls: bool) -> Result<Target, CheckError> {
 
 /// `GET path` to `host` over the tunnel's TLS stream: 2xx passes.
 async fn ping(mut stream: BoxedStream, host: &str, path: &str) -> Result<(), CheckError> {
+    // An IPv6 address is bracketed in `Host` (RFC 9110, section 7.2, by way of RFC 3986's `IP-literal`).
+    let host = if host.contains(':') { format!("[{host}]") } else { host.to_owned() };
     let request =
         format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: proxybus-probe\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    let head = read_head(&mut stream).await?;
+    stream.write_all(request.as_bytes()).await.map_err(CheckError::Ping)?;
+    let head = read_head(&mut stream).await.map_err(CheckError::Ping)?;
     let mut lines = head.lines();
     let status: u16 = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|c| c.parse().ok()).unwrap_or(0);
     if (200..300).contains(&status) {
@@ -173,7 +182,7 @@ async fn ping(mut stream: BoxedStream, host: &str, path: &str) -> Result<(), Che
 }
 
 /// Reads an HTTP answer's head (up to 4 KiB or the blank line).
-async fn read_head(stream: &mut BoxedStream) -> Result<String, CheckError> {
+async fn read_head(stream: &mut BoxedStream) -> std::io::Result<String> {
     let mut buffer = vec![0_u8; 4096];
     let mut read = 0;
     while read < buffer.len() {
@@ -294,12 +303,14 @@ pub async fn run(
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
+        // The tick's scheduled instant, not the clock: with `interval_seconds` equal to the
+        // budget's spacing (30 s and 2 a minute), a round a few µs early would be skipped.
+        let tick = tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
-            _ = ticker.tick() => {}
-        }
-        let round = probe_round(&selector, &target, &settings.exchange, &budget, publisher.as_ref(), timeout);
+            tick = ticker.tick() => tick,
+        };
+        let round = probe_round(&selector, &target, &settings.exchange, &budget, publisher.as_ref(), timeout, tick);
         tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
@@ -314,7 +325,7 @@ pub async fn check_round(selector: &Selector, connect_target: Option<&str>, time
     let target = ProbeTarget { connect_target: connect_target.map(str::to_owned), ..ProbeTarget::default() };
     let unlimited = ProbeBudget { spacing: Duration::ZERO, last: Mutex::new(HashMap::new()) };
     let exchange: ExchangeId = crate::settings::DEFAULT_PROBE_EXCHANGE.parse().expect("a valid exchange id");
-    probe_round(selector, &target, &exchange, &unlimited, None, timeout).await;
+    probe_round(selector, &target, &exchange, &unlimited, None, timeout, Instant::now()).await;
 }
 
 /// Whether a passing check went through the proxy's own protocol (a tunnel to
@@ -325,8 +336,8 @@ pub fn speaks_through(target: &ProbeTarget) -> bool {
     target.connect_target.is_some()
 }
 
-/// One round: every enabled proxy the budget allows, checked, recorded, and
-/// published (failures, and passes when [`speaks_through`] holds).
+/// One round at `now` (for the budget): every enabled proxy the budget allows, checked,
+/// recorded, and published (failures, and passes when [`speaks_through`] holds).
 async fn probe_round(
     selector: &Selector,
     target: &ProbeTarget,
@@ -334,9 +345,9 @@ async fn probe_round(
     budget: &ProbeBudget,
     publisher: Option<&ProbePublisher>,
     timeout: Duration,
+    now: Instant,
 ) {
     let inventory = selector.inventory();
-    let now = Instant::now();
     let proxies: Vec<Arc<Proxy>> =
         inventory.proxies().filter(|p| p.enabled() && budget.try_take(p.id(), exchange, now)).cloned().collect();
     let results: Vec<(Arc<Proxy>, Result<(), CheckError>, Duration)> = futures::stream::iter(proxies)

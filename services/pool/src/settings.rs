@@ -23,11 +23,12 @@
 //! | `health.cooldown_seconds` | `…_HEALTH__COOLDOWN_SECONDS` | — | when set, `rules.default_cooldown_ms` in seconds: the 429 cool-down without `Retry-After` |
 //! | `health.default_latency_ms` | `…_HEALTH__DEFAULT_LATENCY_MS` | `100` | latency of an unmeasured proxy (`p2c_ewma`) |
 //! | `health.ewma_decay_seconds` | `…_HEALTH__EWMA_DECAY_SECONDS` | `60` | peak-EWMA time constant |
-//! | `active_checks.enabled` | `…_ACTIVE_CHECKS__ENABLED` | `false` | TCP connect (+ HTTP CONNECT for http proxies) checks |
+//! | `active_checks.enabled` | `…_ACTIVE_CHECKS__ENABLED` | `false` | probes: a tunnel through every proxy to `connect_target` (or a TCP connect) |
 //! | `active_checks.interval_seconds` | `…__INTERVAL_SECONDS` | `15` | between rounds |
 //! | `active_checks.timeout_seconds` | `…__TIMEOUT_SECONDS` | `3` | per check |
 //! | `active_checks.connect_target` | `…__CONNECT_TARGET` | — | `host:port` every proxy opens a tunnel to (HTTP CONNECT, SOCKS); none: TCP connect only |
 //! | `active_checks.unhealthy_threshold` / `healthy_threshold` | … | `2` / `1` | checks in a row that take a proxy out / bring it back |
+//! | `active_checks.ca_file` / `proxy_ca_file` | `…__CA_FILE` / `…__PROXY_CA_FILE` | — | extra CAs for the ping and `https` proxies / for `https` proxies only |
 //! | `sessions.idle_seconds` | `…_SESSIONS__IDLE_SECONDS` | `3600` | a `session_key` session unused this long is forgotten |
 //! | `sessions.exchanges.{id}.rotate_after_uses` | `…_SESSIONS__EXCHANGES__BINANCE__ROTATE_AFTER_USES` | `0` | answers after which a session moves to another proxy (0: never) |
 //! | `sessions.exchanges.{id}.rotate_after_seconds` | `…__ROTATE_AFTER_SECONDS` | binance `82800` (23 h) | seconds after which a session moves (0: never), before Binance's 24 h websocket cut |
@@ -399,6 +400,10 @@ pub struct ActiveCheckSettings {
     /// PEM file of extra CAs trusted besides the public web roots, by the ping and by TLS
     /// to `https` proxies (e.g. the lab's `ca.pem`).
     pub ca_file: Option<PathBuf>,
+    /// PEM file of CAs trusted for TLS to `https` proxies only (a proxy provider's private
+    /// CA), never for the ping to the exchange: a proxy operator holding it could otherwise
+    /// impersonate the exchange. The client library's `proxy_ca` is the same for feeds.
+    pub proxy_ca_file: Option<PathBuf>,
     /// Most probes per proxy and exchange per minute, whatever `interval_seconds` says
     /// (default 2: two pings a minute cost 2 of Binance's 6 000 request weight a minute per IP).
     pub max_per_minute: u32,
@@ -420,6 +425,7 @@ impl Default for ActiveCheckSettings {
             exchange: DEFAULT_PROBE_EXCHANGE.parse().expect("a valid exchange id"),
             ping_path: None,
             ca_file: None,
+            proxy_ca_file: None,
             max_per_minute: 2,
         }
     }
@@ -444,6 +450,15 @@ impl Validate for ActiveCheckSettings {
             && target.rsplit_once(':').is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
         {
             issues.push(key(prefix, "connect_target"), format!("{target:?} is not host:port"));
+        }
+        // Read at start-up when the checks run, so that a bad file stops the service with
+        // its name rather than leaving it running without checks.
+        for (name, path) in [("ca_file", &self.ca_file), ("proxy_ca_file", &self.proxy_ca_file)] {
+            if let (true, Some(path)) = (self.enabled, path)
+                && let Err(err) = proxybus_client::read_pem_certificates(path)
+            {
+                issues.push(key(prefix, name), err);
+            }
         }
     }
 }
@@ -483,6 +498,32 @@ mod tests {
             keys,
             ["request_timeout_seconds", "auth.allowlist[0]", "auth.tokens", "active_checks.connect_target"]
         );
+    }
+
+    #[test]
+    fn running_checks_need_readable_ca_files_and_idle_ones_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        let missing = dir.path().join("missing.pem");
+        let checks = |enabled| ActiveCheckSettings {
+            enabled,
+            ca_file: Some(empty.clone()),
+            proxy_ca_file: Some(missing.clone()),
+            ..Default::default()
+        };
+        let mut issues = Issues::default();
+        checks(true).validate("active_checks", &mut issues);
+        let err = issues.into_result().unwrap_err();
+        let found: Vec<(&str, &str)> = err.issues().iter().map(|i| (i.key.as_str(), i.message.as_str())).collect();
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert_eq!(found[0].0, "active_checks.ca_file");
+        assert!(found[0].1.contains("empty.pem") && found[0].1.contains("no certificate"), "{found:?}");
+        assert_eq!(found[1].0, "active_checks.proxy_ca_file");
+        assert!(found[1].1.contains("missing.pem"), "{found:?}");
+        let mut idle = Issues::default();
+        checks(false).validate("active_checks", &mut idle);
+        assert!(idle.into_result().is_ok(), "checks that do not run read no file");
     }
 
     #[test]

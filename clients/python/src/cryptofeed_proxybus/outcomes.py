@@ -80,14 +80,17 @@ def error_kind_of_exception(err: BaseException) -> tuple[ErrorKind, int | None]:
     """The ``error_kind`` of a failed connection attempt, and the HTTP status if one was seen.
 
     Handshake refusals (websockets' ``InvalidStatus``) give the status's kind; the proxy's own
-    refusal (``InvalidProxyStatus`` 407, a SOCKS authentication error) is ``proxy_auth``.
+    refusal (``InvalidProxyStatus`` 407, a SOCKS authentication error) is ``proxy_auth``. Any
+    other refusal of ``CONNECT`` by the proxy (Squid's 403 for a port outside ``SSL_ports``, a
+    429 or 451 of the proxy's own, a 502) is ``refused`` without a status: a proxy fault, never
+    taken for the exchange's verdict here (no local bar) or by the aggregator (docs/health.md).
     """
     status = _status_of(err)
     proxy_status = _proxy_status_of(err)
     if proxy_status is not None:
         if proxy_status == 407:
             return "proxy_auth", proxy_status
-        return ("refused" if proxy_status in (502, 503, 504) else "other"), proxy_status
+        return "refused", None
     if status is not None:
         return (error_kind_of_status(status) or "other"), status
     name = type(err).__name__

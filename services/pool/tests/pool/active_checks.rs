@@ -124,15 +124,19 @@ async fn every_scheme_is_probed_in_its_own_protocol_with_its_credentials() {
     let https = TestProxy::https_connect(login.clone()).await.unwrap();
     let socks5 = TestProxy::socks5(login.clone()).await.unwrap();
     let socks4 = TestProxy::socks4(login).await.unwrap();
-    // The https proxy's certificate comes from a CA of its own: the probe trusts it through `ca_file`.
+    // The https proxy's certificate comes from a CA of its own: the probe trusts it for
+    // proxies only, through `proxy_ca_file`.
     let ca = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(ca.path(), https.ca_pem().unwrap()).unwrap();
-    let settings = ActiveCheckSettings {
-        connect_target: Some(target.clone()),
-        ca_file: Some(ca.path().into()),
-        ..Default::default()
+    let on = |proxy_ca_file: Option<&std::path::Path>| {
+        let settings = ActiveCheckSettings {
+            connect_target: Some(target.clone()),
+            proxy_ca_file: proxy_ca_file.map(Into::into),
+            ..Default::default()
+        };
+        ProbeTarget::from_settings(&settings).unwrap()
     };
-    let probe = ProbeTarget::from_settings(&settings).unwrap();
+    let probe = on(Some(ca.path()));
     assert!(active_check::speaks_through(&probe), "with a target, every pass went through the proxy");
 
     const WRONG: &str = "not-the-password";
@@ -163,6 +167,10 @@ async fn every_scheme_is_probed_in_its_own_protocol_with_its_credentials() {
         assert_eq!(err.kind().0, ErrorKind::ProxyAuth, "{url}: {err:?}");
         assert!(!err.to_string().contains(WRONG), "the password is not in the error: {err}");
     }
+
+    // Without the proxy's CA, TLS to the https proxy fails: a `tls` fault of the proxy.
+    let err = active_check::check(&proxy(&https.url()), &on(None), timeout).await.unwrap_err();
+    assert_eq!(err.kind().0, ErrorKind::Tls, "{err:?}");
 
     // Without a target the check is a TCP connect, which a refusing proxy passes too:
     // such a pass is not published as a probe's success.
