@@ -8,6 +8,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-deps.sh run
 if [[ ! -x target/release/proxybus ]]; then
-  echo "==> building proxybus (release; the first build takes 15-30 minutes on 2 cores, later ones seconds)" >&2
+  echo "==> building proxybus (release; the first build takes 5-30 minutes on 2 cores, later ones seconds)" >&2
 fi
 exec cargo run --release -p proxybus-cli --bin proxybus -- up --demo "$@"

@@ -36,6 +36,40 @@
 //! - `testing` (the crate's tests, and feature `testing`): test oracles shared with the fuzz
 //!   targets, and a buffer that keeps what a test's code logged.
 
+/// `Serialize`/`Deserialize` for unit-only contract enums derived with
+/// `#[serde(remote = "Self")]`: serialized as derived (the variant's name), and read
+/// from a **name only**. serde's derive also takes a variant's index (an integer) for
+/// its name, which MessagePack can carry and JSON cannot: `"error_kind": 0` would be
+/// read as `timeout` from MessagePack and refused from JSON. The contract's enums are
+/// strings (shared/CONTRACT.md), so both encodings now refuse the integer alike
+/// (`shared/tests/bad_input/codec.rs`, `both_encodings_accept_the_same_messages`).
+macro_rules! by_name_only {
+    ($($t:ty),* $(,)?) => {$(
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                <$t>::serialize(self, serializer)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                struct Name;
+                impl serde::de::Visitor<'_> for Name {
+                    type Value = $t;
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        f.write_str(concat!("the name of a ", stringify!($t)))
+                    }
+                    fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<$t, E> {
+                        <$t>::deserialize(serde::de::value::StrDeserializer::<E>::new(name))
+                    }
+                }
+                deserializer.deserialize_str(Name)
+            }
+        }
+    )*};
+}
+pub(crate) use by_name_only;
+
 pub mod breaker;
 pub mod budget;
 pub mod codec;

@@ -24,6 +24,7 @@ fn schema_version() -> u32 {
 /// Kind of connection a feed wants a proxy for; the last token of request subjects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
+#[serde(remote = "Self")]
 pub enum ConnectionType {
     /// REST calls.
     Http,
@@ -65,6 +66,7 @@ impl std::str::FromStr for ConnectionType {
 /// What a client does when the proxy it was given fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "snake_case")]
+#[serde(remote = "Self")]
 pub enum FallbackPolicy {
     /// Connect without a proxy.
     #[default]
@@ -78,6 +80,7 @@ pub enum FallbackPolicy {
 /// Where an answer came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "snake_case")]
+#[serde(remote = "Self")]
 pub enum ResponseSource {
     /// Freshly chosen by an upstream proxy service.
     #[default]
@@ -338,6 +341,7 @@ impl ProxyResponse {
 /// Machine-readable class of an error reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[serde(remote = "Self")]
 pub enum ErrorCode {
     /// The request was malformed or disagreed with its subject (400).
     BadRequest,
@@ -408,6 +412,7 @@ impl ErrorReply {
 /// Stage of a connection that a feedback event reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[serde(remote = "Self")]
 pub enum FeedbackPhase {
     /// The feed starts connecting through the proxy.
     ConnectStart,
@@ -424,6 +429,7 @@ pub enum FeedbackPhase {
 /// Why a connection through a proxy failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[serde(remote = "Self")]
 pub enum ErrorKind {
     /// No answer in time.
     Timeout,
@@ -633,6 +639,7 @@ fn is_false(value: &bool) -> bool {
 /// Extension of the contract: the `action` of an [`OperatorEvent`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[serde(remote = "Self")]
 pub enum OperatorAction {
     /// Bar the proxy (for one exchange, or all), until lifted or for a while.
     Ban,
@@ -757,6 +764,7 @@ pub struct OperatorControl {
 /// Health of a proxy as the aggregator classifies it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "snake_case")]
+#[serde(remote = "Self")]
 pub enum HealthState {
     /// Hand it out.
     #[default]
@@ -797,6 +805,7 @@ impl fmt::Display for HealthState {
 /// State of a proxy towards one exchange.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "snake_case")]
+#[serde(remote = "Self")]
 pub enum ExchangeState {
     /// Usable for this exchange.
     #[default]
@@ -1180,3 +1189,15 @@ mod tests {
         assert!(serde_json::from_str::<WithUuid>(r#"{"id":7}"#).is_err());
     }
 }
+
+crate::by_name_only!(
+    ConnectionType,
+    FallbackPolicy,
+    ResponseSource,
+    ErrorCode,
+    FeedbackPhase,
+    ErrorKind,
+    OperatorAction,
+    HealthState,
+    ExchangeState,
+);

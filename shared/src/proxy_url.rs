@@ -57,6 +57,7 @@ pub const REDACTED: &str = "***";
 /// TLS to the proxy itself, then HTTP `CONNECT` inside it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
+#[serde(remote = "Self")]
 pub enum ProxyScheme {
     /// HTTP proxy: `CONNECT` for tunnels, absolute-form requests for plain HTTP.
     Http,
@@ -605,6 +606,8 @@ impl std::str::FromStr for ProxyUrl {
         Self::parse(s)
     }
 }
+
+crate::by_name_only!(ProxyScheme);
 
 #[cfg(test)]
 mod tests {

@@ -15,7 +15,8 @@ use proxybus_shared::feedback::publish_feedback;
 use proxybus_shared::nats::NatsSettings;
 use proxybus_shared::subject::HEALTH_BUCKET;
 use proxybus_shared::{
-    ConnectionType, ErrorKind, FeedbackPhase, HealthState, HealthStats, ProxyFeedback, ProxyId, ProxyRequest,
+    ConnectionType, ErrorKind, ExchangeState, FeedbackPhase, HealthState, HealthStats, ProxyFeedback, ProxyId,
+    ProxyRequest,
 };
 use proxybus_tests::NatsServer;
 use tokio_util::sync::CancellationToken;
@@ -81,9 +82,12 @@ async fn wait_for(
 #[tokio::test]
 async fn an_ejected_proxy_is_readmitted_by_probes_alone_and_an_idle_one_has_health() {
     let dir = tempfile::tempdir().unwrap();
+    // Binance refuses 127.0.0.7's region (451): a proxy that works, judged by the exchange.
+    let mut simulator = proxybus_lab::SimulatorSettings::default();
+    simulator.binance.geo_restricted_ips = vec![Ipv4Addr::new(127, 0, 0, 7).into()];
     let config = LabConfig {
         dir: dir.path().to_owned(),
-        simulator: Default::default(),
+        simulator,
         proxies: vec![
             lab_proxy(2, ProxyFault::None),
             lab_proxy(3, ProxyFault::Dead),
@@ -97,6 +101,7 @@ async fn an_ejected_proxy_is_readmitted_by_probes_alone_and_an_idle_one_has_heal
             // Working SOCKS5 and HTTPS proxies, each in a region of its own for the same reason.
             LabProxyConfig { kind: ProxyKind::Socks5, region: "ap-east".into(), ..lab_proxy(5, ProxyFault::None) },
             LabProxyConfig { kind: ProxyKind::Https, region: "sa-east".into(), ..lab_proxy(6, ProxyFault::None) },
+            LabProxyConfig { region: "eu-north".into(), ..lab_proxy(7, ProxyFault::None) },
         ],
         inventory_strategy: "round_robin".into(),
     };
@@ -107,6 +112,7 @@ async fn an_ejected_proxy_is_readmitted_by_probes_alone_and_an_idle_one_has_heal
     let refusing = proxybus_shared::proxy_id(&refusing_url);
     let (socks_url, https_url) = (lab.proxies()[3].url(), lab.proxies()[4].url());
     let (socks, https) = (proxybus_shared::proxy_id(&socks_url), proxybus_shared::proxy_id(&https_url));
+    let restricted = proxybus_shared::proxy_id(&lab.proxies()[5].url());
     assert!(socks_url.starts_with("socks5h://") && https_url.starts_with("https://"), "{socks_url} {https_url}");
 
     let server = NatsServer::start().await.unwrap();
@@ -214,6 +220,30 @@ async fn an_ejected_proxy_is_readmitted_by_probes_alone_and_an_idle_one_has_heal
             .await;
     assert_eq!(refusing_now.successes, 0, "no probe of it passed: {refusing_now:?}");
     assert_eq!(refusing_now.last_error_kind, Some(ErrorKind::ProxyAuth), "{refusing_now:?}");
+
+    // The geo-restricted proxy's pings got binance's 451: banned for binance by the probes
+    // alone, yet up for the pool (its tunnel works), and once the pool knows of the ban its
+    // probes stop asking binance through it.
+    let banned = wait_for(&js, &restricted, "banned for binance by its probes' 451", |s| {
+        s.exchanges.iter().any(|(e, h)| e.as_str() == "binance" && h.state == ExchangeState::Banned)
+    })
+    .await;
+    assert_eq!(banned.state, HealthState::Healthy, "a verdict is not a proxy fault: {banned:?}");
+    let view = selector.proxies(None).into_iter().find(|v| v.proxy_id == restricted).unwrap();
+    assert_eq!(view.local.check, "up", "the pool's own check counts no verdict as a failure");
+    let binance: proxybus_shared::ExchangeId = "binance".parse().unwrap();
+    tokio::time::timeout(WAIT, async {
+        while !selector.barred_for(&restricted, &binance) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the pool learns of the ban from PROXY_HEALTH");
+    let ip = std::net::IpAddr::from(Ipv4Addr::new(127, 0, 0, 7));
+    let refused = |lab: &Lab| lab.simulator().stats().of(proxybus_lab::LabExchange::Binance, ip).http_451;
+    let (before, rounds) = (refused(&lab), Duration::from_secs(3));
+    tokio::time::sleep(rounds).await;
+    assert_eq!(refused(&lab), before, "no probe asked binance through the banned proxy in {rounds:?}");
 
     // The dead proxy carried no traffic, yet it has health: its probes' failures.
     let idle = wait_for(&js, &dead, "the dead proxy's probes", |s| s.failures >= 1).await;

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use proxybus_client::tunnel::{self, BoxedStream, ConnectError, Target, TunnelTls};
+use proxybus_shared::health::{self, Attribution};
 use proxybus_shared::{ConnectionType, ErrorKind, ExchangeId, FeedbackPhase, ProxyFeedback, ProxyId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -348,8 +349,13 @@ async fn probe_round(
     now: Instant,
 ) {
     let inventory = selector.inventory();
-    let proxies: Vec<Arc<Proxy>> =
-        inventory.proxies().filter(|p| p.enabled() && budget.try_take(p.id(), exchange, now)).cloned().collect();
+    // A proxy the exchange told to wait (a cool-down after 429, a ban) is not probed for it:
+    // asking again would be what turns a 429 into a 418 ban.
+    let proxies: Vec<Arc<Proxy>> = inventory
+        .proxies()
+        .filter(|p| p.enabled() && !selector.barred_for(p.id(), exchange) && budget.try_take(p.id(), exchange, now))
+        .cloned()
+        .collect();
     let results: Vec<(Arc<Proxy>, Result<(), CheckError>, Duration)> = futures::stream::iter(proxies)
         .map(|proxy| async move {
             let started = Instant::now();
@@ -367,7 +373,14 @@ async fn probe_round(
                 tracing::debug!(proxy_id = %proxy.id(), proxy_url = %proxy.redacted_url(), error = %err, "active check failed");
             }
         }
-        selector.record_check(proxy.id(), result.is_ok());
+        // The local check says whether the proxy is up: an exchange's verdict on the ping (a
+        // 451, a 429) or its own trouble came through a working tunnel, so only a proxy fault
+        // counts as a failed check; the verdict itself is the aggregator's to judge.
+        let proxy_fault = result.as_ref().err().is_some_and(|err| {
+            let (kind, status) = err.kind();
+            health::attribute_failure(Some(kind), status, None) == Attribution::ProxyFault
+        });
+        selector.record_check(proxy.id(), !proxy_fault);
         if result.is_ok() && !speaks_through(target) {
             // Without a target to tunnel to, a pass is a TCP accept, which says nothing of
             // the proxy's credentials or protocol: a SOCKS proxy that refuses every login

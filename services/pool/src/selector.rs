@@ -553,6 +553,16 @@ impl Selector {
         self.state().budgets.get(proxy, exchange).cloned()
     }
 
+    /// Whether `proxy` is banned or cooling down for `exchange` now, by the aggregator's
+    /// health or by this service's own: a probe must not ask that exchange through it
+    /// (Binance bans an IP, 418, that keeps asking while a 429's `Retry-After` runs).
+    pub fn barred_for(&self, proxy: &ProxyId, exchange: &ExchangeId) -> bool {
+        let state = self.state();
+        let (now, wall) = (Instant::now(), Utc::now());
+        state.pushed.get(proxy).is_some_and(|stats| proxybus_shared::health::is_barred(stats, exchange, wall))
+            || state.local.get(proxy).is_some_and(|local| local.barred_for(exchange, now))
+    }
+
     /// Folds the result of one active check of `proxy`.
     pub fn record_check(&self, proxy: &ProxyId, passed: bool) {
         let mut state = self.state();

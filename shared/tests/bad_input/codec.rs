@@ -517,3 +517,55 @@ proptest! {
         }
     }
 }
+
+/// An enum given by its index instead of its name — `"error_kind": 0`, which MessagePack
+/// can carry and serde's derive reads as the first variant — is refused by both
+/// encodings, as is an integer map key naming an enum (`error_counts`). Found by
+/// `both_encodings_accept_the_same_messages` on a fresh clone.
+#[test]
+fn an_enum_given_by_its_index_is_refused_by_both_encodings() {
+    let feedback = ProxyFeedback {
+        error_kind: Some(ErrorKind::Refused),
+        ..ProxyFeedback::new(
+            "http://127.0.0.1:3128",
+            "binance".parse().unwrap(),
+            ConnectionType::Http,
+            FeedbackPhase::Failed,
+            false,
+            "feed-1",
+        )
+    };
+    let codec = Codec::default();
+    let mut tree = tree(&feedback);
+    for (field, index) in [("error_kind", 0), ("connection_type", 1), ("phase", 2)] {
+        let mut mangled = tree.clone();
+        mangled[field] = Value::from(index);
+        for encoding in [Encoding::Json, Encoding::MsgPack] {
+            let bytes = match encoding {
+                Encoding::Json => serde_json::to_vec(&mangled).unwrap(),
+                Encoding::MsgPack => rmp_serde::to_vec_named(&mangled).unwrap(),
+            };
+            let err = codec.decode_as::<ProxyFeedback>(encoding, &bytes).unwrap_err();
+            assert_eq!(err.kind(), DecodeErrorKind::Malformed, "{field} = {index} in {encoding:?}");
+        }
+    }
+    // The names still decode, in both encodings, to the same message.
+    tree["error_kind"] = Value::from("timeout");
+    for encoding in [Encoding::Json, Encoding::MsgPack] {
+        let bytes = match encoding {
+            Encoding::Json => serde_json::to_vec(&tree).unwrap(),
+            Encoding::MsgPack => rmp_serde::to_vec_named(&tree).unwrap(),
+        };
+        let decoded = codec.decode_as::<ProxyFeedback>(encoding, &bytes).unwrap();
+        assert_eq!(decoded.error_kind, Some(ErrorKind::Timeout));
+    }
+    // A map keyed by an enum: an integer key, which only MessagePack can carry, is refused
+    // rather than read as the first variant (a JSON key is a string: "0" is an unknown
+    // name, read as `other` like any unknown kind).
+    let mut counts = BTreeMap::new();
+    counts.insert(0_u8, 3_u64);
+    let packed = rmp_serde::to_vec_named(&counts).unwrap();
+    assert!(rmp_serde::from_slice::<BTreeMap<ErrorKind, u64>>(&packed).is_err());
+    let from_json: BTreeMap<ErrorKind, u64> = serde_json::from_str(r#"{"0": 3}"#).unwrap();
+    assert_eq!(from_json.into_iter().collect::<Vec<_>>(), [(ErrorKind::Other, 3)]);
+}
