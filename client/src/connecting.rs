@@ -368,13 +368,7 @@ impl ProxyClient {
 
     /// Reports a request through `lease` that got no response at all.
     pub fn report_http_error(&self, lease: &ProxyLease, err: &reqwest::Error, latency: Duration) {
-        let kind = if err.is_timeout() {
-            ErrorKind::Timeout
-        } else if err.is_connect() {
-            ErrorKind::Refused
-        } else {
-            ErrorKind::Other
-        };
+        let kind = http_error_kind(err);
         if let Some(event) = lease.failure(self.client_id(), kind, &err.to_string(), latency) {
             self.report(event);
         }
@@ -391,6 +385,35 @@ impl ProxyClient {
             *self.inner.retried.lock().unwrap_or_else(|p| p.into_inner()).entry(kind).or_default() += 1;
         }
     }
+}
+
+/// The `error_kind` of a reqwest request that got no response: `timeout`; `proxy_auth`
+/// when the proxy refused its login — a SOCKS login refused (hyper-util's
+/// `SocksConnect(V5(Auth(Failed)))`, or tokio-socks' error) or a 407 to `CONNECT` ("Proxy
+/// Authentication Required") — else `refused` for a failed connection, `other` for the rest.
+/// A refused login used to be reported as `refused`, so the demo's credential-refusing SOCKS
+/// proxy showed `proxy_auth=0` in the feeds' counts.
+pub(crate) fn http_error_kind(err: &reqwest::Error) -> ErrorKind {
+    if err.is_timeout() {
+        return ErrorKind::Timeout;
+    }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(current) = cause {
+        if let Some(socks) = current.downcast_ref::<tokio_socks::Error>() {
+            return crate::tunnel::classify_socks(socks);
+        }
+        // hyper-util's proxy errors are private types: read by their text and their Debug
+        // form (`SocksConnect(V5(Auth(Failed)))`, `TunnelProxyAuthRequired`).
+        let text = format!("{current} {current:?}").to_ascii_lowercase();
+        if text.contains("proxy authentication required")
+            || text.contains("proxyauthrequired")
+            || (text.contains("socks") && (text.contains("auth(") || text.contains("authentication")))
+        {
+            return ErrorKind::ProxyAuth;
+        }
+        cause = current.source();
+    }
+    if err.is_connect() { ErrorKind::Refused } else { ErrorKind::Other }
 }
 
 /// Whether a failure is about the proxy used (its fault, or the exchange's
@@ -464,6 +487,29 @@ fn classify_ws(err: tungstenite::Error) -> ConnectError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// reqwest through real test proxies whose login is refused: the kind is `proxy_auth`,
+    /// through a SOCKS5 proxy (a refused username/password) and through an HTTP proxy (a
+    /// 407 to `CONNECT`, for an https target); a proxy that is not there is `refused`.
+    #[tokio::test]
+    async fn a_refused_proxy_login_through_reqwest_is_proxy_auth() {
+        use proxybus_tests::{ProxyCredentials, TestProxy};
+        proxybus_shared::http::install_crypto_provider();
+        let login = Some(ProxyCredentials::new("feed", "right"));
+        let socks = TestProxy::socks5(login.clone()).await.unwrap();
+        let http = TestProxy::http_connect(login).await.unwrap();
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+        for (proxy, expected) in [
+            (socks.url_with("feed", "wrong"), ErrorKind::ProxyAuth),
+            (socks.url_as("socks5h").replace("right", "wrong"), ErrorKind::ProxyAuth),
+            (http.url_with("feed", "wrong"), ErrorKind::ProxyAuth),
+            (format!("http://{closed}"), ErrorKind::Refused),
+        ] {
+            let client = reqwest::Client::builder().proxy(reqwest::Proxy::all(&proxy).unwrap()).build().unwrap();
+            let err = client.get("https://127.0.0.1:9/api/v3/ping").send().await.unwrap_err();
+            assert_eq!(http_error_kind(&err), expected, "{proxy}: {err:?}");
+        }
+    }
 
     #[test]
     fn a_refused_handshake_is_the_exchanges_verdict() {

@@ -261,7 +261,8 @@ async fn http_connect<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-fn classify_socks(err: &tokio_socks::Error) -> ErrorKind {
+/// The error kind of a tokio-socks error: a refused login is `proxy_auth`.
+pub(crate) fn classify_socks(err: &tokio_socks::Error) -> ErrorKind {
     use tokio_socks::Error as S;
     match err {
         S::Io(io) => classify_io(io),
