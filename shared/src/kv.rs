@@ -121,7 +121,7 @@ pub async fn health_stats(bucket: &kv::Store) -> Result<BTreeMap<ProxyId, Health
 /// snapshot of the stream's index. A KV key listing (async-nats' `Store::keys`, an
 /// ordered consumer delivering the last message of each subject) skips keys rewritten
 /// while it delivers — 39 of 300 listings of 12 keys, two of them rewritten by four
-/// writers (`shared/tests/kv.rs`); `proxybus health` and the demo's tables showed 10 of
+/// writers, in one run of `shared/tests/kv.rs`'s loop counting `Store::keys` instead; `proxybus health` and the demo's tables showed 10 of
 /// 12 proxies, missing the two whose records the REST polls rewrote most often.
 ///
 /// # Errors
