@@ -559,6 +559,26 @@ fn an_enum_given_by_its_index_is_refused_by_both_encodings() {
         let decoded = codec.decode_as::<ProxyFeedback>(encoding, &bytes).unwrap();
         assert_eq!(decoded.error_kind, Some(ErrorKind::Timeout));
     }
+    // One more of the kind, in another message: a proxy scheme given by its index in a
+    // request's `proxy_schemes` is refused by both encodings too; its name is read.
+    let request = ProxyRequest::new("binance".parse().unwrap(), ConnectionType::Http, "feed-1");
+    let mut request_tree = serde_json::to_value(&request).unwrap();
+    for (schemes, accepted) in
+        [(Value::from(vec![0]), None), (Value::from(vec!["socks5h"]), Some(ProxyScheme::Socks5h))]
+    {
+        request_tree["proxy_schemes"] = schemes;
+        for encoding in [Encoding::Json, Encoding::MsgPack] {
+            let bytes = match encoding {
+                Encoding::Json => serde_json::to_vec(&request_tree).unwrap(),
+                Encoding::MsgPack => rmp_serde::to_vec_named(&request_tree).unwrap(),
+            };
+            let decoded = codec.decode_as::<ProxyRequest>(encoding, &bytes);
+            match accepted {
+                None => assert_eq!(decoded.unwrap_err().kind(), DecodeErrorKind::Malformed, "{encoding:?}"),
+                Some(scheme) => assert_eq!(decoded.unwrap().proxy_schemes, [scheme], "{encoding:?}"),
+            }
+        }
+    }
     // A map keyed by an enum: an integer key, which only MessagePack can carry, is refused
     // rather than read as the first variant (a JSON key is a string: "0" is an unknown
     // name, read as `other` like any unknown kind).
