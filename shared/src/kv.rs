@@ -92,18 +92,7 @@ pub async fn open_or_create(js: &jetstream::Context, config: &BucketConfig) -> R
 /// ask for the stream's state, from the listing.
 pub async fn health_stats(bucket: &kv::Store) -> Result<BTreeMap<ProxyId, HealthStats>, BucketError> {
     let fail = |err: &dyn std::fmt::Display| BucketError { bucket: bucket.name.clone(), message: err.to_string() };
-    let keys = match stored_keys(bucket).await {
-        Ok(keys) => keys,
-        Err(err) => {
-            tracing::debug!(bucket = %bucket.name, error = %err, "no stream state; listing the keys instead");
-            let mut listed = bucket.keys().await.map_err(|err| fail(&err))?;
-            let mut keys = Vec::new();
-            while let Some(key) = listed.next().await {
-                keys.push(key.map_err(|err| fail(&err))?);
-            }
-            keys
-        }
-    };
+    let keys = current_keys(bucket).await?;
     let mut stats = BTreeMap::new();
     for key in keys {
         let Ok(id) = key.parse::<ProxyId>() else { continue };
@@ -114,6 +103,30 @@ pub async fn health_stats(bucket: &kv::Store) -> Result<BTreeMap<ProxyId, Health
         }
     }
     Ok(stats)
+}
+
+/// The keys of `bucket` that hold a message now: [`stored_keys`] (a snapshot of the
+/// stream's index, which a writer cannot make skip a key), or, without the permission
+/// for `$JS.API.STREAM.INFO`, a KV key listing (`Store::keys`, which may skip keys
+/// rewritten while it reads). Keys holding a delete marker may be among them: read
+/// each with [`kv::Store::get`], which gives none for those.
+///
+/// # Errors
+/// [`BucketError`] when neither the stream's state nor the listing can be read.
+pub async fn current_keys(bucket: &kv::Store) -> Result<Vec<String>, BucketError> {
+    let fail = |err: &dyn std::fmt::Display| BucketError { bucket: bucket.name.clone(), message: err.to_string() };
+    match stored_keys(bucket).await {
+        Ok(keys) => Ok(keys),
+        Err(err) => {
+            tracing::debug!(bucket = %bucket.name, error = %err, "no stream state; listing the keys instead");
+            let mut listed = bucket.keys().await.map_err(|err| fail(&err))?;
+            let mut keys = Vec::new();
+            while let Some(key) = listed.next().await {
+                keys.push(key.map_err(|err| fail(&err))?);
+            }
+            Ok(keys)
+        }
+    }
 }
 
 /// The keys of `bucket` that hold a message now (a value, or a delete marker that

@@ -29,13 +29,14 @@ pub(crate) fn region_sizes<'a>(inventories: impl IntoIterator<Item = &'a ProxyIn
 /// The region sizes of the inventories stored now (for a replay); empty when the
 /// bucket is missing or unreadable.
 pub(crate) async fn current_sizes(jetstream: &jetstream::Context) -> RegionSizes {
-    use futures::StreamExt;
     let Ok(bucket) = jetstream.get_key_value(proxybus_shared::subject::INVENTORY_BUCKET).await else {
         return RegionSizes::new();
     };
-    let Ok(mut keys) = bucket.keys().await else { return RegionSizes::new() };
+    // The stream's index, not a KV key listing, which skips keys rewritten while it
+    // reads (a pool republishing its inventory).
+    let Ok(keys) = proxybus_shared::kv::current_keys(&bucket).await else { return RegionSizes::new() };
     let mut inventories = Vec::new();
-    while let Some(Ok(key)) = keys.next().await {
+    for key in keys {
         if let Ok(Some(bytes)) = bucket.get(&key).await
             && let Ok(inventory) = proxybus_shared::Codec::default()
                 .decode_as::<ProxyInventory>(proxybus_shared::Encoding::MsgPack, &bytes)

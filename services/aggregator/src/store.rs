@@ -42,7 +42,7 @@ use async_nats::jetstream::kv::{Operation, UpdateErrorKind};
 use async_nats::jetstream::{self, kv};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::stream::FuturesUnordered;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use proxybus_shared::kv::BucketConfig;
 use proxybus_shared::{ProxyId, subject};
 
@@ -484,14 +484,13 @@ async fn put_many(bucket: &kv::Store, name: &str, values: &[(String, Bytes)]) ->
     Ok(())
 }
 
-/// Every record of a health bucket.
+/// Every record of a health bucket, also while an aggregator rewrites it: the keys
+/// come from the stream's index (`proxybus_shared::kv::current_keys`), not from a KV
+/// key listing, which skips keys rewritten while it reads.
 pub async fn read_bucket(bucket: &kv::Store) -> Result<Vec<ProxyHealth>, StoreError> {
     let read_err =
         |err: &dyn std::fmt::Display| StoreError::Read { what: "health keys".into(), message: err.to_string() };
-    let keys: Vec<String> = match bucket.keys().await {
-        Ok(keys) => keys.try_collect().await.map_err(|err| read_err(&err))?,
-        Err(err) => return Err(read_err(&err)),
-    };
+    let keys = proxybus_shared::kv::current_keys(bucket).await.map_err(|err| read_err(&err))?;
     let mut records = Vec::with_capacity(keys.len());
     for key in keys {
         if key.parse::<ProxyId>().is_err() {

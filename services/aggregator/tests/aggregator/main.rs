@@ -10,6 +10,7 @@ mod failover;
 mod health_model;
 mod helpers;
 mod push_back;
+mod reading;
 mod replay;
 mod server;
 mod small_pools;
