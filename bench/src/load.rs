@@ -76,9 +76,20 @@ pub async fn nats_requests(
     subject: &str,
     work: Work,
 ) -> anyhow::Result<(Round, Histogram<u64>)> {
+    nats_requests_as(client, subject, Encoding::MsgPack, work).await
+}
+
+/// As [`nats_requests`], with `ProxyRequest`s and `ProxyResponse`s in `encoding`
+/// (JSON for the bare forwarder, which relays bytes to the pool's JSON API).
+pub async fn nats_requests_as(
+    client: &async_nats::Client,
+    subject: &str,
+    encoding: Encoding,
+    work: Work,
+) -> anyhow::Result<(Round, Histogram<u64>)> {
     let client = client.clone();
     let subject: Arc<str> = subject.into();
-    let headers = Encoding::MsgPack.headers();
+    let headers = encoding.headers();
     let codec = Codec::default();
     run_workers(work, move |payload| {
         let (client, subject, headers) = (client.clone(), subject.clone(), headers.clone());
@@ -87,7 +98,7 @@ pub async fn nats_requests(
             if let Some(code) = reply.headers.as_ref().and_then(|h| h.get(SERVICE_ERROR_CODE_HEADER)) {
                 bail!("error reply {code}: {}", String::from_utf8_lossy(&reply.payload));
             }
-            check(&codec.decode_as::<ProxyResponse>(Encoding::MsgPack, &reply.payload)?)
+            check(&codec.decode_as::<ProxyResponse>(encoding, &reply.payload)?)
         }
     })
     .await

@@ -54,8 +54,21 @@ pub(crate) async fn measured_round(
     bus: &Bus,
     series: &mut Series,
 ) -> anyhow::Result<()> {
+    measured_round_as(client, subject, Encoding::MsgPack, work, process, bus, series).await
+}
+
+/// [`measured_round`] with requests and answers in `encoding`.
+pub(crate) async fn measured_round_as(
+    client: &async_nats::Client,
+    subject: &str,
+    encoding: Encoding,
+    work: Work,
+    process: Option<u32>,
+    bus: &Bus,
+    series: &mut Series,
+) -> anyhow::Result<()> {
     let meter = CpuMeter::start(&[process, bus.server_pid(), Some(std::process::id())]);
-    let (round, latency) = load::nats_requests(client, subject, work).await?;
+    let (round, latency) = load::nats_requests_as(client, subject, encoding, work).await?;
     series.push(round, Some(&latency));
     series.push_cpu(round.ops, &meter.stop());
     Ok(())
@@ -124,10 +137,38 @@ pub(crate) async fn start_bare_responder(
     Ok((process, file))
 }
 
+/// Subject of the bare forwarder.
+pub const FORWARD_SUBJECT: &str = "bench.forward.request";
+
+/// Starts the bare forwarder to `pool` on [`FORWARD_SUBJECT`].
+pub(crate) async fn start_bare_forwarder(
+    bus: &Bus,
+    options: &Options,
+    pool: &CountingPool,
+) -> anyhow::Result<SubjectProcess> {
+    let args = [
+        "bare-forwarder".to_owned(),
+        "--nats-url".to_owned(),
+        bus.url().to_owned(),
+        "--subject".to_owned(),
+        FORWARD_SUBJECT.to_owned(),
+        "--pool-url".to_owned(),
+        pool.url(),
+        "--token".to_owned(),
+        POOL_TOKEN.to_owned(),
+    ];
+    let mut process = SubjectProcess::spawn(&options.exe, "bare-forwarder", &args)?;
+    let ready = process.next_line(PROCESS_TIMEOUT).await?;
+    if ready.get("ready").is_none() {
+        bail!("bare forwarder printed {ready}");
+    }
+    Ok(process)
+}
+
 /// `resolve-hit`: the resolver answering from a warm cache against the bare responder.
 pub async fn resolve_hit(bus: &mut Bus, options: &Options) -> anyhow::Result<Vec<Row>> {
     let requests = options.counts().hit_requests;
-    let pool = CountingPool::start().await?;
+    let pool = CountingPool::start(options).await?;
     let client = bus.connect().await?;
     let resolver = start_resolver(bus, options, &pool, 100_000).await?;
     let max_concurrency = HIT_CONCURRENCY[HIT_CONCURRENCY.len() - 1];
@@ -170,6 +211,7 @@ pub async fn resolve_hit(bus: &mut Bus, options: &Options) -> anyhow::Result<Vec
     }
     let bare_report = bare.finish(PROCESS_TIMEOUT).await?;
     let resolver_report = resolver.finish(PROCESS_TIMEOUT).await?;
+    pool.finish().await?;
     for row in &mut rows {
         row.peak_rss_bytes = Some(resolver_report.peak_rss_bytes);
         row.note = format!(
@@ -225,7 +267,7 @@ pub(crate) fn runs_note(stat: &Stat) -> String {
 /// by hop, on an otherwise idle machine).
 pub async fn resolve_miss(bus: &mut Bus, options: &Options) -> anyhow::Result<Vec<Row>> {
     let keys = options.counts().miss_keys;
-    let pool = CountingPool::start().await?;
+    let pool = CountingPool::start(options).await?;
     let client = bus.connect().await?;
     let resolver = start_resolver(bus, options, &pool, 100_000).await?;
     let http = proxy_service_client(&external_service(&pool.url(), POOL_TOKEN), &TlsFiles::default())?;
@@ -243,19 +285,22 @@ pub async fn resolve_miss(bus: &mut Bus, options: &Options) -> anyhow::Result<Ve
     let sample = request_payload("bench-miss-sample", Encoding::MsgPack);
     let reply = client.request_with_headers(request_subject(), Encoding::MsgPack.headers(), sample).await?;
     let (bare, _payload_file) = start_bare_responder(bus, options, &reply.payload).await?;
+    let forwarder = start_bare_forwarder(bus, options, &pool).await?;
     // Warm-up of every path (connections, allocator), not timed.
     let warm = (keys / 10).max(MISS_CONCURRENCY);
+    let forward = |work| load::nats_requests_as(&client, FORWARD_SUBJECT, Encoding::Json, work);
+    forward(spread(MISS_CONCURRENCY, warm, json("bench-miss-warmup-d"))).await?;
     load::http_requests(&http, &url, spread(MISS_CONCURRENCY, warm, json("bench-miss-warmup-a"))).await?;
     load::nats_requests(&client, &request_subject(), spread(MISS_CONCURRENCY, warm, msgpack("bench-miss-warmup-b")))
         .await?;
     load::nats_requests(&client, BARE_SUBJECT, spread(MISS_CONCURRENCY, warm, msgpack("bench-miss-warmup-c"))).await?;
 
-    // Each row, and whether its subject is the bare responder (for its peak RSS).
-    let mut rows: Vec<(Row, bool)> = Vec::new();
+    // Each row, and which process answered it (for its peak RSS).
+    let mut rows: Vec<(Row, Answerer)> = Vec::new();
     for concurrency in [MISS_CONCURRENCY, 1] {
         let keys = if concurrency == 1 { (keys / MISS_ONE_AT_A_TIME_SHARE).max(1) } else { keys };
-        let (mut direct, mut cold, mut cached, mut round_trip) =
-            (Series::new(), Series::new(), Series::new(), Series::new());
+        let (mut direct, mut cold, mut cached, mut round_trip, mut forwarded) =
+            (Series::new(), Series::new(), Series::new(), Series::new(), Series::new());
         let mut upstream = Vec::new();
         for round in 0..options.rounds {
             let tag = format!("c{concurrency}-r{round}");
@@ -265,10 +310,13 @@ pub async fn resolve_miss(bus: &mut Bus, options: &Options) -> anyhow::Result<Ve
             direct.push(r, Some(&latency));
             let bare_work = spread(concurrency, keys, msgpack(&format!("bench-miss-c-{tag}")));
             measured_round(&client, BARE_SUBJECT, bare_work, bare.pid(), bus, &mut round_trip).await?;
+            let forward_work = spread(concurrency, keys, json(&format!("bench-miss-d-{tag}")));
+            let pid = forwarder.pid();
+            measured_round_as(&client, FORWARD_SUBJECT, Encoding::Json, forward_work, pid, bus, &mut forwarded).await?;
             let work = spread(concurrency, keys, msgpack(&format!("bench-miss-b-{tag}")));
-            let before = pool.requests();
+            let before = pool.requests().await?;
             measured_round(&client, &request_subject(), work.clone(), resolver.pid(), bus, &mut cold).await?;
-            upstream.push(pool.requests() - before);
+            upstream.push(pool.requests().await? - before);
             measured_round(&client, &request_subject(), work, resolver.pid(), bus, &mut cached).await?;
         }
         // Concurrency 16 keeps the row names of earlier rounds; concurrency 1 says so.
@@ -285,7 +333,7 @@ pub async fn resolve_miss(bus: &mut Bus, options: &Options) -> anyhow::Result<Ve
                     round_trip_us(cold.stat().cpu_us_per_op),
                     runs_note(&cold.stat())
                 )),
-            false,
+            Answerer::Resolver,
         ));
         rows.push((
             Row::new(
@@ -300,20 +348,57 @@ pub async fn resolve_miss(bus: &mut Bus, options: &Options) -> anyhow::Result<Ve
                 round_trip_us(round_trip.stat().cpu_us_per_op),
                 runs_note(&round_trip.stat())
             )),
-            true,
+            Answerer::Bare,
+        ));
+        let (floor, _) = cold_miss_target(&forwarded.stat(), &direct.stat(), &round_trip.stat());
+        rows.push((
+            Row::new(
+                "resolve-miss",
+                format!("bare forwarder{suffix} (reference)"),
+                "feed → NATS → bare forwarder → pool (HTTP)",
+                &forwarded,
+            )
+            .against("feed POSTs to the pool", &direct)
+            .note(format!(
+                "the bus and an HTTP call with no decision (an async-nats subscriber POSTing each request's bytes \
+                 with the resolver's HTTP client, a task per request, replying the pool's bytes): the floor under \
+                 any resolver's cold path on these libraries; it {}; forwarder CPU {} µs per request; on a CPU \
+                 per request: {}",
+                floor.trim_start_matches("adds ≤ 1 bare round trip to direct HTTP: ").replace("p50", "adds at p50"),
+                round_trip_us(forwarded.stat().cpu_us_per_op),
+                runs_note(&forwarded.stat())
+            )),
+            Answerer::Forwarder,
         ));
         if concurrency == MISS_CONCURRENCY {
             let warm_row = Row::new("resolve-miss", "same keys, warm cache", "resolver cache", &cached)
                 .against("feed POSTs to the pool", &direct);
             let met = warm_row.throughput_ratio.is_some_and(|r| r > 1.0);
-            rows.push((warm_row.target("faster than direct HTTP (> 1×)", met), false));
+            rows.push((warm_row.target("faster than direct HTTP (> 1×)", met), Answerer::Resolver));
         }
     }
-    let bare_report = bare.finish(PROCESS_TIMEOUT).await?;
-    let report = resolver.finish(PROCESS_TIMEOUT).await?;
-    let bare_rss = Some(bare_report.peak_rss_bytes);
-    let rss = Some(report.peak_rss_bytes);
-    Ok(rows.into_iter().map(|(row, bare)| row.rss(if bare { bare_rss } else { rss })).collect())
+    let bare_rss = bare.finish(PROCESS_TIMEOUT).await?.peak_rss_bytes;
+    let forwarder_rss = forwarder.finish(PROCESS_TIMEOUT).await?.peak_rss_bytes;
+    let resolver_rss = resolver.finish(PROCESS_TIMEOUT).await?.peak_rss_bytes;
+    pool.finish().await?;
+    Ok(rows
+        .into_iter()
+        .map(|(row, answerer)| {
+            row.rss(Some(match answerer {
+                Answerer::Resolver => resolver_rss,
+                Answerer::Bare => bare_rss,
+                Answerer::Forwarder => forwarder_rss,
+            }))
+        })
+        .collect())
+}
+
+/// The process that answered a row of `resolve-miss`.
+#[derive(Debug, Clone, Copy)]
+enum Answerer {
+    Resolver,
+    Bare,
+    Forwarder,
 }
 
 /// The share of `resolve-miss`'s keys asked one at a time: a quarter (500 of the
@@ -348,19 +433,20 @@ pub fn cold_miss_target(cold: &Stat, direct: &Stat, bare: &Stat) -> (String, boo
 /// `singleflight`: `n` concurrent requests on one cold key make one upstream call.
 pub async fn singleflight(bus: &mut Bus, options: &Options) -> anyhow::Result<Vec<Row>> {
     let n = options.counts().singleflight_requests;
-    let pool = CountingPool::start().await?;
+    let pool = CountingPool::start(options).await?;
     let client = bus.connect().await?;
     let resolver = start_resolver(bus, options, &pool, 100_000).await?;
     let mut series = Series::new();
     let mut calls = Vec::new();
     for round in 0..options.rounds {
         let key = request_payload(&format!("bench-singleflight-{round}"), Encoding::MsgPack);
-        let before = pool.requests();
+        let before = pool.requests().await?;
         let (r, latency) = load::nats_requests(&client, &request_subject(), spread(n, n, |_, _| key.clone())).await?;
-        calls.push(pool.requests() - before);
+        calls.push(pool.requests().await? - before);
         series.push(r, Some(&latency));
     }
     let report = resolver.finish(PROCESS_TIMEOUT).await?;
+    pool.finish().await?;
     let met = calls.iter().all(|&c| c == 1);
     let mut row = Row::new("singleflight", format!("{n} concurrent requests, one cold key"), "resolver", &series)
         .rss(Some(report.peak_rss_bytes))
@@ -373,7 +459,7 @@ pub async fn singleflight(bus: &mut Bus, options: &Options) -> anyhow::Result<Ve
 /// `resolver-memory`: peak RSS of a resolver holding `memory_keys` cached answers.
 pub async fn resolver_memory(bus: &mut Bus, options: &Options) -> anyhow::Result<Vec<Row>> {
     let keys = options.counts().memory_keys;
-    let pool = CountingPool::start().await?;
+    let pool = CountingPool::start(options).await?;
     let client = bus.connect().await?;
     let resolver = start_resolver(bus, options, &pool, keys.max(100_000) as u64).await?;
     let idle = resolver.pid().and_then(|pid| peak_rss(&pid.to_string()));
@@ -381,12 +467,13 @@ pub async fn resolver_memory(bus: &mut Bus, options: &Options) -> anyhow::Result
     let work = spread(concurrency, keys, |_, i| request_payload(&format!("bench-memory-{i}"), Encoding::MsgPack));
     let (round, latency) = load::nats_requests(&client, &request_subject(), work).await?;
     // Every key is cached: asking again makes no upstream call.
-    let before = pool.requests();
+    let before = pool.requests().await?;
     let again =
         spread(concurrency, keys.min(1_000), |_, i| request_payload(&format!("bench-memory-{i}"), Encoding::MsgPack));
     load::nats_requests(&client, &request_subject(), again).await?;
-    let refetched = pool.requests() - before;
+    let refetched = pool.requests().await? - before;
     let report = resolver.finish(PROCESS_TIMEOUT).await?;
+    pool.finish().await?;
     let mut series = Series::new();
     series.push(round, Some(&latency));
     let limit = 64 * 1024 * 1024;

@@ -126,7 +126,7 @@ async fn blow(
 /// `reconnect-storm`: N feeds at once, cold and warm, against N bare request/replies at once.
 pub async fn reconnect_storm(bus: &mut Bus, options: &Options) -> anyhow::Result<Vec<Row>> {
     let n = options.counts().storm_clients;
-    let pool = CountingPool::start().await?;
+    let pool = CountingPool::start(options).await?;
     let resolver = start_resolver(bus, options, &pool, (2 * n * options.rounds).max(100_000) as u64).await?;
     let mut clients = Vec::with_capacity(CONNECTIONS);
     for c in 0..CONNECTIONS {
@@ -154,15 +154,16 @@ pub async fn reconnect_storm(bus: &mut Bus, options: &Options) -> anyhow::Result
     for round in 0..options.rounds {
         let storm = Storm::resolver(n, &round.to_string());
         unanswered += blow(&clients, &storm.bare(), bare.pid(), bus, &mut baseline).await?.failed;
-        let before = pool.requests();
+        let before = pool.requests().await?;
         unanswered += blow(&clients, &storm, resolver.pid(), bus, &mut cold).await?.failed;
-        cold_calls.push(pool.requests() - before);
-        let before = pool.requests();
+        cold_calls.push(pool.requests().await? - before);
+        let before = pool.requests().await?;
         unanswered += blow(&clients, &storm, resolver.pid(), bus, &mut warm).await?.failed;
-        warm_calls.push(pool.requests() - before);
+        warm_calls.push(pool.requests().await? - before);
     }
     bare.finish(PROCESS_TIMEOUT).await?;
     let report = resolver.finish(PROCESS_TIMEOUT).await?;
+    pool.finish().await?;
     let distinct = n as u64;
     let every_answered = unanswered == 0;
     let row = |case: String, series: &Series, calls: Vec<u64>, expected: u64| {

@@ -67,6 +67,25 @@ pub enum SubjectKind {
         #[arg(long)]
         payload_file: PathBuf,
     },
+    /// A bare forwarder: an async-nats subscriber that POSTs each request's bytes (a
+    /// JSON `ProxyRequest`) to the pool with the resolver's HTTP client
+    /// (`proxy_service_client`), in a task per request as the resolver's cold requests
+    /// get, and replies the pool's bytes — the bus and an HTTP call with no decision:
+    /// the floor under any resolver's cold path on these libraries.
+    BareForwarder {
+        /// NATS server.
+        #[arg(long)]
+        nats_url: String,
+        /// Subject to answer.
+        #[arg(long)]
+        subject: String,
+        /// Base URL of the pool.
+        #[arg(long)]
+        pool_url: String,
+        /// Bearer token of the pool.
+        #[arg(long)]
+        token: String,
+    },
     /// `proxybus_aggregator::run` into its own buckets.
     Aggregator {
         /// NATS server.
@@ -79,6 +98,9 @@ pub enum SubjectKind {
         #[arg(long)]
         state_bucket: String,
     },
+    /// The reference pool (`proxybus_pool::PoolServer`) on a free port of 127.0.0.1: the
+    /// resolver's upstream and the direct call's server ([`crate::pool`]).
+    Pool,
     /// `proxybus_aggregator::replay` from the start into `into`, then exit.
     Replay {
         /// NATS server.
@@ -109,14 +131,25 @@ pub struct SubjectProcess {
 }
 
 impl SubjectProcess {
-    /// Spawns `exe subject <args…>`, its stderr into a log file.
+    /// Spawns `exe subject <args…>`, its stderr into a log file, under
+    /// `PROXYBUS_BENCH_SUBJECT_WRAPPER` when that is set.
     pub fn spawn(exe: &Path, name: &'static str, args: &[String]) -> anyhow::Result<Self> {
-        let log = std::env::temp_dir().join(format!("proxybus-bench-{}-{name}.log", std::process::id()));
-        let stderr = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         // `PROXYBUS_BENCH_SUBJECT_WRAPPER="valgrind --tool=callgrind"` runs each
         // subject under that command, for instruction counts that do not depend on
         // the machine's load (docs/benchmarks.md, "How it measures").
         let wrapper = std::env::var("PROXYBUS_BENCH_SUBJECT_WRAPPER").unwrap_or_default();
+        Self::spawn_wrapped(&wrapper, exe, name, args)
+    }
+
+    /// As [`spawn`](Self::spawn), never under the wrapper: for the processes around the
+    /// one measured (the pool), which a profiler would only slow down.
+    pub fn spawn_plain(exe: &Path, name: &'static str, args: &[String]) -> anyhow::Result<Self> {
+        Self::spawn_wrapped("", exe, name, args)
+    }
+
+    fn spawn_wrapped(wrapper: &str, exe: &Path, name: &'static str, args: &[String]) -> anyhow::Result<Self> {
+        let log = std::env::temp_dir().join(format!("proxybus-bench-{}-{name}.log", std::process::id()));
+        let stderr = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let mut words = wrapper.split_whitespace();
         let mut command = match words.next() {
             Some(program) => {
@@ -249,12 +282,20 @@ pub async fn serve(kind: SubjectKind) -> anyhow::Result<()> {
             client.drain().await?;
             print_report(ChildReport::default());
         }
+        SubjectKind::BareForwarder { nats_url, subject, pool_url, token } => {
+            bare_forwarder(&nats_url, &subject, &pool_url, &token).await?;
+            print_report(ChildReport::default());
+        }
         SubjectKind::Aggregator { nats_url, health_bucket, state_bucket } => {
             let mut config = AggregatorConfig::for_url(nats_url);
             config.settings.health_bucket = health_bucket;
             config.settings.state_bucket = state_bucket;
             config.settings.push.enabled = false;
             proxybus_aggregator::run(config, stdin_closed()).await?;
+            print_report(ChildReport::default());
+        }
+        SubjectKind::Pool => {
+            crate::pool::serve_child(stdin_closed()).await?;
             print_report(ChildReport::default());
         }
         SubjectKind::Replay { nats_url, into } => {
@@ -270,6 +311,65 @@ pub async fn serve(kind: SubjectKind) -> anyhow::Result<()> {
             });
         }
     }
+    Ok(())
+}
+
+/// [`SubjectKind::BareForwarder`] until stdin closes.
+async fn bare_forwarder(nats_url: &str, subject: &str, pool_url: &str, token: &str) -> anyhow::Result<()> {
+    use proxybus_shared::http::{TlsFiles, paths, proxy_service_client};
+    let http = proxy_service_client(&external_service(pool_url, token), &TlsFiles::default())?;
+    let url = reqwest::Url::parse(&format!("{pool_url}{}", paths::REQUEST))?;
+    let client = async_nats::connect(nats_url).await?;
+    let mut requests = client.queue_subscribe(subject.to_owned(), "bench-forwarder".into()).await?;
+    client.flush().await?;
+    println!("{{\"ready\":true}}");
+    let headers = proxybus_shared::Encoding::Json.headers();
+    let replier = client.clone();
+    tokio::spawn(async move {
+        let closed = stdin_closed();
+        tokio::pin!(closed);
+        let tasks = tokio_util::task::TaskTracker::new();
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut closed => break,
+                request = requests.next() => match request {
+                    Some(request) => {
+                        let Some(reply) = request.reply else { continue };
+                        let (http, url, replier, headers) = (http.clone(), url.clone(), replier.clone(), headers.clone());
+                        tasks.spawn(async move {
+                            let answer = async {
+                                let response = http
+                                    .post(url)
+                                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                                    .body(request.payload)
+                                    .send()
+                                    .await?
+                                    .error_for_status()?;
+                                response.bytes().await
+                            };
+                            // A failed call is an error reply, which fails the requester's round.
+                            let (headers, body) = match answer.await {
+                                Ok(body) => (headers, body),
+                                Err(err) => {
+                                    let mut failed = async_nats::HeaderMap::new();
+                                    failed.insert(proxybus_shared::subject::SERVICE_ERROR_CODE_HEADER, "502");
+                                    (failed, bytes::Bytes::from(err.to_string()))
+                                }
+                            };
+                            let _ = replier.publish_with_headers(reply, headers, body).await;
+                        });
+                    }
+                    None => break,
+                },
+            }
+        }
+        tasks.close();
+        tasks.wait().await;
+        anyhow::Ok(())
+    })
+    .await??;
+    client.drain().await?;
     Ok(())
 }
 
