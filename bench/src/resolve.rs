@@ -451,7 +451,7 @@ pub async fn singleflight(bus: &mut Bus, options: &Options) -> anyhow::Result<Ve
     let mut row = Row::new("singleflight", format!("{n} concurrent requests, one cold key"), "resolver", &series)
         .rss(Some(report.peak_rss_bytes))
         .target("exactly 1 upstream call per round", met)
-        .note(format!("upstream calls counted at the pool's request route, per round: {calls:?}"));
+        .note(format!("upstream calls counted by the pool's own request counter, per round: {calls:?}"));
     row.upstream_calls = Some(calls);
     Ok(vec![row])
 }
