@@ -423,8 +423,8 @@ pub fn cold_miss_target(cold: &Stat, direct: &Stat, bare: &Stat) -> (String, boo
     let (added99, bare99, ok99) = check(cold.p99_us, direct.p99_us, bare.p99_us);
     (
         format!(
-            "adds ≤ 1 bare round trip to direct HTTP: p50 +{added50:.0} µs (bare {bare50:.0}), \
-             p99 +{added99:.0} µs (bare {bare99:.0})"
+            "adds ≤ 1 bare round trip to direct HTTP: p50 {added50:+.0} µs (bare {bare50:.0}), \
+             p99 {added99:+.0} µs (bare {bare99:.0})"
         ),
         ok50 && ok99,
     )
@@ -491,4 +491,42 @@ pub async fn resolver_memory(bus: &mut Bus, options: &Options) -> anyhow::Result
                 idle.map_or("unknown".to_owned(), mib)
             )),
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn latency(p50: f64, p99: f64) -> Stat {
+        Stat {
+            ops_per_sec: 1.0,
+            rounds: Vec::new(),
+            p50_us: Some(p50),
+            p99_us: Some(p99),
+            p999_us: None,
+            cpu_us_per_op: None,
+            server_cpu_us_per_op: None,
+            requester_cpu_us_per_op: None,
+            runs_per_op: None,
+            server_runs_per_op: None,
+            requester_runs_per_op: None,
+        }
+    }
+
+    #[test]
+    fn the_cold_path_meets_its_target_only_within_one_bare_round_trip_at_both_percentiles() {
+        let (direct, bare) = (latency(80.0, 160.0), latency(130.0, 250.0));
+        let (text, met) = cold_miss_target(&latency(210.0, 410.0), &direct, &bare);
+        assert!(met, "{text}");
+        assert_eq!(text, "adds ≤ 1 bare round trip to direct HTTP: p50 +130 µs (bare 130), p99 +250 µs (bare 250)");
+        let (_, met) = cold_miss_target(&latency(211.0, 300.0), &direct, &bare);
+        assert!(!met, "over at p50");
+        let (_, met) = cold_miss_target(&latency(200.0, 411.0), &direct, &bare);
+        assert!(!met, "over at p99");
+        // A p99 below the direct call's (a noisy direct round) is a negative addition, signed once.
+        let (text, _) = cold_miss_target(&latency(200.0, 100.0), &direct, &bare);
+        assert!(text.ends_with("p99 -60 µs (bare 250)"), "{text}");
+        let (text, met) = cold_miss_target(&Stat { p50_us: None, ..latency(0.0, 0.0) }, &direct, &bare);
+        assert!(!met && text.contains("NaN"), "no figure, no claim: {text}");
+    }
 }

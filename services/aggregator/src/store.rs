@@ -41,8 +41,8 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use async_nats::jetstream::kv::{Operation, UpdateErrorKind};
 use async_nats::jetstream::{self, kv};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use futures::stream::FuturesUnordered;
 use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use proxybus_shared::kv::BucketConfig;
 use proxybus_shared::{ProxyId, subject};
 
