@@ -89,12 +89,22 @@ impl Target {
         Ok(Self { host, port, tls })
     }
 
-    fn authority(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
+    /// `host:port`, an IPv6 address bracketed (`[2001:db8::1]:443`): the authority of a
+    /// `CONNECT` request (RFC 9110, section 9.3.6; `IP-literal` of RFC 3986, section 3.2.2).
+    pub fn authority(&self) -> String {
+        format!("{}:{}", self.bracketed_host(), self.port)
+    }
+
+    /// The `Host` header of a request to the target: the host, an IPv6 address
+    /// bracketed, with `:port` unless the port is the scheme's default (443 with TLS,
+    /// 80 without) — RFC 9110, section 7.2.
+    pub fn host_header(&self) -> String {
+        let default_port = if self.tls { 443 } else { 80 };
+        if self.port == default_port { self.bracketed_host() } else { self.authority() }
+    }
+
+    fn bracketed_host(&self) -> String {
+        if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() }
     }
 }
 
@@ -319,6 +329,22 @@ async fn tls_handshake(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_authority_always_has_the_port_and_the_host_header_only_when_not_the_default() {
+        let target = |host: &str, port, tls| Target { host: host.to_owned(), port, tls };
+        assert_eq!(target("api.binance.com", 443, true).authority(), "api.binance.com:443");
+        assert_eq!(target("api.binance.com", 443, true).host_header(), "api.binance.com");
+        assert_eq!(target("api.binance.com", 8443, true).host_header(), "api.binance.com:8443");
+        assert_eq!(target("example.com", 80, false).host_header(), "example.com");
+        assert_eq!(target("example.com", 443, false).host_header(), "example.com:443", "443 is not http's default");
+        assert_eq!(target("2001:db8::1", 443, true).authority(), "[2001:db8::1]:443");
+        assert_eq!(target("2001:db8::1", 443, true).host_header(), "[2001:db8::1]");
+        assert_eq!(target("2001:db8::1", 9443, true).host_header(), "[2001:db8::1]:9443");
+        // From a URL: brackets are taken off the host and put back where they belong.
+        let from_url = Target::from_url(&url::Url::parse("wss://[2001:db8::1]:9443/ws").unwrap()).unwrap();
+        assert_eq!((from_url.host.as_str(), from_url.host_header()), ("2001:db8::1", "[2001:db8::1]:9443".to_owned()));
+    }
 
     /// A proxy on 127.0.0.1 that reads a CONNECT head and answers `answer` (nothing:
     /// closes the connection), then `open` through it.

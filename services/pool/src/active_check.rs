@@ -147,7 +147,7 @@ async fn check_inner(proxy: &Proxy, target: &ProbeTarget, timeout: Duration) -> 
     let to = target_of(connect_target, target.ping_path.is_some())?;
     let stream = tunnel::open(Some(url), &to, target.tls(), timeout).await?;
     match &target.ping_path {
-        Some(path) => ping(stream, &to.host, path).await,
+        Some(path) => ping(stream, &to, path).await,
         None => Ok(()),
     }
 }
@@ -162,10 +162,10 @@ fn target_of(connect_target: &str, tls: bool) -> Result<Target, CheckError> {
     Ok(to)
 }
 
-/// `GET path` to `host` over the tunnel's TLS stream: 2xx passes.
-async fn ping(mut stream: BoxedStream, host: &str, path: &str) -> Result<(), CheckError> {
-    // An IPv6 address is bracketed in `Host` (RFC 9110, section 7.2, by way of RFC 3986's `IP-literal`).
-    let host = if host.contains(':') { format!("[{host}]") } else { host.to_owned() };
+/// `GET path` to `to` over the tunnel's TLS stream: 2xx passes. `Host` is the target's
+/// (`Target::host_header`: bracketed when IPv6, with the port when not 443).
+async fn ping(mut stream: BoxedStream, to: &Target, path: &str) -> Result<(), CheckError> {
+    let host = to.host_header();
     let request =
         format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: proxybus-probe\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.map_err(CheckError::Ping)?;
