@@ -165,14 +165,18 @@ pub(crate) async fn print_live(
         println!("{}", render_feeds(&board.snapshot()));
         println!("-- what the exchanges did (simulator counters) --");
         println!("{}", render_exchanges(&exchange_stats()));
-        let Ok(bucket) = js.get_key_value(proxybus_shared::subject::HEALTH_BUCKET).await else { continue };
-        let Ok(stats) = crate::health::load(&bucket).await else { continue };
+        println!("-- what proxybus did: proxy health --");
+        let stats = match js.get_key_value(proxybus_shared::subject::HEALTH_BUCKET).await {
+            Ok(bucket) => crate::health::load(&bucket).await.unwrap_or_default(),
+            Err(_) => Default::default(),
+        };
         if stats.is_empty() {
+            // The first tick comes before the aggregator's first commit.
+            println!("(nothing folded yet: the table starts with the first feedback the aggregator commits)");
             continue;
         }
         let mut shown: Vec<_> = stats.values().collect();
         shown.sort_by(|a, b| (&a.region, &a.proxy_id).cmp(&(&b.region, &b.proxy_id)));
-        println!("-- what proxybus did: proxy health --");
         println!("{}", crate::health::render(&shown));
     }
 }

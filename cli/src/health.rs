@@ -27,12 +27,17 @@ pub(crate) async fn run(client: &async_nats::Client, args: HealthArgs) -> anyhow
         .get_key_value(subject::HEALTH_BUCKET)
         .await
         .map_err(|err| anyhow::anyhow!("no KV bucket {}: {err} (has the aggregator run?)", subject::HEALTH_BUCKET))?;
+    // The watch starts before the records are read, so a change made while they are read
+    // is not lost: it comes through the watch too (a record read twice is the same record).
+    let watch = if args.watch { Some(bucket.watch_all().await?) } else { None };
     let mut stats = load(&bucket).await?;
-    print(&stats, &args)?;
-    if !args.watch {
-        return Ok(ExitCode::SUCCESS);
+    if args.watch {
+        new_frame(&args);
     }
-    let mut watch = bucket.watch_all().await?;
+    print(&stats, &args)?;
+    let Some(mut watch) = watch else {
+        return Ok(ExitCode::SUCCESS);
+    };
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
@@ -50,12 +55,24 @@ pub(crate) async fn run(client: &async_nats::Client, args: HealthArgs) -> anyhow
                         stats.remove(&id);
                     }
                 }
-                if !args.json {
-                    print!("\x1b[2J\x1b[H");
-                }
+                new_frame(&args);
                 print(&stats, &args)?;
             }
         }
+    }
+}
+
+/// Before each table of `--watch`: on a terminal the screen is cleared, so the table is
+/// redrawn in place; into a file or a pipe a `--- HH:MM:SS.mmm` line (UTC) separates one
+/// table from the next. Nothing before JSON.
+fn new_frame(args: &HealthArgs) {
+    if args.json {
+        return;
+    }
+    if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        print!("\x1b[2J\x1b[H");
+    } else {
+        println!("--- {}", chrono::Utc::now().format("%H:%M:%S%.3f"));
     }
 }
 

@@ -177,6 +177,41 @@ async fn health_shows_the_bucket_filtered_by_region() {
         text.contains("2 proxies") && text.contains("ejected") && text.contains("http://u:***@10.0.0.1:3128"),
         "{text}"
     );
+
+    // `--watch` into a pipe: a table per change, each after a `--- time` line, and no
+    // terminal codes (clearing the screen is for a terminal only).
+    let mut watch = tokio::process::Command::new(env!("CARGO_BIN_EXE_proxybus"))
+        .args(["health", "--watch"])
+        .env("NATS_URL", server.client_url())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(watch.stdout.take().unwrap()));
+    let mut seen = String::new();
+    let mut changed = false;
+    while seen.matches("2 proxies").count() < 2 {
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("a table within 20 s")
+            .unwrap()
+            .expect("the watch keeps running");
+        seen.push_str(&line);
+        seen.push('\n');
+        if !changed && seen.contains("2 proxies") {
+            // One change after the stored records: a second table.
+            let url = "http://u:pw@10.0.0.1:3128";
+            let stats = HealthStats::new(proxy_id(url), redact_url(url), Some("eu-west".parse().unwrap()), Utc::now());
+            bucket
+                .put(stats.proxy_id.as_str(), Codec::default().encode(Encoding::MsgPack, &stats).unwrap())
+                .await
+                .unwrap();
+            changed = true;
+        }
+    }
+    watch.kill().await.unwrap();
+    assert!(seen.lines().filter(|l| l.starts_with("--- ")).count() >= 2, "{seen}");
+    assert!(!seen.contains('\u{1b}'), "no terminal codes into a pipe: {seen:?}");
 }
 
 #[tokio::test]

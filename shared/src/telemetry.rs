@@ -77,7 +77,8 @@ pub fn wire_cap(wire_logs: bool) -> Option<Targets> {
     })
 }
 
-/// The subscriber of [`init_with`], writing to `writer` (tests pass a buffer).
+/// The subscriber of [`init_with`], writing to `writer` (tests pass a buffer), without
+/// terminal colours.
 pub fn subscriber<W>(
     format: LogFormat,
     filter: Option<&str>,
@@ -87,8 +88,22 @@ pub fn subscriber<W>(
 where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
+    subscriber_with_ansi(format, filter, wire_logs, writer, false)
+}
+
+/// As [`subscriber`], with terminal colours when `ansi` (plain format only).
+fn subscriber_with_ansi<W>(
+    format: LogFormat,
+    filter: Option<&str>,
+    wire_logs: bool,
+    writer: W,
+    ansi: bool,
+) -> Box<dyn tracing::Subscriber + Send + Sync>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter = EnvFilter::try_new(filter.unwrap_or("info")).unwrap_or_else(|_| EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt::layer().with_span_events(FmtSpan::NONE).with_writer(writer);
+    let fmt = tracing_subscriber::fmt::layer().with_span_events(FmtSpan::NONE).with_writer(writer).with_ansi(ansi);
     let fmt = match format {
         LogFormat::Plain => fmt.boxed(),
         LogFormat::Json => fmt.json().flatten_event(true).with_current_span(true).boxed(),
@@ -105,7 +120,11 @@ pub fn init(format: LogFormat, filter: Option<&str>) {
 /// As [`init`]; with `wire_logs` the [`WIRE_TARGETS`] log at any level the filter
 /// allows, and a warning says so (at every start).
 pub fn init_with(format: LogFormat, filter: Option<&str>, wire_logs: bool) {
-    let _ = tracing::subscriber::set_global_default(subscriber(format, filter, wire_logs, std::io::stderr));
+    // Colours only on a terminal (and not under `NO_COLOR`, https://no-color.org): a log
+    // redirected to a file or a collector had its levels wrapped in escape codes.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
+    let _ =
+        tracing::subscriber::set_global_default(subscriber_with_ansi(format, filter, wire_logs, std::io::stderr, ansi));
     if wire_logs {
         tracing::warn!(
             setting = WIRE_LOG_ENV,

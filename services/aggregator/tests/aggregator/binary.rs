@@ -77,4 +77,6 @@ async fn the_binary_refuses_an_old_server_and_exits() {
     assert!(!output.status.success());
     let message = String::from_utf8_lossy(&output.stderr);
     assert!(message.contains("proxybus needs nats-server 2.11.0 or newer"), "{message}");
+    // Its log went to a pipe, not a terminal: the ERROR line comes without colour codes.
+    assert!(message.contains("ERROR") && !message.contains('\u{1b}'), "{message:?}");
 }
