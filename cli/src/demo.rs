@@ -165,11 +165,13 @@ pub(crate) async fn print_live(
         println!("{}", render_feeds(&board.snapshot()));
         println!("-- what the exchanges did (simulator counters) --");
         println!("{}", render_exchanges(&exchange_stats()));
-        println!("-- what proxybus did: proxy health --");
+        // Read before the heading is printed: a stop while reading (the run's end) then
+        // leaves no heading without its table.
         let stats = match js.get_key_value(proxybus_shared::subject::HEALTH_BUCKET).await {
             Ok(bucket) => crate::health::load(&bucket).await.unwrap_or_default(),
             Err(_) => Default::default(),
         };
+        println!("-- what proxybus did: proxy health --");
         if stats.is_empty() {
             // The first tick comes before the aggregator's first commit.
             println!("(nothing folded yet: the table starts with the first feedback the aggregator commits)");
