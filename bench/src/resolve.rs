@@ -129,12 +129,7 @@ pub(crate) async fn start_bare_responder(
         "--payload-file".to_owned(),
         file.path().display().to_string(),
     ];
-    let mut process = SubjectProcess::spawn(&options.exe, "bare-responder", &args)?;
-    let ready = process.next_line(PROCESS_TIMEOUT).await?;
-    if ready.get("ready").is_none() {
-        bail!("bare responder printed {ready}");
-    }
-    Ok((process, file))
+    Ok((spawn_ready(options, "bare-responder", &args).await?, file))
 }
 
 /// Subject of the bare forwarder.
@@ -157,10 +152,15 @@ pub(crate) async fn start_bare_forwarder(
         "--token".to_owned(),
         POOL_TOKEN.to_owned(),
     ];
-    let mut process = SubjectProcess::spawn(&options.exe, "bare-forwarder", &args)?;
+    spawn_ready(options, "bare-forwarder", &args).await
+}
+
+/// Spawns subject `name` and waits for its `{"ready":true}` line.
+async fn spawn_ready(options: &Options, name: &'static str, args: &[String]) -> anyhow::Result<SubjectProcess> {
+    let mut process = SubjectProcess::spawn(&options.exe, name, args)?;
     let ready = process.next_line(PROCESS_TIMEOUT).await?;
     if ready.get("ready").is_none() {
-        bail!("bare forwarder printed {ready}");
+        bail!("{name} printed {ready}");
     }
     Ok(process)
 }

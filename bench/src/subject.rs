@@ -13,6 +13,7 @@
 //! so spans and logs cost what they cost in production; its stderr goes to
 //! `proxybus-bench-{pid}-{kind}.log` in the temporary directory, quoted when it fails.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -252,33 +253,17 @@ pub async fn serve(kind: SubjectKind) -> anyhow::Result<()> {
         SubjectKind::BareResponder { nats_url, subject, payload_file } => {
             let payload = bytes::Bytes::from(std::fs::read(&payload_file)?);
             let client = async_nats::connect(&nats_url).await?;
-            let mut requests = client.queue_subscribe(subject, "bench-bare".into()).await?;
-            client.flush().await?;
-            println!("{{\"ready\":true}}");
-            let headers = proxybus_shared::Encoding::MsgPack.headers();
-            // In a task of the runtime, as the resolver serves (`proxybus_resolver`'s
-            // `serve_in_task`): the same thread hand-offs on both sides of the ratio.
-            let replier = client.clone();
-            tokio::spawn(async move {
-                let closed = stdin_closed();
-                tokio::pin!(closed);
-                loop {
-                    tokio::select! {
-                        biased;
-                        () = &mut closed => break,
-                        request = requests.next() => match request {
-                            Some(request) => {
-                                if let Some(reply) = request.reply {
-                                    replier.publish_with_headers(reply, headers.clone(), payload.clone()).await?;
-                                }
-                            }
-                            None => break,
-                        },
+            let (replier, headers) = (client.clone(), proxybus_shared::Encoding::MsgPack.headers());
+            answer_until_stdin_closes(&client, subject, "bench-bare", move |request| {
+                let (replier, headers, payload) = (replier.clone(), headers.clone(), payload.clone());
+                async move {
+                    if let Some(reply) = request.reply {
+                        replier.publish_with_headers(reply, headers, payload).await?;
                     }
+                    anyhow::Ok(())
                 }
-                anyhow::Ok(())
             })
-            .await??;
+            .await?;
             client.drain().await?;
             print_report(ChildReport::default());
         }
@@ -314,61 +299,81 @@ pub async fn serve(kind: SubjectKind) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// [`SubjectKind::BareForwarder`] until stdin closes.
-async fn bare_forwarder(nats_url: &str, subject: &str, pool_url: &str, token: &str) -> anyhow::Result<()> {
-    use proxybus_shared::http::{TlsFiles, paths, proxy_service_client};
-    let http = proxy_service_client(&external_service(pool_url, token), &TlsFiles::default())?;
-    let url = reqwest::Url::parse(&format!("{pool_url}{}", paths::REQUEST))?;
-    let client = async_nats::connect(nats_url).await?;
-    let mut requests = client.queue_subscribe(subject.to_owned(), "bench-forwarder".into()).await?;
+/// Subscribes to `subject` in queue group `queue`, prints `{"ready":true}`, and awaits
+/// `answer` for each request in turn until stdin closes. The loop runs in a task of the
+/// runtime, as the resolver serves (`proxybus_resolver`'s `serve_in_task`): the same
+/// thread hand-offs on both sides of a ratio.
+async fn answer_until_stdin_closes<F, Fut>(
+    client: &async_nats::Client,
+    subject: String,
+    queue: &str,
+    mut answer: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut(async_nats::Message) -> Fut + Send + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send,
+{
+    let mut requests = client.queue_subscribe(subject, queue.to_owned()).await?;
     client.flush().await?;
     println!("{{\"ready\":true}}");
-    let headers = proxybus_shared::Encoding::Json.headers();
-    let replier = client.clone();
     tokio::spawn(async move {
         let closed = stdin_closed();
         tokio::pin!(closed);
-        let tasks = tokio_util::task::TaskTracker::new();
         loop {
             tokio::select! {
                 biased;
                 () = &mut closed => break,
                 request = requests.next() => match request {
-                    Some(request) => {
-                        let Some(reply) = request.reply else { continue };
-                        let (http, url, replier, headers) = (http.clone(), url.clone(), replier.clone(), headers.clone());
-                        tasks.spawn(async move {
-                            let answer = async {
-                                let response = http
-                                    .post(url)
-                                    .header(reqwest::header::CONTENT_TYPE, "application/json")
-                                    .body(request.payload)
-                                    .send()
-                                    .await?
-                                    .error_for_status()?;
-                                response.bytes().await
-                            };
-                            // A failed call is an error reply, which fails the requester's round.
-                            let (headers, body) = match answer.await {
-                                Ok(body) => (headers, body),
-                                Err(err) => {
-                                    let mut failed = async_nats::HeaderMap::new();
-                                    failed.insert(proxybus_shared::subject::SERVICE_ERROR_CODE_HEADER, "502");
-                                    (failed, bytes::Bytes::from(err.to_string()))
-                                }
-                            };
-                            let _ = replier.publish_with_headers(reply, headers, body).await;
-                        });
-                    }
+                    Some(request) => answer(request).await?,
                     None => break,
                 },
             }
         }
-        tasks.close();
-        tasks.wait().await;
         anyhow::Ok(())
     })
-    .await??;
+    .await?
+}
+
+/// [`SubjectKind::BareForwarder`] until stdin closes: a task per request.
+async fn bare_forwarder(nats_url: &str, subject: &str, pool_url: &str, token: &str) -> anyhow::Result<()> {
+    use proxybus_shared::http::{TlsFiles, paths, proxy_service_client};
+    let http = proxy_service_client(&external_service(pool_url, token), &TlsFiles::default())?;
+    let url = reqwest::Url::parse(&format!("{pool_url}{}", paths::REQUEST))?;
+    let client = async_nats::connect(nats_url).await?;
+    let (replier, headers) = (client.clone(), proxybus_shared::Encoding::Json.headers());
+    let tasks = tokio_util::task::TaskTracker::new();
+    let spawner = tasks.clone();
+    answer_until_stdin_closes(&client, subject.to_owned(), "bench-forwarder", move |request| {
+        if let Some(reply) = request.reply {
+            let (http, url, replier, headers) = (http.clone(), url.clone(), replier.clone(), headers.clone());
+            spawner.spawn(async move {
+                let answer = async {
+                    let response = http
+                        .post(url)
+                        .header(reqwest::header::CONTENT_TYPE, "application/json")
+                        .body(request.payload)
+                        .send()
+                        .await?
+                        .error_for_status()?;
+                    response.bytes().await
+                };
+                // A failed call is an error reply, which fails the requester's round.
+                let (headers, body) = match answer.await {
+                    Ok(body) => (headers, body),
+                    Err(err) => {
+                        let mut failed = async_nats::HeaderMap::new();
+                        failed.insert(proxybus_shared::subject::SERVICE_ERROR_CODE_HEADER, "502");
+                        (failed, bytes::Bytes::from(err.to_string()))
+                    }
+                };
+                let _ = replier.publish_with_headers(reply, headers, body).await;
+            });
+        }
+        std::future::ready(anyhow::Ok(()))
+    })
+    .await?;
+    tasks.close();
+    tasks.wait().await;
     client.drain().await?;
     Ok(())
 }

@@ -43,26 +43,14 @@ async fn every_record_is_read_while_the_busiest_are_rewritten() {
     for (key, value) in &records {
         bucket.put(key, value.clone()).await.unwrap();
     }
-    let writers: Vec<_> = (0..4)
-        .map(|_| {
-            let (bucket, busiest) = (bucket.clone(), records[..2].to_vec());
-            tokio::spawn(async move {
-                loop {
-                    let puts = busiest.iter().map(|(key, value)| bucket.put(key, value.clone()));
-                    if futures::future::join_all(puts).await.iter().any(Result::is_err) {
-                        return;
-                    }
-                }
-            })
-        })
-        .collect();
+    let writers = proxybus_tests::KvRewriters::start(&bucket, &records[..2], 4);
     for read in 0..300 {
         assert_eq!(stored_keys(&bucket).await.unwrap().len(), records.len(), "read {read}: keys");
         if read % 10 == 0 {
             assert_eq!(health_stats(&bucket).await.unwrap().len(), records.len(), "read {read}: records");
         }
     }
-    writers.iter().for_each(|writer| writer.abort());
+    drop(writers);
 }
 
 /// nats-py makes `PROXY_HEALTH` and stores a record; proxybus reads it, writes another, and

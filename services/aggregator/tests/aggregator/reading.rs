@@ -31,22 +31,10 @@ async fn every_record_is_read_while_the_busiest_are_rewritten() {
         let value = bucket.get(&key).await.unwrap().expect("a folded record");
         busiest.push((key, value));
     }
-    let writers: Vec<_> = (0..4)
-        .map(|_| {
-            let (bucket, busiest) = (bucket.clone(), busiest.clone());
-            tokio::spawn(async move {
-                loop {
-                    let puts = busiest.iter().map(|(key, value)| bucket.put(key, value.clone()));
-                    if futures::future::join_all(puts).await.iter().any(Result::is_err) {
-                        return;
-                    }
-                }
-            })
-        })
-        .collect();
+    let writers = proxybus_tests::KvRewriters::start(&bucket, &busiest, 4);
     for read in 0..100 {
         let records = read_bucket(&bucket).await.unwrap();
         assert_eq!(records.len(), 12, "read {read}: every record, the rewritten ones included");
     }
-    writers.iter().for_each(|writer| writer.abort());
+    drop(writers);
 }
