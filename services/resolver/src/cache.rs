@@ -359,9 +359,17 @@ impl<T: Clone> Default for SingleFlight<T> {
 
 impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
     /// Runs `make()` unless a call for `key` is in flight, in which case its result
-    /// is awaited instead. Returns the result and whether this caller led the call.
-    pub(crate) async fn run<F, Fut>(&self, key: &CacheKey, make: F) -> (T, bool)
+    /// is awaited instead, or `settled()` gives what a call that already ended left
+    /// (the answer cache, which a flight fills before it ends). `settled` is asked
+    /// under the lock, so a flight that ended between the caller's own cache lookup and
+    /// this call is not run again: the caller saw no cached answer, the flight then
+    /// stored one and left the map, and without the check the caller led a second
+    /// upstream call for the same key (seen once in a CI run of `singleflight`: two
+    /// upstream calls for 1 000 requests). Returns the result and whether this caller
+    /// led a call.
+    pub(crate) async fn run<S, F, Fut>(&self, key: &CacheKey, settled: S, make: F) -> (T, bool)
     where
+        S: FnOnce() -> Option<T>,
         F: FnOnce() -> Fut,
         Fut: Future<Output = T> + Send + 'static,
     {
@@ -370,6 +378,9 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
             match in_flight.get(key) {
                 Some(flight) => (flight.clone(), false),
                 None => {
+                    if let Some(done) = settled() {
+                        return (done, false);
+                    }
                     let map = self.in_flight.clone();
                     let owned_key = key.clone();
                     let call = make();
@@ -530,11 +541,15 @@ mod tests {
             let (flights, calls, key, mut gate) = (flights.clone(), calls.clone(), key.clone(), gate_rx.clone());
             tasks.push(tokio::spawn(async move {
                 flights
-                    .run(&key, move || async move {
-                        calls.fetch_add(1, Ordering::SeqCst);
-                        let _ = gate.wait_for(|open| *open).await;
-                        7
-                    })
+                    .run(
+                        &key,
+                        || None,
+                        move || async move {
+                            calls.fetch_add(1, Ordering::SeqCst);
+                            let _ = gate.wait_for(|open| *open).await;
+                            7
+                        },
+                    )
                     .await
             }));
         }
@@ -548,7 +563,39 @@ mod tests {
         }
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         assert_eq!(leaders, 1);
-        let (_, leader) = flights.run(&key, || async { 8 }).await;
+        let (_, leader) = flights.run(&key, || None, || async { 8 }).await;
         assert!(leader, "a finished flight is forgotten");
+    }
+
+    #[tokio::test]
+    async fn a_flight_that_ended_after_the_callers_own_lookup_is_not_run_again() {
+        let flights = SingleFlight::<u32>::default();
+        let key = CacheKey::new("f", &"kraken".parse().unwrap(), ConnectionType::Http, None);
+        // The caller looked in the cache and found nothing; then a flight stored 7 and ended.
+        let cache = Arc::new(Mutex::new(None::<u32>));
+        let stored = cache.clone();
+        let (value, leader) = flights
+            .run(
+                &key,
+                || None,
+                move || async move {
+                    *stored.lock().unwrap() = Some(7);
+                    7
+                },
+            )
+            .await;
+        assert_eq!((value, leader), (7, true));
+        let calls = AtomicUsize::new(0);
+        let (value, leader) = flights
+            .run(
+                &key,
+                || *cache.lock().unwrap(),
+                || {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    async { 8 }
+                },
+            )
+            .await;
+        assert_eq!((value, leader, calls.load(Ordering::SeqCst)), (7, false, 0), "what the flight left is taken");
     }
 }

@@ -343,6 +343,13 @@ impl Resolver {
         }
     }
 
+    /// The fresh answer a finished flight left in the cache for `key`
+    /// ([`SingleFlight::run`]'s `settled`).
+    fn settled(&self, key: &CacheKey) -> Option<Result<ProxyResponse, UpstreamError>> {
+        let entry = self.cache.get(key)?;
+        entry.remaining(Instant::now()).map(|_| Ok(ProxyResponse::clone(&entry.response)))
+    }
+
     /// One upstream call per key at a time; its answer goes into the cache.
     async fn ask_upstream(
         &self,
@@ -372,16 +379,20 @@ impl Resolver {
         let owned_key = key.clone();
         let (result, _leader) = self
             .flights
-            .run(key, move || async move {
-                let mut result = upstream.request(&upstream_request).await;
-                if let Ok(response) = &mut result {
-                    if response.ttl_seconds == 0 {
-                        response.ttl_seconds = default_ttl;
+            .run(
+                key,
+                || self.settled(key),
+                move || async move {
+                    let mut result = upstream.request(&upstream_request).await;
+                    if let Ok(response) = &mut result {
+                        if response.ttl_seconds == 0 {
+                            response.ttl_seconds = default_ttl;
+                        }
+                        cache.insert(owned_key, response.clone(), Duration::from_secs(response.ttl_seconds));
                     }
-                    cache.insert(owned_key, response.clone(), Duration::from_secs(response.ttl_seconds));
-                }
-                result
-            })
+                    result
+                },
+            )
             .await;
         result
     }
@@ -399,7 +410,7 @@ impl Resolver {
         let default_ttl = self.proxy.external_service.cache_ttl_seconds;
         let (result, _leader) = self
             .flights
-            .run(key, move || async move {
+            .run(key, || self.settled(key), move || async move {
                 let answers = scatter.gather(&request).await;
                 let exchange = &request.exchange_id;
                 let best = answers
