@@ -47,7 +47,9 @@ pub(crate) struct SeenId {
 pub(crate) struct EventIds {
     horizon_ms: i64,
     max: usize,
-    seen: HashSet<u128>,
+    /// Hashed with foldhash (randomly seeded per process, as the resolver's cache)
+    /// rather than SipHash-1-3: every event folded inserts its id here.
+    seen: HashSet<u128, foldhash::fast::RandomState>,
     order: VecDeque<SeenId>,
     /// Added since the last [`EventIds::take_new`].
     new: Vec<SeenId>,
@@ -61,7 +63,7 @@ impl EventIds {
         Self {
             horizon_ms: i64::try_from(horizon.as_millis()).unwrap_or(i64::MAX),
             max: max.max(1),
-            seen: HashSet::new(),
+            seen: HashSet::default(),
             order: VecDeque::new(),
             new: Vec::new(),
             evicted_early: 0,

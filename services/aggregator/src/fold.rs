@@ -33,11 +33,12 @@
 //!   `operator_controls` (`health::apply_operator`) and nothing else; it is not an
 //!   outcome and does not count in `total`.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use proxybus_shared::health::{self, Attribution, HealthPolicy, delta};
-use proxybus_shared::{HealthState, HealthStats, OperatorEvent, ProxyFeedback, ProxyId, redact_url};
+use proxybus_shared::{ExchangeHealth, HealthState, HealthStats, OperatorEvent, ProxyFeedback, ProxyId, redact_url};
 use serde::{Deserialize, Serialize};
 
 use crate::event_ids::EventIds;
@@ -234,48 +235,69 @@ impl FeedbackFolder {
     }
 
     /// Folds `event`, stored at stream sequence `seq` at stream time `at`.
+    ///
+    /// The proxy's record is found once (one `BTreeMap` search per event); the
+    /// region's other members are read only when the event asks for an ejection.
     pub fn fold(&mut self, event: &ProxyFeedback, seq: u64, at: DateTime<Utc>) -> FoldOutcome {
-        let id = &event.proxy_id;
-        if self.proxies.get(id).is_some_and(|p| seq <= p.stats.last_seq) {
+        let id = event.proxy_id;
+        let entry = self.proxies.entry(id);
+        if let Entry::Occupied(known) = &entry
+            && seq <= known.get().stats.last_seq
+        {
             return FoldOutcome { skipped: true, ..FoldOutcome::default() };
         }
         if !self.event_ids.first_time(event.event_id, seq, at.timestamp_millis()) {
             return FoldOutcome { duplicate: true, ..FoldOutcome::default() };
         }
-        self.place(event, at);
-        let policy = self.policy.clone();
-        let mut outcome = FoldOutcome::default();
-        let wants_ejection = {
-            let proxy = self.proxies.get_mut(id).expect("placed above");
-            apply(&policy, proxy, event, seq, at, &mut outcome)
-        };
-        if wants_ejection {
-            let region = self.proxies[id].region_key();
-            let members = self.region_size(&region);
-            let ejected_now = self.regions.get(&region).map_or(0, |members| {
-                members
-                    .iter()
-                    .filter(|m| *m != id)
-                    .filter(|m| self.proxies.get(*m).is_some_and(|p| is_ejected_at(&p.stats, at)))
-                    .count()
-            });
-            let proxy = self.proxies.get_mut(id).expect("placed above");
-            if policy.may_eject(members, ejected_now) {
-                let stats = &mut proxy.stats;
-                stats.ejections = stats.ejections.saturating_add(1);
-                stats.state = HealthState::Ejected;
-                stats.ejected_until = Some(at + delta(policy.ejection_time(stats.ejections)));
-                proxy.fold.on_probation = false;
-                proxy.fold.probation_successes = 0;
-                proxy.fold.probe_passes = 0;
-                outcome.ejected = true;
-            } else {
-                outcome.ejection_suppressed = true;
+        let proxy = match entry {
+            Entry::Occupied(known) => {
+                let proxy = known.into_mut();
+                refresh_identity(&mut self.regions, proxy, event);
+                proxy
             }
+            Entry::Vacant(new) => {
+                let stats = HealthStats::new(id, redact_url(&event.proxy_url), event.region.clone(), at);
+                let record = ProxyHealth {
+                    stats,
+                    fold: FoldState { decayed_at_ms: at.timestamp_millis(), ..FoldState::default() },
+                };
+                self.regions.entry(record.region_key()).or_default().insert(id);
+                new.insert(record)
+            }
+        };
+        let mut outcome = FoldOutcome::default();
+        if !apply(&self.policy, proxy, event, seq, at, &mut outcome) {
+            if proxy.stats.state != HealthState::Ejected {
+                proxy.stats.state = classify(&self.policy, proxy);
+            }
+            return outcome;
         }
-        let proxy = self.proxies.get_mut(id).expect("placed above");
-        if proxy.stats.state != HealthState::Ejected {
-            proxy.stats.state = classify(&policy, proxy);
+        // The event asks for an ejection: the region's cap decides (`max_ejection_percent`).
+        let region = proxy.region_key();
+        let members = self.region_size(&region);
+        let ejected_now = self.regions.get(&region).map_or(0, |members| {
+            members
+                .iter()
+                .filter(|m| **m != id)
+                .filter(|m| self.proxies.get(*m).is_some_and(|p| is_ejected_at(&p.stats, at)))
+                .count()
+        });
+        let policy = &self.policy;
+        let proxy = self.proxies.get_mut(&id).expect("placed above");
+        if policy.may_eject(members, ejected_now) {
+            let stats = &mut proxy.stats;
+            stats.ejections = stats.ejections.saturating_add(1);
+            stats.state = HealthState::Ejected;
+            stats.ejected_until = Some(at + delta(policy.ejection_time(stats.ejections)));
+            proxy.fold.on_probation = false;
+            proxy.fold.probation_successes = 0;
+            proxy.fold.probe_passes = 0;
+            outcome.ejected = true;
+        } else {
+            outcome.ejection_suppressed = true;
+            if proxy.stats.state != HealthState::Ejected {
+                proxy.stats.state = classify(policy, proxy);
+            }
         }
         outcome
     }
@@ -322,32 +344,24 @@ impl FeedbackFolder {
         }
         FoldOutcome::default()
     }
+}
 
-    /// Makes sure the proxy of `event` exists, with its region, URL (redacted) and region index.
-    fn place(&mut self, event: &ProxyFeedback, at: DateTime<Utc>) {
-        let id = &event.proxy_id;
-        match self.proxies.get_mut(id) {
-            None => {
-                let stats = HealthStats::new(*id, redact_url(&event.proxy_url), event.region.clone(), at);
-                self.insert(ProxyHealth {
-                    stats,
-                    fold: FoldState { decayed_at_ms: at.timestamp_millis(), ..FoldState::default() },
-                });
-            }
-            Some(proxy) => {
-                // The stored URL is redacted and redaction is idempotent (`redact_url`'s
-                // property test and fuzz target): an event repeating it leaves it as it
-                // is, without redacting it again (nearly every event of a proxy does).
-                if event.proxy_url != proxy.stats.proxy_url {
-                    proxy.stats.proxy_url = redact_url(&event.proxy_url);
-                }
-                if event.region.is_some() && event.region != proxy.stats.region {
-                    let mut record = proxy.clone();
-                    record.stats.region = event.region.clone();
-                    self.insert(record);
-                }
-            }
+/// Keeps a known proxy's URL (redacted) and region as `event` names them, and its
+/// entry in the region index (`regions`) with its region.
+fn refresh_identity(regions: &mut BTreeMap<String, BTreeSet<ProxyId>>, proxy: &mut ProxyHealth, event: &ProxyFeedback) {
+    // The stored URL is redacted and redaction is idempotent (`redact_url`'s property
+    // test and fuzz target): an event repeating it leaves it as it is, without
+    // redacting it again (nearly every event of a proxy does).
+    if event.proxy_url != proxy.stats.proxy_url {
+        proxy.stats.proxy_url = redact_url(&event.proxy_url);
+    }
+    if event.region.is_some() && event.region != proxy.stats.region {
+        let id = proxy.stats.proxy_id;
+        if let Some(members) = regions.get_mut(&proxy.region_key()) {
+            members.remove(&id);
         }
+        proxy.stats.region = event.region.clone();
+        regions.entry(proxy.region_key()).or_default().insert(id);
     }
 }
 
@@ -369,7 +383,11 @@ fn apply(
     if attribution == Attribution::NotAnOutcome {
         return false;
     }
-    let exchange = stats.exchanges.entry(event.exchange_id.clone()).or_default();
+    // Looked up before inserting, so that the id is cloned only for an exchange new to the proxy.
+    if !stats.exchanges.contains_key(&event.exchange_id) {
+        stats.exchanges.insert(event.exchange_id.clone(), ExchangeHealth::default());
+    }
+    let exchange = stats.exchanges.get_mut(&event.exchange_id).expect("inserted above");
     if attribution == Attribution::Success {
         stats.successes += 1;
         exchange.successes += 1;
