@@ -12,8 +12,9 @@
 //!
 //! # Commits
 //! Folded events wait in a **window** for their commit. A caught-up aggregator (a
-//! fetch that returned less than a full batch) commits after every fetch, so a
-//! change is stored and published within one fetch; one that is behind commits
+//! fetch that returned less than a full batch, or whose last message had nothing
+//! pending after it) commits after every fetch, so a change is stored and published
+//! within one fetch; one that is behind commits
 //! every `commit_interval_ms` or `commit_max_events` messages, so a proxy touched
 //! many times in the window is encoded and written once, not once per batch. The
 //! consumer acks with `AckPolicy::All`: one ack, after the commit, for every
@@ -364,8 +365,12 @@ impl Live {
             {
                 return Ok(end);
             }
-            // One decoded message per message fetched: a short batch is a short fetch.
-            let caught_up = batch.len() < self.settings.batch_size;
+            // Caught up: a short batch (one decoded message per message fetched), or one
+            // whose last message had nothing pending after it — then the window is
+            // committed now, not after the next fetch has waited `fetch_wait_ms` for
+            // nothing (the last events of a burst would wait that long for their commit).
+            let caught_up = batch.len() < self.settings.batch_size
+                || batch.last().and_then(|last| last.meta.as_ref()).is_some_and(|meta| meta.pending == 0);
             let end = self.fold_batch(batch, &mut expected_cseq).await;
             if let Some(end) = end {
                 // Store what is folded before the session ends.
@@ -383,9 +388,13 @@ impl Live {
             let now = Instant::now();
             if now >= next_sweep {
                 next_sweep = now + sweep_every;
-                // Ended ejections and bars are written into the stored records.
-                self.expire_records();
-                if let Err(end) = self.start_commit(term).await {
+                // Ended ejections and bars are written into the stored records now; a
+                // sweep that ended nothing leaves the window to its own commit rules (a
+                // commit per sweep would split a window that is behind into small ones,
+                // each waiting for the commit before it).
+                if self.expire_records()
+                    && let Err(end) = self.start_commit(term).await
+                {
                     return Ok(end);
                 }
             }
@@ -403,7 +412,7 @@ impl Live {
             self.folder.set_inventory_sizes(sizes);
         }
         for Delivered { message, meta, event } in batch {
-            let Some(Meta { consumer_seq, seq, published }) = meta else {
+            let Some(Meta { consumer_seq, seq, published, .. }) = meta else {
                 return Some(SessionEnd::Reset("a message without JetStream metadata".into()));
             };
             if consumer_seq != *expected_cseq {
@@ -565,8 +574,8 @@ impl Live {
     /// Ends, in the folder, every ejection and bar whose time has come, and puts
     /// the proxies in the window, so that the next commit stores and publishes
     /// them: `PROXY_HEALTH` never holds an expired ejection or bar for longer than
-    /// `sweep_interval_ms`.
-    fn expire_records(&mut self) {
+    /// `sweep_interval_ms`. True when something ended.
+    fn expire_records(&mut self) -> bool {
         let now = Utc::now();
         let ids: Vec<ProxyId> = self
             .folder
@@ -575,14 +584,17 @@ impl Live {
             .map(|proxy| proxy.stats.proxy_id)
             .collect();
         if ids.is_empty() {
-            return;
+            return false;
         }
         tracing::info!(proxies = ids.len(), "ejections, cool-downs or bans ended");
+        let mut ended = false;
         for id in ids {
             if self.folder.expire_at(&id, now) {
                 self.window.changed.insert(id);
+                ended = true;
             }
         }
+        ended
     }
 
     /// Records the fold lag: the messages not yet folded — those the consumer has not
@@ -702,6 +714,9 @@ impl CommitJob {
 /// A message's JetStream metadata.
 pub(crate) struct Meta {
     consumer_seq: u64,
+    /// Messages of the stream after this one not yet delivered to the consumer when
+    /// it was (JetStream's `num_pending`, the last token of the ack subject).
+    pending: u64,
     /// Stream sequence.
     seq: u64,
     /// Stream time.
@@ -723,6 +738,7 @@ fn decode_batch(batch: Vec<Message>) -> Vec<Delivered> {
         .map(|message| {
             let meta = message.info().ok().map(|info| Meta {
                 consumer_seq: info.consumer_sequence,
+                pending: info.pending,
                 seq: info.stream_sequence,
                 published: offset_to_chrono(info.published),
             });

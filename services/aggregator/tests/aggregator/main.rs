@@ -3,6 +3,7 @@
 
 mod attribution;
 mod binary;
+mod commits;
 mod dead_letter;
 mod event_ids;
 mod exactly_once;
