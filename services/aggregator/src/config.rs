@@ -64,6 +64,11 @@ pub struct AggregatorSettings {
     /// While behind, most messages folded into one commit (default 100 000). A proxy
     /// touched several times in one commit is written once.
     pub commit_max_events: usize,
+    /// While behind, most proxies changed in one commit (default 20 000). What a commit
+    /// holds in memory — its records, encoded once for the checkpoint and the bucket — is
+    /// proportional to this, whatever the fold's speed: with many proxies, a second of
+    /// events on a fast machine changes more of them than on a slow one.
+    pub commit_max_proxies: usize,
     /// How often expired ejections and bans are published, in milliseconds (default 1000).
     pub sweep_interval_ms: u64,
     /// How often the fold lag is measured, in milliseconds (default 5000).
@@ -96,6 +101,7 @@ impl Default for AggregatorSettings {
             max_commit_records: 200,
             commit_interval_ms: 1000,
             commit_max_events: 100_000,
+            commit_max_proxies: 20_000,
             sweep_interval_ms: 1000,
             lag_interval_ms: 5000,
             metrics_listen: "0.0.0.0:9464".to_owned(),
@@ -170,6 +176,7 @@ impl Validate for AggregatorSettings {
         issues.check_range(key(prefix, "max_commit_records"), self.max_commit_records, 1..=1000);
         issues.check_range(key(prefix, "commit_interval_ms"), self.commit_interval_ms, 0..=30_000);
         issues.check_range(key(prefix, "commit_max_events"), self.commit_max_events, 1..=1_000_000);
+        issues.check_range(key(prefix, "commit_max_proxies"), self.commit_max_proxies, 1..=1_000_000);
         if self.commit_interval_ms / 1000 >= self.ack_wait_seconds {
             issues.push(key(prefix, "commit_interval_ms"), "must be shorter than ack_wait_seconds");
         }

@@ -15,7 +15,8 @@
 //! fetch that returned less than a full batch, or whose last message had nothing
 //! pending after it) commits after every fetch, so a change is stored and published
 //! within one fetch; one that is behind commits
-//! every `commit_interval_ms` or `commit_max_events` messages, so a proxy touched
+//! every `commit_interval_ms`, `commit_max_events` messages or `commit_max_proxies`
+//! proxies changed (which bounds what a commit holds in memory), so a proxy touched
 //! many times in the window is encoded and written once, not once per batch. The
 //! consumer acks with `AckPolicy::All`: one ack, after the commit, for every
 //! message of the window.
@@ -381,6 +382,7 @@ impl Live {
             }
             let due = caught_up
                 || self.window.messages + self.settings.batch_size > max_window(&self.settings)
+                || self.window.changed.len() >= self.settings.commit_max_proxies
                 || self.window.opened.is_some_and(|opened| opened.elapsed() >= commit_every);
             if due && let Err(end) = self.start_commit(term).await {
                 return Ok(end);

@@ -52,3 +52,25 @@ async fn a_sweep_that_ends_nothing_does_not_cut_the_window_short() {
     assert!(stats.commits <= 2, "{} commits for one window of 20 000 events", stats.commits);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_closes_at_commit_max_proxies_changed() {
+    let server = NatsServer::start().await.unwrap();
+    let js = jetstream(&server).await;
+    // 2 000 proxies, one event each, all behind: with windows of at most 250 proxies
+    // the 2 000 records come in at least 8 commits, however long a window may last
+    // by events and by time; every event still counts once.
+    let events: Vec<_> = (0..2_000).map(|n| event(n, "binance", true, None)).collect();
+    publish_all(&js, &events, 500).await;
+    let mut settings = config(&server);
+    settings.settings.batch_size = 50;
+    settings.settings.commit_max_events = 1_000_000;
+    settings.settings.commit_interval_ms = 30_000;
+    settings.settings.commit_max_proxies = 250;
+    let app = Running::start(settings);
+    wait_for_total(&js, HEALTH_BUCKET, 2_000, Duration::from_secs(60)).await;
+    let stats = app.stats.snapshot();
+    assert_eq!(stats.events_folded, 2_000);
+    assert!((8..=9).contains(&stats.commits), "{} commits of at most 250 (+ a batch of 50) proxies", stats.commits);
+    app.stop().await;
+}
