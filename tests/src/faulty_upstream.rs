@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::Extension;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -199,7 +200,9 @@ impl FaultyUpstream {
         self.shared.fault().0
     }
 
-    /// Requests that reached the `POST` handler so far.
+    /// Requests the `POST` handler served so far. A request that comes, after a switch to
+    /// a connection fault, on a connection opened before it is refused (503,
+    /// `Connection: close`) and not counted: that connection is being closed.
     pub fn calls(&self) -> usize {
         self.shared.calls.load(Ordering::SeqCst)
     }
@@ -221,6 +224,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tls: Option<Arc
         let (shared, tls, router) = (shared.clone(), tls.clone(), router.clone());
         tokio::spawn(async move {
             let mut generation = shared.generation.subscribe();
+            let router = router.layer(Extension(Opened(*generation.borrow_and_update())));
             let (fault, _) = shared.fault();
             tokio::select! {
                 () = connection(tcp, fault, tls, router) => {}
@@ -285,7 +289,17 @@ fn json(status: StatusCode, body: String) -> Response {
     (status, [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-async fn answer(State(shared): State<Arc<Shared>>) -> Response {
+/// The switch generation a connection was accepted in.
+#[derive(Debug, Clone, Copy)]
+struct Opened(u64);
+
+async fn answer(State(shared): State<Arc<Shared>>, Extension(Opened(opened)): Extension<Opened>) -> Response {
+    if opened != *shared.generation.borrow() {
+        // A request on a connection that a switch to a connection fault is closing (its task
+        // has not seen the switch yet): it never meets the new fault, so it is not served and
+        // not counted as a call made under it.
+        return (StatusCode::SERVICE_UNAVAILABLE, [(axum::http::header::CONNECTION, "close")]).into_response();
+    }
     shared.calls.fetch_add(1, Ordering::SeqCst);
     let (fault, since) = shared.fault();
     match fault {

@@ -200,8 +200,9 @@ async fn every_fault(embedded: bool, fallback: ResponseSource) {
         let flapping = fault == Fault::Flap;
         let before_stats = rig.stats().await;
         let before = rig.transitions();
-        let calls = rig.upstream.calls();
         rig.upstream.set(fault.clone());
+        // Read after the switch: a call already in the handler before it is not one of this fault's.
+        let calls = rig.upstream.calls();
         let mut row = Row {
             fault: fault.name(),
             slowest: Duration::ZERO,
