@@ -392,8 +392,9 @@ impl ProxyClient {
 /// `SocksConnect(V5(Auth(Failed)))`, or tokio-socks' error) or a 407 to `CONNECT` ("Proxy
 /// Authentication Required") — else `refused` for a failed connection, `other` for the rest.
 /// A refused login used to be reported as `refused`, so the demo's credential-refusing SOCKS
-/// proxy showed `proxy_auth=0` in the feeds' counts.
-pub(crate) fn http_error_kind(err: &reqwest::Error) -> ErrorKind {
+/// proxy showed `proxy_auth=0` in the feeds' counts. Public so that a feed counting its own
+/// failures names them as the feedback it reports does ([`ProxyClient::report_http_error`]).
+pub fn http_error_kind(err: &reqwest::Error) -> ErrorKind {
     if err.is_timeout() {
         return ErrorKind::Timeout;
     }

@@ -53,7 +53,7 @@ pub mod tunnel;
 
 pub use client::{ClientError, ProxyClient};
 pub use config::{ClientConfig, TLS_CA_FILE_ENV, read_pem_certificates, read_pem_certificates_from};
-pub use connecting::ProxiedWebSocket;
+pub use connecting::{ProxiedWebSocket, http_error_kind};
 pub use lease::ProxyLease;
 pub use leasing::LeaseOptions;
 pub use reporter::FeedbackStats;

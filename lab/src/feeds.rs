@@ -534,8 +534,9 @@ impl Feed {
                         client.report_http_error(lease, &err, latency);
                         client.invalidate(lease).await;
                     }
-                    let kind = if err.is_timeout() { ErrorKind::Timeout } else { ErrorKind::Refused };
-                    return Err(Failure { kind, retry_after: None });
+                    // Counted as the feedback above names it (a refused proxy login is
+                    // `proxy_auth`, not `refused`), so the feeds' table agrees with the health.
+                    return Err(Failure { kind: proxybus_client::http_error_kind(&err), retry_after: None });
                 }
             }
         }
