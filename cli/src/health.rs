@@ -107,6 +107,19 @@ fn operator_column(stats: &HealthStats) -> String {
     }
 }
 
+/// One exchange's bar of a proxy, as the health table shows it:
+/// `{exchange}:{state} until {end} (last: {error_kind})`, the end as a time of day when it is
+/// less than a day away, else with its date — so a 30-minute bar after `http_403`s and a
+/// week's `http_451` ban, both in state `banned`, read apart.
+fn exchange_bar(exchange: &str, bar: &proxybus_shared::ExchangeHealth, now: chrono::DateTime<chrono::Utc>) -> String {
+    let until = bar.banned_until.map_or_else(String::new, |until| {
+        let format = if until - now < chrono::TimeDelta::days(1) { "%H:%M:%S" } else { "%Y-%m-%d %H:%M" };
+        format!(" until {}", until.format(format))
+    });
+    let last = bar.last_error_kind.map_or_else(String::new, |kind| format!(" (last: {kind})"));
+    format!("{exchange}:{}{until}{last}", crate::request::serde_plain(&bar.state))
+}
+
 /// The health table of `shown`, with a count under it.
 pub(crate) fn render(shown: &[&HealthStats]) -> String {
     let mut table = crate::table(&[
@@ -131,7 +144,7 @@ pub(crate) fn render(shown: &[&HealthStats]) -> String {
             .exchanges
             .iter()
             .filter(|(_, e)| health::is_exchange_barred(e, now))
-            .map(|(ex, e)| format!("{ex}:{}", crate::request::serde_plain(&e.state)))
+            .map(|(ex, e)| exchange_bar(ex.as_str(), e, now))
             .collect();
         let state = match (s.state, s.ejected_until) {
             (HealthState::Ejected, Some(until)) => format!("ejected until {}", until.format("%H:%M:%S")),
@@ -153,4 +166,37 @@ pub(crate) fn render(shown: &[&HealthStats]) -> String {
         ]);
     }
     format!("{table}\n{} proxies", shown.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{TimeDelta, TimeZone, Utc};
+    use proxybus_shared::{ErrorKind, ExchangeHealth, ExchangeState};
+
+    use super::*;
+
+    #[test]
+    fn a_bar_and_a_ban_read_apart_in_the_table() {
+        let now = Utc.with_ymd_and_hms(2026, 12, 5, 12, 0, 0).unwrap();
+        let bar = |minutes: i64, kind: ErrorKind| ExchangeHealth {
+            state: ExchangeState::Banned,
+            banned_until: Some(now + TimeDelta::minutes(minutes)),
+            last_error_kind: Some(kind),
+            ..ExchangeHealth::default()
+        };
+        assert_eq!(
+            exchange_bar("coinbase", &bar(30, ErrorKind::Http403), now),
+            "coinbase:banned until 12:30:00 (last: http_403)"
+        );
+        assert_eq!(
+            exchange_bar("binance", &bar(7 * 24 * 60, ErrorKind::Http451), now),
+            "binance:banned until 2026-12-12 12:00 (last: http_451)"
+        );
+        let cooldown = ExchangeHealth {
+            state: ExchangeState::Cooldown,
+            banned_until: Some(now + TimeDelta::seconds(60)),
+            ..ExchangeHealth::default()
+        };
+        assert_eq!(exchange_bar("binance", &cooldown, now), "binance:cooldown until 12:01:00");
+    }
 }
