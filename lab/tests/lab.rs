@@ -388,14 +388,19 @@ async fn faults_dead_refusing_credentials_and_dying_mid_stream() {
     let url = "wss://stream.binance.com:9443/ws/btcusdt@trade";
     assert_eq!(open(&lab, &lab.proxies()[1], url).await.unwrap_err().kind, ErrorKind::ProxyAuth);
     assert_eq!(open(&lab, &lab.proxies()[3], url).await.unwrap_err().kind, ErrorKind::Refused);
-    // REST through the refusing proxy, as the demo's REST feeds poll (reqwest): proxy_auth
-    // too, the kind those feeds now count as well as report (they counted `refused`).
-    proxybus_shared::http::install_crypto_provider();
-    for (proxy, expected) in [(&lab.proxies()[1], ErrorKind::ProxyAuth), (&lab.proxies()[3], ErrorKind::Refused)] {
-        let rest = reqwest::Client::builder().proxy(reqwest::Proxy::all(proxy.url()).unwrap()).build().unwrap();
-        let err = rest.get("https://api.binance.com/api/v3/ping").send().await.unwrap_err();
+    // REST through the refusing proxies, as the demo's REST feeds poll (reqwest): proxy_auth
+    // too — a SOCKS5 login refused, and a 407 to CONNECT from the HTTP proxy refusing for a
+    // while — the kind those feeds now count as well as report (they counted `refused`).
+    lab.proxies()[0].set_fault(ProxyFault::RefuseCredentials);
+    for (proxy, expected) in [
+        (&lab.proxies()[1], ErrorKind::ProxyAuth),
+        (&lab.proxies()[0], ErrorKind::ProxyAuth),
+        (&lab.proxies()[3], ErrorKind::Refused),
+    ] {
+        let err = rest_client(&lab, proxy).get("https://api.binance.com/api/v3/ping").send().await.unwrap_err();
         assert_eq!(proxybus_client::http_error_kind(&err), expected, "{:?}: {err:?}", proxy.kind());
     }
+    lab.proxies()[0].set_fault(ProxyFault::None);
     // Wrong credentials on a working proxy: 407 → proxy_auth.
     let wrong = ProxyUrl::parse(&lab.proxies()[0].url_with("lab1", "wrong")).unwrap();
     let target = Target::from_url(&url.parse().unwrap()).unwrap();

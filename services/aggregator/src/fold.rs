@@ -185,13 +185,8 @@ impl FeedbackFolder {
     /// Puts a stored record in place of what the folder holds for its proxy.
     pub fn insert(&mut self, record: ProxyHealth) {
         let id = record.stats.proxy_id;
-        if let Some(old) = self.proxies.get(&id) {
-            let old_key = old.region_key();
-            if let Some(members) = self.regions.get_mut(&old_key) {
-                members.remove(&id);
-            }
-        }
-        self.regions.entry(record.region_key()).or_default().insert(id);
+        let from = self.proxies.get(&id).map(ProxyHealth::region_key);
+        reindex(&mut self.regions, id, from.as_deref(), record.region_key());
         self.proxies.insert(id, record);
     }
 
@@ -261,7 +256,7 @@ impl FeedbackFolder {
                     stats,
                     fold: FoldState { decayed_at_ms: at.timestamp_millis(), ..FoldState::default() },
                 };
-                self.regions.entry(record.region_key()).or_default().insert(id);
+                reindex(&mut self.regions, id, None, record.region_key());
                 new.insert(record)
             }
         };
@@ -356,13 +351,18 @@ fn refresh_identity(regions: &mut BTreeMap<String, BTreeSet<ProxyId>>, proxy: &m
         proxy.stats.proxy_url = redact_url(&event.proxy_url);
     }
     if event.region.is_some() && event.region != proxy.stats.region {
-        let id = proxy.stats.proxy_id;
-        if let Some(members) = regions.get_mut(&proxy.region_key()) {
-            members.remove(&id);
-        }
+        let from = proxy.region_key();
         proxy.stats.region = event.region.clone();
-        regions.entry(proxy.region_key()).or_default().insert(id);
+        reindex(regions, proxy.stats.proxy_id, Some(&from), proxy.region_key());
     }
+}
+
+/// Moves `id` in the region index from region key `from` (when it was indexed) to `to`.
+fn reindex(regions: &mut BTreeMap<String, BTreeSet<ProxyId>>, id: ProxyId, from: Option<&str>, to: String) {
+    if let Some(members) = from.and_then(|key| regions.get_mut(key)) {
+        members.remove(&id);
+    }
+    regions.entry(to).or_default().insert(id);
 }
 
 /// Applies `event` to one proxy's counters; true when it asks for an ejection.
