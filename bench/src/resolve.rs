@@ -3,7 +3,7 @@
 //! ([`crate::subject`]) against the in-process pool ([`crate::pool`]); requests
 //! come from this process over one NATS connection, like a feed's.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::bail;
 use bytes::Bytes;
@@ -74,7 +74,7 @@ pub(crate) async fn measured_round_as(
     Ok(())
 }
 
-/// Starts a resolver child asking `pool`, and waits until it answers `$SRV.PING`.
+/// Starts a resolver child asking `pool`, and waits until it lists its endpoints (`$SRV.INFO`).
 pub(crate) async fn start_resolver(
     bus: &Bus,
     options: &Options,
@@ -94,22 +94,10 @@ pub(crate) async fn start_resolver(
     ];
     let process = SubjectProcess::spawn(&options.exe, "resolver", &args)?;
     let client = bus.connect().await?;
-    let deadline = Instant::now() + PROCESS_TIMEOUT;
-    loop {
-        let ping = tokio::time::timeout(
-            Duration::from_secs(1),
-            client.request(format!("$SRV.PING.{}", subject::RESOLVER_SERVICE), "".into()),
-        );
-        if let Ok(Ok(reply)) = ping.await
-            && !reply.payload.is_empty()
-        {
-            return Ok(process);
-        }
-        if Instant::now() > deadline {
-            bail!("the resolver did not register within {PROCESS_TIMEOUT:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Not `$SRV.PING`: it is answered before the endpoints subscribe (see `wait_for_service`),
+    // and a first request in between found no responder (a smoke run failed so once).
+    proxybus_shared::nats::wait_for_service(&client, subject::RESOLVER_SERVICE, PROCESS_TIMEOUT).await?;
+    Ok(process)
 }
 
 /// Starts the bare responder replying `payload` on [`BARE_SUBJECT`].

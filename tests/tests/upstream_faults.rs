@@ -95,14 +95,14 @@ impl Rig {
         let client = nats.connect().await.expect("a client");
         let endpoint = upstream.url().to_owned();
         let mut rig = Rig { _nats: nats, client, upstream, stop, endpoint, codec: Codec::default(), asked: 0 };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let probe = rig.client.request("$SRV.PING.proxybus-resolver", Bytes::new());
-            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(500), probe).await {
-                break;
-            }
-            assert!(Instant::now() < deadline, "the resolver does not answer $SRV.PING");
-        }
+        // Its endpoints listed, not just `$SRV.PING` answered (that comes before they subscribe).
+        proxybus_shared::nats::wait_for_service(
+            &rig.client,
+            proxybus_shared::subject::RESOLVER_SERVICE,
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("the resolver serves its endpoints");
         assert_eq!(rig.ask().await.1.source, ResponseSource::Service, "a healthy upstream answers");
         rig
     }
